@@ -1,0 +1,1 @@
+"""proto/evalfleet/v1"""
