@@ -1,1 +1,1 @@
-"""common"""
+"""Pieces every evalfleet service shares: logging, errors, argument parsing, gRPC plumbing."""

@@ -1,0 +1,55 @@
+"""User-facing errors and the gRPC status each one maps to.
+
+Raise these anywhere in evalfleet for problems the user can fix; the services turn them into the
+matching gRPC status and the CLI into one line on stderr and a non-zero exit, never a traceback.
+"""
+
+from __future__ import annotations
+
+import grpc
+
+
+class EvalfleetError(Exception):
+    """A problem the user can fix. ``code`` is the gRPC status it maps to."""
+
+    code: grpc.StatusCode = grpc.StatusCode.INTERNAL
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class InvalidArgumentError(EvalfleetError):
+    """A malformed spec or argument; the message names the field."""
+
+    code = grpc.StatusCode.INVALID_ARGUMENT
+
+
+class NotFoundError(EvalfleetError):
+    """An unknown task, evaluation or missing data; the message says what was searched."""
+
+    code = grpc.StatusCode.NOT_FOUND
+
+
+class UnavailableError(EvalfleetError):
+    """A worker or coordinator that cannot be reached; the message names the address."""
+
+    code = grpc.StatusCode.UNAVAILABLE
+
+
+class FailedPreconditionError(EvalfleetError):
+    """The request is valid but the system is not in a state to answer it yet."""
+
+    code = grpc.StatusCode.FAILED_PRECONDITION
+
+
+def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str]:
+    """The gRPC status and message for an exception raised while serving a call."""
+    if isinstance(exc, EvalfleetError):
+        return exc.code, exc.message
+    if isinstance(exc, NotImplementedError):
+        return grpc.StatusCode.UNIMPLEMENTED, str(exc) or "not implemented by this backend"
+    code = getattr(exc, "grpc_code", None)
+    if isinstance(code, grpc.StatusCode):
+        return code, str(exc)
+    return grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}: {exc}"

@@ -1,0 +1,179 @@
+"""gRPC plumbing shared by the coordinator and the workers.
+
+Every evalfleet server is a ``grpc.aio`` server with explicit message-size limits, the standard
+health service (``grpc.health.v1``), server reflection, an interceptor that maps user errors to
+their status, and a graceful shutdown that first reports NOT_SERVING.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1._async import HealthServicer
+from grpc_reflection.v1alpha import reflection
+
+from evalfleet.common.errors import EvalfleetError, status_for
+from evalfleet.common.logging import get_logger
+
+log = get_logger("rpc")
+
+#: Largest message either side accepts. Batches are sized well below it (see DEFAULT_BATCH_BYTES).
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+
+MESSAGE_OPTIONS: list[tuple[str, Any]] = [
+    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+]
+
+#: Client channels: message limits plus keepalive pings the servers accept.
+CHANNEL_OPTIONS: list[tuple[str, Any]] = [
+    *MESSAGE_OPTIONS,
+    ("grpc.keepalive_time_ms", 60_000),
+    ("grpc.keepalive_timeout_ms", 20_000),
+    ("grpc.keepalive_permit_without_calls", 0),
+]
+
+SERVER_OPTIONS: list[tuple[str, Any]] = [
+    *MESSAGE_OPTIONS,
+    ("grpc.keepalive_permit_without_calls", 0),
+    ("grpc.http2.min_ping_interval_without_data_ms", 30_000),
+    ("grpc.http2.max_pings_without_data", 0),
+    ("grpc.so_reuseport", 0),
+]
+
+
+class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):
+    """Turns exceptions raised by handlers into gRPC statuses with a clear message.
+
+    :class:`EvalfleetError` keeps its own status (INVALID_ARGUMENT, NOT_FOUND, ...); anything else
+    is INTERNAL and logged with its traceback.
+    """
+
+    async def intercept_service(self, continuation, handler_call_details):  # type: ignore[override]
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return None
+        method = handler_call_details.method
+        if handler.unary_unary is not None:
+            return grpc.unary_unary_rpc_method_handler(
+                _wrap_unary(handler.unary_unary, method),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        if handler.unary_stream is not None:
+            return grpc.unary_stream_rpc_method_handler(
+                _wrap_stream(handler.unary_stream, method),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        return handler
+
+
+async def _abort(context: grpc.aio.ServicerContext, exc: Exception, method: str) -> None:
+    code, message = status_for(exc)
+    if isinstance(exc, EvalfleetError):
+        log.info("rpc_user_error", method=method, code=code.name, message=message)
+    else:
+        log.exception("rpc_internal_error", method=method)
+    await context.abort(code, message)
+
+
+def _wrap_unary(inner: Callable, method: str) -> Callable:
+    async def handler(request, context):
+        try:
+            return await inner(request, context)
+        except grpc.aio.AbortError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - mapped to a status
+            await _abort(context, exc, method)
+
+    return handler
+
+
+def _wrap_stream(inner: Callable, method: str) -> Callable:
+    async def handler(request, context):
+        try:
+            async for item in inner(request, context):
+                yield item
+        except grpc.aio.AbortError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - mapped to a status
+            await _abort(context, exc, method)
+
+    return handler
+
+
+@dataclass
+class Service:
+    """One servicer to mount: its generated ``add_*_to_server`` function and full name."""
+
+    add_to_server: Callable[[Any, grpc.aio.Server], None]
+    servicer: Any
+    full_name: str
+
+
+@dataclass
+class RunningServer:
+    """A started server, the port it listens on, and its health servicer."""
+
+    server: grpc.aio.Server
+    port: int
+    health: HealthServicer
+    service_names: tuple[str, ...]
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    async def stop(self, grace: float = 5.0) -> None:
+        """Report NOT_SERVING, let in-flight calls finish within ``grace`` seconds, then stop."""
+        await self.health.enter_graceful_shutdown()
+        await self.server.stop(grace)
+
+
+async def start_server(
+    services: Sequence[Service],
+    *,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    reflection_enabled: bool = True,
+) -> RunningServer:
+    """Start a ``grpc.aio`` server with health, reflection and error mapping.
+
+    ``port=0`` picks a free ephemeral port; the chosen one is in the result.
+    """
+    server = grpc.aio.server(
+        interceptors=[ErrorMappingInterceptor()], options=SERVER_OPTIONS
+    )
+    health = HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health, server)
+    for service in services:
+        service.add_to_server(service.servicer, server)
+    names = tuple(s.full_name for s in services)
+    if reflection_enabled:
+        reflection.enable_server_reflection(
+            (*names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+             reflection.SERVICE_NAME),
+            server,
+        )
+    bound = server.add_insecure_port(f"{host}:{port}")
+    if bound == 0:
+        from evalfleet.common.errors import UnavailableError
+
+        raise UnavailableError(f"cannot listen on {host}:{port} (port in use or not permitted)")
+    await server.start()
+    serving = health_pb2.HealthCheckResponse.SERVING
+    await health.set("", serving)
+    for name in names:
+        await health.set(name, serving)
+    log.info("server_started", host=host, port=bound, services=list(names))
+    return RunningServer(server=server, port=bound, health=health, service_names=names)
+
+
+def insecure_channel(address: str) -> grpc.aio.Channel:
+    """A ``grpc.aio`` channel with evalfleet's message limits and keepalive settings."""
+    return grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)

@@ -1,0 +1,270 @@
+import datetime
+
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class EvaluationState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    EVALUATION_STATE_UNSPECIFIED: _ClassVar[EvaluationState]
+    EVALUATION_STATE_QUEUED: _ClassVar[EvaluationState]
+    EVALUATION_STATE_RUNNING: _ClassVar[EvaluationState]
+    EVALUATION_STATE_SUCCEEDED: _ClassVar[EvaluationState]
+    EVALUATION_STATE_FAILED: _ClassVar[EvaluationState]
+    EVALUATION_STATE_CANCELLED: _ClassVar[EvaluationState]
+EVALUATION_STATE_UNSPECIFIED: EvaluationState
+EVALUATION_STATE_QUEUED: EvaluationState
+EVALUATION_STATE_RUNNING: EvaluationState
+EVALUATION_STATE_SUCCEEDED: EvaluationState
+EVALUATION_STATE_FAILED: EvaluationState
+EVALUATION_STATE_CANCELLED: EvaluationState
+
+class EvaluationSpec(_message.Message):
+    __slots__ = ("model", "model_args", "worker_addresses", "tasks", "num_fewshot", "batch_size", "limit", "seeds", "gen_kwargs", "log_samples", "bootstrap_iters", "apply_chat_template", "system_instruction", "include_paths", "metadata", "fewshot_as_multiturn", "confirm_run_unsafe_code")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    MODEL_ARGS_FIELD_NUMBER: _ClassVar[int]
+    WORKER_ADDRESSES_FIELD_NUMBER: _ClassVar[int]
+    TASKS_FIELD_NUMBER: _ClassVar[int]
+    NUM_FEWSHOT_FIELD_NUMBER: _ClassVar[int]
+    BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    SEEDS_FIELD_NUMBER: _ClassVar[int]
+    GEN_KWARGS_FIELD_NUMBER: _ClassVar[int]
+    LOG_SAMPLES_FIELD_NUMBER: _ClassVar[int]
+    BOOTSTRAP_ITERS_FIELD_NUMBER: _ClassVar[int]
+    APPLY_CHAT_TEMPLATE_FIELD_NUMBER: _ClassVar[int]
+    SYSTEM_INSTRUCTION_FIELD_NUMBER: _ClassVar[int]
+    INCLUDE_PATHS_FIELD_NUMBER: _ClassVar[int]
+    METADATA_FIELD_NUMBER: _ClassVar[int]
+    FEWSHOT_AS_MULTITURN_FIELD_NUMBER: _ClassVar[int]
+    CONFIRM_RUN_UNSAFE_CODE_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    model_args: str
+    worker_addresses: _containers.RepeatedScalarFieldContainer[str]
+    tasks: _containers.RepeatedScalarFieldContainer[str]
+    num_fewshot: int
+    batch_size: str
+    limit: float
+    seeds: Seeds
+    gen_kwargs: str
+    log_samples: bool
+    bootstrap_iters: int
+    apply_chat_template: bool
+    system_instruction: str
+    include_paths: _containers.RepeatedScalarFieldContainer[str]
+    metadata: str
+    fewshot_as_multiturn: bool
+    confirm_run_unsafe_code: bool
+    def __init__(self, model: _Optional[str] = ..., model_args: _Optional[str] = ..., worker_addresses: _Optional[_Iterable[str]] = ..., tasks: _Optional[_Iterable[str]] = ..., num_fewshot: _Optional[int] = ..., batch_size: _Optional[str] = ..., limit: _Optional[float] = ..., seeds: _Optional[_Union[Seeds, _Mapping]] = ..., gen_kwargs: _Optional[str] = ..., log_samples: _Optional[bool] = ..., bootstrap_iters: _Optional[int] = ..., apply_chat_template: _Optional[bool] = ..., system_instruction: _Optional[str] = ..., include_paths: _Optional[_Iterable[str]] = ..., metadata: _Optional[str] = ..., fewshot_as_multiturn: _Optional[bool] = ..., confirm_run_unsafe_code: _Optional[bool] = ...) -> None: ...
+
+class Seeds(_message.Message):
+    __slots__ = ("random_seed", "numpy_seed", "torch_seed", "fewshot_seed")
+    RANDOM_SEED_FIELD_NUMBER: _ClassVar[int]
+    NUMPY_SEED_FIELD_NUMBER: _ClassVar[int]
+    TORCH_SEED_FIELD_NUMBER: _ClassVar[int]
+    FEWSHOT_SEED_FIELD_NUMBER: _ClassVar[int]
+    random_seed: int
+    numpy_seed: int
+    torch_seed: int
+    fewshot_seed: int
+    def __init__(self, random_seed: _Optional[int] = ..., numpy_seed: _Optional[int] = ..., torch_seed: _Optional[int] = ..., fewshot_seed: _Optional[int] = ...) -> None: ...
+
+class TaskProgress(_message.Message):
+    __slots__ = ("task", "done", "total")
+    TASK_FIELD_NUMBER: _ClassVar[int]
+    DONE_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_FIELD_NUMBER: _ClassVar[int]
+    task: str
+    done: int
+    total: int
+    def __init__(self, task: _Optional[str] = ..., done: _Optional[int] = ..., total: _Optional[int] = ...) -> None: ...
+
+class Evaluation(_message.Message):
+    __slots__ = ("id", "state", "spec", "progress", "error", "created_at", "updated_at", "unique_requests")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    SPEC_FIELD_NUMBER: _ClassVar[int]
+    PROGRESS_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    UPDATED_AT_FIELD_NUMBER: _ClassVar[int]
+    UNIQUE_REQUESTS_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    state: EvaluationState
+    spec: EvaluationSpec
+    progress: _containers.RepeatedCompositeFieldContainer[TaskProgress]
+    error: str
+    created_at: _timestamp_pb2.Timestamp
+    updated_at: _timestamp_pb2.Timestamp
+    unique_requests: int
+    def __init__(self, id: _Optional[str] = ..., state: _Optional[_Union[EvaluationState, str]] = ..., spec: _Optional[_Union[EvaluationSpec, _Mapping]] = ..., progress: _Optional[_Iterable[_Union[TaskProgress, _Mapping]]] = ..., error: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., unique_requests: _Optional[int] = ...) -> None: ...
+
+class CreateEvaluationRequest(_message.Message):
+    __slots__ = ("spec",)
+    SPEC_FIELD_NUMBER: _ClassVar[int]
+    spec: EvaluationSpec
+    def __init__(self, spec: _Optional[_Union[EvaluationSpec, _Mapping]] = ...) -> None: ...
+
+class GetEvaluationRequest(_message.Message):
+    __slots__ = ("id",)
+    ID_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    def __init__(self, id: _Optional[str] = ...) -> None: ...
+
+class WatchEvaluationRequest(_message.Message):
+    __slots__ = ("id",)
+    ID_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    def __init__(self, id: _Optional[str] = ...) -> None: ...
+
+class EvaluationEvent(_message.Message):
+    __slots__ = ("id", "state", "progress", "message", "time")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    PROGRESS_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    TIME_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    state: EvaluationState
+    progress: _containers.RepeatedCompositeFieldContainer[TaskProgress]
+    message: str
+    time: _timestamp_pb2.Timestamp
+    def __init__(self, id: _Optional[str] = ..., state: _Optional[_Union[EvaluationState, str]] = ..., progress: _Optional[_Iterable[_Union[TaskProgress, _Mapping]]] = ..., message: _Optional[str] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class CancelEvaluationRequest(_message.Message):
+    __slots__ = ("id",)
+    ID_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    def __init__(self, id: _Optional[str] = ...) -> None: ...
+
+class ListEvaluationsRequest(_message.Message):
+    __slots__ = ("limit",)
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    limit: int
+    def __init__(self, limit: _Optional[int] = ...) -> None: ...
+
+class ListEvaluationsResponse(_message.Message):
+    __slots__ = ("evaluations",)
+    EVALUATIONS_FIELD_NUMBER: _ClassVar[int]
+    evaluations: _containers.RepeatedCompositeFieldContainer[Evaluation]
+    def __init__(self, evaluations: _Optional[_Iterable[_Union[Evaluation, _Mapping]]] = ...) -> None: ...
+
+class GetResultsRequest(_message.Message):
+    __slots__ = ("id",)
+    ID_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    def __init__(self, id: _Optional[str] = ...) -> None: ...
+
+class MetricValue(_message.Message):
+    __slots__ = ("metric", "filter", "value", "stderr", "higher_is_better")
+    METRIC_FIELD_NUMBER: _ClassVar[int]
+    FILTER_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    STDERR_FIELD_NUMBER: _ClassVar[int]
+    HIGHER_IS_BETTER_FIELD_NUMBER: _ClassVar[int]
+    metric: str
+    filter: str
+    value: float
+    stderr: float
+    higher_is_better: bool
+    def __init__(self, metric: _Optional[str] = ..., filter: _Optional[str] = ..., value: _Optional[float] = ..., stderr: _Optional[float] = ..., higher_is_better: _Optional[bool] = ...) -> None: ...
+
+class TaskResult(_message.Message):
+    __slots__ = ("task", "alias", "version", "n_shot", "sample_len", "metrics")
+    TASK_FIELD_NUMBER: _ClassVar[int]
+    ALIAS_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    N_SHOT_FIELD_NUMBER: _ClassVar[int]
+    SAMPLE_LEN_FIELD_NUMBER: _ClassVar[int]
+    METRICS_FIELD_NUMBER: _ClassVar[int]
+    task: str
+    alias: str
+    version: str
+    n_shot: int
+    sample_len: int
+    metrics: _containers.RepeatedCompositeFieldContainer[MetricValue]
+    def __init__(self, task: _Optional[str] = ..., alias: _Optional[str] = ..., version: _Optional[str] = ..., n_shot: _Optional[int] = ..., sample_len: _Optional[int] = ..., metrics: _Optional[_Iterable[_Union[MetricValue, _Mapping]]] = ...) -> None: ...
+
+class GroupResult(_message.Message):
+    __slots__ = ("group", "alias", "version", "subtasks", "metrics", "sample_len")
+    GROUP_FIELD_NUMBER: _ClassVar[int]
+    ALIAS_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    SUBTASKS_FIELD_NUMBER: _ClassVar[int]
+    METRICS_FIELD_NUMBER: _ClassVar[int]
+    SAMPLE_LEN_FIELD_NUMBER: _ClassVar[int]
+    group: str
+    alias: str
+    version: str
+    subtasks: _containers.RepeatedScalarFieldContainer[str]
+    metrics: _containers.RepeatedCompositeFieldContainer[MetricValue]
+    sample_len: int
+    def __init__(self, group: _Optional[str] = ..., alias: _Optional[str] = ..., version: _Optional[str] = ..., subtasks: _Optional[_Iterable[str]] = ..., metrics: _Optional[_Iterable[_Union[MetricValue, _Mapping]]] = ..., sample_len: _Optional[int] = ...) -> None: ...
+
+class EvaluationResults(_message.Message):
+    __slots__ = ("id", "tasks", "groups", "results_json", "positions_computed", "table")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    TASKS_FIELD_NUMBER: _ClassVar[int]
+    GROUPS_FIELD_NUMBER: _ClassVar[int]
+    RESULTS_JSON_FIELD_NUMBER: _ClassVar[int]
+    POSITIONS_COMPUTED_FIELD_NUMBER: _ClassVar[int]
+    TABLE_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    tasks: _containers.RepeatedCompositeFieldContainer[TaskResult]
+    groups: _containers.RepeatedCompositeFieldContainer[GroupResult]
+    results_json: str
+    positions_computed: int
+    table: str
+    def __init__(self, id: _Optional[str] = ..., tasks: _Optional[_Iterable[_Union[TaskResult, _Mapping]]] = ..., groups: _Optional[_Iterable[_Union[GroupResult, _Mapping]]] = ..., results_json: _Optional[str] = ..., positions_computed: _Optional[int] = ..., table: _Optional[str] = ...) -> None: ...
+
+class StreamSamplesRequest(_message.Message):
+    __slots__ = ("id", "tasks")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    TASKS_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    tasks: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, id: _Optional[str] = ..., tasks: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class SampleRecord(_message.Message):
+    __slots__ = ("task", "json")
+    TASK_FIELD_NUMBER: _ClassVar[int]
+    JSON_FIELD_NUMBER: _ClassVar[int]
+    task: str
+    json: str
+    def __init__(self, task: _Optional[str] = ..., json: _Optional[str] = ...) -> None: ...
+
+class ListTasksRequest(_message.Message):
+    __slots__ = ("include_paths",)
+    INCLUDE_PATHS_FIELD_NUMBER: _ClassVar[int]
+    include_paths: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, include_paths: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class TaskInfo(_message.Message):
+    __slots__ = ("name", "kind", "path", "dataset_path", "dataset_name", "data_available", "output_type")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    DATASET_PATH_FIELD_NUMBER: _ClassVar[int]
+    DATASET_NAME_FIELD_NUMBER: _ClassVar[int]
+    DATA_AVAILABLE_FIELD_NUMBER: _ClassVar[int]
+    OUTPUT_TYPE_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    kind: str
+    path: str
+    dataset_path: str
+    dataset_name: str
+    data_available: bool
+    output_type: str
+    def __init__(self, name: _Optional[str] = ..., kind: _Optional[str] = ..., path: _Optional[str] = ..., dataset_path: _Optional[str] = ..., dataset_name: _Optional[str] = ..., data_available: _Optional[bool] = ..., output_type: _Optional[str] = ...) -> None: ...
+
+class ListTasksResponse(_message.Message):
+    __slots__ = ("tasks",)
+    TASKS_FIELD_NUMBER: _ClassVar[int]
+    tasks: _containers.RepeatedCompositeFieldContainer[TaskInfo]
+    def __init__(self, tasks: _Optional[_Iterable[_Union[TaskInfo, _Mapping]]] = ...) -> None: ...
