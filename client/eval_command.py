@@ -1,0 +1,116 @@
+"""``evalfleet eval``: build a spec from lm_eval-style flags, run it, print and write results."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from contextlib import AsyncExitStack
+
+from rich.console import Console
+
+from evalfleet.client.submit import run_job, write_outputs
+from evalfleet.common.args import format_kv_args, parse_kv_args
+from evalfleet.common.errors import InvalidArgumentError
+from evalfleet.v1 import coordinator_pb2 as cpb
+
+
+def parse_seeds(text: str) -> cpb.Seeds:
+    """lm_eval's --seed: one int for all four, or ``python,numpy,torch,fewshot`` (None allowed)."""
+    parts = [p.strip() for p in text.split(",")]
+    names = ("random_seed", "numpy_seed", "torch_seed", "fewshot_seed")
+    if len(parts) == 1:
+        parts = parts * 4
+    if len(parts) != 4:
+        raise InvalidArgumentError(
+            f"--seed: '{text}' must be one integer or four comma-separated values")
+    seeds = cpb.Seeds()
+    for name, part in zip(names, parts, strict=True):
+        if part.lower() == "none":
+            continue
+        try:
+            setattr(seeds, name, int(part))
+        except ValueError as exc:
+            raise InvalidArgumentError(f"--seed: '{part}' is not an integer") from exc
+    return seeds
+
+
+def build_spec(args: argparse.Namespace, *, worker_addresses: list[str] | None = None
+               ) -> cpb.EvaluationSpec:
+    """The ``EvaluationSpec`` the flags describe."""
+    if args.log_samples and not args.output_path:
+        raise InvalidArgumentError("--log_samples needs --output_path")
+    spec = cpb.EvaluationSpec(
+        model=args.model, model_args=args.model_args,
+        tasks=[t.strip() for t in args.tasks.split(",") if t.strip()],
+        batch_size=str(args.batch_size), seeds=parse_seeds(args.seed),
+        gen_kwargs=args.gen_kwargs, log_samples=args.log_samples,
+        bootstrap_iters=args.bootstrap_iters, apply_chat_template=args.apply_chat_template,
+        system_instruction=args.system_instruction, include_paths=args.include_path,
+        metadata=args.metadata, fewshot_as_multiturn=args.fewshot_as_multiturn,
+        confirm_run_unsafe_code=args.confirm_run_unsafe_code,
+        worker_addresses=worker_addresses or [],
+    )
+    if args.num_fewshot is not None:
+        spec.num_fewshot = args.num_fewshot
+    if args.limit is not None:
+        spec.limit = args.limit
+    return spec
+
+
+async def run_eval(args: argparse.Namespace) -> int:
+    console = Console(stderr=True)
+    data_dir = args.data_dir or os.environ.get("EVALFLEET_DATA_DIR")
+    include_paths = [os.path.abspath(p) for p in args.include_path]
+    args.include_path = include_paths
+    async with AsyncExitStack() as stack:
+        if args.coordinator:
+            address = args.coordinator
+            spec = build_spec(args)
+        else:
+            address, worker = await _start_embedded(args, data_dir, stack, console)
+            spec = build_spec(args, worker_addresses=[worker])
+        results, samples = await run_job(address, spec, console=console,
+                                         show_progress=not args.no_progress)
+    doc = json.loads(results.results_json)
+    if args.show_config:
+        print(json.dumps(doc, indent=2, ensure_ascii=False))
+    print(results.table)
+    if args.output_path:
+        for path in write_outputs(args.output_path, results, samples):
+            console.print(f"wrote {path}")
+    return 0
+
+
+async def _start_embedded(args: argparse.Namespace, data_dir: str | None,
+                          stack: AsyncExitStack, console: Console) -> tuple[str, str]:
+    """Start one worker and a coordinator on loopback ephemeral ports for this run."""
+    import asyncio
+
+    from evalfleet.inference.server import load_backend, start_worker
+    from evalfleet.server.jobs import load_tasks, parse_spec
+    from evalfleet.server.service import start_coordinator
+    from evalfleet.server.store import SqliteJobStore
+
+    # Check the spec and the tasks before paying for the model load.
+    parse_spec(build_spec(args, worker_addresses=["127.0.0.1:1"]))
+    model_args = parse_kv_args(args.model_args, field="--model_args")
+    if args.device:
+        model_args.setdefault("device", args.device)
+        args.model_args = format_kv_args(model_args)
+    spec = build_spec(args)
+    await asyncio.to_thread(load_tasks, parse_spec(spec), data_dir, args.include_path)
+
+    with console.status(f"loading {args.model} model {model_args.get('pretrained', '')}"):
+        batch_size = int(args.batch_size) if str(args.batch_size).isdigit() else args.batch_size
+        backend = await asyncio.to_thread(load_backend, args.model, model_args, batch_size)
+    worker = await start_worker(backend, model_args=model_args)
+    stack.push_async_callback(worker.stop, 1.0)
+    coordinator, _ = await start_coordinator(workers=[worker.address],
+                                             store=SqliteJobStore(args.store),
+                                             data_dir=data_dir, include_paths=args.include_path)
+    stack.push_async_callback(coordinator.stop, 1.0)
+    print(f"embedded coordinator {coordinator.address}, worker {worker.address}",
+          file=sys.stderr)
+    return coordinator.address, worker.address

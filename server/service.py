@@ -1,0 +1,117 @@
+"""The coordinator's gRPC service (``evalfleet.v1.EvaluationService``)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from pathlib import Path
+
+from evalfleet.common.errors import FailedPreconditionError, NotFoundError
+from evalfleet.common.logging import get_logger
+from evalfleet.common.rpc import RunningServer, Service, start_server
+from evalfleet.server.jobs import JobRunner
+from evalfleet.server.store import JobStore, SqliteJobStore
+from evalfleet.tasks import TaskManager
+from evalfleet.v1 import coordinator_pb2 as cpb
+from evalfleet.v1 import coordinator_pb2_grpc as cpb_grpc
+
+log = get_logger("coordinator")
+
+
+class EvaluationServicer(cpb_grpc.EvaluationServiceServicer):
+    """Thin translation between the API and the :class:`JobRunner`."""
+
+    def __init__(self, runner: JobRunner) -> None:
+        self.runner = runner
+
+    async def CreateEvaluation(self, request: cpb.CreateEvaluationRequest, context
+                               ) -> cpb.Evaluation:
+        job = await self.runner.create(request.spec)
+        return job.to_proto()
+
+    async def GetEvaluation(self, request: cpb.GetEvaluationRequest, context) -> cpb.Evaluation:
+        return self._evaluation(request.id)
+
+    def _evaluation(self, job_id: str) -> cpb.Evaluation:
+        if job_id in self.runner.jobs:
+            return self.runner.jobs[job_id].to_proto()
+        record = self.runner.store.get_job(job_id)
+        if record is None:
+            raise NotFoundError(f"evaluation '{job_id}' not found")
+        return cpb.Evaluation(id=record.id, state=record.state,
+                              spec=cpb.EvaluationSpec.FromString(record.spec),
+                              error=record.error)
+
+    async def WatchEvaluation(self, request: cpb.WatchEvaluationRequest, context):
+        if request.id not in self.runner.jobs:
+            evaluation = self._evaluation(request.id)
+            yield cpb.EvaluationEvent(id=evaluation.id, state=evaluation.state,
+                                      message="stored evaluation")
+            return
+        async for event in self.runner.watch(request.id):
+            yield event
+
+    async def CancelEvaluation(self, request: cpb.CancelEvaluationRequest, context
+                               ) -> cpb.Evaluation:
+        job = await self.runner.cancel(request.id)
+        return job.to_proto()
+
+    async def ListEvaluations(self, request: cpb.ListEvaluationsRequest, context
+                              ) -> cpb.ListEvaluationsResponse:
+        records = await asyncio.to_thread(self.runner.store.list_jobs, request.limit)
+        return cpb.ListEvaluationsResponse(evaluations=[
+            self.runner.jobs[r.id].to_proto() if r.id in self.runner.jobs else
+            cpb.Evaluation(id=r.id, state=r.state, spec=cpb.EvaluationSpec.FromString(r.spec),
+                           error=r.error)
+            for r in records])
+
+    async def GetResults(self, request: cpb.GetResultsRequest, context
+                         ) -> cpb.EvaluationResults:
+        record = await asyncio.to_thread(self.runner.store.get_job, request.id)
+        if record is None:
+            raise NotFoundError(f"evaluation '{request.id}' not found")
+        if record.state != cpb.EVALUATION_STATE_SUCCEEDED or record.results is None:
+            state = cpb.EvaluationState.Name(record.state)
+            detail = f": {record.error}" if record.error else ""
+            raise FailedPreconditionError(
+                f"evaluation '{request.id}' has no results (state {state}{detail})")
+        return cpb.EvaluationResults.FromString(record.results)
+
+    async def StreamSamples(self, request: cpb.StreamSamplesRequest, context):
+        record = await asyncio.to_thread(self.runner.store.get_job, request.id)
+        if record is None:
+            raise NotFoundError(f"evaluation '{request.id}' not found")
+        if record.state != cpb.EVALUATION_STATE_SUCCEEDED:
+            raise FailedPreconditionError(f"evaluation '{request.id}' has not succeeded")
+        wanted = set(request.tasks)
+        rows = await asyncio.to_thread(lambda: list(self.runner.store.iter_samples(request.id)))
+        for task, record_json in rows:
+            if not wanted or task in wanted:
+                yield cpb.SampleRecord(task=task, json=record_json)
+
+    async def ListTasks(self, request: cpb.ListTasksRequest, context) -> cpb.ListTasksResponse:
+        manager = TaskManager(include_paths=[*self.runner.include_paths,
+                                             *request.include_paths],
+                              data_dir=self.runner.data_dir)
+        entries = await asyncio.to_thread(manager.list)
+        return cpb.ListTasksResponse(tasks=[
+            cpb.TaskInfo(name=e.name, kind=e.kind, path=str(e.path or ""),
+                         dataset_path=e.dataset_path or "", dataset_name=e.dataset_name or "",
+                         data_available=bool(e.data_available),
+                         output_type=getattr(e, "output_type", "") or "")
+            for e in sorted(entries, key=lambda e: e.name)])
+
+
+async def start_coordinator(*, host: str = "127.0.0.1", port: int = 0,
+                            workers: Sequence[str] = (), store: JobStore | None = None,
+                            data_dir: str | Path | None = None,
+                            include_paths: Sequence[str] = ()) -> tuple[RunningServer, JobRunner]:
+    """Start the coordinator service; returns the server and its job runner."""
+    runner = JobRunner(store or SqliteJobStore(), default_workers=workers, data_dir=data_dir,
+                       include_paths=include_paths)
+    servicer = EvaluationServicer(runner)
+    server = await start_server(
+        [Service(cpb_grpc.add_EvaluationServiceServicer_to_server, servicer,
+                 cpb.DESCRIPTOR.services_by_name["EvaluationService"].full_name)],
+        host=host, port=port)
+    return server, runner
