@@ -42,6 +42,8 @@ log = get_logger("jobs")
 TERMINAL = {cpb.EVALUATION_STATE_SUCCEEDED, cpb.EVALUATION_STATE_FAILED,
             cpb.EVALUATION_STATE_CANCELLED}
 DEFAULT_BOOTSTRAP_ITERS = 100_000
+#: Events kept per job for watchers that subscribe late (the first is always kept).
+MAX_HISTORY = 1000
 DEFAULT_SEEDS = {"random_seed": 0, "numpy_seed": 1234, "torch_seed": 1234, "fewshot_seed": 1234}
 
 
@@ -249,6 +251,7 @@ class Job:
     done: dict[str, int] = field(default_factory=dict)
     positions_computed: int = 0
     subscribers: list[asyncio.Queue] = field(default_factory=list)
+    history: list[cpb.EvaluationEvent] = field(default_factory=list)
     runner: asyncio.Task | None = None
     model_info: ipb.ModelInfo | None = None
 
@@ -266,6 +269,9 @@ class Job:
         self.updated_at = _now()
         event = cpb.EvaluationEvent(id=self.id, state=self.state, progress=self.progress(),
                                     message=message, time=self.updated_at)
+        self.history.append(event)
+        if len(self.history) > MAX_HISTORY:
+            del self.history[1:len(self.history) - MAX_HISTORY + 1]
         for queue in self.subscribers:
             queue.put_nowait(event)
 
@@ -331,12 +337,13 @@ class JobRunner:
         return job
 
     async def watch(self, job_id: str) -> AsyncIterator[cpb.EvaluationEvent]:
+        """Every event of the job so far, then new ones until it ends."""
         job = self.get(job_id)
         queue: asyncio.Queue[cpb.EvaluationEvent] = asyncio.Queue()
         job.subscribers.append(queue)
         try:
-            yield cpb.EvaluationEvent(id=job.id, state=job.state, progress=job.progress(),
-                                      message="current state", time=job.updated_at)
+            for event in list(job.history):
+                yield event
             while job.state not in TERMINAL:
                 event = await queue.get()
                 yield event

@@ -95,9 +95,9 @@ class EvaluationServicer(cpb_grpc.EvaluationServiceServicer):
                               data_dir=self.runner.data_dir)
         entries = await asyncio.to_thread(manager.list)
         return cpb.ListTasksResponse(tasks=[
-            cpb.TaskInfo(name=e.name, kind=e.kind, path=str(e.path or ""),
+            cpb.TaskInfo(name=e.name, kind=e.kind, path=str(e.yaml_path or ""),
                          dataset_path=e.dataset_path or "", dataset_name=e.dataset_name or "",
-                         data_available=bool(e.data_available),
+                         data_available=bool(e.in_mirror),
                          output_type=getattr(e, "output_type", "") or "")
             for e in sorted(entries, key=lambda e: e.name)])
 

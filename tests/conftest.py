@@ -46,3 +46,56 @@ def tiny_model_dir() -> Path:
 def real_model_dir() -> Path:
     """SmolLM2-135M-Instruct dequantized to float32 safetensors."""
     return _require(REAL_MODEL_DIR, "SmolLM2-135M model")
+
+
+class BackgroundLoop:
+    """An asyncio loop in a thread, for hosting real gRPC servers beside synchronous tests."""
+
+    def __init__(self) -> None:
+        import asyncio
+        import threading
+
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self._thread.start()
+
+    def run(self, coro, timeout: float = 600):
+        import asyncio
+
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def close(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(timeout=10)
+
+
+@pytest.fixture(scope="session")
+def background_loop():
+    loop = BackgroundLoop()
+    yield loop
+    loop.close()
+
+
+@pytest.fixture(scope="session")
+def tiny_worker(background_loop, tiny_model_dir):
+    """A real hf inference worker serving the tiny model on a loopback ephemeral port."""
+    from evalfleet.inference.server import load_backend, start_worker
+
+    model_args = {"pretrained": str(tiny_model_dir), "dtype": "float32", "device": "cpu"}
+    backend = load_backend("hf", model_args, batch_size=4)
+    server = background_loop.run(start_worker(backend, model_args=model_args))
+    yield server
+    background_loop.run(server.stop(0.5))
+
+
+@pytest.fixture(scope="session")
+def coordinator(background_loop, tiny_worker, data_dir, tmp_path_factory):
+    """A real coordinator on loopback whose pool is the tiny worker; SQLite store on disk."""
+    from evalfleet.server.service import start_coordinator
+    from evalfleet.server.store import SqliteJobStore
+
+    store = SqliteJobStore(tmp_path_factory.mktemp("store") / "jobs.db")
+    server, runner = background_loop.run(
+        start_coordinator(workers=[tiny_worker.address], store=store, data_dir=data_dir))
+    yield server
+    background_loop.run(server.stop(0.5))

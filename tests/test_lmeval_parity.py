@@ -1,0 +1,96 @@
+"""evalfleet's numbers against lm-eval 0.4.13 itself, on the tiny model and real data.
+
+lm-eval runs in-process (``simple_evaluate`` with ``--model hf`` on the same model directory),
+reading the same mirror through the override files of ../shared/tools/lmeval_local.py.
+evalfleet runs through its real services (coordinator + worker on loopback).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import grpc
+import pytest
+from conftest import DATA_DIR, REPO_ROOT
+
+from evalfleet.v1 import coordinator_pb2 as cpb
+from evalfleet.v1 import coordinator_pb2_grpc as cpb_grpc
+
+LMEVAL_LOCAL = REPO_ROOT.parent / "shared" / "tools" / "lmeval_local.py"
+TASKS = ["arc_easy", "piqa"]
+LIMIT = 20
+LL_TOLERANCE = 1e-4
+
+
+@pytest.fixture(scope="session")
+def lmeval_task_dir(tmp_path_factory):
+    """Override YAMLs that make lm-eval read its built-in tasks from the local mirror."""
+    out = tmp_path_factory.mktemp("lmeval_tasks")
+    subprocess.run([sys.executable, str(LMEVAL_LOCAL), str(DATA_DIR), str(out)], check=True,
+                   capture_output=True)
+    return out
+
+
+@pytest.fixture(scope="module")
+def lmeval_samples(lmeval_task_dir, tiny_model_dir):
+    from lm_eval import simple_evaluate
+    from lm_eval.tasks import TaskManager
+
+    results = simple_evaluate(
+        model="hf", model_args=f"pretrained={tiny_model_dir},dtype=float32", tasks=TASKS,
+        limit=LIMIT, batch_size=4, device="cpu", log_samples=True, bootstrap_iters=1000,
+        task_manager=TaskManager(include_path=str(lmeval_task_dir)),
+    )
+    return results
+
+
+@pytest.fixture(scope="module")
+def evalfleet_run(coordinator):
+    spec = cpb.EvaluationSpec(model="hf", tasks=TASKS, limit=LIMIT, log_samples=True,
+                              bootstrap_iters=1000, batch_size="4")
+    with grpc.insecure_channel(coordinator.address) as channel:
+        stub = cpb_grpc.EvaluationServiceStub(channel)
+        evaluation = stub.CreateEvaluation(cpb.CreateEvaluationRequest(spec=spec), timeout=120)
+        for _ in stub.WatchEvaluation(cpb.WatchEvaluationRequest(id=evaluation.id), timeout=600):
+            pass
+        results = stub.GetResults(cpb.GetResultsRequest(id=evaluation.id), timeout=30)
+        samples: dict[str, list[dict]] = {}
+        for record in stub.StreamSamples(cpb.StreamSamplesRequest(id=evaluation.id), timeout=60):
+            samples.setdefault(record.task, []).append(json.loads(record.json))
+    return json.loads(results.results_json), samples
+
+
+@pytest.mark.reference
+@pytest.mark.parametrize("task", TASKS)
+def test_metrics_identical(lmeval_samples, evalfleet_run, task):
+    ours, _ = evalfleet_run
+    theirs = lmeval_samples["results"][task]
+    for metric in ("acc,none", "acc_norm,none", "acc_stderr,none", "acc_norm_stderr,none"):
+        assert ours["results"][task][metric] == pytest.approx(theirs[metric], abs=1e-12), metric
+    assert ours["results"][task]["sample_len"] == theirs["sample_len"]
+
+
+@pytest.mark.reference
+@pytest.mark.parametrize("task", TASKS)
+def test_per_sample_loglikelihoods_match(lmeval_samples, evalfleet_run, task):
+    _, our_samples = evalfleet_run
+    ours = {s["doc_id"]: s for s in our_samples[task]}
+    theirs = {s["doc_id"]: s for s in lmeval_samples["samples"][task]}
+    assert set(ours) == set(theirs) == set(range(LIMIT))
+    worst = 0.0
+    for doc_id, ref in theirs.items():
+        mine = ours[doc_id]
+        assert [a for a in mine["arguments"].values()] == [
+            {"arg_0": a[0], "arg_1": a[1]} for a in ref["arguments"]]
+        ref_lls = [float(r[0][0]) for r in ref["resps"]]
+        my_lls = [float(r[0][0]) for r in mine["resps"]]
+        worst = max(worst, *(abs(a - b) for a, b in zip(ref_lls, my_lls, strict=True)))
+        assert [bool(r[0][1]) for r in ref["resps"]] == [r[0][1] == "True"
+                                                          for r in mine["resps"]]
+        assert mine["acc"] == ref["acc"] and mine["acc_norm"] == ref["acc_norm"]
+        assert mine["doc_hash"] == ref["doc_hash"]
+        assert mine["prompt_hash"] == ref["prompt_hash"]
+        assert mine["target_hash"] == ref["target_hash"]
+    assert worst < LL_TOLERANCE

@@ -1,0 +1,188 @@
+"""The coordinator and a worker as real gRPC servers on loopback, driven by a gRPC client."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+from evalfleet.v1 import coordinator_pb2 as cpb
+from evalfleet.v1 import coordinator_pb2_grpc as cpb_grpc
+from evalfleet.v1 import inference_pb2 as ipb
+from evalfleet.v1 import inference_pb2_grpc as ipb_grpc
+
+TERMINAL = {cpb.EVALUATION_STATE_SUCCEEDED, cpb.EVALUATION_STATE_FAILED,
+            cpb.EVALUATION_STATE_CANCELLED}
+
+
+@pytest.fixture()
+def eval_stub(coordinator):
+    with grpc.insecure_channel(coordinator.address) as channel:
+        yield cpb_grpc.EvaluationServiceStub(channel)
+
+
+def _run(stub, spec: cpb.EvaluationSpec) -> tuple[cpb.Evaluation, list[cpb.EvaluationEvent]]:
+    evaluation = stub.CreateEvaluation(cpb.CreateEvaluationRequest(spec=spec), timeout=120)
+    events = list(stub.WatchEvaluation(cpb.WatchEvaluationRequest(id=evaluation.id),
+                                       timeout=600))
+    return stub.GetEvaluation(cpb.GetEvaluationRequest(id=evaluation.id), timeout=10), events
+
+
+@pytest.mark.parametrize("service", ["", "evalfleet.v1.EvaluationService"])
+def test_coordinator_health_serving(coordinator, service):
+    with grpc.insecure_channel(coordinator.address) as channel:
+        response = health_pb2_grpc.HealthStub(channel).Check(
+            health_pb2.HealthCheckRequest(service=service), timeout=5)
+    assert response.status == health_pb2.HealthCheckResponse.SERVING
+
+
+def test_worker_health_and_unknown_service(tiny_worker):
+    with grpc.insecure_channel(tiny_worker.address) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        ok = stub.Check(health_pb2.HealthCheckRequest(
+            service="evalfleet.v1.InferenceService"), timeout=5)
+        assert ok.status == health_pb2.HealthCheckResponse.SERVING
+        with pytest.raises(grpc.RpcError) as err:
+            stub.Check(health_pb2.HealthCheckRequest(service="no.such.Service"), timeout=5)
+        assert err.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+@pytest.mark.parametrize("fixture_name,expected", [
+    ("coordinator", "evalfleet.v1.EvaluationService"),
+    ("tiny_worker", "evalfleet.v1.InferenceService"),
+])
+def test_reflection_lists_services(request, fixture_name, expected):
+    server = request.getfixturevalue(fixture_name)
+    with grpc.insecure_channel(server.address) as channel:
+        stub = reflection_pb2_grpc.ServerReflectionStub(channel)
+        responses = stub.ServerReflectionInfo(
+            iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=5)
+        names = {s.name for r in responses for s in r.list_services_response.service}
+    assert expected in names
+    assert "grpc.health.v1.Health" in names
+
+
+def test_worker_scores_batches(tiny_worker):
+    with grpc.insecure_channel(tiny_worker.address) as channel:
+        stub = ipb_grpc.InferenceServiceStub(channel)
+        info = stub.GetModelInfo(ipb.GetModelInfoRequest(), timeout=10)
+        assert info.backend == "hf"
+        assert info.fingerprint.startswith("sha256:") and len(info.fingerprint) == 71
+        assert "loglikelihood" in info.capabilities
+        response = stub.Loglikelihood(ipb.LoglikelihoodRequest(items=[
+            ipb.LoglikelihoodItem(request_id="a", context="The capital of France is",
+                                  continuation=" Paris"),
+            ipb.LoglikelihoodItem(request_id="b", context="Question: 2+2?\nAnswer:",
+                                  continuation=" four apples"),
+        ]), timeout=60)
+    assert [r.request_id for r in response.results] == ["a", "b"]
+    assert len(response.results[1].logprobs) >= 2
+    assert all(lp <= 0.0 for r in response.results for lp in r.logprobs)
+    assert len(response.results[0].greedy) == len(response.results[0].logprobs)
+    assert response.positions_computed > 0
+
+
+def test_evaluation_end_to_end(eval_stub):
+    spec = cpb.EvaluationSpec(model="hf", tasks=["arc_easy", "piqa"], limit=5,
+                              log_samples=True, bootstrap_iters=0)
+    evaluation, events = _run(eval_stub, spec)
+    assert evaluation.state == cpb.EVALUATION_STATE_SUCCEEDED, evaluation.error
+    assert events[-1].state == cpb.EVALUATION_STATE_SUCCEEDED
+    final = {p.task: (p.done, p.total) for p in events[-1].progress}
+    assert final == {"arc_easy": (final["arc_easy"][1], final["arc_easy"][1]),
+                     "piqa": (10, 10)}
+    results = eval_stub.GetResults(cpb.GetResultsRequest(id=evaluation.id), timeout=10)
+    tasks = {t.task: t for t in results.tasks}
+    assert set(tasks) == {"arc_easy", "piqa"}
+    for task in tasks.values():
+        metrics = {m.metric for m in task.metrics}
+        assert {"acc", "acc_norm"} <= metrics
+        assert task.sample_len == 5
+    doc = json.loads(results.results_json)
+    assert doc["results"]["piqa"]["sample_len"] == 5
+    assert 0.0 <= doc["results"]["piqa"]["acc,none"] <= 1.0
+    assert doc["n-samples"]["arc_easy"] == {"original": 2376, "effective": 5}
+    assert "|arc_easy|" in results.table.replace(" ", "")
+    assert results.positions_computed > 0
+    samples = list(eval_stub.StreamSamples(cpb.StreamSamplesRequest(id=evaluation.id),
+                                           timeout=30))
+    assert len(samples) == 10
+    record = json.loads(samples[0].json)
+    assert record["doc_id"] == 0
+    assert set(record) >= {"doc", "target", "arguments", "resps", "filtered_resps", "doc_hash",
+                           "prompt_hash", "target_hash", "acc", "acc_norm"}
+    assert all(math.isfinite(float(r[0][0])) for r in record["resps"])
+
+
+def test_second_job_reuses_stored_answers(eval_stub):
+    spec = cpb.EvaluationSpec(model="hf", tasks=["arc_challenge"], limit=2, bootstrap_iters=0)
+    first, first_events = _run(eval_stub, spec)
+    assert any(f"0 answers from the store, {first.unique_requests} to compute" in e.message
+               for e in first_events)
+    second, events = _run(eval_stub, spec)
+    assert second.state == cpb.EVALUATION_STATE_SUCCEEDED
+    assert any(f"{first.unique_requests} answers from the store, 0 to compute" in e.message
+               for e in events)
+    r1 = eval_stub.GetResults(cpb.GetResultsRequest(id=first.id), timeout=10)
+    r2 = eval_stub.GetResults(cpb.GetResultsRequest(id=second.id), timeout=10)
+    assert [m.value for m in r1.tasks[0].metrics] == [m.value for m in r2.tasks[0].metrics]
+    assert r2.positions_computed == 0
+
+
+@pytest.mark.parametrize("spec,code,needle", [
+    (cpb.EvaluationSpec(tasks=["arc_esay"]), grpc.StatusCode.NOT_FOUND, "arc_easy"),
+    (cpb.EvaluationSpec(tasks=["piqa"], model_args="pretrained"),
+     grpc.StatusCode.INVALID_ARGUMENT, "spec.model_args"),
+    (cpb.EvaluationSpec(tasks=[]), grpc.StatusCode.INVALID_ARGUMENT, "spec.tasks"),
+    (cpb.EvaluationSpec(tasks=["piqa"], batch_size="big"), grpc.StatusCode.INVALID_ARGUMENT,
+     "spec.batch_size"),
+    (cpb.EvaluationSpec(tasks=["piqa"], worker_addresses=["127.0.0.1:1"]),
+     grpc.StatusCode.UNAVAILABLE, "127.0.0.1:1"),
+    (cpb.EvaluationSpec(tasks=["piqa"], limit=-1), grpc.StatusCode.INVALID_ARGUMENT,
+     "spec.limit"),
+])
+def test_bad_specs_get_clear_statuses(eval_stub, spec, code, needle):
+    with pytest.raises(grpc.RpcError) as err:
+        eval_stub.CreateEvaluation(cpb.CreateEvaluationRequest(spec=spec), timeout=60)
+    assert err.value.code() == code
+    assert needle in err.value.details()
+    assert "Traceback" not in err.value.details()
+
+
+def test_missing_data_names_the_path(background_loop, tiny_worker, tmp_path):
+    from evalfleet.server.service import start_coordinator
+
+    server, _ = background_loop.run(start_coordinator(workers=[tiny_worker.address],
+                                                      data_dir=tmp_path))
+    try:
+        with grpc.insecure_channel(server.address) as channel:
+            stub = cpb_grpc.EvaluationServiceStub(channel)
+            with pytest.raises(grpc.RpcError) as err:
+                stub.CreateEvaluation(cpb.CreateEvaluationRequest(
+                    spec=cpb.EvaluationSpec(tasks=["piqa"], limit=2)), timeout=60)
+    finally:
+        background_loop.run(server.stop(0.5))
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND
+    assert str(tmp_path) in err.value.details()
+
+
+def test_unknown_evaluation_and_results_before_success(eval_stub):
+    with pytest.raises(grpc.RpcError) as err:
+        eval_stub.GetEvaluation(cpb.GetEvaluationRequest(id="nope"), timeout=5)
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND
+    with pytest.raises(grpc.RpcError) as err:
+        eval_stub.GetResults(cpb.GetResultsRequest(id="nope"), timeout=5)
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+def test_list_evaluations_and_tasks(eval_stub):
+    listed = eval_stub.ListEvaluations(cpb.ListEvaluationsRequest(), timeout=10)
+    assert all(e.id for e in listed.evaluations)
+    tasks = eval_stub.ListTasks(cpb.ListTasksRequest(), timeout=60)
+    by_name = {t.name: t for t in tasks.tasks}
+    assert by_name["arc_easy"].data_available
+    assert by_name["arc_easy"].dataset_path == "allenai/ai2_arc"
