@@ -1,0 +1,48 @@
+"""Registry of response filters (lm-eval names -> classes).
+
+Adding a filter = one class in a family module + one entry in ``FILTERS``.
+"""
+
+from __future__ import annotations
+
+from evalfleet.tasks.filters.base import Filter, FilterPipeline
+from evalfleet.tasks.filters.custom import CustomFilter
+from evalfleet.tasks.filters.extraction import MultiChoiceRegexFilter, RegexFilter
+from evalfleet.tasks.filters.selection import MajorityVoteFilter, TakeFirstFilter, TakeKFilter
+from evalfleet.tasks.filters.transformation import (
+    LowercaseFilter,
+    MapFilter,
+    UppercaseFilter,
+    WhitespaceFilter,
+)
+
+FILTERS: dict[str, type[Filter]] = {
+    "take_first": TakeFirstFilter,
+    "take_first_k": TakeKFilter,
+    "majority_vote": MajorityVoteFilter,
+    "regex": RegexFilter,
+    "multi_choice_regex": MultiChoiceRegexFilter,
+    "remove_whitespace": WhitespaceFilter,
+    "lowercase": LowercaseFilter,
+    "uppercase": UppercaseFilter,
+    "map": MapFilter,
+    "custom": CustomFilter,
+}
+
+
+def register_filter(name: str, cls: type[Filter]) -> None:
+    """Add (or replace) a filter class under ``name``."""
+    FILTERS[name] = cls
+
+
+def get_filter(name: str) -> type[Filter]:
+    """The filter class registered as ``name`` (KeyError lists the known names)."""
+    try:
+        return FILTERS[name]
+    except KeyError:
+        raise KeyError(f"unknown filter {name!r}; known: {', '.join(sorted(FILTERS))}") from None
+
+
+DEFAULT_PIPELINES = (("none", (("take_first", {}),)),)
+
+__all__ = ["FILTERS", "Filter", "FilterPipeline", "get_filter", "register_filter"]

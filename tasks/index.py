@@ -1,0 +1,94 @@
+"""Scan task directories into a name -> entry index (tasks, groups, tags)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from evalfleet.tasks.errors import TaskError
+from evalfleet.tasks.yaml_loader import load_config, read_yaml
+
+log = structlog.get_logger(__name__)
+_IGNORE_DIRS = {"__pycache__", ".ipynb_checkpoints"}
+
+
+@dataclass
+class IndexEntry:
+    """One indexed name: kind is 'task', 'group' or 'tag'."""
+
+    name: str
+    kind: str
+    path: Path | None = None
+    cfg: dict[str, Any] | None = None
+    members: set[str] = field(default_factory=set)  # a tag's tasks
+    error: TaskError | None = None  # include/merge error, raised when loaded
+
+
+def _kind(cfg: dict[str, Any]) -> str | None:
+    if "group" in cfg:
+        return "group"
+    if "task" in cfg:
+        return "task"
+    return None
+
+
+def _yaml_files(root: Path) -> list[Path]:
+    return sorted(
+        (p for p in root.glob("**/*.yaml") if not _IGNORE_DIRS & set(p.parts)),
+        key=lambda p: p.as_posix(),
+    )
+
+
+def index_file(path: Path, out: dict[str, IndexEntry]) -> None:
+    """Add one YAML file's task/group (and its tags) to ``out``; first one wins."""
+    raw = read_yaml(path)
+    error = None
+    try:
+        cfg = load_config(path)
+    except TaskError as err:
+        cfg, error = raw, err
+    kind = _kind(cfg)
+    if kind is None:
+        return
+    name = cfg[kind]
+    if not isinstance(name, str) or name in out:
+        if isinstance(name, str):
+            log.debug("duplicate task name skipped", name=name, path=str(path))
+        return
+    out[name] = IndexEntry(name=name, kind=kind, path=path, cfg=cfg, error=error)
+    if kind == "task":
+        tags = cfg.get("tag") or []
+        for tag in [tags] if isinstance(tags, str) else tags:
+            entry = out.setdefault(tag, IndexEntry(name=tag, kind="tag"))
+            if entry.kind == "tag":
+                entry.members.add(name)
+
+
+def build_index(
+    roots: Iterable[Path], broken: list[TaskError] | None = None
+) -> dict[str, IndexEntry]:
+    """Index every YAML under ``roots``; later roots override earlier ones."""
+    index: dict[str, IndexEntry] = {}
+    for root in roots:
+        local: dict[str, IndexEntry] = {}
+        files = [root] if root.is_file() else _yaml_files(root)
+        for path in files:
+            try:
+                index_file(path, local)
+            except TaskError as err:
+                if broken is not None:
+                    broken.append(err)
+                log.debug("skipping unreadable task file", path=str(path), error=str(err))
+        for name, entry in local.items():
+            previous = index.get(name)
+            if entry.kind == "tag" and previous is not None and previous.kind == "tag":
+                previous.members |= entry.members
+                continue
+            if previous is not None:
+                log.info("task overridden", name=name, by=str(entry.path), was=str(previous.path))
+            index[name] = entry
+    return index

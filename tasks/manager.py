@@ -1,0 +1,251 @@
+"""TaskManager: index built-in and user task directories, resolve names into a TaskTree."""
+
+from __future__ import annotations
+
+import copy
+import difflib
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from evalfleet.tasks.config import build_config
+from evalfleet.tasks.dataset import default_data_dir, mirror_folder
+from evalfleet.tasks.errors import TaskError, TaskNotFoundError, config_error
+from evalfleet.tasks.group import GROUP_KEYS, GroupSpec, make_group_spec
+from evalfleet.tasks.index import IndexEntry, build_index, index_file
+from evalfleet.tasks.task import Task
+
+log = structlog.get_logger(__name__)
+BUILTIN_DIR = Path(__file__).resolve().parent / "builtin"
+
+
+@dataclass
+class TaskEntry:
+    """One listed name."""
+
+    name: str
+    kind: str  # "task" | "group" | "tag"
+    yaml_path: Path | None
+    dataset_path: str | None = None
+    dataset_name: str | None = None
+    in_mirror: bool = False
+    members: list[str] = field(default_factory=list)  # a tag's tasks / a group's children
+
+
+@dataclass
+class TaskTree:
+    """Loaded tasks (leaves, stable order), groups, and the requested top-level names."""
+
+    tasks: dict[str, Task] = field(default_factory=dict)
+    groups: dict[str, GroupSpec] = field(default_factory=dict)
+    roots: list[str] = field(default_factory=list)
+
+    def leaves_of(self, name: str) -> list[str]:
+        """Leaf task names under a group (recursive), or ``[name]`` for a task."""
+        if name in self.tasks and name not in self.groups:
+            return [name]
+        out: list[str] = []
+        for child in self.groups[name].children:
+            out += [x for x in self.leaves_of(child) if x not in out]
+        return out
+
+
+class TaskManager:
+    """Finds tasks by name in ``tasks/builtin`` and ``include_paths`` (which override)."""
+
+    def __init__(
+        self,
+        include_paths: Sequence[str | Path] = (),
+        data_dir: str | Path | None = None,
+        metadata: dict | None = None,
+        include_builtin: bool = True,
+    ) -> None:
+        self.data_dir = Path(data_dir) if data_dir is not None else default_data_dir()
+        self.metadata = dict(metadata or {})
+        roots = ([BUILTIN_DIR] if include_builtin else []) + [Path(p) for p in include_paths]
+        for root in roots:
+            if not root.exists():
+                raise TaskError(f"{root}: include path does not exist")
+        self.broken_files: list[TaskError] = []
+        self._index: dict[str, IndexEntry] = build_index(roots, self.broken_files)
+
+    # ------------------------------------------------------------------ listing
+    def names(self) -> list[str]:
+        """All known names, sorted."""
+        return sorted(self._index)
+
+    def list(self) -> list[TaskEntry]:
+        """Every indexed task, group and tag, sorted by name."""
+        out = []
+        for name in sorted(self._index):
+            e = self._index[name]
+            cfg = e.cfg or {}
+            entry = TaskEntry(name=name, kind=e.kind, yaml_path=e.path)
+            if e.kind == "task":
+                entry.dataset_path = cfg.get("dataset_path")
+                entry.dataset_name = cfg.get("dataset_name")
+                folder = mirror_folder(self.data_dir, entry.dataset_path, entry.dataset_name)
+                entry.in_mirror = bool(folder and folder.is_dir())
+            elif e.kind == "tag":
+                entry.members = sorted(e.members)
+            else:
+                children = cfg.get("task") or []
+                entry.members = [
+                    c if isinstance(c, str) else str(c.get("group") or c.get("task"))
+                    for c in ([children] if isinstance(children, str) else children)
+                ]
+            out.append(entry)
+        return out
+
+    # ------------------------------------------------------------------ loading
+    def load(self, names: Sequence[str]) -> TaskTree:
+        """Resolve task, group and tag names (or YAML file paths) into a TaskTree."""
+        if isinstance(names, str):
+            names = [names]
+        tree = TaskTree()
+        registry = dict(self._index)
+        for spec in names:
+            entry = self._lookup(spec, registry)
+            built = self._build(entry, None, registry, tree)
+            for item in built if isinstance(built, list) else [built]:
+                tree.roots.append(item)
+        return tree
+
+    def _lookup(self, spec: str, registry: dict[str, IndexEntry]) -> IndexEntry:
+        if spec in registry:
+            return registry[spec]
+        path = Path(spec)
+        if spec.endswith(".yaml") and path.is_file():
+            local: dict[str, IndexEntry] = {}
+            index_file(path.resolve(), local)
+            for entry in local.values():
+                if entry.kind != "tag":
+                    registry[entry.name] = entry
+                    return entry
+            raise config_error(path, None, "neither 'task' nor 'group' is set")
+        close = difflib.get_close_matches(spec, list(registry), n=5, cutoff=0.6)
+        note = ""
+        if self.broken_files:
+            note = (
+                f" ({len(self.broken_files)} task file(s) could not be read; first: "
+                f"{self.broken_files[0]})"
+            )
+        raise TaskNotFoundError(spec, close, note)
+
+    def _build(
+        self,
+        entry: IndexEntry,
+        overrides: dict[str, Any] | None,
+        registry: dict[str, IndexEntry],
+        tree: TaskTree,
+    ) -> str | list[str]:
+        """Build an entry into ``tree``; returns the name(s) it contributes."""
+        if entry.error is not None:
+            raise entry.error
+        if entry.kind == "tag":
+            names = []
+            for name in sorted(entry.members):
+                if name in registry:
+                    names.append(self._build_task(registry[name], overrides, tree))
+            return names
+        if entry.kind == "group":
+            raw = copy.deepcopy(entry.cfg or {})
+            return self._build_group(entry.name, raw, overrides, registry, tree, entry.path)
+        return self._build_task(entry, overrides, tree)
+
+    def _task_config(self, entry: IndexEntry, overrides: dict[str, Any] | None) -> dict[str, Any]:
+        cfg = copy.deepcopy(entry.cfg or {})
+        if overrides:
+            cfg = {**cfg, **overrides}
+        meta = cfg.get("metadata", {})
+        cfg["metadata"] = (meta if isinstance(meta, dict) else {"_metadata": meta}) | self.metadata
+        cfg["metadata"]["config_source"] = str(entry.path) if entry.path else "inline"
+        return cfg
+
+    def _build_task(
+        self, entry: IndexEntry, overrides: dict[str, Any] | None, tree: TaskTree
+    ) -> str:
+        if entry.error is not None:
+            raise entry.error
+        if entry.cfg and "class" in entry.cfg:
+            raise config_error(entry.path, "class", "python-class tasks are not supported")
+        raw = self._task_config(entry, overrides)
+        return self._add_task(raw, entry.path, tree)
+
+    def _add_task(self, raw: dict[str, Any], source: Path | None, tree: TaskTree) -> str:
+        task = Task(build_config(raw, source), self.data_dir, self.metadata)
+        if task.name in tree.tasks:
+            log.debug("task loaded twice; keeping the first", task=task.name)
+            return task.name
+        tree.tasks[task.name] = task
+        return task.name
+
+    def _build_group(
+        self,
+        name: str,
+        raw: dict[str, Any],
+        overrides: dict[str, Any] | None,
+        registry: dict[str, IndexEntry],
+        tree: TaskTree,
+        source: Path | None,
+    ) -> str:
+        spec = make_group_spec(name, raw, self.metadata, source)
+        task_overrides = {k: v for k, v in raw.items() if k not in GROUP_KEYS and k != "tag"}
+        merged = {**task_overrides, **(overrides or {})}
+        members = raw.get("task")
+        members = [members] if isinstance(members, str) else (members or [])
+        if not isinstance(members, list):
+            raise config_error(source, "task", "expected a list of task/group names")
+        tree.groups[name] = spec
+        for item in members:
+            spec.children += self._as_list(
+                self._build_member(item, name, merged, registry, tree, source)
+            )
+        return name
+
+    @staticmethod
+    def _as_list(value: str | list[str]) -> list[str]:
+        return value if isinstance(value, list) else [value]
+
+    def _build_member(
+        self,
+        item: Any,
+        group: str,
+        overrides: dict[str, Any],
+        registry: dict[str, IndexEntry],
+        tree: TaskTree,
+        source: Path | None,
+    ) -> str | list[str]:
+        if isinstance(item, str):
+            base, item_overrides = item, overrides
+        elif isinstance(item, dict) and "group" in item:
+            name = item["group"]
+            if name in registry:
+                extra = {k: v for k, v in item.items() if k != "group"}
+                return self._build(registry[name], {**overrides, **extra}, registry, tree)
+            return self._build_group(
+                f"{group}::{name}", copy.deepcopy(item), overrides, registry, tree, source
+            )
+        elif isinstance(item, dict) and "task" in item:
+            base, item_overrides = item["task"], {**overrides, **item}
+        else:
+            raise config_error(source, "task", f"unsupported member {item!r} in group {group!r}")
+        if base not in registry:
+            if isinstance(item, str):
+                close = difflib.get_close_matches(base, list(registry), n=5, cutoff=0.6)
+                raise TaskNotFoundError(base, close)
+            cfg = {**item_overrides, "task": f"{group}::{base}"}
+            cfg["metadata"] = (cfg.get("metadata") or {}) | self.metadata
+            return self._add_task(cfg, source, tree)
+        child = registry[base]
+        if child.kind == "group":
+            return self._build(child, item_overrides, registry, tree)
+        if child.kind == "tag":
+            return [
+                self._build_task(registry[n], {"task": n, **item_overrides}, tree)
+                for n in sorted(child.members)
+            ]
+        return self._build_task(child, {"task": base, **item_overrides}, tree)
