@@ -93,8 +93,12 @@ async def _start_embedded(args: argparse.Namespace, data_dir: str | None,
     from evalfleet.server.service import start_coordinator
     from evalfleet.server.store import SqliteJobStore
 
-    # Check the spec and the tasks before paying for the model load.
-    parse_spec(build_spec(args, worker_addresses=["127.0.0.1:1"]))
+    # Check the spec and the tasks before paying for the model load. Spec fields are named
+    # after the flags, so errors are reported with the flag the user typed.
+    try:
+        parse_spec(build_spec(args))
+    except InvalidArgumentError as exc:
+        raise InvalidArgumentError(exc.message.replace("spec.", "--", 1)) from exc
     model_args = parse_kv_args(args.model_args, field="--model_args")
     if args.device:
         model_args.setdefault("device", args.device)

@@ -1,0 +1,166 @@
+"""The ``evalfleet`` command line: standalone services, --coordinator runs, output files, errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import grpc
+import pytest
+from conftest import DATA_DIR, REPO_ROOT
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+EVALFLEET = [sys.executable, "-m", "evalfleet.client.cli"]
+ENV = {**os.environ, "EVALFLEET_DATA_DIR": str(DATA_DIR), "HF_HUB_OFFLINE": "1",
+       "HF_DATASETS_OFFLINE": "1"}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _cli(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    return subprocess.run([*EVALFLEET, *args], capture_output=True, text=True, env=ENV,
+                          timeout=timeout, cwd=REPO_ROOT)
+
+
+def _wait_serving(address: str, proc: subprocess.Popen, timeout: float = 120) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"service exited early: {proc.stderr.read()}")
+        try:
+            with grpc.insecure_channel(address) as channel:
+                status = health_pb2_grpc.HealthStub(channel).Check(
+                    health_pb2.HealthCheckRequest(), timeout=2).status
+            if status == health_pb2.HealthCheckResponse.SERVING:
+                return
+        except grpc.RpcError:
+            time.sleep(0.5)
+    raise AssertionError(f"{address} never became SERVING")
+
+
+@pytest.fixture(scope="module")
+def standalone_services(tiny_model_dir, tmp_path_factory):
+    """``evalfleet serve worker`` and ``evalfleet serve coordinator`` as separate processes."""
+    worker_port, coordinator_port = _free_port(), _free_port()
+    db = tmp_path_factory.mktemp("coordinator") / "jobs.db"
+    worker = subprocess.Popen(
+        [*EVALFLEET, "serve", "worker", "--backend", "hf", "--model_args",
+         f"pretrained={tiny_model_dir},dtype=float32", "--port", str(worker_port)],
+        env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    coordinator = subprocess.Popen(
+        [*EVALFLEET, "serve", "coordinator", "--port", str(coordinator_port), "--workers",
+         f"127.0.0.1:{worker_port}", "--db", str(db)],
+        env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        _wait_serving(f"127.0.0.1:{worker_port}", worker)
+        _wait_serving(f"127.0.0.1:{coordinator_port}", coordinator)
+        yield f"127.0.0.1:{coordinator_port}", worker, coordinator
+    finally:
+        for proc in (coordinator, worker):
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+                try:
+                    proc.wait(timeout=20)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+
+
+def test_eval_against_running_coordinator_writes_lm_eval_files(standalone_services, tmp_path):
+    address, _, _ = standalone_services
+    out = tmp_path / "out"
+    result = _cli("eval", "--coordinator", address, "--model", "hf", "--tasks", "piqa",
+                  "--limit", "4", "--output_path", str(out), "--log_samples", "--no_progress")
+    assert result.returncode == 0, result.stderr
+    assert "|piqa" in result.stdout and "acc_norm" in result.stdout
+    folders = list(out.iterdir())
+    assert len(folders) == 1
+    results_files = list(folders[0].glob("results_*.json"))
+    samples_files = list(folders[0].glob("samples_piqa_*.jsonl"))
+    assert len(results_files) == 1 and len(samples_files) == 1
+    date_id = results_files[0].stem.removeprefix("results_")
+    assert samples_files[0].name == f"samples_piqa_{date_id}.jsonl"
+    doc = json.loads(results_files[0].read_text())
+    assert doc["results"]["piqa"]["sample_len"] == 4
+    assert len(samples_files[0].read_text().splitlines()) == 4
+
+
+def test_standalone_services_stop_gracefully_on_sigterm(tiny_model_dir, tmp_path):
+    port = _free_port()
+    proc = subprocess.Popen(
+        [*EVALFLEET, "serve", "coordinator", "--port", str(port), "--db",
+         str(tmp_path / "jobs.db")], env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True)
+    _wait_serving(f"127.0.0.1:{port}", proc)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=30) == 0
+    logs = [json.loads(line) for line in proc.stderr.read().splitlines() if line.startswith("{")]
+    assert any(entry.get("event") == "server_started" for entry in logs)
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--tasks", "arc_esay"], "did you mean"),
+    (["--tasks", "piqa", "--model_args", "pretrained"], "--model_args"),
+    (["--tasks", "piqa", "--batch_size", "lots"], "batch_size"),
+    (["--tasks", "piqa", "--log_samples"], "--output_path"),
+    (["--tasks", "piqa", "--seed", "1,2"], "--seed"),
+])
+def test_user_errors_are_one_line_without_traceback(args, needle):
+    result = _cli("eval", "--model", "hf", *args, timeout=120)
+    assert result.returncode == 2
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert lines[-1].startswith("error:") and needle in lines[-1]
+    assert "Traceback" not in result.stderr
+
+
+def test_unreachable_coordinator_names_the_address():
+    address = f"127.0.0.1:{_free_port()}"
+    result = _cli("eval", "--coordinator", address, "--tasks", "piqa", timeout=120)
+    assert result.returncode == 2
+    assert address in result.stderr and "Traceback" not in result.stderr
+
+
+def test_unknown_backend_is_invalid_argument(tiny_model_dir):
+    result = _cli("eval", "--model", "hff", "--model_args", f"pretrained={tiny_model_dir}",
+                  "--tasks", "piqa", "--limit", "1", timeout=120)
+    assert result.returncode == 2
+    assert "unknown backend 'hff'" in result.stderr and "'hf'" in result.stderr
+
+
+def test_tasks_list_and_show():
+    listing = _cli("tasks", "list", timeout=120)
+    assert listing.returncode == 0, listing.stderr
+    assert "arc_easy" in listing.stdout and "mmlu" in listing.stdout
+    shown = _cli("tasks", "show", "arc_easy", timeout=120)
+    assert shown.returncode == 0, shown.stderr
+    assert "Question:" in shown.stdout and "Answer:" in shown.stdout
+
+
+def test_readme_opens_with_the_setup_commands():
+    readme = (REPO_ROOT / "README.md").read_text()
+    head = readme[:1500]
+    assert head.index("make install") < head.index("make test") < head.index("make demo")
+    ci = (REPO_ROOT / ".ci" / "run").read_text()
+    assert "make install" in ci and "make test" in ci
+
+
+def test_embedded_eval_prints_table_and_writes_files(tiny_model_dir, tmp_path: Path):
+    result = _cli("eval", "--model", "hf", "--model_args",
+                  f"pretrained={tiny_model_dir},dtype=float32", "--tasks", "arc_easy",
+                  "--limit", "3", "--batch_size", "4", "--output_path", str(tmp_path),
+                  "--log_samples", "--no_progress")
+    assert result.returncode == 0, result.stderr
+    assert "embedded coordinator 127.0.0.1:" in result.stderr
+    assert "|arc_easy|" in result.stdout.replace(" ", "")
+    [folder] = list(tmp_path.iterdir())
+    assert len(list(folder.glob("results_*.json"))) == 1
+    assert len(list(folder.glob("samples_arc_easy_*.jsonl"))) == 1
