@@ -101,13 +101,28 @@ class WorkerClient:
         await self._channel.close()
 
 
+def shares_prefix(a: WorkItem, b: WorkItem) -> bool:
+    """Whether two requests' prompts share at least half of the shorter one."""
+    x, y = a.arguments[0], b.arguments[0]
+    shortest = min(len(x), len(y))
+    if shortest == 0:
+        return False
+    common = 0
+    for cx, cy in zip(x, y, strict=False):
+        if cx != cy:
+            break
+        common += 1
+    return common * 2 >= shortest
+
+
 def make_batches(items: Sequence[WorkItem], *, max_items: int = 512,
-                 max_bytes: int = 8 * 1024 * 1024) -> list[Batch]:
-    """Cut requests into batches of one kind, keeping their order.
+                 max_bytes: int = 8 * 1024 * 1024, stretch: int = 4) -> list[Batch]:
+    """Cut requests into batches of one kind, keeping their order and their prefix groups.
 
     The planner orders requests so that those sharing a prefix (the choices of a document, the
-    documents of a task with a common few-shot block) are adjacent; cutting in order keeps such
-    groups on one worker, where the prefix can be computed once.
+    documents of a task with a common few-shot block) are adjacent. A full batch is not cut in
+    the middle of such a group: it grows, up to ``stretch`` times its size, until the group
+    ends, so the group lands on one worker, where the prefix is computed once.
     """
     batches: list[Batch] = []
     by_kind: dict[str, list[WorkItem]] = {}
@@ -118,7 +133,10 @@ def make_batches(items: Sequence[WorkItem], *, max_items: int = 512,
         size = 0
         for item in kind_items:
             item_bytes = sum(len(a) for a in item.arguments if isinstance(a, str)) + 80
-            if current and (len(current) >= max_items or size + item_bytes > max_bytes):
+            full = len(current) >= max_items or size + item_bytes > max_bytes
+            hard_full = (len(current) >= stretch * max_items
+                         or size + item_bytes > stretch * max_bytes)
+            if current and (hard_full or (full and not shares_prefix(current[-1], item))):
                 batches.append(Batch(kind, current))
                 current, size = [], 0
             current.append(item)

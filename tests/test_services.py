@@ -186,3 +186,42 @@ def test_list_evaluations_and_tasks(eval_stub):
     by_name = {t.name: t for t in tasks.tasks}
     assert by_name["arc_easy"].data_available
     assert by_name["arc_easy"].dataset_path == "allenai/ai2_arc"
+
+
+def test_interrupted_job_resumes_from_the_store(background_loop, tiny_worker, data_dir,
+                                                tmp_path):
+    """A job left RUNNING by a coordinator that died is resumed by the next one, reusing
+    every answer already stored and computing only the rest."""
+    import time as _time
+
+    from evalfleet.server.service import start_coordinator
+    from evalfleet.server.store import JobRecord, SqliteJobStore
+
+    db = tmp_path / "jobs.db"
+    first, _ = background_loop.run(start_coordinator(
+        workers=[tiny_worker.address], store=SqliteJobStore(db), data_dir=data_dir))
+    with grpc.insecure_channel(first.address) as channel:
+        partial, _ = _run(cpb_grpc.EvaluationServiceStub(channel), cpb.EvaluationSpec(
+            tasks=["boolq"], limit=2, bootstrap_iters=0))
+    assert partial.state == cpb.EVALUATION_STATE_SUCCEEDED
+    background_loop.run(first.stop(0.5))
+
+    spec = cpb.EvaluationSpec(model="hf", tasks=["boolq"], limit=5, bootstrap_iters=0)
+    store = SqliteJobStore(db)
+    now = _time.time()
+    store.put_job(JobRecord("interrupted", spec.SerializeToString(),
+                            cpb.EVALUATION_STATE_RUNNING, "", now, now))
+    second, runner = background_loop.run(start_coordinator(
+        workers=[tiny_worker.address], store=store, data_dir=data_dir))
+    try:
+        assert background_loop.run(runner.resume_pending()) == ["interrupted"]
+        with grpc.insecure_channel(second.address) as channel:
+            stub = cpb_grpc.EvaluationServiceStub(channel)
+            events = list(stub.WatchEvaluation(cpb.WatchEvaluationRequest(id="interrupted"),
+                                               timeout=300))
+            results = stub.GetResults(cpb.GetResultsRequest(id="interrupted"), timeout=10)
+    finally:
+        background_loop.run(second.stop(0.5))
+    assert events[-1].state == cpb.EVALUATION_STATE_SUCCEEDED
+    assert any("4 answers from the store, 6 to compute" in e.message for e in events)
+    assert results.tasks[0].sample_len == 5
