@@ -1,1 +1,56 @@
-"""inference/backends"""
+"""Backend registry: name -> "module:Class", imported only when asked for.
+
+Adding a backend = one module here + one line in ``_REGISTRY``. Optional backends (vllm, ...)
+are never imported unless requested, so a missing extra never breaks ``import``.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+from typing import TYPE_CHECKING
+
+from evalfleet.common.errors import InvalidArgumentError
+
+if TYPE_CHECKING:
+    from evalfleet.inference.backends.base import Backend
+
+_REGISTRY: dict[str, str] = {
+    "hf": "evalfleet.inference.backends.hf:HFBackend",
+}
+_ALIASES: dict[str, str] = {
+    "hf-auto": "hf",
+    "huggingface": "hf",
+}
+
+
+class UnknownBackendError(InvalidArgumentError):
+    """No backend is registered under the requested name."""
+
+
+def backend_names() -> list[str]:
+    """Every registered name, aliases included."""
+    return sorted([*_REGISTRY, *_ALIASES])
+
+
+def get_backend(name: str) -> type[Backend]:
+    """The backend class registered as ``name`` (or one of its aliases)."""
+    canonical = _ALIASES.get(name, name)
+    target = _REGISTRY.get(canonical)
+    if target is None:
+        close = difflib.get_close_matches(name, backend_names(), n=3, cutoff=0.5)
+        hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+        raise UnknownBackendError(
+            f"unknown backend {name!r}{hint} (registered: {', '.join(backend_names())})"
+        )
+    module_name, _, class_name = target.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise UnknownBackendError(
+            f"backend {name!r} is registered but cannot be imported: {exc}"
+        ) from exc
+    return getattr(module, class_name)
+
+
+__all__ = ["UnknownBackendError", "backend_names", "get_backend"]

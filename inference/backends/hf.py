@@ -1,0 +1,294 @@
+"""The Hugging Face transformers backend: reproduces lm-eval 0.4.13 ``--model hf`` numbers."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+import transformers
+
+from evalfleet.common.logging import get_logger
+from evalfleet.inference.backends.base import (
+    Backend,
+    BackendArgumentError,
+    GenerationParams,
+    ModelInfo,
+    TokenScores,
+)
+from evalfleet.inference.backends.fingerprint import (
+    fingerprint,
+    model_files,
+    resolve_local_dir,
+    tokenizer_files,
+)
+from evalfleet.inference.backends.hf_args import HFArgs, parse_hf_args
+from evalfleet.inference.backends.hf_generate import generate_batch, truncate_at_stops
+from evalfleet.inference.backends.hf_score import Scorer
+from evalfleet.inference.backends.hf_text import HFTokenizer, ScoreRequest, make_score_request
+from evalfleet.inference.backends.windows import rolling_windows
+
+log = get_logger("backend.hf")
+
+DEFAULT_MAX_LENGTH = 2048
+TOKENIZER_INFINITY = 1000000000000000019884624838656
+AUTO_CPU_POSITIONS = 8192  # batch_size=auto on CPU: positions per forward
+
+
+def resolve_max_length(config, tokenizer, default: int = DEFAULT_MAX_LENGTH) -> int:
+    """lm-eval's ``resolve_max_length``: text_config/config attrs, tokenizer, then default."""
+    cfg = getattr(config, "text_config", None) or config
+    for attr in ("n_positions", "max_position_embeddings", "n_ctx"):
+        value = getattr(cfg, attr, None)
+        if value is not None:
+            return int(value)
+    tok_max = getattr(tokenizer, "model_max_length", None)
+    if tok_max is not None and tok_max != TOKENIZER_INFINITY:
+        return int(tok_max)
+    return default
+
+
+def _configure_pad_token(tokenizer) -> None:
+    """lm-eval's ``configure_pad_token``: pad = pad, else unk, else eos, else a new ``<|pad|>``."""
+    if tokenizer.pad_token_id is not None or tokenizer.pad_token:
+        return
+    if tokenizer.unk_token:
+        tokenizer.pad_token_id = tokenizer.unk_token_id
+    elif tokenizer.eos_token:
+        tokenizer.pad_token_id = tokenizer.eos_token_id
+    else:
+        tokenizer.add_special_tokens({"pad_token": "<|pad|>"})
+
+
+def _check_local_path(field: str, name: str) -> None:
+    """Fail fast for a local-looking path that does not exist (instead of asking the hub)."""
+    path = Path(name)
+    looks_local = path.is_absolute() or name.startswith(".") or (
+        str(path.parent) not in ("", ".") and path.parent.is_dir())
+    if looks_local and not path.exists():
+        raise BackendArgumentError(field, f"no such model directory: {name}")
+
+
+class HFBackend(Backend):
+    """A causal ``AutoModelForCausalLM`` with lm-eval's HFLM tokenization and batching."""
+
+    name: ClassVar[str] = "hf"
+    capabilities: ClassVar[frozenset[str]] = frozenset(
+        {"loglikelihood", "loglikelihood_rolling", "generate_until", "prefix_sharing"})
+
+    def __init__(self, args: HFArgs, model, tokenizer, device: torch.device,
+                 fingerprint_: str) -> None:
+        self.args = args
+        self.model = model
+        self.device = device
+        self.tok = HFTokenizer(tokenizer, add_bos_token=args.add_bos_token,
+                               prefix_token_id=args.prefix_token_id)
+        self.max_length = args.max_length or resolve_max_length(model.config, tokenizer)
+        self.max_gen_toks = 256
+        self._fingerprint = fingerprint_
+        self._lock = threading.Lock()
+        self._auto_sizes: dict[int, int] = {}
+        self.scorer = Scorer(
+            model, device,
+            softmax_dtype=getattr(torch, args.softmax_dtype) if args.softmax_dtype else None,
+            autocast_dtype=(getattr(torch, args.mixed_precision_dtype)
+                            if args.mixed_precision_dtype else None),
+            min_shared_tokens=args.min_shared_tokens, max_padding=args.max_padding,
+        )
+        self._gen_positions = 0
+
+    # ------------------------------------------------------------------ loading
+    @classmethod
+    def from_model_args(cls, model_args: dict[str, Any], *,
+                        batch_size: int | str = 1) -> HFBackend:
+        args = parse_hf_args(model_args, batch_size)
+        _check_local_path("pretrained", args.pretrained)
+        if args.tokenizer:
+            _check_local_path("tokenizer", args.tokenizer)
+        device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        started = time.perf_counter()
+        common = {"revision": args.revision, "trust_remote_code": args.trust_remote_code}
+        if args.subfolder:
+            common["subfolder"] = args.subfolder
+        try:
+            config = transformers.AutoConfig.from_pretrained(
+                args.pretrained, gguf_file=args.gguf_file, **common)
+        except (OSError, ValueError) as exc:
+            raise BackendArgumentError("pretrained", f"cannot load config: {exc}") from exc
+        tok_kwargs = dict(common)
+        if not args.tokenizer and args.gguf_file is not None:
+            tok_kwargs["gguf_file"] = args.gguf_file
+        else:
+            tok_kwargs["use_fast"] = args.use_fast_tokenizer
+        if args.add_bos_token is not None:
+            tok_kwargs["add_bos_token"] = args.add_bos_token
+        try:
+            tokenizer = transformers.AutoTokenizer.from_pretrained(
+                args.tokenizer or args.pretrained, **tok_kwargs)
+        except (OSError, ValueError) as exc:
+            raise BackendArgumentError("tokenizer", f"cannot load tokenizer: {exc}") from exc
+        dtype: Any = args.dtype if args.dtype == "auto" else getattr(torch, args.dtype)
+        try:
+            model = transformers.AutoModelForCausalLM.from_pretrained(
+                args.pretrained, config=config, dtype=dtype, gguf_file=args.gguf_file,
+                **common, **args.extra)
+        except (TypeError, AttributeError) as exc:
+            named = [k for k in args.extra if k in str(exc)] or list(args.extra) or ["pretrained"]
+            raise BackendArgumentError(named[0], f"rejected by from_pretrained: {exc}") from exc
+        except (OSError, ValueError) as exc:
+            raise BackendArgumentError("pretrained", f"cannot load model: {exc}") from exc
+        model.to(device)
+        model.eval()
+        _configure_pad_token(tokenizer)
+        fp = cls._fingerprint_files(args)
+        log.info("model_loaded", pretrained=args.pretrained, device=str(device),
+                 dtype=str(model.dtype), seconds=round(time.perf_counter() - started, 2))
+        return cls(args, model, tokenizer, device, fp)
+
+    @staticmethod
+    def _fingerprint_files(args: HFArgs) -> str:
+        model_dir = resolve_local_dir(args.pretrained, args.revision, args.subfolder)
+        files: list[Path] = []
+        if model_dir is not None:
+            files += model_files(model_dir, args.gguf_file)
+        tok_dir = resolve_local_dir(args.tokenizer, args.revision) if args.tokenizer \
+            else model_dir
+        if tok_dir is not None and not (args.gguf_file and not args.tokenizer):
+            files += tokenizer_files(tok_dir)
+        return fingerprint(files, f"{args.pretrained}@{args.revision}")
+
+    def model_info(self) -> ModelInfo:
+        tok = self.tok.tok
+        return ModelInfo(
+            backend=self.name, model_name=self.args.pretrained, revision=self.args.revision,
+            tokenizer=self.args.tokenizer or self.args.pretrained, max_length=self.max_length,
+            fingerprint=self._fingerprint, dtype=str(self.model.dtype).removeprefix("torch."),
+            device=str(self.device),
+            num_parameters=sum(p.numel() for p in self.model.parameters()),
+            eot_token_id=self.tok.eot_token_id, bos_token=tok.bos_token,
+            eos_token=tok.eos_token, pad_token=tok.pad_token,
+        )
+
+    @property
+    def positions_computed(self) -> int:  # type: ignore[override]
+        return self.scorer.positions + self._gen_positions
+
+    # ------------------------------------------------------------------ batching
+    def _batch_limit(self, length: int) -> int:
+        """Rows per forward for rows of ``length`` positions."""
+        if not self.args.batch_auto:
+            return int(self.args.batch_size)
+        cap = self.args.max_batch_size
+        if self.device.type != "cuda":
+            return max(1, min(cap, AUTO_CPU_POSITIONS // max(1, length)))
+        bucket = 1 << max(0, (length - 1).bit_length())
+        if bucket not in self._auto_sizes:
+            self._auto_sizes[bucket] = self._probe_cuda(min(bucket, self.max_length), cap)
+        return self._auto_sizes[bucket]
+
+    def _probe_cuda(self, length: int, cap: int) -> int:
+        """Largest batch (halving from ``cap``) whose forward + log-softmax fits in memory."""
+        size = cap
+        while size > 1:
+            try:
+                ids = torch.ones((size, length), dtype=torch.long, device=self.device)
+                logits = self.model(ids).logits
+                torch.log_softmax(logits, dim=-1)
+                del ids, logits
+                break
+            except torch.cuda.OutOfMemoryError:
+                size //= 2
+            finally:
+                torch.cuda.empty_cache()
+        log.info("auto_batch_size", length=length, batch_size=size)
+        return size
+
+    # ------------------------------------------------------------------ requests
+    def _score(self, reqs: Sequence[ScoreRequest | None]) -> list[TokenScores]:
+        real = [r for r in reqs if r is not None]
+        with self._lock, torch.inference_mode():
+            scores = self.scorer.score(real, self._batch_limit, shared=self.args.prefix_sharing)
+        it = iter(scores)
+        empty = TokenScores(np.zeros(0, np.float32), np.zeros(0, bool))
+        return [next(it) if r is not None else empty for r in reqs]
+
+    def loglikelihood(self, requests: Sequence[tuple[str, str]]) -> list[TokenScores]:
+        reqs: list[ScoreRequest | None] = []
+        for context, continuation in requests:
+            ctx, cont = self.tok.encode_request(context, continuation)
+            if not ctx:  # a whitespace-only context (lm-eval fails an assertion here)
+                ctx = [self.tok.prefix_token_id]
+            if len(cont) > self.max_length:
+                raise BackendArgumentError(
+                    "continuation", f"{len(cont)} tokens exceed max_length {self.max_length}")
+            reqs.append(make_score_request(ctx, cont, self.max_length) if cont else None)
+        return self._score(reqs)
+
+    def loglikelihood_rolling(self, texts: Sequence[str]) -> list[TokenScores]:
+        reqs: list[ScoreRequest] = []
+        counts: list[int] = []
+        for text in texts:
+            windows = rolling_windows(self.tok.encode(text), self.tok.prefix_token_id,
+                                      self.max_length)
+            counts.append(len(windows))
+            reqs.extend(make_score_request(ctx, cont, self.max_length) for ctx, cont in windows)
+        scores = self._score(reqs)
+        out, pos = [], 0
+        for n in counts:
+            parts = scores[pos: pos + n]
+            pos += n
+            out.append(TokenScores(
+                np.concatenate([p.logprobs for p in parts]) if parts else np.zeros(0, np.float32),
+                np.concatenate([p.greedy for p in parts]) if parts else np.zeros(0, bool)))
+        return out
+
+    def generate_until(self, requests: Sequence[tuple[str, GenerationParams]]) -> list[str]:
+        results: list[str | None] = [None] * len(requests)
+        groups: dict[tuple, list[int]] = {}
+        for i, (_, params) in enumerate(requests):
+            groups.setdefault(params.key(), []).append(i)
+        eos = self.tok.decode([self.tok.eot_token_id], skip_special_tokens=False)
+        with self._lock, torch.inference_mode():
+            for idxs in groups.values():
+                params = requests[idxs[0]][1]
+                until = list(params.until) + ([eos] if eos not in params.until else [])
+                max_ctx_len = self.max_length - params.max_gen_toks
+                if max_ctx_len <= 0:
+                    raise BackendArgumentError(
+                        "gen_kwargs.max_gen_toks",
+                        f"{params.max_gen_toks} must be below max_length {self.max_length}")
+                lengths = {i: len(self.tok.encode(requests[i][0])) for i in idxs}
+                order = sorted(idxs, key=lambda i: (-lengths[i], requests[i][0]))
+                n = self._batch_limit(self.max_length) if self.args.batch_auto \
+                    else int(self.args.batch_size)
+                for pos in range(0, len(order), n):
+                    chunk = order[pos: pos + n]
+                    self._generate_chunk(chunk, requests, params, until, max_ctx_len, results)
+        return [r if r is not None else "" for r in results]
+
+    def _generate_chunk(self, chunk: list[int], requests, params: GenerationParams,
+                        until: list[str], max_ctx_len: int, results: list) -> None:
+        contexts = [requests[i][0] for i in chunk]
+        ids, mask = self.tok.batch_encode_left(contexts, max_ctx_len)
+        if params.seed is not None:
+            torch.manual_seed(params.seed)
+        generated = generate_batch(
+            self.model, self.tok.tok, ids, mask, stops=until,
+            max_gen_toks=params.max_gen_toks, do_sample=params.do_sample,
+            temperature=params.temperature, top_p=params.top_p, top_k=params.top_k,
+            autocast_dtype=self.scorer.autocast_dtype,
+        )
+        steps = max(len(g) for g in generated)
+        self._gen_positions += len(chunk) * (ids.shape[1] + max(0, steps - 1))
+        think = self.args.think_end_token
+        for i, toks in zip(chunk, generated, strict=True):
+            if isinstance(think, int) and think in toks:
+                toks = toks[len(toks) - toks[::-1].index(think):]
+            text = self.tok.decode(toks)
+            if isinstance(think, int):
+                text = text.lstrip()
+            results[i] = truncate_at_stops(text, until, think if isinstance(think, str) else None)

@@ -1,0 +1,121 @@
+"""Prefix sharing in the hf backend: same numbers as lm-eval, fewer positions."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from evalfleet.inference.backends.hf import HFBackend
+from evalfleet.inference.backends.prefix import build_trie, count_nodes, flatten_paths
+
+LETTERS = "ABCD"
+
+
+def _mmlu_requests(data_dir: Path, n_docs: int) -> tuple[list[tuple[str, str]], list[int]]:
+    """5-shot MMLU anatomy prompts (first_n shots) with " A".." D"; and each doc's answer."""
+    base = data_dir / "cais/mmlu/anatomy"
+    shots = [json.loads(x) for x in (base / "dev.jsonl").read_text().splitlines()[:5]]
+    docs = [json.loads(x) for x in (base / "test.jsonl").read_text().splitlines()[:n_docs]]
+
+    def block(d: dict) -> str:
+        opts = "".join(f"\n{L}. {c}" for L, c in zip(LETTERS, d["choices"], strict=True))
+        return f"{d['question'].strip()}{opts}\nAnswer:"
+
+    head = "The following are multiple choice questions (with answers) about anatomy.\n\n"
+    head += "".join(f"{block(s)} {LETTERS[s['answer']]}\n\n" for s in shots)
+    reqs = [(head + block(d), f" {L}") for d in docs for L in LETTERS]
+    return reqs, [d["answer"] for d in docs]
+
+
+def _arc_requests(data_dir: Path, n_docs: int) -> list[tuple[str, str]]:
+    path = data_dir / "allenai/ai2_arc/ARC-Easy/test.jsonl"
+    docs = [json.loads(x) for x in path.read_text().splitlines()[:n_docs]]
+    return [(f"Question: {d['question']}\nAnswer:", f" {c}")
+            for d in docs for c in d["choices"]["text"]]
+
+
+def _backend(model_dir: Path, batch_size: int | str, **kw) -> HFBackend:
+    return HFBackend.from_model_args({"pretrained": str(model_dir), "device": "cpu", **kw},
+                                     batch_size=batch_size)
+
+
+@pytest.fixture(scope="module")
+def mixed_requests(data_dir) -> list[tuple[str, str]]:
+    mmlu, _ = _mmlu_requests(data_dir, 4)
+    extra = [("Paris is the capital of", " France"), ("Paris is the capital of", " France."),
+             ("Paris is the capital of", " Germany, a country"), ("", "Hello world")]
+    return mmlu + _arc_requests(data_dir, 5) + extra
+
+
+def test_trie_shape():
+    inputs = [[1, 2, 3], [1, 2, 4, 5], [1, 2], [7], [1, 2, 4, 6]]
+    root = build_trie(inputs)
+    assert count_nodes(root) == len({tuple(s[:k]) for s in inputs for k in range(1, len(s) + 1)})
+    assert root.n_paths == 4
+    shared = root.children[0]
+    assert shared.tokens == [1, 2] and shared.inputs == [2]
+    paths = flatten_paths(shared)
+    assert sorted(p for p, _ in paths) == [[1, 2, 3], [1, 2, 4, 5], [1, 2, 4, 6]]
+    assert sorted(i for _, ids in paths for i in ids) == [0, 1, 2, 4]
+
+
+def test_batch_sizes_give_the_same_values(tiny_model_dir, mixed_requests):
+    runs = {bs: _backend(tiny_model_dir, bs).loglikelihood(mixed_requests) for bs in (1, 3, 16)}
+    runs["plain"] = _backend(tiny_model_dir, 1, prefix_sharing=False).loglikelihood(
+        mixed_requests)
+    runs["auto"] = _backend(tiny_model_dir, "auto").loglikelihood(mixed_requests)
+    for name, scores in runs.items():
+        for a, b in zip(runs[1], scores, strict=True):
+            assert a.logprobs.shape == b.logprobs.shape, name
+            np.testing.assert_allclose(a.logprobs, b.logprobs, atol=1e-5, rtol=0, err_msg=name)
+            assert (a.greedy == b.greedy).all(), name
+
+
+@pytest.mark.reference
+def test_prefix_sharing_matches_lm_eval(tiny_model_dir, data_dir):
+    from lm_eval.api.instance import Instance
+    from lm_eval.models.huggingface import HFLM
+
+    mmlu, _ = _mmlu_requests(data_dir, 6)
+    reqs = mmlu + _arc_requests(data_dir, 6)
+    ours = _backend(tiny_model_dir, 8).loglikelihood(reqs)
+    ref = HFLM(pretrained=str(tiny_model_dir), device="cpu", batch_size=8).loglikelihood(
+        [Instance("loglikelihood", {}, r, i) for i, r in enumerate(reqs)])
+    for s, (ll, greedy) in zip(ours, ref, strict=True):
+        assert abs(s.total - ll) <= 1e-4 and s.is_greedy == greedy
+    # identical argmax per doc (docs are consecutive runs of requests with one context)
+    docs: dict[str, list[int]] = {}
+    for i, (ctx, _) in enumerate(reqs):
+        docs.setdefault(ctx, []).append(i)
+    for idx in docs.values():
+        assert np.argmax([ours[i].total for i in idx]) == np.argmax([ref[i][0] for i in idx])
+
+
+@pytest.mark.slow
+@pytest.mark.reference
+def test_prefix_sharing_matches_lm_eval_real_model(real_model_dir, data_dir):
+    from lm_eval.api.instance import Instance
+    from lm_eval.models.huggingface import HFLM
+
+    mmlu, _ = _mmlu_requests(data_dir, 2)
+    reqs = mmlu + _arc_requests(data_dir, 3)
+    ours = _backend(real_model_dir, 8).loglikelihood(reqs)
+    ref = HFLM(pretrained=str(real_model_dir), device="cpu", batch_size=8).loglikelihood(
+        [Instance("loglikelihood", {}, r, i) for i, r in enumerate(reqs)])
+    for s, (ll, greedy) in zip(ours, ref, strict=True):
+        assert abs(s.total - ll) <= 1e-4 and s.is_greedy == greedy
+
+
+def test_prefix_sharing_computes_fewer_positions(tiny_model_dir, data_dir):
+    mmlu, _ = _mmlu_requests(data_dir, 10)
+    reqs = mmlu + _arc_requests(data_dir, 10)
+    shared = _backend(tiny_model_dir, 8)
+    plain = _backend(tiny_model_dir, 8, prefix_sharing=False)
+    a, b = shared.loglikelihood(reqs), plain.loglikelihood(reqs)
+    np.testing.assert_allclose([s.total for s in a], [s.total for s in b], atol=1e-4)
+    encoded = [shared.tok.encode_request(c, x) for c, x in reqs]
+    floor = count_nodes(build_trie(list({tuple((c + x)[:-1]) for c, x in encoded})))
+    assert floor <= shared.positions_computed < plain.positions_computed / 2
