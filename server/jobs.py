@@ -280,8 +280,10 @@ class JobRunner:
     """Runs jobs against worker pools and keeps them in the store."""
 
     def __init__(self, store: JobStore, *, default_workers: Sequence[str] = (),
-                 data_dir: str | Path | None = None, include_paths: Sequence[str] = ()) -> None:
+                 data_dir: str | Path | None = None, include_paths: Sequence[str] = (),
+                 batch_items: int = 512) -> None:
         self.store = store
+        self.batch_items = batch_items
         self.default_workers = list(default_workers)
         self.data_dir = data_dir
         self.include_paths = list(include_paths)
@@ -403,7 +405,7 @@ class JobRunner:
             self._count_done(job, result.answers.keys(), owners)
             job.publish(f"batch of {len(result.answers)} done on {result.worker}")
 
-        await job.pool.run(make_batches(missing), on_result)
+        await job.pool.run(make_batches(missing, max_items=self.batch_items), on_result)
 
     @staticmethod
     def _count_done(job: Job, answered: Any, owners: dict[str, list[str]]) -> None:

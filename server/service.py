@@ -105,10 +105,15 @@ class EvaluationServicer(cpb_grpc.EvaluationServiceServicer):
 async def start_coordinator(*, host: str = "127.0.0.1", port: int = 0,
                             workers: Sequence[str] = (), store: JobStore | None = None,
                             data_dir: str | Path | None = None,
-                            include_paths: Sequence[str] = ()) -> tuple[RunningServer, JobRunner]:
-    """Start the coordinator service; returns the server and its job runner."""
+                            include_paths: Sequence[str] = (), batch_items: int = 512,
+                            ) -> tuple[RunningServer, JobRunner]:
+    """Start the coordinator service; returns the server and its job runner.
+
+    ``batch_items`` is the most requests sent to a worker in one RPC (a group of requests
+    sharing a prefix may stretch a batch up to 4 times that).
+    """
     runner = JobRunner(store or SqliteJobStore(), default_workers=workers, data_dir=data_dir,
-                       include_paths=include_paths)
+                       include_paths=include_paths, batch_items=batch_items)
     servicer = EvaluationServicer(runner)
     server = await start_server(
         [Service(cpb_grpc.add_EvaluationServiceServicer_to_server, servicer,

@@ -225,3 +225,40 @@ def test_interrupted_job_resumes_from_the_store(background_loop, tiny_worker, da
     assert events[-1].state == cpb.EVALUATION_STATE_SUCCEEDED
     assert any("4 answers from the store, 6 to compute" in e.message for e in events)
     assert results.tasks[0].sample_len == 5
+
+
+def test_two_workers_give_the_same_results_as_one(background_loop, tiny_model_dir, data_dir,
+                                                  eval_stub):
+    """Prompts (and few-shot draws) are built centrally: the worker count changes nothing."""
+    from evalfleet.inference.server import load_backend, start_worker
+    from evalfleet.server.service import start_coordinator
+
+    model_args = {"pretrained": str(tiny_model_dir), "dtype": "float32", "device": "cpu"}
+    backend = load_backend("hf", model_args, batch_size=4)
+    workers = [background_loop.run(start_worker(backend, model_args=model_args))
+               for _ in range(2)]
+    # Batches of 2 requests (a document's 4-5 choices share their prompt and stretch a batch
+    # to at most 8), so the job's batches spread over both workers.
+    server, runner = background_loop.run(start_coordinator(
+        workers=[w.address for w in workers], data_dir=data_dir, batch_items=2))
+    spec = cpb.EvaluationSpec(model="hf", tasks=["arc_challenge"], limit=6, num_fewshot=2,
+                              bootstrap_iters=0)
+    try:
+        with grpc.insecure_channel(server.address) as channel:
+            stub = cpb_grpc.EvaluationServiceStub(channel)
+            two, events = _run(stub, spec)
+            two_results = stub.GetResults(cpb.GetResultsRequest(id=two.id), timeout=10)
+    finally:
+        background_loop.run(server.stop(0.5))
+        for w in workers:
+            background_loop.run(w.stop(0.5))
+    one, _ = _run(eval_stub, spec)
+    one_results = eval_stub.GetResults(cpb.GetResultsRequest(id=one.id), timeout=10)
+    assert two.state == one.state == cpb.EVALUATION_STATE_SUCCEEDED
+    for worker in workers:
+        assert any(e.message.endswith(f"done on {worker.address}") for e in events)
+    assert _metric_values(two_results) == _metric_values(one_results)
+
+
+def _metric_values(results: cpb.EvaluationResults) -> list[tuple[str, float]]:
+    return [(m.metric, m.value) for t in results.tasks for m in t.metrics]
