@@ -1,1 +1,56 @@
-"""scoring"""
+"""evalfleet.scoring: Numba kernels turning per-token logprobs into lm-eval metrics.
+
+Everything numeric after the workers (per-request sums, multiple-choice metrics, corpus
+aggregations, closed-form and bootstrap standard errors, group aggregation) lives here and
+matches lm-eval 0.4.13.
+"""
+
+from __future__ import annotations
+
+from .aggregations import weighted_mean
+from .group import (
+    aggregate_subtask_metrics,
+    group_aggregate,
+    pooled_sample_stderr,
+    unweighted_mean_stderr,
+)
+from .loglik import (
+    count_bytes,
+    count_words,
+    loglikelihood_metrics,
+    request_loglikelihoods,
+    rolling_metrics,
+)
+from .multiple_choice import MC_METRICS, multiple_choice_metrics, truthfulqa_mc2
+from .passk import pass_at_k
+from .reductions import mean_stderr, sample_stddev
+from .registry import AGGREGATIONS, METRICS, AggregationSpec, MetricSpec
+from .stderr import NA, aggregate, stderr
+from .text import exact_match
+
+__all__ = [
+    "AGGREGATIONS",
+    "MC_METRICS",
+    "METRICS",
+    "NA",
+    "AggregationSpec",
+    "MetricSpec",
+    "aggregate",
+    "aggregate_subtask_metrics",
+    "count_bytes",
+    "count_words",
+    "exact_match",
+    "group_aggregate",
+    "loglikelihood_metrics",
+    "mean_stderr",
+    "multiple_choice_metrics",
+    "pass_at_k",
+    "pooled_sample_stderr",
+    "request_loglikelihoods",
+    "rolling_metrics",
+    "sample_stddev",
+    "stderr",
+    "truthfulqa_mc2",
+    "unweighted_mean_stderr",
+    "weighted_mean",
+]
