@@ -86,7 +86,20 @@ def test_worker_scores_batches(tiny_worker):
     assert response.positions_computed > 0
 
 
-def test_evaluation_end_to_end(eval_stub):
+@pytest.fixture()
+def fresh_stub(background_loop, tiny_worker, data_dir):
+    """A coordinator with an empty store, so that every answer is computed by the worker."""
+    from evalfleet.server.service import start_coordinator
+
+    server, _ = background_loop.run(start_coordinator(workers=[tiny_worker.address],
+                                                      data_dir=data_dir))
+    with grpc.insecure_channel(server.address) as channel:
+        yield cpb_grpc.EvaluationServiceStub(channel)
+    background_loop.run(server.stop(0.5))
+
+
+def test_evaluation_end_to_end(fresh_stub):
+    eval_stub = fresh_stub
     spec = cpb.EvaluationSpec(model="hf", tasks=["arc_easy", "piqa"], limit=5,
                               log_samples=True, bootstrap_iters=0)
     evaluation, events = _run(eval_stub, spec)
@@ -118,7 +131,8 @@ def test_evaluation_end_to_end(eval_stub):
     assert all(math.isfinite(float(r[0][0])) for r in record["resps"])
 
 
-def test_second_job_reuses_stored_answers(eval_stub):
+def test_second_job_reuses_stored_answers(fresh_stub):
+    eval_stub = fresh_stub
     spec = cpb.EvaluationSpec(model="hf", tasks=["arc_challenge"], limit=2, bootstrap_iters=0)
     first, first_events = _run(eval_stub, spec)
     assert any(f"0 answers from the store, {first.unique_requests} to compute" in e.message
