@@ -22,7 +22,8 @@ from evalfleet.tasks import Request, Task
 from evalfleet.v1 import inference_pb2 as pb
 
 #: Metrics of multiple-choice tasks computed by the vectorized kernel.
-_MC_KERNEL_METRICS = ("acc", "acc_norm", "acc_bytes", "acc_mutual_info", "exact_match")
+_MC_KERNEL_METRICS = ("acc", "acc_norm", "acc_bytes", "acc_mutual_info", "exact_match",
+                      "brier_score")
 
 
 @dataclass
@@ -161,10 +162,6 @@ class TaskScorer:
                     metrics[name] = float(computed[name][d])
                 elif name in ("f1", "mcc"):
                     metrics[name] = (gold[0], int(computed["pred"][d]))
-                elif name == "brier_score":
-                    n = len(choices[d])
-                    probs = np.exp(doc_lls[:n] - doc_lls[:n].max())
-                    metrics[name] = (gold[0], (probs / probs.sum()).tolist())
                 elif name == "likelihood":
                     metrics[name] = (gold[0], doc_lls[: len(choices[d])].tolist())
             per_doc.append(metrics)
