@@ -99,3 +99,17 @@ def coordinator(background_loop, tiny_worker, data_dir, tmp_path_factory):
         start_coordinator(workers=[tiny_worker.address], store=store, data_dir=data_dir))
     yield server
     background_loop.run(server.stop(0.5))
+
+
+@pytest.fixture(scope="session")
+def lmeval_task_dir(tmp_path_factory, data_dir):
+    """Override YAMLs that make lm-eval read its built-in tasks from the local mirror
+    (written by ../shared/tools/lmeval_local.py)."""
+    import subprocess
+    import sys
+
+    tool = REPO_ROOT.parent / "shared" / "tools" / "lmeval_local.py"
+    out = tmp_path_factory.mktemp("lmeval_tasks")
+    subprocess.run([sys.executable, str(tool), str(data_dir), str(out)], check=True,
+                   capture_output=True)
+    return out

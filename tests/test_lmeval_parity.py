@@ -8,29 +8,16 @@ evalfleet runs through its real services (coordinator + worker on loopback).
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import grpc
 import pytest
-from conftest import DATA_DIR, REPO_ROOT
 
 from evalfleet.v1 import coordinator_pb2 as cpb
 from evalfleet.v1 import coordinator_pb2_grpc as cpb_grpc
 
-LMEVAL_LOCAL = REPO_ROOT.parent / "shared" / "tools" / "lmeval_local.py"
 TASKS = ["arc_easy", "piqa"]
 LIMIT = 20
 LL_TOLERANCE = 1e-4
-
-
-@pytest.fixture(scope="session")
-def lmeval_task_dir(tmp_path_factory):
-    """Override YAMLs that make lm-eval read its built-in tasks from the local mirror."""
-    out = tmp_path_factory.mktemp("lmeval_tasks")
-    subprocess.run([sys.executable, str(LMEVAL_LOCAL), str(DATA_DIR), str(out)], check=True,
-                   capture_output=True)
-    return out
 
 
 @pytest.fixture(scope="module")

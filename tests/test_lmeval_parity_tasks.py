@@ -1,0 +1,83 @@
+"""Every output type against lm-eval 0.4.13 on the tiny model: loglikelihood (lambada),
+loglikelihood_rolling (wikitext), generate_until with filters (gsm8k), a custom
+process_results (truthfulqa_mc2) and multiple-input (winogrande).
+
+Both sides read the same mirror; evalfleet runs through its real services.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import grpc
+import pytest
+
+from evalfleet.v1 import coordinator_pb2 as cpb
+from evalfleet.v1 import coordinator_pb2_grpc as cpb_grpc
+
+TASKS = ["lambada_openai", "wikitext", "gsm8k", "truthfulqa_mc2", "winogrande"]
+LIMIT = 3
+GEN_KWARGS = "max_gen_toks=12"
+
+
+@pytest.fixture(scope="module")
+def lmeval_results(lmeval_task_dir, tiny_model_dir):
+    from lm_eval import simple_evaluate
+    from lm_eval.tasks import TaskManager
+
+    return simple_evaluate(
+        model="hf", model_args=f"pretrained={tiny_model_dir},dtype=float32", tasks=TASKS,
+        limit=LIMIT, batch_size=4, device="cpu", bootstrap_iters=0, gen_kwargs=GEN_KWARGS,
+        task_manager=TaskManager(include_path=str(lmeval_task_dir)), log_samples=True)
+
+
+@pytest.fixture(scope="module")
+def evalfleet_results(coordinator):
+    spec = cpb.EvaluationSpec(model="hf", tasks=TASKS, limit=LIMIT, bootstrap_iters=0,
+                              gen_kwargs=GEN_KWARGS, log_samples=True)
+    with grpc.insecure_channel(coordinator.address) as channel:
+        stub = cpb_grpc.EvaluationServiceStub(channel)
+        evaluation = stub.CreateEvaluation(cpb.CreateEvaluationRequest(spec=spec), timeout=300)
+        events = list(stub.WatchEvaluation(cpb.WatchEvaluationRequest(id=evaluation.id),
+                                           timeout=900))
+        assert events[-1].state == cpb.EVALUATION_STATE_SUCCEEDED, events[-1]
+        results = stub.GetResults(cpb.GetResultsRequest(id=evaluation.id), timeout=30)
+        samples: dict[str, list[dict]] = {}
+        for record in stub.StreamSamples(cpb.StreamSamplesRequest(id=evaluation.id), timeout=60):
+            samples.setdefault(record.task, []).append(json.loads(record.json))
+    return json.loads(results.results_json), samples
+
+
+@pytest.mark.reference
+@pytest.mark.parametrize("task", TASKS)
+def test_task_metrics_match_lm_eval(lmeval_results, evalfleet_results, task):
+    ours = evalfleet_results[0]["results"][task]
+    theirs = lmeval_results["results"][task]
+    metric_keys = {k for k in theirs if "," in k}
+    assert metric_keys == {k for k in ours if "," in k}
+    for key in metric_keys:
+        expected, got = theirs[key], ours[key]
+        if isinstance(expected, str):
+            assert got == expected, key
+        elif "perplexity" in key or "bits_per_byte" in key:
+            assert got == pytest.approx(expected, rel=1e-4), key
+        else:
+            assert got == pytest.approx(expected, abs=1e-9), key
+        assert not (isinstance(got, float) and math.isnan(got))
+
+
+@pytest.mark.reference
+@pytest.mark.parametrize("task", TASKS)
+def test_task_samples_match_lm_eval(lmeval_results, evalfleet_results, task):
+    theirs = sorted(lmeval_results["samples"][task], key=lambda s: (s["doc_id"], s["filter"]))
+    ours = sorted(evalfleet_results[1][task], key=lambda s: (s["doc_id"], s["filter"]))
+    assert [(s["doc_id"], s["filter"]) for s in ours] == [
+        (s["doc_id"], s["filter"]) for s in theirs]
+    for mine, ref in zip(ours, theirs, strict=True):
+        assert mine["prompt_hash"] == ref["prompt_hash"]
+        assert mine["target"] == str(ref["target"])
+        assert mine["metrics"] == ref["metrics"]
+        if task == "gsm8k":
+            assert mine["resps"] == ref["resps"]
+            assert mine["filtered_resps"] == ref["filtered_resps"]
