@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -196,8 +195,8 @@ class TaskScorer:
                 per_doc.append(dict(self.task.process_results_fn(doc, [ll])))
                 continue
             target = self.task.doc_target(doc)
-            words = len(re.split(r"\s+", target))
-            nbytes = len(target.encode("utf-8"))
+            words = scoring.count_words(target)
+            nbytes = scoring.count_bytes(target)
             values = {"word_perplexity": (ll, words), "byte_perplexity": (ll, nbytes),
                       "bits_per_byte": (ll, nbytes)}
             per_doc.append({m: values[m] for m in self.metric_names if m in values})

@@ -29,6 +29,7 @@ from evalfleet.common.errors import (
 )
 from evalfleet.common.ids import request_id
 from evalfleet.common.logging import get_logger
+from evalfleet.inference.backends.base import GenerationParams
 from evalfleet.server import results as results_mod
 from evalfleet.server.evaluator import TaskScorer, TaskScores, aggregate_task
 from evalfleet.server.store import JobRecord, JobStore
@@ -101,27 +102,20 @@ def parse_spec(spec: cpb.EvaluationSpec) -> ParsedSpec:
 
 
 def generation_params(gen_kwargs: dict[str, Any], seed: int | None) -> ipb.GenerationParams:
-    """lm-eval's gen_kwargs normalised into the worker's ``GenerationParams``."""
-    kwargs = dict(gen_kwargs)
-    until = kwargs.get("until", [])
-    until = [until] if isinstance(until, str) else list(until or [])
-    max_toks = 256
-    for key in ("max_gen_toks", "max_new_tokens", "max_tokens", "max_completion_tokens"):
-        if kwargs.get(key) is not None:
-            max_toks = int(kwargs[key])
-            break
-    temperature = float(kwargs.get("temperature", 0.0) or 0.0)
-    do_sample = kwargs.get("do_sample")
-    do_sample = temperature > 0 if do_sample is None else bool(do_sample)
-    if not do_sample:
-        temperature = 0.0
-    params = ipb.GenerationParams(until=until, max_gen_toks=max_toks, temperature=temperature,
-                                  do_sample=do_sample)
-    if kwargs.get("top_p") is not None:
-        params.top_p = float(kwargs["top_p"])
-    if kwargs.get("top_k") is not None:
-        params.top_k = int(kwargs["top_k"])
-    if seed is not None and do_sample:
+    """lm-eval's gen_kwargs normalised (the backends' rules) into ``GenerationParams``.
+
+    ``seed`` seeds sampled repeats when the task's gen_kwargs give none.
+    """
+    normal = GenerationParams.from_gen_kwargs(gen_kwargs)
+    params = ipb.GenerationParams(until=normal.until, max_gen_toks=normal.max_gen_toks,
+                                  temperature=normal.temperature, do_sample=normal.do_sample)
+    if normal.top_p is not None:
+        params.top_p = normal.top_p
+    if normal.top_k is not None:
+        params.top_k = normal.top_k
+    if normal.seed is not None:
+        params.seed = normal.seed
+    elif seed is not None and normal.do_sample:
         params.seed = seed
     return params
 
