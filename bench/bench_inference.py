@@ -15,9 +15,14 @@ data mirror offline, and measures:
   tokens of (context + continuation) without the last token, tokenized as lm-eval's
   ``TemplateLM._encode_pair`` does for a causal model, over the requests lm-eval itself sent
   (captured from ``HFLM._loglikelihood_tokens``; the tokens it computed are used as a cross-check);
-- per task, acc (and acc_norm) of both sides: "identical" when they differ by at most
-  ``--metric_tol`` (default 1e-12, rounding only); and the max abs difference of per-sample
-  loglikelihoods between both samples.
+- per task, acc (and acc_norm) of both sides, per sample and aggregated. A metric whose per-sample
+  values are 0/1 (an argmax: acc, acc_norm of multiple-choice tasks) is "identical" only when every
+  sample has the same value (aggregates then differ by summation rounding at most, 1e-12). A
+  real-valued metric (truthfulqa_mc2's acc, a normalised probability) is "identical" when every
+  sample and the aggregate agree within ``--continuous_tol`` (default 1e-4, the per-sample
+  loglikelihood tolerance: probabilities from loglikelihoods 1e-5 apart differ by ~1e-6, never
+  bit for bit once batch shapes differ). The max abs difference of per-sample loglikelihoods and
+  of aggregated metrics are printed and reported too.
 
 Full run (the acceptance numbers) and a quick smoke run:
 
@@ -47,7 +52,8 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 SHARED = REPO.parent / "shared"
 METRICS = ("acc,none", "acc_norm,none")
-SAME_TOL = 1e-12  # "identical": equal up to summation-order rounding (as bench/parity_lmeval.py)
+ROUNDING_TOL = 1e-12  # aggregates of identical 0/1 samples: summation-order rounding only
+CONTINUOUS_TOL = 1e-4  # real-valued metrics: the issue's per-sample loglikelihood tolerance
 
 
 @dataclass(frozen=True)
@@ -207,25 +213,33 @@ def run_evalfleet(job: Job, limit: int, model_dir: str, out_dir: Path, batch_siz
 
 
 def compare(job: Job, lm: Side, ef: Side,
-            tol: float = SAME_TOL) -> tuple[bool, float, float, list[str]]:
+            continuous_tol: float = CONTINUOUS_TOL) -> tuple[bool, float, float, list[str]]:
     """(metrics identical, max abs metric diff, max abs per-sample loglikelihood diff, lines)."""
     identical, metric_diff, ll_diff, lines = True, 0.0, 0.0, []
     for task in job.tasks:
+        ref_samples, our_samples = lm.samples.get(task, {}), ef.samples.get(task, {})
+        if set(ref_samples) != set(our_samples):
+            lines.append(f"  {task}: samples cover different doc ids")
+            identical, metric_diff, ll_diff = False, float("inf"), float("inf")
+            continue
         for key in METRICS:
             if key not in lm.results.get(task, {}):
                 continue
+            name = key.split(",")[0]
+            ref_values = [float(s[name]) for s in ref_samples.values()]
+            binary = all(v in (0.0, 1.0) for v in ref_values)
+            tol = 0.0 if binary else continuous_tol
+            sample_diff = max((abs(float(ref_samples[d][name]) - float(our_samples[d].get(
+                name, float("inf")))) for d in ref_samples), default=0.0)
             ref, ours = lm.results[task][key], ef.results.get(task, {}).get(key)
             diff = float(abs(ours - ref)) if isinstance(ours, int | float) else float("inf")
-            same = diff <= tol
+            same = sample_diff <= tol and diff <= max(tol, ROUNDING_TOL)
             identical &= same
             metric_diff = max(metric_diff, diff)
+            kind = "0/1 per sample" if binary else f"real-valued, tol {continuous_tol:g}"
             lines.append(f"  {task:24s} {key:14s} lm-eval {ref!s:22.20} evalfleet {ours!s:22.20}"
+                         f" ({kind}; max per-sample diff {sample_diff:.3g})"
                          f"{'' if same else '  DIFF'}")
-        ref_samples, our_samples = lm.samples.get(task, {}), ef.samples.get(task, {})
-        if set(ref_samples) != set(our_samples):
-            identical, ll_diff = False, float("inf")
-            lines.append(f"  {task}: samples cover different doc ids")
-            continue
         for doc_id, ref in ref_samples.items():
             mine = our_samples[doc_id]["resps"]
             if len(mine) != len(ref["resps"]):
@@ -252,8 +266,8 @@ def main() -> None:
     parser.add_argument("--model_dir", default=str(REPO / "models" / "smollm2-135m"))
     parser.add_argument("--data_dir", default=str(SHARED / "data"))
     parser.add_argument("--batch_size", type=int, default=8)
-    parser.add_argument("--metric_tol", type=float, default=SAME_TOL,
-                        help="largest acc/acc_norm difference still called identical")
+    parser.add_argument("--continuous_tol", type=float, default=CONTINUOUS_TOL,
+                        help="largest difference of a real-valued metric still called identical")
     args = parser.parse_args()
     jobs = [JOBS[name] for name in args.jobs.split(",") if name]
 
@@ -279,7 +293,7 @@ def main() -> None:
                 print(f"  WARNING: floor from lm-eval's own tokens is {floor_lm}, not {floor}")
             ef = run_evalfleet(job, limit, args.model_dir, tmp_path / f"ef_{job.name}",
                                args.batch_size, env)
-            identical, metric_diff, ll_diff, lines = compare(job, lm, ef, args.metric_tol)
+            identical, metric_diff, ll_diff, lines = compare(job, lm, ef, args.continuous_tol)
             print("\n".join(lines), flush=True)
             all_identical &= identical
             worst_ll, worst_metric = max(worst_ll, ll_diff), max(worst_metric, metric_diff)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,8 @@ TINY_MODEL_DIR = MODELS_DIR / "tiny-smollm2"
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Model fingerprints are remembered per test session, not in the user's cache.
+os.environ["EVALFLEET_CACHE_DIR"] = tempfile.mkdtemp(prefix="evalfleet-test-cache-")
 
 
 def _require(path: Path, what: str) -> Path:

@@ -7,9 +7,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from evalfleet.inference.backends.hf import HFBackend
-from evalfleet.inference.backends.prefix import build_trie, count_nodes, flatten_paths
+from evalfleet.inference.backends.hf_text import make_score_request
+from evalfleet.inference.backends.prefix import build_trie, count_nodes, subtree_inputs
 
 LETTERS = "ABCD"
 
@@ -57,9 +59,8 @@ def test_trie_shape():
     assert root.n_paths == 4
     shared = root.children[0]
     assert shared.tokens == [1, 2] and shared.inputs == [2]
-    paths = flatten_paths(shared)
-    assert sorted(p for p, _ in paths) == [[1, 2, 3], [1, 2, 4, 5], [1, 2, 4, 6]]
-    assert sorted(i for _, ids in paths for i in ids) == [0, 1, 2, 4]
+    assert shared.n_paths == 3 and sorted(subtree_inputs(shared)) == [0, 1, 2, 4]
+    assert [c.tokens for c in shared.children] == [[3], [4]]
 
 
 def test_batch_sizes_give_the_same_values(tiny_model_dir, mixed_requests):
@@ -119,3 +120,21 @@ def test_prefix_sharing_computes_fewer_positions(tiny_model_dir, data_dir):
     encoded = [shared.tok.encode_request(c, x) for c, x in reqs]
     floor = count_nodes(build_trie(list({tuple((c + x)[:-1]) for c, x in encoded})))
     assert floor <= shared.positions_computed < plain.positions_computed / 2
+
+
+def test_a_short_shared_edge_does_not_hide_a_long_one_below(tiny_model_dir):
+    """Regression: two documents share one first token (too short to forward on its own); the
+    100-token context below it, shared by four choices, must still be forwarded once."""
+    backend = _backend(tiny_model_dir, 8)
+    ctx_a, ctx_b = [5, *range(100, 200)], [5, *range(300, 400)]
+    reqs = [make_score_request(ctx_a, [7 + 2 * k, 8], backend.max_length) for k in range(4)]
+    reqs.append(make_score_request(ctx_b, [7], backend.max_length))
+    with torch.inference_mode():
+        shared = backend.scorer.score(reqs, lambda _: 8, shared=True)
+    floor = count_nodes(build_trie(list({r.seq[:-1] for r in reqs})))
+    assert floor == 1 + 100 + 4 + 100
+    assert floor <= backend.scorer.positions <= floor + 1  # + the carried first token
+    with torch.inference_mode():
+        plain = backend.scorer.score(reqs, lambda _: 8, shared=False)
+    for a, b in zip(shared, plain, strict=True):
+        np.testing.assert_allclose(a.logprobs, b.logprobs, atol=1e-5, rtol=0)

@@ -86,3 +86,32 @@ def test_floor_of_multiple_choice_requests(n_choices):
     inputs = [bench.request_input(_toy_encode, 0, "q: x\nA:", w, 100) for w in words]
     assert all(a == b for a, b in itertools.pairwise(inputs))
     assert bench.trie_floor(inputs) == len(_toy_encode("q: x\nA:"))
+
+
+def _side(results: dict, samples: dict) -> object:
+    return bench.Side(results=results, samples=samples)
+
+
+def _samples(values: list[float], ll: float = -1.0) -> dict[int, dict]:
+    return {i: {"acc": v, "resps": [[[ll, True]]]} for i, v in enumerate(values)}
+
+
+def test_compare_needs_identical_samples_for_0_1_metrics():
+    job = bench.Job("t", ("t",), None, 3)
+    ref = _side({"t": {"acc,none": 2 / 3}}, {"t": _samples([1, 1, 0])})
+    same = _side({"t": {"acc,none": 2 / 3}}, {"t": _samples([1, 1, 0], ll=-1.00002)})
+    swapped = _side({"t": {"acc,none": 2 / 3}}, {"t": _samples([1, 0, 1])})
+    identical, metric_diff, ll_diff, _ = bench.compare(job, ref, same)
+    assert identical and metric_diff == 0 and ll_diff == pytest.approx(2e-5)
+    identical, _, _, lines = bench.compare(job, ref, swapped)  # same mean, other samples
+    assert not identical and "DIFF" in lines[0]
+
+
+def test_compare_allows_rounding_of_real_valued_metrics_within_tolerance():
+    job = bench.Job("t", ("t",), None, 2)
+    ref = _side({"t": {"acc,none": 0.35}}, {"t": _samples([0.2, 0.5])})
+    close = _side({"t": {"acc,none": 0.35 + 2e-7}}, {"t": _samples([0.2 + 4e-7, 0.5])})
+    far = _side({"t": {"acc,none": 0.36}}, {"t": _samples([0.22, 0.5])})
+    assert bench.compare(job, ref, close)[0]
+    assert not bench.compare(job, ref, far)[0]
+    assert not bench.compare(job, ref, close, continuous_tol=1e-8)[0]

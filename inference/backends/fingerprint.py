@@ -1,9 +1,22 @@
-"""Content fingerprints of a model: sha256 over its weights, config and tokenizer files."""
+"""Content fingerprints of a model: sha256 over its weights, config and tokenizer files.
+
+Hashing gigabytes of weights takes seconds to minutes, so a computed fingerprint is remembered
+in a small cache keyed by every file's path, size, mtime and inode (as ``git`` trusts its index
+stat data): a worker restarting on unchanged files skips the read. Set ``EVALFLEET_CACHE_DIR``
+to move the cache (default ``$XDG_CACHE_HOME/evalfleet`` or ``~/.cache/evalfleet``).
+"""
 
 from __future__ import annotations
 
 import hashlib
+import json
+import os
+import tempfile
 from pathlib import Path
+
+from evalfleet.common.logging import get_logger
+
+log = get_logger("backend.fingerprint")
 
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")
 _META_FILES = ("config.json", "generation_config.json", "model.safetensors.index.json",
@@ -12,6 +25,8 @@ _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_m
                     "vocab.json", "merges.txt", "tokenizer.model", "added_tokens.json",
                     "chat_template.jinja", "chat_template.json", "vocab.txt")
 _CHUNK = 16 * 1024 * 1024
+_CACHE_FILE = "fingerprints.json"
+_CACHE_ENTRIES = 256
 
 
 def resolve_local_dir(name: str, revision: str = "main", subfolder: str = "") -> Path | None:
@@ -45,15 +60,66 @@ def tokenizer_files(tok_dir: Path) -> list[Path]:
     return [tok_dir / f for f in _TOKENIZER_FILES if (tok_dir / f).is_file()]
 
 
+def cache_dir() -> Path:
+    """Where fingerprints are remembered."""
+    if env := os.environ.get("EVALFLEET_CACHE_DIR"):
+        return Path(env)
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg) if xdg else Path.home() / ".cache") / "evalfleet"
+
+
 def fingerprint(files: list[Path], fallback: str) -> str:
     """sha256 over (file name, length, bytes) of ``files``; of ``fallback`` when none exist."""
     h = hashlib.sha256()
     if not files:
         h.update(b"name:" + fallback.encode())
         return "sha256:" + h.hexdigest()
+    key = _stat_key(files)
+    cache = _read_cache()
+    if key in cache:
+        return cache[key]
     for path in files:
         h.update(path.name.encode() + b"\0" + str(path.stat().st_size).encode() + b"\0")
         with path.open("rb") as fh:
             while chunk := fh.read(_CHUNK):
                 h.update(chunk)
-    return "sha256:" + h.hexdigest()
+    digest = "sha256:" + h.hexdigest()
+    cache.pop(key, None)
+    cache[key] = digest
+    _write_cache(dict(list(cache.items())[-_CACHE_ENTRIES:]))
+    return digest
+
+
+def _stat_key(files: list[Path]) -> str:
+    parts = []
+    for path in files:
+        st = path.stat()
+        parts.append(f"{path.resolve()}\0{st.st_size}\0{st.st_mtime_ns}\0{st.st_ino}")
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()
+
+
+def _read_cache() -> dict[str, str]:
+    path = cache_dir() / _CACHE_FILE
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError) as exc:
+        log.warning("fingerprint_cache_unreadable", path=str(path), error=str(exc))
+        return {}
+    if not isinstance(data, dict):
+        return {}
+    return {k: v for k, v in data.items() if isinstance(v, str) and v.startswith("sha256:")}
+
+
+def _write_cache(cache: dict[str, str]) -> None:
+    """Atomic replace; a cache that cannot be written only costs a re-hash next time."""
+    folder = cache_dir()
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".fingerprints.")
+        with os.fdopen(fd, "w") as fh:
+            json.dump(cache, fh)
+        os.replace(tmp, folder / _CACHE_FILE)
+    except OSError as exc:
+        log.warning("fingerprint_cache_unwritable", path=str(folder), error=str(exc))

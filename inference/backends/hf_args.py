@@ -47,7 +47,7 @@ class HFArgs:
     think_end_token: str | int | None = None
     prefix_sharing: bool = True
     min_shared_tokens: int = 8
-    max_padding: float = 0.25
+    max_padding: float = 0.1
     batch_size: int | str = 1
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -175,8 +175,9 @@ def parse_hf_args(model_args: dict[str, Any], batch_size: int | str = 1) -> HFAr
                                                       f"got {think!r}")
     out.think_end_token = think
     out.prefix_sharing = _bool("prefix_sharing", a.pop("prefix_sharing", True))
-    out.min_shared_tokens = _int("min_shared_tokens", a.pop("min_shared_tokens", 8), minimum=1)
-    max_padding = a.pop("max_padding", 0.25)
+    out.min_shared_tokens = _int("min_shared_tokens",
+                                 a.pop("min_shared_tokens", HFArgs.min_shared_tokens), minimum=1)
+    max_padding = a.pop("max_padding", HFArgs.max_padding)
     try:
         out.max_padding = float(max_padding)
     except (TypeError, ValueError):

@@ -25,11 +25,12 @@ from evalfleet.inference.backends.hf_text import ScoreRequest
 from evalfleet.inference.backends.prefix import (
     TrieNode,
     build_trie,
-    flatten_paths,
     subtree_inputs,
 )
 
 BatchLimit = Callable[[int], int]  # padded row length -> max rows per forward
+# A row may always take this much padding: below it, a separate forward costs more than padding.
+SHORT_ROW_PADDING = 16
 
 
 class Scorer:
@@ -37,7 +38,7 @@ class Scorer:
 
     def __init__(self, model, device: torch.device, *, softmax_dtype: torch.dtype | None,
                  autocast_dtype: torch.dtype | None, min_shared_tokens: int = 8,
-                 max_padding: float = 0.25) -> None:
+                 max_padding: float = 0.1) -> None:
         self.model = model
         self.device = device
         self.softmax_dtype = softmax_dtype
@@ -145,23 +146,32 @@ class Scorer:
         def plan(node: TrieNode, ctx: tuple[Segment, ...], ctx_len: int) -> list[Job]:
             jobs: list[Job] = []
             for child in node.children:
-                saving = (child.n_paths - 1) * len(child.tokens)
-                if child.n_paths >= 2 and saving >= self.min_shared_tokens:
-                    jobs.append(Job(ctx, ctx_len, child.tokens,
-                                    req_ids(subtree_inputs(child)), child))
-                else:
-                    jobs.extend(Job(ctx, ctx_len, toks, req_ids(ids), None)
-                                for toks, ids in flatten_paths(child))
+                expand(child, [], [], ctx, ctx_len, jobs)
             return jobs
+
+        def expand(child: TrieNode, carried: list[int], carried_ids: list[int],
+                   ctx: tuple[Segment, ...], ctx_len: int, jobs: list[Job]) -> None:
+            """Plan ``child`` with ``carried`` (an edge too short to share) prepended."""
+            tokens, ids = carried + child.tokens, carried_ids + child.inputs
+            if not child.children:
+                jobs.append(Job(ctx, ctx_len, tokens, req_ids(ids), None))
+            elif (child.n_paths >= 2
+                  and (child.n_paths - 1) * len(tokens) >= self.min_shared_tokens):
+                jobs.append(Job(ctx, ctx_len, tokens,
+                                req_ids(carried_ids + subtree_inputs(child)), child))
+            else:  # not worth its own forward: each path below repeats it
+                for k, grandchild in enumerate(child.children):
+                    expand(grandchild, tokens, ids if k == 0 else [], ctx, ctx_len, jobs)
 
         def run(jobs: list[Job]) -> None:
             jobs.sort(key=lambda j: (-len(j.tokens), -j.ctx_len))
             pos = 0
             while pos < len(jobs):
                 n = max(1, limit(jobs[pos].ctx_len + len(jobs[pos].tokens)))
-                floor = (1.0 - self.max_padding) * len(jobs[pos].tokens)
+                width = len(jobs[pos].tokens)
+                slack = max(self.max_padding * width, SHORT_ROW_PADDING)
                 end = pos + 1
-                while end < min(len(jobs), pos + n) and len(jobs[end].tokens) >= floor:
+                while end < min(len(jobs), pos + n) and width - len(jobs[end].tokens) <= slack:
                     end += 1
                 chunk = jobs[pos: end]
                 pos = end

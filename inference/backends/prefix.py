@@ -67,23 +67,3 @@ def subtree_inputs(node: TrieNode) -> list[int]:
     for child in node.children:
         out.extend(subtree_inputs(child))
     return out
-
-
-def flatten_paths(node: TrieNode) -> list[tuple[list[int], list[int]]]:
-    """The maximal paths below ``node`` (from ``node.start``), each with the ids it serves.
-
-    An input ending at an inner node is served by the first path through it.
-    """
-    paths: list[tuple[list[int], list[int]]] = []
-
-    def walk(n: TrieNode, acc: list[int], pending: list[int]) -> None:
-        acc = acc + n.tokens
-        pending = pending + n.inputs
-        if not n.children:
-            paths.append((acc, pending))
-            return
-        for k, child in enumerate(n.children):
-            walk(child, acc, pending if k == 0 else [])
-
-    walk(node, [], [])
-    return paths
