@@ -138,3 +138,25 @@ def test_a_short_shared_edge_does_not_hide_a_long_one_below(tiny_model_dir):
         plain = backend.scorer.score(reqs, lambda _: 8, shared=False)
     for a, b in zip(shared, plain, strict=True):
         np.testing.assert_allclose(a.logprobs, b.logprobs, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+def test_packed_rows_give_the_values_of_separate_rows(tiny_model_dir, mixed_requests, attn,
+                                                      monkeypatch):
+    """Short continuations after one context share a row, kept apart by a 4D mask."""
+    backend = _backend(tiny_model_dir, 8, attn_implementation=attn)
+    assert backend.scorer.packing
+    packed_forwards = []
+    real = backend.scorer._packed_mask
+
+    def spy(chunk, *args):
+        packed_forwards.append(max(len(r.jobs) for r in chunk))
+        return real(chunk, *args)
+
+    monkeypatch.setattr(backend.scorer, "_packed_mask", spy)
+    packed = backend.loglikelihood(mixed_requests)
+    assert packed_forwards and max(packed_forwards) > 1
+    separate = _backend(tiny_model_dir, 1, prefix_sharing=False).loglikelihood(mixed_requests)
+    for a, b in zip(packed, separate, strict=True):
+        np.testing.assert_allclose(a.logprobs, b.logprobs, atol=1e-5, rtol=0)
+        assert (a.greedy == b.greedy).all()

@@ -4,8 +4,10 @@
   inputs, right-padded with 0, no attention mask, log-softmax over full logits.
 * ``score_shared`` forwards every shared prefix once: a radix tree over the inputs; an edge
   shared by enough inputs is forwarded once and its KV cache is reused (expanded along the
-  batch) for the rows below it. Jobs whose cached contexts differ share one forward: contexts
-  are right-padded in the cache and masked, with explicit position ids.
+  batch) for the rows below it. Short jobs after the same cached context are packed into one
+  row with a mask that keeps them apart (no padding, one copy of the context per row). Rows
+  whose cached contexts differ share one forward: contexts are right-padded in the cache and
+  masked, with explicit position ids.
 """
 
 from __future__ import annotations
@@ -31,6 +33,8 @@ from evalfleet.inference.backends.prefix import (
 BatchLimit = Callable[[int], int]  # padded row length -> max rows per forward
 # A row may always take this much padding: below it, a separate forward costs more than padding.
 SHORT_ROW_PADDING = 16
+# Jobs after one cached context are packed into rows of up to this many positions.
+PACK_WIDTH = 512
 
 
 class Scorer:
@@ -38,7 +42,7 @@ class Scorer:
 
     def __init__(self, model, device: torch.device, *, softmax_dtype: torch.dtype | None,
                  autocast_dtype: torch.dtype | None, min_shared_tokens: int = 8,
-                 max_padding: float = 0.1) -> None:
+                 max_padding: float = 0.1, packing: bool = True) -> None:
         self.model = model
         self.device = device
         self.softmax_dtype = softmax_dtype
@@ -51,6 +55,9 @@ class Scorer:
             "past_key_values" if "past_key_values" in params else None)
         self._keep_kw = "logits_to_keep" in params
         self.supports_sharing = self._cache_kw is not None
+        self._attn_impl = getattr(model.config, "_attn_implementation", None) or "eager"
+        # packed rows need a custom 4D mask: sdpa and eager take one, flash kernels do not
+        self.packing = packing and self._attn_impl in ("sdpa", "eager")
 
     # ---------------------------------------------------------------- forwards
     def _autocast(self):
@@ -87,15 +94,16 @@ class Scorer:
 
     def _serve(self, logprobs: torch.Tensor, keep_index: dict[int, int] | None, base: int,
                row_len: int, req_ids: Sequence[int], reqs: Sequence[ScoreRequest],
-               out_lp: list[np.ndarray], out_gr: list[np.ndarray]) -> None:
-        """Fill scores of ``req_ids`` for positions ``[base, base+row_len)`` of one row."""
+               out_lp: list[np.ndarray], out_gr: list[np.ndarray], offset: int = 0) -> None:
+        """Fill scores of ``req_ids`` for positions ``[base, base+row_len)``, which sit at
+        ``offset`` in their row."""
         for r in req_ids:
             req = reqs[r]
             lo, hi = max(req.first_scored, base), min(req.n_inputs, base + row_len)
             if lo >= hi:
                 continue
             idx = (torch.arange(lo - base, hi - base) if keep_index is None
-                   else torch.tensor([keep_index[t - base] for t in range(lo, hi)]))
+                   else torch.tensor([keep_index[t - base + offset] for t in range(lo, hi)]))
             rows = logprobs[idx]
             targets = torch.tensor(req.seq[lo + 1: hi + 1], dtype=torch.long)
             vals = rows.gather(1, targets.unsqueeze(1)).squeeze(1)
@@ -164,60 +172,110 @@ class Scorer:
                     expand(grandchild, tokens, ids if k == 0 else [], ctx, ctx_len, jobs)
 
         def run(jobs: list[Job]) -> None:
-            jobs.sort(key=lambda j: (-len(j.tokens), -j.ctx_len))
+            rows = self._pack(jobs)
+            rows.sort(key=lambda r: (-r.width, -r.ctx_len))
             pos = 0
-            while pos < len(jobs):
-                n = max(1, limit(jobs[pos].ctx_len + len(jobs[pos].tokens)))
-                width = len(jobs[pos].tokens)
+            while pos < len(rows):
+                n = max(1, limit(rows[pos].ctx_len + rows[pos].width))
+                width = rows[pos].width
                 slack = max(self.max_padding * width, SHORT_ROW_PADDING)
                 end = pos + 1
-                while end < min(len(jobs), pos + n) and width - len(jobs[end].tokens) <= slack:
+                while end < min(len(rows), pos + n) and width - rows[end].width <= slack:
                     end += 1
-                chunk = jobs[pos: end]
+                chunk = rows[pos: end]
                 pos = end
                 segments = self._run_chunk(chunk, reqs, out_lp, out_gr)
                 children: list[Job] = []
-                for job, seg in zip(chunk, segments, strict=True):
-                    if job.node is not None:
-                        children.extend(plan(job.node, (*job.ctx, seg), job.node.end))
+                for job, seg in segments:
+                    children.extend(plan(job.node, (*job.ctx, seg), job.node.end))
                 del segments
                 run(children)
 
         run(plan(root, (), 0))
 
-    def _run_chunk(self, chunk: list[Job], reqs, out_lp, out_gr) -> list[Segment | None]:
-        """One forward for ``chunk``; returns each extend job's new KV segment."""
-        keep = sorted(set().union(*(_needed(j, reqs) for j in chunk))) or [0]
-        want = any(j.node is not None for j in chunk)
-        ctx_max = max(j.ctx_len for j in chunk)
-        width = max(len(j.tokens) for j in chunk)
+    def _pack(self, jobs: list[Job]) -> list[Row]:
+        """Rows of jobs: short jobs after the same cached context share a row (first fit by
+        decreasing length, up to ``PACK_WIDTH`` positions); the others get a row each."""
+        rows: list[Row] = []
+        by_ctx: dict[int, list[Job]] = {}
+        for job in jobs:
+            if self.packing and len(job.tokens) <= PACK_WIDTH:
+                by_ctx.setdefault(id(job.ctx), []).append(job)
+            else:
+                rows.append(Row(job.ctx, job.ctx_len, [job]))
+        for group in by_ctx.values():
+            open_rows: list[Row] = []
+            for job in sorted(group, key=lambda j: -len(j.tokens)):
+                row = next((r for r in open_rows if r.width + len(job.tokens) <= PACK_WIDTH), None)
+                if row is None:
+                    row = Row(job.ctx, job.ctx_len, [])
+                    open_rows.append(row)
+                row.jobs.append(job)
+            rows.extend(open_rows)
+        return rows
+
+    def _run_chunk(self, chunk: list[Row], reqs, out_lp, out_gr) -> list[tuple[Job, Segment]]:
+        """One forward for ``chunk``; returns the new KV segment of each job with a trie node."""
+        keep_set: set[int] = set()
+        for row in chunk:
+            for job, at in row.placed():
+                keep_set.update(at + k for k in _needed(job, reqs))
+        keep = sorted(keep_set) or [0]
+        want = any(j.node is not None for row in chunk for j in row.jobs)
+        ctx_max = max(r.ctx_len for r in chunk)
+        width = max(r.width for r in chunk)
         cache = mask = position_ids = None
         if ctx_max:
             cache = self._assemble(chunk, ctx_max)
-            if any(j.ctx_len != ctx_max for j in chunk):
-                mask = torch.zeros((len(chunk), ctx_max + width), dtype=torch.long)
-                position_ids = torch.zeros((len(chunk), width), dtype=torch.long)
-                for i, j in enumerate(chunk):
-                    mask[i, : j.ctx_len] = 1
-                    mask[i, ctx_max: ctx_max + len(j.tokens)] = 1
-                    position_ids[i] = torch.arange(j.ctx_len, j.ctx_len + width)
-        logits, new_cache = self._forward([j.tokens for j in chunk], cache, keep,
+        if any(len(r.jobs) > 1 for r in chunk):
+            mask, position_ids = self._packed_mask(chunk, ctx_max, width)
+        elif any(r.ctx_len != ctx_max for r in chunk):
+            mask = torch.zeros((len(chunk), ctx_max + width), dtype=torch.long)
+            position_ids = torch.zeros((len(chunk), width), dtype=torch.long)
+            for i, r in enumerate(chunk):
+                mask[i, : r.ctx_len] = 1
+                mask[i, ctx_max: ctx_max + r.width] = 1
+                position_ids[i] = torch.arange(r.ctx_len, r.ctx_len + width)
+        logits, new_cache = self._forward([r.tokens() for r in chunk], cache, keep,
                                           want_cache=want, attention_mask=mask,
                                           position_ids=position_ids)
         logprobs = self._log_softmax(logits)
         index = {t: k for k, t in enumerate(keep)}
-        segments: list[Segment | None] = []
-        for i, j in enumerate(chunk):
-            self._serve(logprobs[i], index, j.ctx_len, len(j.tokens), j.req_ids, reqs,
-                        out_lp, out_gr)
-            if j.node is None:
-                segments.append(None)
-                continue
-            segments.append([
-                (layer.keys[i, :, ctx_max: ctx_max + len(j.tokens)].clone(),
-                 layer.values[i, :, ctx_max: ctx_max + len(j.tokens)].clone())
-                for layer in new_cache.layers])
+        segments: list[tuple[Job, Segment]] = []
+        for i, row in enumerate(chunk):
+            for job, at in row.placed():
+                self._serve(logprobs[i], index, job.ctx_len, len(job.tokens), job.req_ids, reqs,
+                            out_lp, out_gr, offset=at)
+                if job.node is not None:
+                    lo, hi = ctx_max + at, ctx_max + at + len(job.tokens)
+                    segments.append((job, [(layer.keys[i, :, lo:hi].clone(),
+                                            layer.values[i, :, lo:hi].clone())
+                                           for layer in new_cache.layers]))
         return segments
+
+    def _packed_mask(self, chunk: list[Row], ctx_max: int,
+                     width: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """A 4D mask [rows, 1, width, ctx_max + width] and position ids for packed rows.
+
+        Each job attends to its row's cached context and causally to itself, never to the other
+        jobs of its row; its positions continue from the context. Padding attends to itself.
+        """
+        allowed = torch.zeros((len(chunk), 1, width, ctx_max + width), dtype=torch.bool)
+        position_ids = torch.zeros((len(chunk), width), dtype=torch.long)
+        for i, row in enumerate(chunk):
+            for job, at in row.placed():
+                n = len(job.tokens)
+                allowed[i, 0, at: at + n, : row.ctx_len] = True
+                allowed[i, 0, at: at + n, ctx_max + at: ctx_max + at + n] = torch.ones(
+                    (n, n), dtype=torch.bool).tril()
+                position_ids[i, at: at + n] = torch.arange(row.ctx_len, row.ctx_len + n)
+            pad = torch.arange(row.width, width)
+            allowed[i, 0, pad, ctx_max + pad] = True
+        if self._attn_impl == "sdpa":
+            return allowed, position_ids
+        additive = torch.zeros(allowed.shape, dtype=self.model.dtype)
+        additive.masked_fill_(~allowed, torch.finfo(self.model.dtype).min)
+        return additive, position_ids
 
     def _assemble(self, chunk: list[Job], ctx_max: int):
         """A batch cache of each job's context, right-padded to ``ctx_max``."""
@@ -264,6 +322,30 @@ class Job:
     tokens: list[int]
     req_ids: list[int]
     node: TrieNode | None
+
+
+@dataclass(eq=False)
+class Row:
+    """Jobs forwarded side by side in one row after the same cached context."""
+
+    ctx: tuple[Segment, ...]
+    ctx_len: int
+    jobs: list[Job]
+
+    @property
+    def width(self) -> int:
+        return sum(len(j.tokens) for j in self.jobs)
+
+    def tokens(self) -> list[int]:
+        return [t for j in self.jobs for t in j.tokens]
+
+    def placed(self) -> list[tuple[Job, int]]:
+        """Each job with its offset in the row."""
+        out, at = [], 0
+        for job in self.jobs:
+            out.append((job, at))
+            at += len(job.tokens)
+        return out
 
 
 def _needed(job: Job, reqs: Sequence[ScoreRequest]) -> set[int]:
