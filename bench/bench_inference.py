@@ -5,8 +5,11 @@ runs lm-eval in this process (``simple_evaluate``, ``--model hf``, batch size 8,
 evalfleet's CLI with its embedded services in a subprocess (batch size 8), both reading the local
 data mirror offline, and measures:
 
-- wall time of each side (lm-eval: the ``simple_evaluate`` call, model load included; evalfleet:
-  the whole CLI process, interpreter start and imports included);
+- wall time of each side, each a fresh process per job as a user runs it: lm-eval (a child
+  process of this script: interpreter start, ``import lm_eval``, ``simple_evaluate`` with model
+  load and task indexing) and evalfleet's CLI (interpreter start, imports, embedded services,
+  model load). The ratio uses these. The time of lm-eval's ``simple_evaluate`` call alone is
+  printed too (lm-eval warm: imports already paid);
 - lm-eval's model positions: ``HFLM._model_call`` is wrapped to add batch x padded length of
   every forward;
 - evalfleet's positions: ``config.positions_computed`` of the results JSON it writes (the job
@@ -125,6 +128,7 @@ def trie_floor(sequences: Iterable[Sequence[int]]) -> int:
 @dataclass
 class Side:
     wall_s: float = 0.0
+    call_s: float | None = None  # lm-eval: the simple_evaluate call alone
     positions: int = 0
     results: dict[str, dict[str, Any]] = field(default_factory=dict)
     samples: dict[str, dict[int, dict]] = field(default_factory=dict)
@@ -183,11 +187,39 @@ def run_lmeval(job: Job, limit: int, model_dir: str, include_path: Path,
         request_input(lm.tok_encode, lm.prefix_token_id, ctx, cont, lm.max_length)
         for (ctx, cont), _, _ in probe.requests)
     floor_lm_tokens = trie_floor(model_input(c + k, lm.max_length) for _, c, k in probe.requests)
-    side = Side(wall, probe.positions, out["results"],
+    side = Side(wall, wall, probe.positions, out["results"],
                 {task: {s["doc_id"]: s for s in rows} for task, rows in out["samples"].items()})
     del out, probe, lm
     gc.collect()
     return side, floor, floor_lm_tokens
+
+
+def run_lmeval_process(job: Job, limit: int, model_dir: str, include_path: Path,
+                       batch_size: int, out_file: Path) -> tuple[Side, int, int]:
+    """``run_lmeval`` in a fresh child process; its wall time is the whole process."""
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--lmeval_child", str(out_file),
+           "--jobs", job.name, "--limit_scale", "1", "--child_limit", str(limit),
+           "--model_dir", model_dir, "--child_include_path", str(include_path),
+           "--batch_size", str(batch_size)]
+    start = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    wall = time.perf_counter() - start
+    if proc.returncode != 0:
+        sys.exit(f"lm-eval failed ({proc.returncode}): {' '.join(cmd)}\n{proc.stderr[-3000:]}")
+    doc = json.loads(out_file.read_text())
+    samples = {task: {int(r["doc_id"]): r for r in rows} for task, rows in doc["samples"].items()}
+    side = Side(wall, doc["call_s"], doc["positions"], doc["results"], samples)
+    return side, doc["floor"], doc["floor_lm"]
+
+
+def _lmeval_child(args: argparse.Namespace) -> None:
+    """Entry of the child process: run lm-eval on one job and write what the parent needs."""
+    side, floor, floor_lm = run_lmeval(JOBS[args.jobs], args.child_limit, args.model_dir,
+                                       Path(args.child_include_path), args.batch_size)
+    Path(args.lmeval_child).write_text(json.dumps({
+        "call_s": side.call_s, "positions": side.positions, "results": side.results,
+        "samples": {task: list(rows.values()) for task, rows in side.samples.items()},
+        "floor": floor, "floor_lm": floor_lm}, default=str))
 
 
 def run_evalfleet(job: Job, limit: int, model_dir: str, out_dir: Path, batch_size: int,
@@ -209,7 +241,7 @@ def run_evalfleet(job: Job, limit: int, model_dir: str, out_dir: Path, batch_siz
         task = path.name.removeprefix("samples_").rsplit("_", 1)[0]
         rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
         samples[task] = {r["doc_id"]: r for r in rows}
-    return Side(wall, int(doc["config"]["positions_computed"]), doc["results"], samples)
+    return Side(wall, None, int(doc["config"]["positions_computed"]), doc["results"], samples)
 
 
 def compare(job: Job, lm: Side, ef: Side,
@@ -268,6 +300,9 @@ def main() -> None:
     parser.add_argument("--batch_size", type=int, default=8)
     parser.add_argument("--continuous_tol", type=float, default=CONTINUOUS_TOL,
                         help="largest difference of a real-valued metric still called identical")
+    parser.add_argument("--lmeval_child", help=argparse.SUPPRESS)  # internal: child process
+    parser.add_argument("--child_limit", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--child_include_path", help=argparse.SUPPRESS)
     args = parser.parse_args()
     jobs = [JOBS[name] for name in args.jobs.split(",") if name]
 
@@ -275,6 +310,9 @@ def main() -> None:
     os.environ.update(HF_DATASETS_OFFLINE="1", HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
     env = {**os.environ, "EVALFLEET_DATA_DIR": args.data_dir}
     logging.getLogger("lm_eval").setLevel(logging.WARNING)
+    if args.lmeval_child:
+        _lmeval_child(args)
+        return
 
     rows, payload = [], {"bench": "inference"}
     all_identical, worst_ll, worst_metric = True, 0.0, 0.0
@@ -287,8 +325,9 @@ def main() -> None:
             limit = max(1, round(job.limit * args.limit_scale))
             print(f"== {job.name}: tasks {','.join(job.tasks)}, num_fewshot {job.num_fewshot}, "
                   f"limit {limit}", flush=True)
-            lm, floor, floor_lm = run_lmeval(job, limit, args.model_dir, tmp_path / "lm_tasks",
-                                             args.batch_size)
+            lm, floor, floor_lm = run_lmeval_process(
+                job, limit, args.model_dir, tmp_path / "lm_tasks", args.batch_size,
+                tmp_path / f"lm_{job.name}.json")
             if floor != floor_lm:
                 print(f"  WARNING: floor from lm-eval's own tokens is {floor_lm}, not {floor}")
             ef = run_evalfleet(job, limit, args.model_dir, tmp_path / f"ef_{job.name}",
@@ -297,7 +336,7 @@ def main() -> None:
             print("\n".join(lines), flush=True)
             all_identical &= identical
             worst_ll, worst_metric = max(worst_ll, ll_diff), max(worst_metric, metric_diff)
-            rows.append((job.name, lm.wall_s, ef.wall_s, _ratio(ef.wall_s, lm.wall_s),
+            rows.append((job.name, lm.wall_s, lm.call_s, ef.wall_s, _ratio(ef.wall_s, lm.wall_s),
                          lm.positions, ef.positions, _ratio(ef.positions, lm.positions), floor,
                          _ratio(floor, lm.positions), identical))
             payload[f"{job.name}_wall_ratio"] = _ratio(ef.wall_s, lm.wall_s)
@@ -305,12 +344,12 @@ def main() -> None:
             payload[f"{job.name}_floor_ratio"] = _ratio(floor, lm.positions)
 
     print(f"load average at end: {os.getloadavg()}")
-    head = ("job", "lm-eval s", "evalfleet s", "wall ratio", "lm-eval pos", "evalfleet pos",
-            "pos ratio", "floor", "floor ratio", "metrics identical")
-    print(f"{head[0]:16s}" + "".join(f"{h:>14s}" for h in head[1:-1]) + f"  {head[-1]}")
-    for name, lw, ew, wr, lp, ep, pr, fl, fr, same in rows:
-        print(f"{name:16s}{lw:14.1f}{ew:14.1f}{wr!s:>14s}{lp:14d}{ep:14d}{pr!s:>14s}{fl:14d}"
-              f"{fr!s:>14s}  {same}")
+    head = ("job", "lm-eval s", "lm-eval call s", "evalfleet s", "wall ratio", "lm-eval pos",
+            "evalfleet pos", "pos ratio", "floor", "floor ratio", "metrics identical")
+    print(f"{head[0]:16s}" + "".join(f"{h:>15s}" for h in head[1:-1]) + f"  {head[-1]}")
+    for name, lw, lc, ew, wr, lp, ep, pr, fl, fr, same in rows:
+        print(f"{name:16s}{lw:15.1f}{lc:15.1f}{ew:15.1f}{wr!s:>15s}{lp:15d}{ep:15d}{pr!s:>15s}"
+              f"{fl:15d}{fr!s:>15s}  {same}")
     print(f"per-sample loglikelihood max abs diff {worst_ll:.3g}, "
           f"acc/acc_norm max abs diff {worst_metric:.3g}")
     finite = lambda x: x if x != float("inf") else None  # noqa: E731 (missing samples)

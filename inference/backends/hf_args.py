@@ -45,9 +45,11 @@ class HFArgs:
     prefix_token_id: int | None = None
     gguf_file: str | None = None
     think_end_token: str | int | None = None
-    prefix_sharing: bool = True
-    min_shared_tokens: int = 8
-    max_padding: float = 0.1
+    prefix_sharing: bool = True  # forward each shared token prefix once (False: lm-eval's way)
+    # share an edge only if it saves this many positions: below, recomputing is cheaper than a
+    # separate forward whose children could no longer be packed with their siblings
+    min_shared_tokens: int = 32
+    max_padding: float = 0.1  # padding a row may take, as a fraction of the batch's width
     batch_size: int | str = 1
     extra: dict[str, Any] = field(default_factory=dict)
 

@@ -41,7 +41,7 @@ class Scorer:
     """Runs forwards for scoring and counts the positions they compute."""
 
     def __init__(self, model, device: torch.device, *, softmax_dtype: torch.dtype | None,
-                 autocast_dtype: torch.dtype | None, min_shared_tokens: int = 8,
+                 autocast_dtype: torch.dtype | None, min_shared_tokens: int = 32,
                  max_padding: float = 0.1, packing: bool = True) -> None:
         self.model = model
         self.device = device
