@@ -188,7 +188,7 @@ def build_plan(parsed: ParsedSpec, data_dir: str | Path | None,
                 apply_chat_template=parsed.spec.apply_chat_template,
                 gen_kwargs=parsed.gen_kwargs or None)
             docs = task.eval_docs(parsed.limit)
-            original = len(task.eval_docs(None))
+            original = len(task.all_eval_docs())
         except DataNotFoundError as exc:
             raise NotFoundError(str(exc)) from exc
         except NotImplementedError as exc:
