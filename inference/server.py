@@ -44,7 +44,12 @@ def generation_params_from_pb(params: pb.GenerationParams) -> GenerationParams:
 
 
 class InferenceServicer(pb_grpc.InferenceServiceServicer):
-    """Serves one backend. Batches are computed one at a time, in arrival order."""
+    """Serves one backend. Batches are computed one at a time, in arrival order.
+
+    A batch whose caller is gone while it waits (deadline passed, call cancelled) is dropped
+    unseen: grpc.aio cancels its handler at the lock. A batch already on the model runs to the
+    end (a forward cannot be interrupted) and its answer is discarded.
+    """
 
     def __init__(self, backend: Backend, model_args: dict[str, Any] | None = None) -> None:
         self._backend = backend
