@@ -35,6 +35,9 @@ def _add_eval_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch_size", "-b", default="1", help="integer, auto or auto:N")
     p.add_argument("--limit", "-L", type=float, default=None,
                    help="documents per task (a fraction when < 1.0)")
+    p.add_argument("--samples", "-E", default=None, metavar="JSON",
+                   help='document indices per task, e.g. \'{"arc_easy": [0, 5]}\', or a JSON '
+                        "file of that; incompatible with --limit")
     p.add_argument("--output_path", "-o", default=None)
     p.add_argument("--log_samples", "-s", action="store_true")
     p.add_argument("--seed", default="0,1234,1234,1234",

@@ -7,6 +7,7 @@ import json
 import os
 import sys
 from contextlib import AsyncExitStack
+from pathlib import Path
 
 from rich.console import Console
 
@@ -56,7 +57,32 @@ def build_spec(args: argparse.Namespace, *, worker_addresses: list[str] | None =
         spec.num_fewshot = args.num_fewshot
     if args.limit is not None:
         spec.limit = args.limit
+    if args.samples:
+        if args.limit is not None:
+            raise InvalidArgumentError("--samples cannot be combined with --limit")
+        for task, indices in parse_samples(args.samples).items():
+            spec.samples[task].indices.extend(indices)
     return spec
+
+
+def parse_samples(text: str) -> dict[str, list[int]]:
+    """``--samples``: a JSON object (inline or in a file) of task name -> document indices."""
+    source = "--samples"
+    if not text.lstrip().startswith("{") and Path(text).is_file():
+        source, text = f"--samples file {text}", Path(text).read_text()
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise InvalidArgumentError(f"{source}: not JSON ({exc.msg} at char {exc.pos}); give "
+                                   "an object like '{\"arc_easy\": [0, 5]}' or a file of it"
+                                   ) from None
+    if not isinstance(value, dict) or not all(
+            isinstance(k, str) and isinstance(v, list)
+            and all(isinstance(i, int) and not isinstance(i, bool) for i in v)
+            for k, v in value.items()):
+        raise InvalidArgumentError(f"{source}: expected an object of task name -> list of "
+                                   "document indices, e.g. '{\"arc_easy\": [0, 5]}'")
+    return value
 
 
 async def run_eval(args: argparse.Namespace) -> int:

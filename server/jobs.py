@@ -34,7 +34,14 @@ from evalfleet.server import results as results_mod
 from evalfleet.server.evaluator import TaskScorer, TaskScores, aggregate_task
 from evalfleet.server.store import JobRecord, JobStore
 from evalfleet.server.workers import BatchResult, WorkerPool, WorkItem, make_batches
-from evalfleet.tasks import DataNotFoundError, Request, Task, TaskManager, TaskNotFoundError
+from evalfleet.tasks import (
+    DataNotFoundError,
+    Request,
+    SampleIndexError,
+    Task,
+    TaskManager,
+    TaskNotFoundError,
+)
 from evalfleet.v1 import coordinator_pb2 as cpb
 from evalfleet.v1 import inference_pb2 as ipb
 
@@ -61,6 +68,7 @@ class ParsedSpec:
     seeds: dict[str, int]
     bootstrap_iters: int
     batch_size: str
+    samples: dict[str, list[int]] | None = None
 
 
 def parse_spec(spec: cpb.EvaluationSpec) -> ParsedSpec:
@@ -75,6 +83,16 @@ def parse_spec(spec: cpb.EvaluationSpec) -> ParsedSpec:
         if not spec.limit > 0:
             raise InvalidArgumentError("spec.limit: must be > 0 (a count, or a fraction < 1.0)")
         limit = spec.limit if spec.limit < 1.0 else int(spec.limit)
+    samples: dict[str, list[int]] | None = None
+    if spec.samples:
+        if limit is not None:
+            raise InvalidArgumentError("spec.samples: cannot be combined with spec.limit; "
+                                       "drop one of them")
+        samples = {name: list(doc.indices) for name, doc in spec.samples.items()}
+        for name, indices in samples.items():
+            if not indices or any(i < 0 for i in indices):
+                raise InvalidArgumentError(
+                    f"spec.samples['{name}']: give one or more document indices >= 0")
     num_fewshot = spec.num_fewshot if spec.HasField("num_fewshot") else None
     if num_fewshot is not None and num_fewshot < 0:
         raise InvalidArgumentError("spec.num_fewshot: must be >= 0")
@@ -98,7 +116,7 @@ def parse_spec(spec: cpb.EvaluationSpec) -> ParsedSpec:
             raise InvalidArgumentError(
                 f"spec.worker_addresses[{i}]: '{address}' is not host:port")
     return ParsedSpec(spec, model_args, gen_kwargs, metadata, limit, num_fewshot, seeds,
-                      bootstrap, batch_size)
+                      bootstrap, batch_size, samples)
 
 
 def generation_params(gen_kwargs: dict[str, Any], seed: int | None) -> ipb.GenerationParams:
@@ -178,19 +196,28 @@ def build_plan(parsed: ParsedSpec, data_dir: str | Path | None,
     tree = load_tasks(parsed, data_dir, include_paths)
     plans: list[TaskPlan] = []
     work: dict[str, WorkItem] = {}
-    for name in _task_names(tree):
+    names = _task_names(tree)
+    unknown = sorted(set(parsed.samples or ()) - set(names))
+    if unknown:
+        raise InvalidArgumentError(
+            f"spec.samples: {', '.join(map(repr, unknown))} not among the job's tasks "
+            f"({', '.join(names)})")
+    for name in names:
         task = tree.tasks[name]
+        samples = (parsed.samples or {}).get(name)
         try:
             requests = task.build_requests(
-                limit=parsed.limit, num_fewshot=parsed.num_fewshot,
+                limit=parsed.limit, samples=samples, num_fewshot=parsed.num_fewshot,
                 fewshot_seed=parsed.seeds["fewshot_seed"],
                 system_instruction=parsed.spec.system_instruction or None,
                 apply_chat_template=parsed.spec.apply_chat_template,
                 gen_kwargs=parsed.gen_kwargs or None)
-            docs = task.eval_docs(parsed.limit)
+            docs = task.eval_docs(parsed.limit, samples)
             original = len(task.all_eval_docs())
         except DataNotFoundError as exc:
             raise NotFoundError(str(exc)) from exc
+        except SampleIndexError as exc:
+            raise InvalidArgumentError(f"spec.samples['{name}']: {exc}") from exc
         except NotImplementedError as exc:
             raise InvalidArgumentError(f"task {name}: {exc}") from exc
         ids: list[str] = []

@@ -1,6 +1,11 @@
 """evalfleet's task engine: reads lm-eval 0.4.13 task YAMLs and builds the same requests."""
 
-from evalfleet.tasks.errors import DataNotFoundError, TaskError, TaskNotFoundError
+from evalfleet.tasks.errors import (
+    DataNotFoundError,
+    SampleIndexError,
+    TaskError,
+    TaskNotFoundError,
+)
 from evalfleet.tasks.filters import FilterPipeline
 from evalfleet.tasks.group import AggregateMetric, GroupSpec
 from evalfleet.tasks.listing import render_task_listing, show_task
@@ -16,6 +21,7 @@ __all__ = [
     "GroupSpec",
     "MetricConfig",
     "Request",
+    "SampleIndexError",
     "Task",
     "TaskEntry",
     "TaskError",

@@ -20,6 +20,10 @@ class TaskNotFoundError(TaskError):
         super().__init__(f"unknown task, group or tag {name!r}{hint}{note}")
 
 
+class SampleIndexError(TaskError):
+    """Requested document indices (``--samples``) fall outside the evaluated split."""
+
+
 class DataNotFoundError(TaskError):
     """A dataset split could not be found in the data mirror (or elsewhere)."""
 

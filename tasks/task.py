@@ -17,7 +17,7 @@ from jinja2 import TemplateError
 
 from evalfleet.tasks.config import TaskConfig
 from evalfleet.tasks.dataset import DatasetSource
-from evalfleet.tasks.errors import TaskError, config_error
+from evalfleet.tasks.errors import SampleIndexError, TaskError, config_error
 from evalfleet.tasks.filters import FilterPipeline, get_filter
 from evalfleet.tasks.metric_config import MetricConfig, parse_metric_list
 from evalfleet.tasks.prompt import Message, ends_with_whitespace, maybe_delimit, qa_turn, render
@@ -142,9 +142,20 @@ class Task:
             raise TaskError(f"task {self.name!r}: limit {limit!r} selects no documents")
         return min(size, n)
 
-    def eval_docs(self, limit: int | float | None = None) -> list[tuple[int, Doc]]:
-        """``(doc_id, doc)`` pairs of the evaluated split, first ``limit`` docs."""
+    def eval_docs(self, limit: int | float | None = None,
+                  samples: Sequence[int] | None = None) -> list[tuple[int, Doc]]:
+        """``(doc_id, doc)`` pairs of the evaluated split: the first ``limit`` docs, or the docs
+        at the ``samples`` indices in split order, renumbered from 0 (lm-eval's ``--samples``).
+        """
         docs = self.all_eval_docs()
+        if samples:
+            bad = [i for i in samples if not 0 <= i < len(docs)]
+            if bad:
+                raise SampleIndexError(f"task {self.name!r}: samples {bad} are outside the "
+                                f"{len(docs)} documents of split {self.eval_split!r} "
+                                f"(indices 0..{len(docs) - 1})")
+            wanted = set(samples)
+            return list(enumerate(d for i, d in enumerate(docs) if i in wanted))
         return list(enumerate(docs[: self.sample_size(limit)]))
 
     @property
@@ -368,6 +379,7 @@ class Task:
         self,
         *,
         limit: int | float | None = None,
+        samples: Sequence[int] | None = None,
         num_fewshot: int | None = None,
         fewshot_seed: int = 1234,
         system_instruction: str | None = None,
@@ -376,7 +388,8 @@ class Task:
         chat_template: Callable | None = None,
         fewshot_as_multiturn: bool = False,
     ) -> list[Request]:
-        """lm-eval's requests for the first ``limit`` docs, in lm-eval's order.
+        """lm-eval's requests for the first ``limit`` docs (or the ``samples`` indices), in
+        lm-eval's order.
 
         ``apply_chat_template`` needs ``chat_template(messages, add_generation_prompt=...)``
         (the model tokenizer's template); without one it raises NotImplementedError.
@@ -394,7 +407,7 @@ class Task:
             self.cfg.generation_kwargs.update(gen_kwargs)
         shots = self.resolve_num_fewshot(num_fewshot)
         self.effective_num_fewshot = shots
-        docs = self.eval_docs(limit)
+        docs = self.eval_docs(limit, samples)
         sampler = self.make_sampler(fewshot_seed) if shots > 0 else None
         template = chat_template if apply_chat_template else None
         requests: list[Request] = []

@@ -113,6 +113,9 @@ def test_standalone_services_stop_gracefully_on_sigterm(tiny_model_dir, tmp_path
     (["--tasks", "piqa", "--batch_size", "lots"], "batch_size"),
     (["--tasks", "piqa", "--log_samples"], "--output_path"),
     (["--tasks", "piqa", "--seed", "1,2"], "--seed"),
+    (["--tasks", "piqa", "--samples", '{"piqa": [1]}', "--limit", "3"], "--limit"),
+    (["--tasks", "piqa", "--samples", "{piqa: 1}"], "--samples: not JSON"),
+    (["--tasks", "piqa", "--samples", '{"piqa": 1}'], "list of document indices"),
 ])
 def test_user_errors_are_one_line_without_traceback(args, needle):
     result = _cli("eval", "--model", "hf", *args, timeout=120)

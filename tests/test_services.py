@@ -131,6 +131,22 @@ def test_evaluation_end_to_end(fresh_stub):
     assert all(math.isfinite(float(r[0][0])) for r in record["resps"])
 
 
+def test_samples_choose_the_documents(fresh_stub, data_dir):
+    spec = cpb.EvaluationSpec(model="hf", tasks=["arc_easy"], log_samples=True,
+                              bootstrap_iters=0,
+                              samples={"arc_easy": cpb.DocIndices(indices=[7, 2])})
+    evaluation, _ = _run(fresh_stub, spec)
+    assert evaluation.state == cpb.EVALUATION_STATE_SUCCEEDED, evaluation.error
+    results = fresh_stub.GetResults(cpb.GetResultsRequest(id=evaluation.id), timeout=10)
+    doc = json.loads(results.results_json)
+    assert doc["n-samples"]["arc_easy"] == {"original": 2376, "effective": 2}
+    records = [json.loads(s.json) for s in fresh_stub.StreamSamples(
+        cpb.StreamSamplesRequest(id=evaluation.id), timeout=30)]
+    assert [r["doc_id"] for r in records] == [0, 1]
+    lines = (data_dir / "allenai/ai2_arc/ARC-Easy/test.jsonl").read_text().splitlines()
+    assert [r["doc"]["id"] for r in records] == [json.loads(lines[i])["id"] for i in (2, 7)]
+
+
 def test_second_job_reuses_stored_answers(fresh_stub):
     eval_stub = fresh_stub
     spec = cpb.EvaluationSpec(model="hf", tasks=["arc_challenge"], limit=2, bootstrap_iters=0)
@@ -158,6 +174,14 @@ def test_second_job_reuses_stored_answers(fresh_stub):
      grpc.StatusCode.UNAVAILABLE, "127.0.0.1:1"),
     (cpb.EvaluationSpec(tasks=["piqa"], limit=-1), grpc.StatusCode.INVALID_ARGUMENT,
      "spec.limit"),
+    (cpb.EvaluationSpec(tasks=["piqa"], limit=2, samples={"piqa": cpb.DocIndices(indices=[1])}),
+     grpc.StatusCode.INVALID_ARGUMENT, "spec.samples: cannot be combined with spec.limit"),
+    (cpb.EvaluationSpec(tasks=["piqa"], samples={"boolq": cpb.DocIndices(indices=[1])}),
+     grpc.StatusCode.INVALID_ARGUMENT, "'boolq' not among the job's tasks"),
+    (cpb.EvaluationSpec(tasks=["piqa"], samples={"piqa": cpb.DocIndices(indices=[5, 99999])}),
+     grpc.StatusCode.INVALID_ARGUMENT, "spec.samples['piqa']: task 'piqa': samples [99999]"),
+    (cpb.EvaluationSpec(tasks=["piqa"], samples={"piqa": cpb.DocIndices(indices=[-1])}),
+     grpc.StatusCode.INVALID_ARGUMENT, "spec.samples['piqa']: give one or more"),
 ])
 def test_bad_specs_get_clear_statuses(eval_stub, spec, code, needle):
     with pytest.raises(grpc.RpcError) as err:

@@ -196,3 +196,37 @@ def test_effective_num_fewshot(builtin_manager):
     for name, task in tree.tasks.items():
         task.build_requests(limit=1, num_fewshot=3 if name != "gsm8k" else None)
         assert task.effective_num_fewshot == expected[name]
+
+
+SAMPLES = [41, 3, 17, 0, 3]  # unsorted, repeated: lm-eval evaluates them in split order, once
+
+
+@pytest.mark.parametrize("name,shots", [("arc_easy", 3), ("mmlu_abstract_algebra", 5)])
+def test_samples_select_the_same_documents_as_lm_eval(name, shots, override_dir,
+                                                      builtin_manager):
+    """``--samples``: lm-eval renumbers the chosen docs from 0 and draws shots for them only."""
+    from lm_eval.tasks import TaskManager as LmTaskManager
+
+    tm = LmTaskManager(include_path=str(override_dir), include_defaults=False)
+    lm_task = tm.load([name])["tasks"][name]
+    if lm_task.get_config("num_fewshot") != 0:
+        lm_task.set_config(key="num_fewshot", value=shots)
+    lm_task.set_fewshot_seed(seed=SEED)
+    lm_task.build_all_requests(samples=SAMPLES)
+    expected = [(i.request_type, i.doc_id, i.idx, i.args, i.repeats) for i in lm_task.instances]
+    task = builtin_manager.load([name]).tasks[name]
+    got = task.build_requests(samples=SAMPLES, num_fewshot=shots, fewshot_seed=SEED)
+    _assert_same(expected, [(r.request_type, r.doc_id, r.idx, r.arguments, r.repeats)
+                            for r in got])
+    assert sorted({r.doc_id for r in got}) == [0, 1, 2, 3]
+    assert [d for _, d in task.eval_docs(samples=SAMPLES)] == [
+        task.all_eval_docs()[i] for i in (0, 3, 17, 41)]
+
+
+def test_samples_outside_the_split_name_the_range(builtin_manager):
+    from evalfleet.tasks import SampleIndexError
+
+    task = builtin_manager.load(["arc_easy"]).tasks["arc_easy"]
+    n = len(task.all_eval_docs())
+    with pytest.raises(SampleIndexError, match=rf"\[{n}\] are outside the {n} documents"):
+        task.eval_docs(samples=[0, n])
