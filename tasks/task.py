@@ -151,9 +151,9 @@ class Task:
         if samples:
             bad = [i for i in samples if not 0 <= i < len(docs)]
             if bad:
-                raise SampleIndexError(f"task {self.name!r}: samples {bad} are outside the "
-                                f"{len(docs)} documents of split {self.eval_split!r} "
-                                f"(indices 0..{len(docs) - 1})")
+                raise SampleIndexError(
+                    f"task {self.name!r}: samples {bad} are outside the {len(docs)} documents "
+                    f"of split {self.eval_split!r} (indices 0..{len(docs) - 1})")
             wanted = set(samples)
             return list(enumerate(d for i, d in enumerate(docs) if i in wanted))
         return list(enumerate(docs[: self.sample_size(limit)]))

@@ -84,8 +84,7 @@ def fingerprint(files: list[Path], fallback: str) -> str:
             while chunk := fh.read(_CHUNK):
                 h.update(chunk)
     digest = "sha256:" + h.hexdigest()
-    cache.pop(key, None)
-    cache[key] = digest
+    cache[key] = digest  # newest last: the oldest entries are dropped beyond _CACHE_ENTRIES
     _write_cache(dict(list(cache.items())[-_CACHE_ENTRIES:]))
     return digest
 

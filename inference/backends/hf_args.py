@@ -176,7 +176,7 @@ def parse_hf_args(model_args: dict[str, Any], batch_size: int | str = 1) -> HFAr
         raise BackendArgumentError("think_end_token", f"expected a string or token id, "
                                                       f"got {think!r}")
     out.think_end_token = think
-    out.prefix_sharing = _bool("prefix_sharing", a.pop("prefix_sharing", True))
+    out.prefix_sharing = _bool("prefix_sharing", a.pop("prefix_sharing", HFArgs.prefix_sharing))
     out.min_shared_tokens = _int("min_shared_tokens",
                                  a.pop("min_shared_tokens", HFArgs.min_shared_tokens), minimum=1)
     max_padding = a.pop("max_padding", HFArgs.max_padding)
