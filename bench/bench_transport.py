@@ -22,7 +22,7 @@ CONTEXT = "Question: Which statement best explains why photosynthesis is the fou
 
 
 def _answer(request: pb.LoglikelihoodRequest) -> pb.LoglikelihoodResponse:
-    response = pb.LoglikelihoodResponse(positions_computed=len(request.items))
+    response = pb.LoglikelihoodResponse(cost=pb.BatchCost(positions_computed=len(request.items)))
     for item in request.items:
         response.results.add(request_id=item.request_id, logprobs=[-0.5] * 8, greedy=[True] * 8)
     return response

@@ -44,8 +44,13 @@ def _add_eval_parser(sub: argparse._SubParsersAction) -> None:
                    help="one int for all four seeds, or python,numpy,torch,fewshot")
     p.add_argument("--gen_kwargs", default="", help="k=v,... merged into generation_kwargs")
     p.add_argument("--bootstrap_iters", type=int, default=100000)
-    p.add_argument("--apply_chat_template", action="store_true")
-    p.add_argument("--fewshot_as_multiturn", action="store_true")
+    p.add_argument("--apply_chat_template", nargs="?", const=True, default=False,
+                   metavar="TEMPLATE", help="render prompts with the model's chat template "
+                   "(optionally the name of one of the tokenizer's templates)")
+    p.add_argument("--fewshot_as_multiturn", nargs="?", const=True, default=None,
+                   type=lambda x: x.lower() in ("true", "1", "yes"), metavar="BOOL",
+                   help="few-shot examples as chat turns (default: on with "
+                        "--apply_chat_template; 'false' disables)")
     p.add_argument("--system_instruction", default="")
     p.add_argument("--include_path", action="append", default=[])
     p.add_argument("--metadata", default="", help="k=v or JSON merged into task metadata")

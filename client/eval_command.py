@@ -47,12 +47,16 @@ def build_spec(args: argparse.Namespace, *, worker_addresses: list[str] | None =
         tasks=[t.strip() for t in args.tasks.split(",") if t.strip()],
         batch_size=str(args.batch_size), seeds=parse_seeds(args.seed),
         gen_kwargs=args.gen_kwargs, log_samples=args.log_samples,
-        bootstrap_iters=args.bootstrap_iters, apply_chat_template=args.apply_chat_template,
+        bootstrap_iters=args.bootstrap_iters,
+        apply_chat_template=args.apply_chat_template is not False,
+        chat_template_name=args.apply_chat_template
+        if isinstance(args.apply_chat_template, str) else "",
         system_instruction=args.system_instruction, include_paths=args.include_path,
-        metadata=args.metadata, fewshot_as_multiturn=args.fewshot_as_multiturn,
-        confirm_run_unsafe_code=args.confirm_run_unsafe_code,
+        metadata=args.metadata, confirm_run_unsafe_code=args.confirm_run_unsafe_code,
         worker_addresses=worker_addresses or [],
     )
+    if args.fewshot_as_multiturn is not None:
+        spec.fewshot_as_multiturn = args.fewshot_as_multiturn
     if args.num_fewshot is not None:
         spec.num_fewshot = args.num_fewshot
     if args.limit is not None:
@@ -115,8 +119,9 @@ async def _start_embedded(args: argparse.Namespace, data_dir: str | None,
     import asyncio
 
     from evalfleet.inference.server import load_backend, start_worker
-    from evalfleet.server.jobs import load_tasks, parse_spec
+    from evalfleet.server.planning import load_tasks
     from evalfleet.server.service import start_coordinator
+    from evalfleet.server.spec import parse_spec
     from evalfleet.server.store import SqliteJobStore
 
     # Check the spec and the tasks before paying for the model load. Spec fields are named

@@ -7,8 +7,8 @@ their status, and a graceful shutdown that first reports NOT_SERVING.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
@@ -124,15 +124,22 @@ class RunningServer:
     port: int
     health: HealthServicer
     service_names: tuple[str, ...]
+    _on_stop: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
 
     @property
     def address(self) -> str:
         return f"127.0.0.1:{self.port}"
 
+    def on_stop(self, callback: Callable[[], Awaitable[None]]) -> None:
+        """Await ``callback`` after the server has stopped (e.g. close the backend)."""
+        self._on_stop.append(callback)
+
     async def stop(self, grace: float = 5.0) -> None:
         """Report NOT_SERVING, let in-flight calls finish within ``grace`` seconds, then stop."""
         await self.health.enter_graceful_shutdown()
         await self.server.stop(grace)
+        for callback in self._on_stop:
+            await callback()
 
 
 async def start_server(

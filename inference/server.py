@@ -1,33 +1,84 @@
 """The inference worker's gRPC service: one loaded backend behind ``InferenceService``.
 
-The servicer only translates between protobuf batches and the backend's Python API; model calls
-run in a worker thread (torch releases the GIL) one batch at a time, so the event loop stays free
-to answer health checks and queue the next batch.
+The servicer only translates between protobuf batches and the backend's async API. Concurrency
+is the backend's: the hf backend computes one batch at a time (preparing the next meanwhile),
+remote backends keep several HTTP calls in flight. Each request gets its own outcome; an
+``ItemError`` travels on that item and the rest of the batch is answered.
 """
 
 from __future__ import annotations
 
-import asyncio
-import time
-from collections.abc import Callable, Sequence
-from typing import Any, TypeVar
+import json
+from collections.abc import Callable
+from typing import Any
 
+from evalfleet.common.errors import InvalidArgumentError
 from evalfleet.common.logging import get_logger
 from evalfleet.common.rpc import RunningServer, Service, start_server
 from evalfleet.inference.backends import get_backend
-from evalfleet.inference.backends.base import Backend, GenerationParams, TokenScores
+from evalfleet.inference.backends.base import (
+    Answers,
+    Backend,
+    Capabilities,
+    ChatTemplateSupport,
+    Conversation,
+    Cost,
+    GenerationParams,
+    GenerationRequest,
+    ItemError,
+    TokenScores,
+)
 from evalfleet.v1 import inference_pb2 as pb
 from evalfleet.v1 import inference_pb2_grpc as pb_grpc
 
 log = get_logger("worker")
-T = TypeVar("T")
+
+_CHAT_SUPPORT = {
+    ChatTemplateSupport.NONE: pb.CHAT_TEMPLATE_SUPPORT_NONE,
+    ChatTemplateSupport.RENDER: pb.CHAT_TEMPLATE_SUPPORT_RENDER,
+    ChatTemplateSupport.MESSAGES: pb.CHAT_TEMPLATE_SUPPORT_MESSAGES,
+}
 
 
-def _token_scores_pb(request_id: str, scores: TokenScores) -> pb.TokenScores:
-    msg = pb.TokenScores(request_id=request_id)
-    msg.logprobs.extend(scores.logprobs.tolist())
-    msg.greedy.extend(scores.greedy.tolist())
+def capabilities_pb(caps: Capabilities) -> pb.Capabilities:
+    """The protobuf form of a backend's capabilities."""
+    msg = pb.Capabilities(
+        loglikelihood=caps.loglikelihood, loglikelihood_rolling=caps.loglikelihood_rolling,
+        generate_until=caps.generate_until,
+        logprobs_unavailable_reason=caps.logprobs_unavailable_reason,
+        logprobs_remedy=caps.logprobs_remedy, chat_only=caps.chat_only,
+        chat_template=_CHAT_SUPPORT[caps.chat_template],
+        max_context_tokens=caps.max_context_tokens, prefix_sharing=caps.prefix_sharing,
+        max_concurrent_batches=caps.max_concurrent_batches)
+    if caps.probe is not None:
+        msg.logprob_probe.CopyFrom(pb.LogprobProbe(ran=True, passed=caps.probe.passed,
+                                                   findings=list(caps.probe.findings)))
     return msg
+
+
+def cost_pb(cost: Cost) -> pb.BatchCost:
+    """The protobuf form of a batch's cost."""
+    return pb.BatchCost(**{name: getattr(cost, name) for name in cost.__dataclass_fields__})
+
+
+def _item_error_pb(error: ItemError) -> pb.ItemError:
+    return pb.ItemError(message=error.message, retryable=error.retryable)
+
+
+def _token_scores_pb(request_id: str, outcome: TokenScores | ItemError) -> pb.TokenScores:
+    msg = pb.TokenScores(request_id=request_id)
+    if isinstance(outcome, ItemError):
+        msg.error.CopyFrom(_item_error_pb(outcome))
+    else:
+        msg.logprobs.extend(outcome.logprobs.tolist())
+        msg.greedy.extend(outcome.greedy.tolist())
+    return msg
+
+
+def _generation_pb(request_id: str, outcome: str | ItemError) -> pb.Generation:
+    if isinstance(outcome, ItemError):
+        return pb.Generation(request_id=request_id, error=_item_error_pb(outcome))
+    return pb.Generation(request_id=request_id, text=outcome)
 
 
 def generation_params_from_pb(params: pb.GenerationParams) -> GenerationParams:
@@ -43,29 +94,34 @@ def generation_params_from_pb(params: pb.GenerationParams) -> GenerationParams:
     )
 
 
-class InferenceServicer(pb_grpc.InferenceServiceServicer):
-    """Serves one backend. Batches are computed one at a time, in arrival order.
+def _chat_messages(index: int, text: str) -> list[dict[str, str]]:
+    try:
+        messages = json.loads(text)
+    except json.JSONDecodeError:
+        messages = None
+    if not isinstance(messages, list) or not all(
+            isinstance(m, dict) and isinstance(m.get("role"), str)
+            and isinstance(m.get("content"), str) for m in messages):
+        raise InvalidArgumentError(
+            f"items[{index}].context: chat_messages is set but the context is not a JSON array "
+            'of {"role": ..., "content": ...} messages')
+    return messages
 
-    A batch whose caller is gone while it waits (deadline passed, call cancelled) is dropped
-    unseen: grpc.aio cancels its handler at the lock. A batch already on the model runs to the
-    end (a forward cannot be interrupted) and its answer is discarded.
-    """
+
+class InferenceServicer(pb_grpc.InferenceServiceServicer):
+    """Serves one backend."""
 
     def __init__(self, backend: Backend, model_args: dict[str, Any] | None = None) -> None:
         self._backend = backend
         self._model_args = {k: str(v) for k, v in (model_args or {}).items()}
-        self._compute_lock = asyncio.Lock()
 
-    async def _compute(self, fn: Callable[[Sequence[Any]], list[T]], items: Sequence[Any],
-                       kind: str) -> tuple[list[T], int]:
-        async with self._compute_lock:
-            before = self._backend.positions_computed
-            started = time.perf_counter()
-            results = await asyncio.to_thread(fn, items)
-            positions = self._backend.positions_computed - before
-        log.info("batch_done", kind=kind, items=len(items), positions=positions,
-                 seconds=round(time.perf_counter() - started, 3))
-        return results, positions
+    @staticmethod
+    def _log(kind: str, n: int, answers: Answers) -> None:
+        failed = sum(isinstance(r, ItemError) for r in answers.results)
+        log.info("batch_done", kind=kind, items=n, failed=failed,
+                 positions=answers.cost.positions_computed,
+                 seconds=round(answers.cost.compute_seconds, 3),
+                 retries=answers.cost.retries)
 
     async def GetModelInfo(self, request: pb.GetModelInfoRequest, context) -> pb.ModelInfo:
         info = self._backend.model_info()
@@ -73,58 +129,76 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
             backend=info.backend, model_name=info.model_name, revision=info.revision,
             tokenizer=info.tokenizer, max_length=info.max_length, fingerprint=info.fingerprint,
             dtype=info.dtype, device=info.device, num_parameters=info.num_parameters,
-            capabilities=sorted(self._backend.capabilities), eot_token_id=info.eot_token_id,
-            bos_token=info.bos_token or "", eos_token=info.eos_token or "",
-            pad_token=info.pad_token or "", model_args=self._model_args,
+            eot_token_id=info.eot_token_id, bos_token=info.bos_token or "",
+            eos_token=info.eos_token or "", pad_token=info.pad_token or "",
+            model_args=self._model_args, capabilities=capabilities_pb(info.capabilities),
+            library_versions=dict(info.library_versions),
         )
+
+    async def _scores(self, kind: str, call: Callable, arguments: list, ids: list[str]):
+        answers = await call(arguments)
+        self._log(kind, len(arguments), answers)
+        return [_token_scores_pb(i, r) for i, r in zip(ids, answers.results, strict=True)], \
+            cost_pb(answers.cost)
 
     async def Loglikelihood(self, request: pb.LoglikelihoodRequest, context
                             ) -> pb.LoglikelihoodResponse:
-        pairs = [(item.context, item.continuation) for item in request.items]
-        scores, positions = await self._compute(self._backend.loglikelihood, pairs,
-                                                "loglikelihood")
-        return pb.LoglikelihoodResponse(
-            results=[_token_scores_pb(item.request_id, s)
-                     for item, s in zip(request.items, scores, strict=True)],
-            positions_computed=positions,
-        )
+        results, cost = await self._scores(
+            "loglikelihood", self._backend.loglikelihood,
+            [(item.context, item.continuation) for item in request.items],
+            [item.request_id for item in request.items])
+        return pb.LoglikelihoodResponse(results=results, cost=cost)
 
     async def LoglikelihoodRolling(self, request: pb.LoglikelihoodRollingRequest, context
                                    ) -> pb.LoglikelihoodRollingResponse:
-        texts = [item.text for item in request.items]
-        scores, positions = await self._compute(self._backend.loglikelihood_rolling, texts,
-                                                "loglikelihood_rolling")
-        return pb.LoglikelihoodRollingResponse(
-            results=[_token_scores_pb(item.request_id, s)
-                     for item, s in zip(request.items, scores, strict=True)],
-            positions_computed=positions,
-        )
+        results, cost = await self._scores(
+            "loglikelihood_rolling", self._backend.loglikelihood_rolling,
+            [item.text for item in request.items], [item.request_id for item in request.items])
+        return pb.LoglikelihoodRollingResponse(results=results, cost=cost)
 
     async def GenerateUntil(self, request: pb.GenerateUntilRequest, context
                             ) -> pb.GenerateUntilResponse:
-        items = [(item.context, generation_params_from_pb(item.params)) for item in request.items]
-        texts, positions = await self._compute(self._backend.generate_until, items,
-                                               "generate_until")
+        items = [GenerationRequest(
+            _chat_messages(i, item.context) if item.chat_messages else item.context,
+            generation_params_from_pb(item.params)) for i, item in enumerate(request.items)]
+        answers = await self._backend.generate_until(items)
+        self._log("generate_until", len(items), answers)
         return pb.GenerateUntilResponse(
-            results=[pb.Generation(request_id=item.request_id, text=text)
-                     for item, text in zip(request.items, texts, strict=True)],
-            positions_computed=positions,
-        )
+            results=[_generation_pb(item.request_id, r)
+                     for item, r in zip(request.items, answers.results, strict=True)],
+            cost=cost_pb(answers.cost))
+
+    async def ApplyChatTemplate(self, request: pb.ApplyChatTemplateRequest, context
+                                ) -> pb.ApplyChatTemplateResponse:
+        conversations = [
+            Conversation(tuple((m.role, m.content) for m in c.messages), c.add_generation_prompt)
+            for c in request.conversations]
+        rendering = await self._backend.apply_chat_template(conversations,
+                                                            request.template_name or None)
+        return pb.ApplyChatTemplateResponse(prompts=rendering.prompts,
+                                            template=rendering.template,
+                                            template_sha=rendering.template_sha)
 
 
 def load_backend(backend_name: str, model_args: dict[str, Any],
                  batch_size: int | str = 1) -> Backend:
-    """Resolve a backend by registry name and load its model."""
+    """Resolve a backend by registry name and load its model (blocking)."""
     backend_cls = get_backend(backend_name)
     return backend_cls.from_model_args(model_args, batch_size=batch_size)
 
 
 async def start_worker(backend: Backend, *, host: str = "127.0.0.1", port: int = 0,
                        model_args: dict[str, Any] | None = None) -> RunningServer:
-    """Serve an already loaded backend as an ``InferenceService`` on ``host:port``."""
+    """Serve an already loaded backend as an ``InferenceService`` on ``host:port``.
+
+    Runs the backend's ``start`` hook first (remote backends probe their server there).
+    """
+    await backend.start()
     servicer = InferenceServicer(backend, model_args)
-    return await start_server(
+    server = await start_server(
         [Service(pb_grpc.add_InferenceServiceServicer_to_server, servicer,
                  pb.DESCRIPTOR.services_by_name["InferenceService"].full_name)],
         host=host, port=port,
     )
+    server.on_stop(backend.close)
+    return server

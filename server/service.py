@@ -9,7 +9,7 @@ from pathlib import Path
 from evalfleet.common.errors import FailedPreconditionError, NotFoundError
 from evalfleet.common.logging import get_logger
 from evalfleet.common.rpc import RunningServer, Service, start_server
-from evalfleet.server.jobs import JobRunner
+from evalfleet.server.runner import JobRunner
 from evalfleet.server.store import JobStore, SqliteJobStore
 from evalfleet.tasks import TaskManager
 from evalfleet.v1 import coordinator_pb2 as cpb

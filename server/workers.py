@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import grpc
 
-from evalfleet.common.errors import FailedPreconditionError, UnavailableError
+from evalfleet.common.errors import EvalfleetError, FailedPreconditionError, UnavailableError
 from evalfleet.common.logging import get_logger
 from evalfleet.common.rpc import insecure_channel
 from evalfleet.v1 import inference_pb2 as pb
@@ -35,6 +35,7 @@ class WorkItem:
     request_type: str  # loglikelihood | loglikelihood_rolling | generate_until
     arguments: tuple
     generation: pb.GenerationParams | None = None
+    chat_messages: bool = False  # the context is JSON chat messages (chat API workers)
 
 
 @dataclass
@@ -48,11 +49,29 @@ class Batch:
 
 @dataclass
 class BatchResult:
-    """Answers of one batch: serialized ``TokenScores`` or ``Generation`` per request id."""
+    """Answers of one batch: serialized ``TokenScores`` or ``Generation`` per request id, the
+    requests the worker could not answer (with its reason), and what the batch cost."""
 
     answers: dict[str, bytes]
-    positions_computed: int
+    errors: dict[str, pb.ItemError]
+    cost: pb.BatchCost
     worker: str
+
+    @property
+    def positions_computed(self) -> int:
+        return self.cost.positions_computed
+
+
+class RequestFailedError(EvalfleetError):
+    """A request that a worker could not answer, on every try; the job fails with it."""
+
+    code = FailedPreconditionError.code
+
+    def __init__(self, request_id: str, worker: str, reason: str) -> None:
+        super().__init__(f"worker {worker} could not answer request {request_id[:12]}: {reason}")
+        self.request_id = request_id
+        self.worker = worker
+        self.reason = reason
 
 
 class WorkerClient:
@@ -64,6 +83,11 @@ class WorkerClient:
         self._channel = insecure_channel(address)
         self._stub = pb_grpc.InferenceServiceStub(self._channel)
         self.info: pb.ModelInfo | None = None
+
+    @property
+    def stub(self) -> pb_grpc.InferenceServiceStub:
+        """The worker's InferenceService stub (e.g. for ApplyChatTemplate)."""
+        return self._stub
 
     async def connect(self, timeout_s: float = 10.0) -> pb.ModelInfo:
         """Fetch the worker's model info; UnavailableError naming the address if it is down."""
@@ -90,12 +114,19 @@ class WorkerClient:
         elif batch.request_type == "generate_until":
             request = pb.GenerateUntilRequest(items=[
                 pb.GenerateItem(request_id=w.request_id, context=w.arguments[0],
-                                params=w.generation) for w in batch.items])
+                                params=w.generation, chat_messages=w.chat_messages)
+                for w in batch.items])
             response = await self._stub.GenerateUntil(request, timeout=self.rpc_timeout_s)
         else:  # pragma: no cover - the planner only makes the three kinds
             raise ValueError(f"unknown request type {batch.request_type}")
-        answers = {r.request_id: r.SerializeToString() for r in response.results}
-        return BatchResult(answers, response.positions_computed, self.address)
+        answers: dict[str, bytes] = {}
+        errors: dict[str, pb.ItemError] = {}
+        for r in response.results:
+            if r.HasField("error"):
+                errors[r.request_id] = r.error
+            else:
+                answers[r.request_id] = r.SerializeToString()
+        return BatchResult(answers, errors, response.cost, self.address)
 
     async def close(self) -> None:
         await self._channel.close()
@@ -175,7 +206,9 @@ class WorkerPool:
         """Compute every batch, calling ``on_result`` as each finishes.
 
         A batch whose worker fails with a retryable status is requeued (at most
-        ``max_attempts`` times); a worker that failed is not used again for this run.
+        ``max_attempts`` times); a worker that failed is not used again for this run. Requests
+        a worker could not answer go back on the queue when their error is retryable (up to
+        ``max_attempts``); otherwise the run stops with :class:`RequestFailedError`.
         """
         queue: asyncio.Queue[Batch] = asyncio.Queue()
         for batch in batches:
@@ -217,7 +250,21 @@ class WorkerPool:
                             f"{exc.details()})"))
                     done.set()
                     return
+                retry = [w for w in batch.items if w.request_id in result.errors]
+                fatal = next((w for w in retry if not result.errors[w.request_id].retryable
+                              or batch.attempts + 1 >= self.max_attempts), None)
                 await on_result(batch, result)
+                if fatal is not None:
+                    failure.append(RequestFailedError(
+                        fatal.request_id, client.address,
+                        result.errors[fatal.request_id].message))
+                    done.set()
+                    return
+                if retry:
+                    log.warning("items_failed_requeue", worker=client.address, items=len(retry),
+                                reason=result.errors[retry[0].request_id].message)
+                    queue.put_nowait(Batch(batch.request_type, retry, batch.attempts + 1))
+                    continue
                 remaining -= 1
                 if remaining == 0:
                     done.set()

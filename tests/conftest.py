@@ -22,6 +22,13 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ["EVALFLEET_CACHE_DIR"] = tempfile.mkdtemp(prefix="evalfleet-test-cache-")
 
 
+def answers(coroutine) -> list:
+    """Run a backend call (a coroutine returning ``Answers``) and return its outcomes."""
+    import asyncio
+
+    return asyncio.run(coroutine).results
+
+
 def _require(path: Path, what: str) -> Path:
     if not path.exists():
         pytest.fail(f"{what} missing at {path}: run `make install` first")

@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 
 import pytest
+from conftest import answers
 
 from evalfleet.inference.backends import UnknownBackendError, get_backend
-from evalfleet.inference.backends.base import BackendArgumentError, GenerationParams
+from evalfleet.inference.backends.base import (
+    BackendArgumentError,
+    GenerationParams,
+    GenerationRequest,
+)
 from evalfleet.inference.backends.hf import HFBackend
 from evalfleet.inference.backends.windows import rolling_windows
 
@@ -87,11 +93,12 @@ def test_bad_model_args_name_the_field(tiny_model_dir, args, field):
 
 
 def test_concurrent_calls_are_serialised(tiny_model_dir, requests_):
-    from concurrent.futures import ThreadPoolExecutor
-
     be = _backend(tiny_model_dir)
-    with ThreadPoolExecutor(3) as pool:
-        runs = list(pool.map(lambda _: be.loglikelihood(requests_[:8]), range(3)))
+
+    async def three():
+        return await asyncio.gather(*(be.loglikelihood(requests_[:8]) for _ in range(3)))
+
+    runs = [a.results for a in asyncio.run(three())]
     for run in runs[1:]:
         assert [s.total for s in run] == [s.total for s in runs[0]]
 
@@ -117,7 +124,8 @@ def test_rolling_windows_docstring_example():
 
 @pytest.mark.parametrize("prefix_sharing", [False, True])
 def test_loglikelihood_matches_lm_eval(tiny_model_dir, ref_tiny, requests_, prefix_sharing):
-    ours = _backend(tiny_model_dir, prefix_sharing=prefix_sharing).loglikelihood(requests_)
+    ours = answers(_backend(tiny_model_dir, prefix_sharing=prefix_sharing).loglikelihood(
+        requests_))
     ref = ref_tiny.loglikelihood(_instances("loglikelihood", requests_))
     assert len(ours) == len(ref)
     for scores, (ll, greedy) in zip(ours, ref, strict=True):
@@ -131,7 +139,7 @@ def test_loglikelihood_left_truncation_matches_lm_eval(tiny_model_dir, ref_tiny_
                                                       requests_, prefix_sharing):
     be = _backend(tiny_model_dir, max_length=32, prefix_sharing=prefix_sharing)
     assert be.model_info().max_length == 32
-    ours = be.loglikelihood(requests_)
+    ours = answers(be.loglikelihood(requests_))
     ref = ref_tiny_short.loglikelihood(_instances("loglikelihood", requests_))
     for scores, (ll, greedy) in zip(ours, ref, strict=True):
         assert _close(scores.total, ll) and scores.is_greedy == greedy
@@ -140,7 +148,7 @@ def test_loglikelihood_left_truncation_matches_lm_eval(tiny_model_dir, ref_tiny_
 def test_loglikelihood_rolling_matches_lm_eval(tiny_model_dir, ref_tiny_short, requests_):
     texts = ["word " * 100, requests_[0][0] * 3, "short", requests_[5][0]]
     be = _backend(tiny_model_dir, max_length=32)
-    ours = be.loglikelihood_rolling(texts)
+    ours = answers(be.loglikelihood_rolling(texts))
     ref = ref_tiny_short.loglikelihood_rolling(_instances("loglikelihood_rolling",
                                                           [(t,) for t in texts]))
     for text, scores, ll in zip(texts, ours, ref, strict=True):
@@ -152,8 +160,8 @@ def test_generate_until_matches_lm_eval_tiny(tiny_model_dir, ref_tiny_short, req
     contexts = sorted({c for c, _ in requests_ if c})[:5]
     gen_kwargs = {"until": ["\n\n", ":"], "max_gen_toks": 8, "do_sample": False}
     be = _backend(tiny_model_dir, max_length=32)
-    ours = be.generate_until([(c, GenerationParams.from_gen_kwargs(gen_kwargs))
-                              for c in contexts])
+    ours = answers(be.generate_until([GenerationRequest(c, GenerationParams.from_gen_kwargs(
+        gen_kwargs)) for c in contexts]))
     ref = ref_tiny_short.generate_until(_instances("generate_until",
                                                    [(c, gen_kwargs) for c in contexts]))
     assert ours == ref
@@ -165,8 +173,8 @@ def test_generate_until_matches_lm_eval_real(real_model_dir):
                 "The three primary colors are", "1, 2, 3, 4,"]
     gen_kwargs = {"until": ["\n", "."], "max_gen_toks": 12}
     be = _backend(real_model_dir, batch_size=2)
-    ours = be.generate_until([(c, GenerationParams.from_gen_kwargs(gen_kwargs))
-                              for c in contexts])
+    ours = answers(be.generate_until([GenerationRequest(c, GenerationParams.from_gen_kwargs(
+        gen_kwargs)) for c in contexts]))
     ref = _hflm(real_model_dir, batch_size=2).generate_until(
         _instances("generate_until", [(c, gen_kwargs) for c in contexts]))
     assert ours == ref
@@ -179,5 +187,5 @@ def test_model_info_and_positions(tiny_model_dir):
     assert info.backend == "hf" and info.max_length == 2048 and info.dtype == "float32"
     assert info.fingerprint.startswith("sha256:") and info.eot_token_id == 2
     assert info.fingerprint == _backend(tiny_model_dir).model_info().fingerprint
-    be.loglikelihood([("Hello there", " friend"), ("Hi", " you")])
-    assert be.positions_computed > 0
+    answer = asyncio.run(be.loglikelihood([("Hello there", " friend"), ("Hi", " you")]))
+    assert answer.cost.positions_computed == be.positions_computed > 0

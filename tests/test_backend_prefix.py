@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import answers
 
 from evalfleet.inference.backends.hf import HFBackend
 from evalfleet.inference.backends.hf_text import make_score_request
@@ -64,10 +65,11 @@ def test_trie_shape():
 
 
 def test_batch_sizes_give_the_same_values(tiny_model_dir, mixed_requests):
-    runs = {bs: _backend(tiny_model_dir, bs).loglikelihood(mixed_requests) for bs in (1, 3, 16)}
-    runs["plain"] = _backend(tiny_model_dir, 1, prefix_sharing=False).loglikelihood(
-        mixed_requests)
-    runs["auto"] = _backend(tiny_model_dir, "auto").loglikelihood(mixed_requests)
+    runs = {bs: answers(_backend(tiny_model_dir, bs).loglikelihood(mixed_requests))
+            for bs in (1, 3, 16)}
+    runs["plain"] = answers(_backend(tiny_model_dir, 1, prefix_sharing=False).loglikelihood(
+        mixed_requests))
+    runs["auto"] = answers(_backend(tiny_model_dir, "auto").loglikelihood(mixed_requests))
     for name, scores in runs.items():
         for a, b in zip(runs[1], scores, strict=True):
             assert a.logprobs.shape == b.logprobs.shape, name
@@ -82,7 +84,7 @@ def test_prefix_sharing_matches_lm_eval(tiny_model_dir, data_dir):
 
     mmlu, _ = _mmlu_requests(data_dir, 6)
     reqs = mmlu + _arc_requests(data_dir, 6)
-    ours = _backend(tiny_model_dir, 8).loglikelihood(reqs)
+    ours = answers(_backend(tiny_model_dir, 8).loglikelihood(reqs))
     ref = HFLM(pretrained=str(tiny_model_dir), device="cpu", batch_size=8).loglikelihood(
         [Instance("loglikelihood", {}, r, i) for i, r in enumerate(reqs)])
     for s, (ll, greedy) in zip(ours, ref, strict=True):
@@ -103,7 +105,7 @@ def test_prefix_sharing_matches_lm_eval_real_model(real_model_dir, data_dir):
 
     mmlu, _ = _mmlu_requests(data_dir, 2)
     reqs = mmlu + _arc_requests(data_dir, 3)
-    ours = _backend(real_model_dir, 8).loglikelihood(reqs)
+    ours = answers(_backend(real_model_dir, 8).loglikelihood(reqs))
     ref = HFLM(pretrained=str(real_model_dir), device="cpu", batch_size=8).loglikelihood(
         [Instance("loglikelihood", {}, r, i) for i, r in enumerate(reqs)])
     for s, (ll, greedy) in zip(ours, ref, strict=True):
@@ -115,7 +117,7 @@ def test_prefix_sharing_computes_fewer_positions(tiny_model_dir, data_dir):
     reqs = mmlu + _arc_requests(data_dir, 10)
     shared = _backend(tiny_model_dir, 8)
     plain = _backend(tiny_model_dir, 8, prefix_sharing=False)
-    a, b = shared.loglikelihood(reqs), plain.loglikelihood(reqs)
+    a, b = answers(shared.loglikelihood(reqs)), answers(plain.loglikelihood(reqs))
     np.testing.assert_allclose([s.total for s in a], [s.total for s in b], atol=1e-4)
     encoded = [shared.tok.encode_request(c, x) for c, x in reqs]
     floor = count_nodes(build_trie(list({tuple((c + x)[:-1]) for c, x in encoded})))
@@ -154,9 +156,10 @@ def test_packed_rows_give_the_values_of_separate_rows(tiny_model_dir, mixed_requ
         return real(chunk, *args)
 
     monkeypatch.setattr(backend.scorer, "_packed_mask", spy)
-    packed = backend.loglikelihood(mixed_requests)
+    packed = answers(backend.loglikelihood(mixed_requests))
     assert packed_forwards and max(packed_forwards) > 1
-    separate = _backend(tiny_model_dir, 1, prefix_sharing=False).loglikelihood(mixed_requests)
+    separate = answers(_backend(tiny_model_dir, 1, prefix_sharing=False).loglikelihood(
+        mixed_requests))
     for a, b in zip(packed, separate, strict=True):
         np.testing.assert_allclose(a.logprobs, b.logprobs, atol=1e-5, rtol=0)
         assert (a.greedy == b.greedy).all()

@@ -14,7 +14,7 @@ import pytest
 
 from evalfleet import scoring
 from evalfleet.server import results as results_mod
-from evalfleet.server.jobs import _leaves
+from evalfleet.server.planning import _leaves
 from evalfleet.tasks import TaskManager
 
 

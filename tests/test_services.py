@@ -72,7 +72,7 @@ def test_worker_scores_batches(tiny_worker):
         info = stub.GetModelInfo(ipb.GetModelInfoRequest(), timeout=10)
         assert info.backend == "hf"
         assert info.fingerprint.startswith("sha256:") and len(info.fingerprint) == 71
-        assert "loglikelihood" in info.capabilities
+        assert info.capabilities.loglikelihood and info.capabilities.generate_until
         response = stub.Loglikelihood(ipb.LoglikelihoodRequest(items=[
             ipb.LoglikelihoodItem(request_id="a", context="The capital of France is",
                                   continuation=" Paris"),
@@ -83,7 +83,7 @@ def test_worker_scores_batches(tiny_worker):
     assert len(response.results[1].logprobs) >= 2
     assert all(lp <= 0.0 for r in response.results for lp in r.logprobs)
     assert len(response.results[0].greedy) == len(response.results[0].logprobs)
-    assert response.positions_computed > 0
+    assert response.cost.positions_computed > 0
 
 
 @pytest.fixture()

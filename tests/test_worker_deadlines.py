@@ -20,21 +20,22 @@ def _request(tag: str, n: int) -> ipb.LoglikelihoodRequest:
 
 @pytest.fixture()
 def gated_worker(background_loop, tiny_model_dir):
-    """A real tiny-model worker whose loglikelihood waits at a gate the test opens."""
+    """A real tiny-model worker whose loglikelihood compute step waits at a gate the test
+    opens (batches are prepared outside the compute lock, computed under it)."""
     from evalfleet.inference.server import load_backend, start_worker
 
     backend = load_backend("hf", {"pretrained": str(tiny_model_dir), "device": "cpu"}, 4)
-    computed: list[list[str]] = []
+    computed: list[int] = []
     started, gate = threading.Event(), threading.Event()
-    real = backend.loglikelihood
+    real = backend._score  # the compute step, which runs under the compute lock
 
-    def gated(pairs):
-        computed.append([c for _, c in pairs])
+    def gated(prepared):
+        computed.append(len(prepared))
         started.set()
         gate.wait(60)
-        return real(pairs)
+        return real(prepared)
 
-    backend.loglikelihood = gated
+    backend._score = gated
     server = background_loop.run(start_worker(backend))
     yield server, computed, started, gate
     gate.set()
@@ -58,4 +59,4 @@ def test_batch_whose_deadline_passes_in_the_queue_is_never_computed(gated_worker
         assert [r.request_id for r in first["r"].results] == ["a0", "a1", "a2"]
         time.sleep(0.5)  # room for the worker to (wrongly) start the expired batch
         assert stub.Loglikelihood(_request("c", 1), timeout=60).results[0].request_id == "c0"
-    assert computed == [[" 0", " 1", " 2"], [" 0"]]
+    assert computed == [3, 1]  # batch b (5 items) was never computed

@@ -1,5 +1,13 @@
 """The seam every inference-worker backend implements, and the values it exchanges.
 
+A backend answers batches of requests of one kind and returns, with the answers, what the batch
+cost (positions computed, or tokens and HTTP calls for remote APIs). Each request has its own
+outcome: one a backend cannot answer gets an :class:`ItemError` and the rest of the batch is
+still answered. Backends are asynchronous, so a remote backend can keep ``num_concurrent`` HTTP
+calls in flight and an engine with its own scheduler (vLLM) can take several batches at once;
+a backend that computes one batch at a time (hf) serialises itself (see
+:class:`~evalfleet.inference.backends.threaded.OneAtATime`).
+
 Workers return token log-probabilities and generations; they never compute metrics.
 """
 
@@ -8,18 +16,21 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from enum import Enum
+from typing import Any, ClassVar, Generic, TypeVar
 
 import numpy as np
 
 from evalfleet.common.errors import InvalidArgumentError
-from evalfleet.common.logging import get_logger
+from evalfleet.common.generation import DEFAULT_MAX_GEN_TOKS, GenerationParams
 
-log = get_logger("backend")
+__all__ = [
+    "DEFAULT_MAX_GEN_TOKS", "Answers", "Backend", "BackendArgumentError", "Capabilities",
+    "ChatRendering", "ChatTemplateSupport", "Conversation", "Cost", "GenerationParams",
+    "GenerationRequest", "ItemError", "ModelInfo", "ProbeResult", "TokenScores",
+]
 
-DEFAULT_MAX_GEN_TOKS = 256
-# lm-eval's normalize_gen_kwargs: token-limit aliases, highest priority first.
-_MAX_TOKEN_ALIASES = ("max_gen_toks", "max_new_tokens", "max_tokens", "max_completion_tokens")
+T = TypeVar("T")
 
 
 class BackendArgumentError(InvalidArgumentError):
@@ -30,9 +41,43 @@ class BackendArgumentError(InvalidArgumentError):
         self.field = field
 
 
+class ChatTemplateSupport(Enum):
+    """How ``--apply_chat_template`` prompts reach a backend (``ChatTemplateSupport`` in proto)."""
+
+    NONE = "none"          # no chat template: such jobs are refused
+    RENDER = "render"      # ``apply_chat_template`` renders conversations to prompt text
+    MESSAGES = "messages"  # prompts travel as JSON chat messages; the server applies its template
+
+
+@dataclass(frozen=True)
+class ProbeResult:
+    """Outcome of the logprob honesty probe of a remote completions server."""
+
+    passed: bool
+    findings: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What a backend can answer; the coordinator checks a job against it before any work."""
+
+    loglikelihood: bool
+    loglikelihood_rolling: bool
+    generate_until: bool
+    logprobs_unavailable_reason: str = ""
+    logprobs_remedy: str = ""
+    chat_only: bool = False
+    chat_template: ChatTemplateSupport = ChatTemplateSupport.NONE
+    max_context_tokens: int = 0
+    prefix_sharing: bool = False
+    max_concurrent_batches: int = 1
+    probe: ProbeResult | None = None
+
+
 @dataclass(frozen=True)
 class ModelInfo:
-    """What a worker serves; ``fingerprint`` is a sha256 over weights + tokenizer files."""
+    """What a worker serves; ``fingerprint`` identifies the model's outputs (answers are cached
+    under it)."""
 
     backend: str
     model_name: str
@@ -47,6 +92,8 @@ class ModelInfo:
     bos_token: str | None
     eos_token: str | None
     pad_token: str | None
+    capabilities: Capabilities
+    library_versions: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -68,111 +115,117 @@ class TokenScores:
 
 
 @dataclass(frozen=True)
-class GenerationParams:
-    """Normalised generation settings of one ``generate_until`` request."""
+class ItemError:
+    """Why one request of a batch was not answered.
 
-    until: list[str] = field(default_factory=list)
-    max_gen_toks: int = DEFAULT_MAX_GEN_TOKS
-    temperature: float = 0.0
-    do_sample: bool = False
-    top_p: float | None = None
-    top_k: int | None = None
-    seed: int | None = None
+    ``retryable``: another try (here or on another worker) may succeed, e.g. a remote server's
+    5xx after the backend's own retries; False when the request can never be answered as asked.
+    """
 
-    def key(self) -> tuple:
-        """A hashable key: requests with equal keys may share a generation batch."""
-        return (tuple(self.until), self.max_gen_toks, self.temperature, self.do_sample,
-                self.top_p, self.top_k, self.seed)
-
-    @classmethod
-    def from_gen_kwargs(cls, gen_kwargs: Mapping[str, Any] | None,
-                        default_max_gen_toks: int = DEFAULT_MAX_GEN_TOKS) -> GenerationParams:
-        """Apply lm-eval's ``normalize_gen_kwargs`` rules to a task's generation_kwargs."""
-        kwargs = dict(gen_kwargs or {})
-        until = kwargs.pop("until", None)
-        if until is None:
-            until = []
-        elif isinstance(until, str):
-            until = [until]
-        elif isinstance(until, (list, tuple)) and all(isinstance(u, str) for u in until):
-            until = list(until)
-        else:
-            raise BackendArgumentError("gen_kwargs.until",
-                                       f"expected str or list[str], got {until!r}")
-        limits = [(k, kwargs.pop(k)) for k in _MAX_TOKEN_ALIASES if kwargs.get(k) is not None]
-        for k in _MAX_TOKEN_ALIASES:
-            kwargs.pop(k, None)
-        max_gen_toks = _as_int(f"gen_kwargs.{limits[0][0]}", limits[0][1]) if limits \
-            else default_max_gen_toks
-        temperature = _as_float("gen_kwargs.temperature", kwargs.pop("temperature", 0.0) or 0.0)
-        do_sample = kwargs.pop("do_sample", None)
-        if do_sample is None:
-            do_sample = temperature > 0.0
-        elif not isinstance(do_sample, bool):
-            raise BackendArgumentError("gen_kwargs.do_sample",
-                                       f"expected a bool, got {do_sample!r}")
-        if not do_sample:
-            temperature = 0.0
-        top_p = kwargs.pop("top_p", None)
-        top_k = kwargs.pop("top_k", None)
-        seed = kwargs.pop("seed", None)
-        kwargs.pop("max_length", None)  # lm-eval honours it with a warning; we use max_gen_toks
-        if kwargs:
-            log.warning("gen_kwargs_ignored", keys=sorted(kwargs))
-        return cls(
-            until=until, max_gen_toks=max_gen_toks, temperature=temperature,
-            do_sample=do_sample,
-            top_p=None if top_p is None else _as_float("gen_kwargs.top_p", top_p),
-            top_k=None if top_k is None else _as_int("gen_kwargs.top_k", top_k),
-            seed=None if seed is None else _as_int("gen_kwargs.seed", seed),
-        )
+    message: str
+    retryable: bool = False
 
 
-def _as_int(name: str, value: Any) -> int:
-    if isinstance(value, bool):
-        raise BackendArgumentError(name, f"expected an integer, got {value!r}")
-    try:
-        return int(value)
-    except (TypeError, ValueError):
-        raise BackendArgumentError(name, f"expected an integer, got {value!r}") from None
+@dataclass
+class Cost:
+    """What answering one batch cost."""
+
+    positions_computed: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    http_requests: int = 0
+    retries: int = 0
+    throttled_seconds: float = 0.0
+    compute_seconds: float = 0.0
+
+    def add(self, other: Cost) -> None:
+        """Accumulate ``other`` into this cost."""
+        for name in self.__dataclass_fields__:
+            setattr(self, name, getattr(self, name) + getattr(other, name))
 
 
-def _as_float(name: str, value: Any) -> float:
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        raise BackendArgumentError(name, f"expected a number, got {value!r}") from None
+@dataclass
+class Answers(Generic[T]):
+    """One outcome per request, in request order, and what the batch cost."""
+
+    results: list[T | ItemError]
+    cost: Cost = field(default_factory=Cost)
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    """One ``generate_until`` request.
+
+    ``context`` is prompt text, or chat messages (``[{"role", "content"}, ...]``) for backends
+    whose prompts are messages (chat APIs).
+    """
+
+    context: str | list[dict[str, str]]
+    params: GenerationParams
+
+
+@dataclass(frozen=True)
+class Conversation:
+    """Chat messages to render with the model's template."""
+
+    messages: tuple[tuple[str, str], ...]  # (role, content)
+    add_generation_prompt: bool = True
+
+    def as_dicts(self) -> list[dict[str, str]]:
+        """The messages as chat-format dicts."""
+        return [{"role": role, "content": content} for role, content in self.messages]
+
+
+@dataclass(frozen=True)
+class ChatRendering:
+    """Prompts rendered with a chat template, and the template that rendered them."""
+
+    prompts: list[str]
+    template: str
+    template_sha: str
 
 
 class Backend(ABC):
-    """A loaded model that scores and generates text for an inference worker.
+    """A model (local or behind an API) that scores and generates text for an inference worker.
 
-    Implementations must return results in input order and count in ``positions_computed``
-    every model input position they compute (batch x padded length of every forward).
+    Every answering method returns one outcome per request, in input order, and the batch's
+    cost. A request the backend cannot answer gets an :class:`ItemError`; an exception fails the
+    whole batch (use it for problems that concern every request, e.g. a bad argument).
     """
 
     name: ClassVar[str]
-    capabilities: ClassVar[frozenset[str]]
-    positions_computed: int = 0
 
     @classmethod
     @abstractmethod
     def from_model_args(cls, model_args: dict[str, Any], *,
                         batch_size: int | str = 1) -> Backend:
-        """Load from lm-eval style model_args; raise BackendArgumentError on bad args."""
+        """Load from lm-eval style model_args (may block for minutes: callers use a thread);
+        raise BackendArgumentError on bad args."""
+
+    async def start(self) -> None:  # noqa: B027 - optional hook
+        """Called once on the worker's event loop before serving (e.g. probe a remote server)."""
+
+    async def close(self) -> None:  # noqa: B027 - optional hook
+        """Release connections and resources."""
 
     @abstractmethod
     def model_info(self) -> ModelInfo:
-        """Describe the loaded model."""
+        """Describe the loaded model and what it can answer."""
 
     @abstractmethod
-    def loglikelihood(self, requests: Sequence[tuple[str, str]]) -> list[TokenScores]:
+    async def loglikelihood(self, requests: Sequence[tuple[str, str]]) -> Answers[TokenScores]:
         """Scores of each continuation's tokens given its context."""
 
     @abstractmethod
-    def loglikelihood_rolling(self, texts: Sequence[str]) -> list[TokenScores]:
+    async def loglikelihood_rolling(self, texts: Sequence[str]) -> Answers[TokenScores]:
         """Scores of every token of each text, over lm-eval's rolling windows."""
 
     @abstractmethod
-    def generate_until(self, requests: Sequence[tuple[str, GenerationParams]]) -> list[str]:
+    async def generate_until(self, requests: Sequence[GenerationRequest]) -> Answers[str]:
         """Generated continuations, cut at the first stop sequence."""
+
+    async def apply_chat_template(self, conversations: Sequence[Conversation],
+                                  template_name: str | None = None) -> ChatRendering:
+        """Render conversations to prompts with the model's chat template (lm-eval's
+        ``apply_chat_template``); only for ``ChatTemplateSupport.RENDER`` backends."""
+        raise NotImplementedError(f"backend {self.name!r} does not render chat templates")

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from collections.abc import Sequence
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -14,12 +16,21 @@ import transformers
 
 from evalfleet.common.logging import get_logger
 from evalfleet.inference.backends.base import (
+    Answers,
     Backend,
     BackendArgumentError,
+    Capabilities,
+    ChatRendering,
+    ChatTemplateSupport,
+    Conversation,
+    Cost,
     GenerationParams,
+    GenerationRequest,
+    ItemError,
     ModelInfo,
     TokenScores,
 )
+from evalfleet.inference.backends.chat_template import render_conversations, select_template
 from evalfleet.inference.backends.fingerprint import (
     fingerprint,
     model_files,
@@ -30,6 +41,7 @@ from evalfleet.inference.backends.hf_args import HFArgs, parse_hf_args
 from evalfleet.inference.backends.hf_generate import generate_batch, truncate_at_stops
 from evalfleet.inference.backends.hf_score import Scorer
 from evalfleet.inference.backends.hf_text import HFTokenizer, ScoreRequest, make_score_request
+from evalfleet.inference.backends.threaded import OneAtATime
 from evalfleet.inference.backends.windows import rolling_windows
 
 log = get_logger("backend.hf")
@@ -77,8 +89,6 @@ class HFBackend(Backend):
     """A causal ``AutoModelForCausalLM`` with lm-eval's HFLM tokenization and batching."""
 
     name: ClassVar[str] = "hf"
-    capabilities: ClassVar[frozenset[str]] = frozenset(
-        {"loglikelihood", "loglikelihood_rolling", "generate_until", "prefix_sharing"})
 
     def __init__(self, args: HFArgs, model, tokenizer, device: torch.device,
                  fingerprint_: str) -> None:
@@ -90,7 +100,8 @@ class HFBackend(Backend):
         self.max_length = args.max_length or resolve_max_length(model.config, tokenizer)
         self.max_gen_toks = 256
         self._fingerprint = fingerprint_
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # the model and its counters: one thread at a time
+        self._batches = OneAtATime()
         self._auto_sizes: dict[int, int] = {}
         self.scorer = Scorer(
             model, device,
@@ -171,10 +182,19 @@ class HFBackend(Backend):
             num_parameters=sum(p.numel() for p in self.model.parameters()),
             eot_token_id=self.tok.eot_token_id, bos_token=tok.bos_token,
             eos_token=tok.eos_token, pad_token=tok.pad_token,
+            capabilities=Capabilities(
+                loglikelihood=True, loglikelihood_rolling=True, generate_until=True,
+                chat_template=(ChatTemplateSupport.RENDER if tok.chat_template
+                               else ChatTemplateSupport.NONE),
+                max_context_tokens=self.max_length,
+                prefix_sharing=self.args.prefix_sharing and self.scorer.supports_sharing,
+                max_concurrent_batches=1),
+            library_versions=_library_versions("torch", "transformers", "evalfleet"),
         )
 
     @property
-    def positions_computed(self) -> int:  # type: ignore[override]
+    def positions_computed(self) -> int:
+        """Positions computed since the model was loaded (scoring and generation)."""
         return self.scorer.positions + self._gen_positions
 
     # ------------------------------------------------------------------ batching
@@ -208,27 +228,46 @@ class HFBackend(Backend):
         return size
 
     # ------------------------------------------------------------------ requests
-    def _score(self, reqs: Sequence[ScoreRequest | None]) -> list[TokenScores]:
-        real = [r for r in reqs if r is not None]
-        with self._lock, torch.inference_mode():
-            scores = self.scorer.score(real, self._batch_limit, shared=self.args.prefix_sharing)
-        it = iter(scores)
-        empty = TokenScores(np.zeros(0, np.float32), np.zeros(0, bool))
-        return [next(it) if r is not None else empty for r in reqs]
+    async def _answer(self, prepare, compute) -> Answers:
+        """Prepare outside the compute lock, compute under it; cost from the counters' delta."""
+        def counted(prepared):
+            with self._lock:
+                before = self.positions_computed
+                results = compute(prepared)
+                return results, self.positions_computed - before
 
-    def loglikelihood(self, requests: Sequence[tuple[str, str]]) -> list[TokenScores]:
-        reqs: list[ScoreRequest | None] = []
+        (results, positions), seconds = await self._batches.run(prepare, counted)
+        return Answers(results, Cost(positions_computed=positions, compute_seconds=seconds))
+
+    def _score(self, reqs: Sequence[ScoreRequest | ItemError | None]
+               ) -> list[TokenScores | ItemError]:
+        """Scores for the ScoreRequests; None (an empty continuation) scores nothing."""
+        real = [r for r in reqs if isinstance(r, ScoreRequest)]
+        with torch.inference_mode():
+            scores = iter(self.scorer.score(real, self._batch_limit,
+                                            shared=self.args.prefix_sharing))
+        empty = TokenScores(np.zeros(0, np.float32), np.zeros(0, bool))
+        return [next(scores) if isinstance(r, ScoreRequest) else (r or empty) for r in reqs]
+
+    def _prepare_pairs(self, requests: Sequence[tuple[str, str]]
+                       ) -> list[ScoreRequest | ItemError | None]:
+        reqs: list[ScoreRequest | ItemError | None] = []
         for context, continuation in requests:
             ctx, cont = self.tok.encode_request(context, continuation)
             if not ctx:  # a whitespace-only context (lm-eval fails an assertion here)
                 ctx = [self.tok.prefix_token_id]
             if len(cont) > self.max_length:
-                raise BackendArgumentError(
-                    "continuation", f"{len(cont)} tokens exceed max_length {self.max_length}")
-            reqs.append(make_score_request(ctx, cont, self.max_length) if cont else None)
-        return self._score(reqs)
+                reqs.append(ItemError(f"continuation of {len(cont)} tokens exceeds max_length "
+                                      f"{self.max_length}; raise model_args max_length if the "
+                                      "model allows it"))
+            else:
+                reqs.append(make_score_request(ctx, cont, self.max_length) if cont else None)
+        return reqs
 
-    def loglikelihood_rolling(self, texts: Sequence[str]) -> list[TokenScores]:
+    async def loglikelihood(self, requests: Sequence[tuple[str, str]]) -> Answers[TokenScores]:
+        return await self._answer(lambda: self._prepare_pairs(requests), self._score)
+
+    def _prepare_rolling(self, texts: Sequence[str]) -> tuple[list[ScoreRequest], list[int]]:
         reqs: list[ScoreRequest] = []
         counts: list[int] = []
         for text in texts:
@@ -236,6 +275,11 @@ class HFBackend(Backend):
                                       self.max_length)
             counts.append(len(windows))
             reqs.extend(make_score_request(ctx, cont, self.max_length) for ctx, cont in windows)
+        return reqs, counts
+
+    def _score_rolling(self, prepared: tuple[list[ScoreRequest], list[int]]
+                       ) -> list[TokenScores]:
+        reqs, counts = prepared
         scores = self._score(reqs)
         out, pos = [], 0
         for n in counts:
@@ -246,23 +290,36 @@ class HFBackend(Backend):
                 np.concatenate([p.greedy for p in parts]) if parts else np.zeros(0, bool)))
         return out
 
-    def generate_until(self, requests: Sequence[tuple[str, GenerationParams]]) -> list[str]:
-        results: list[str | None] = [None] * len(requests)
+    async def loglikelihood_rolling(self, texts: Sequence[str]) -> Answers[TokenScores]:
+        return await self._answer(lambda: self._prepare_rolling(texts), self._score_rolling)
+
+    def _prepare_generation(self, requests: Sequence[GenerationRequest]
+                            ) -> tuple[list[str | ItemError | None], dict[tuple, list[int]]]:
+        """Per-item refusals, and the answerable requests grouped by generation settings."""
+        results: list[str | ItemError | None] = [None] * len(requests)
         groups: dict[tuple, list[int]] = {}
-        for i, (_, params) in enumerate(requests):
-            groups.setdefault(params.key(), []).append(i)
+        for i, req in enumerate(requests):
+            if not isinstance(req.context, str):
+                results[i] = ItemError("the hf backend takes prompt text, not chat messages; "
+                                       "chat templates are rendered by ApplyChatTemplate")
+            elif req.params.max_gen_toks >= self.max_length:
+                results[i] = ItemError(
+                    f"gen_kwargs.max_gen_toks {req.params.max_gen_toks} must be below "
+                    f"max_length {self.max_length}")
+            else:
+                groups.setdefault(req.params.key(), []).append(i)
+        return results, groups
+
+    def _generate(self, requests: Sequence[GenerationRequest], prepared) -> list[str | ItemError]:
+        results, groups = prepared
         eos = self.tok.decode([self.tok.eot_token_id], skip_special_tokens=False)
-        with self._lock, torch.inference_mode():
+        with torch.inference_mode():
             for idxs in groups.values():
-                params = requests[idxs[0]][1]
+                params = requests[idxs[0]].params
                 until = list(params.until) + ([eos] if eos not in params.until else [])
                 max_ctx_len = self.max_length - params.max_gen_toks
-                if max_ctx_len <= 0:
-                    raise BackendArgumentError(
-                        "gen_kwargs.max_gen_toks",
-                        f"{params.max_gen_toks} must be below max_length {self.max_length}")
-                lengths = {i: len(self.tok.encode(requests[i][0])) for i in idxs}
-                order = sorted(idxs, key=lambda i: (-lengths[i], requests[i][0]))
+                lengths = {i: len(self.tok.encode(requests[i].context)) for i in idxs}
+                order = sorted(idxs, key=lambda i: (-lengths[i], requests[i].context))
                 n = self._batch_limit(self.max_length) if self.args.batch_auto \
                     else int(self.args.batch_size)
                 for pos in range(0, len(order), n):
@@ -270,9 +327,14 @@ class HFBackend(Backend):
                     self._generate_chunk(chunk, requests, params, until, max_ctx_len, results)
         return [r if r is not None else "" for r in results]
 
-    def _generate_chunk(self, chunk: list[int], requests, params: GenerationParams,
-                        until: list[str], max_ctx_len: int, results: list) -> None:
-        contexts = [requests[i][0] for i in chunk]
+    async def generate_until(self, requests: Sequence[GenerationRequest]) -> Answers[str]:
+        return await self._answer(lambda: self._prepare_generation(requests),
+                                  lambda prepared: self._generate(requests, prepared))
+
+    def _generate_chunk(self, chunk: list[int], requests: Sequence[GenerationRequest],
+                        params: GenerationParams, until: list[str], max_ctx_len: int,
+                        results: list) -> None:
+        contexts = [requests[i].context for i in chunk]
         ids, mask = self.tok.batch_encode_left(contexts, max_ctx_len)
         if params.seed is not None:
             torch.manual_seed(params.seed)
@@ -292,3 +354,28 @@ class HFBackend(Backend):
             if isinstance(think, int):
                 text = text.lstrip()
             results[i] = truncate_at_stops(text, until, think if isinstance(think, str) else None)
+
+    # ------------------------------------------------------------------ chat templates
+    async def apply_chat_template(self, conversations: Sequence[Conversation],
+                                  template_name: str | None = None) -> ChatRendering:
+        tok = self.tok.tok
+        template = select_template(tok.chat_template, template_name)
+        prompts = await asyncio.to_thread(render_conversations, tok, conversations,
+                                          self.args.chat_template_args)
+        return ChatRendering(prompts, template, _sha256(template))
+
+
+def _sha256(text: str) -> str:
+    import hashlib
+
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def _library_versions(*names: str) -> dict[str, str]:
+    out = {}
+    for name in names:
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            continue
+    return out

@@ -19,8 +19,7 @@ _UNSUPPORTED_DEFAULTS: dict[str, Any] = {
     "parallelize": False, "peft": None, "delta": None, "autogptq": False, "gptqmodel": False,
     "tp_plan": None, "max_memory_per_gpu": None, "max_cpu_memory": None,
 }
-_IGNORED = ("offload_folder", "enable_thinking", "chat_template_args", "logits_cache",
-            "use_fast_tokenizer_warning")
+_IGNORED = ("offload_folder", "logits_cache", "use_fast_tokenizer_warning")
 
 
 @dataclass
@@ -51,6 +50,9 @@ class HFArgs:
     min_shared_tokens: int = 32
     max_padding: float = 0.1  # padding a row may take, as a fraction of the batch's width
     batch_size: int | str = 1
+    # keyword arguments for the tokenizer's apply_chat_template (lm-eval's chat_template_args,
+    # with enable_thinking merged in when given)
+    chat_template_args: dict[str, Any] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -176,6 +178,24 @@ def parse_hf_args(model_args: dict[str, Any], batch_size: int | str = 1) -> HFAr
         raise BackendArgumentError("think_end_token", f"expected a string or token id, "
                                                       f"got {think!r}")
     out.think_end_token = think
+    template_args = a.pop("chat_template_args", None) or {}
+    if isinstance(template_args, str):
+        import json
+
+        try:
+            template_args = json.loads(template_args)
+        except json.JSONDecodeError:
+            template_args = None
+    if not isinstance(template_args, dict):
+        raise BackendArgumentError("chat_template_args", "expected a JSON object of keyword "
+                                   "arguments for the chat template")
+    enable_thinking = _opt_bool("enable_thinking", a.pop("enable_thinking", None))
+    if enable_thinking is not None:
+        if enable_thinking and think is None:
+            raise BackendArgumentError("enable_thinking", "needs think_end_token (the token "
+                                       "that ends the model's thinking), as lm-eval requires")
+        template_args = {**template_args, "enable_thinking": enable_thinking}
+    out.chat_template_args = template_args
     out.prefix_sharing = _bool("prefix_sharing", a.pop("prefix_sharing", HFArgs.prefix_sharing))
     out.min_shared_tokens = _int("min_shared_tokens",
                                  a.pop("min_shared_tokens", HFArgs.min_shared_tokens), minimum=1)

@@ -26,7 +26,7 @@ EVALUATION_STATE_FAILED: EvaluationState
 EVALUATION_STATE_CANCELLED: EvaluationState
 
 class EvaluationSpec(_message.Message):
-    __slots__ = ("model", "model_args", "worker_addresses", "tasks", "num_fewshot", "batch_size", "limit", "seeds", "gen_kwargs", "log_samples", "bootstrap_iters", "apply_chat_template", "system_instruction", "include_paths", "metadata", "fewshot_as_multiturn", "confirm_run_unsafe_code", "samples")
+    __slots__ = ("model", "model_args", "worker_addresses", "tasks", "num_fewshot", "batch_size", "limit", "seeds", "gen_kwargs", "log_samples", "bootstrap_iters", "apply_chat_template", "system_instruction", "include_paths", "metadata", "fewshot_as_multiturn", "confirm_run_unsafe_code", "samples", "chat_template_name")
     class SamplesEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -52,6 +52,7 @@ class EvaluationSpec(_message.Message):
     FEWSHOT_AS_MULTITURN_FIELD_NUMBER: _ClassVar[int]
     CONFIRM_RUN_UNSAFE_CODE_FIELD_NUMBER: _ClassVar[int]
     SAMPLES_FIELD_NUMBER: _ClassVar[int]
+    CHAT_TEMPLATE_NAME_FIELD_NUMBER: _ClassVar[int]
     model: str
     model_args: str
     worker_addresses: _containers.RepeatedScalarFieldContainer[str]
@@ -70,7 +71,8 @@ class EvaluationSpec(_message.Message):
     fewshot_as_multiturn: bool
     confirm_run_unsafe_code: bool
     samples: _containers.MessageMap[str, DocIndices]
-    def __init__(self, model: _Optional[str] = ..., model_args: _Optional[str] = ..., worker_addresses: _Optional[_Iterable[str]] = ..., tasks: _Optional[_Iterable[str]] = ..., num_fewshot: _Optional[int] = ..., batch_size: _Optional[str] = ..., limit: _Optional[float] = ..., seeds: _Optional[_Union[Seeds, _Mapping]] = ..., gen_kwargs: _Optional[str] = ..., log_samples: _Optional[bool] = ..., bootstrap_iters: _Optional[int] = ..., apply_chat_template: _Optional[bool] = ..., system_instruction: _Optional[str] = ..., include_paths: _Optional[_Iterable[str]] = ..., metadata: _Optional[str] = ..., fewshot_as_multiturn: _Optional[bool] = ..., confirm_run_unsafe_code: _Optional[bool] = ..., samples: _Optional[_Mapping[str, DocIndices]] = ...) -> None: ...
+    chat_template_name: str
+    def __init__(self, model: _Optional[str] = ..., model_args: _Optional[str] = ..., worker_addresses: _Optional[_Iterable[str]] = ..., tasks: _Optional[_Iterable[str]] = ..., num_fewshot: _Optional[int] = ..., batch_size: _Optional[str] = ..., limit: _Optional[float] = ..., seeds: _Optional[_Union[Seeds, _Mapping]] = ..., gen_kwargs: _Optional[str] = ..., log_samples: _Optional[bool] = ..., bootstrap_iters: _Optional[int] = ..., apply_chat_template: _Optional[bool] = ..., system_instruction: _Optional[str] = ..., include_paths: _Optional[_Iterable[str]] = ..., metadata: _Optional[str] = ..., fewshot_as_multiturn: _Optional[bool] = ..., confirm_run_unsafe_code: _Optional[bool] = ..., samples: _Optional[_Mapping[str, DocIndices]] = ..., chat_template_name: _Optional[str] = ...) -> None: ...
 
 class DocIndices(_message.Message):
     __slots__ = ("indices",)

@@ -55,6 +55,11 @@ class InferenceServiceStub:
                 request_serializer=evalfleet_dot_v1_dot_inference__pb2.GenerateUntilRequest.SerializeToString,
                 response_deserializer=evalfleet_dot_v1_dot_inference__pb2.GenerateUntilResponse.FromString,
                 _registered_method=True)
+        self.ApplyChatTemplate = channel.unary_unary(
+                '/evalfleet.v1.InferenceService/ApplyChatTemplate',
+                request_serializer=evalfleet_dot_v1_dot_inference__pb2.ApplyChatTemplateRequest.SerializeToString,
+                response_deserializer=evalfleet_dot_v1_dot_inference__pb2.ApplyChatTemplateResponse.FromString,
+                _registered_method=True)
 
 
 class InferenceServiceServicer:
@@ -91,6 +96,16 @@ class InferenceServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ApplyChatTemplate(self, request, context):
+        """Renders chat conversations into prompt strings with the model's chat template, exactly as
+        lm-eval's --apply_chat_template does for this backend (hf: the tokenizer's own
+        apply_chat_template). The coordinator builds every prompt centrally and calls this while
+        planning. UNIMPLEMENTED where Capabilities.chat_template is not CHAT_TEMPLATE_SUPPORT_RENDER.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_InferenceServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -113,6 +128,11 @@ def add_InferenceServiceServicer_to_server(servicer, server):
                     servicer.GenerateUntil,
                     request_deserializer=evalfleet_dot_v1_dot_inference__pb2.GenerateUntilRequest.FromString,
                     response_serializer=evalfleet_dot_v1_dot_inference__pb2.GenerateUntilResponse.SerializeToString,
+            ),
+            'ApplyChatTemplate': grpc.unary_unary_rpc_method_handler(
+                    servicer.ApplyChatTemplate,
+                    request_deserializer=evalfleet_dot_v1_dot_inference__pb2.ApplyChatTemplateRequest.FromString,
+                    response_serializer=evalfleet_dot_v1_dot_inference__pb2.ApplyChatTemplateResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -224,6 +244,33 @@ class InferenceService:
             '/evalfleet.v1.InferenceService/GenerateUntil',
             evalfleet_dot_v1_dot_inference__pb2.GenerateUntilRequest.SerializeToString,
             evalfleet_dot_v1_dot_inference__pb2.GenerateUntilResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ApplyChatTemplate(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/evalfleet.v1.InferenceService/ApplyChatTemplate',
+            evalfleet_dot_v1_dot_inference__pb2.ApplyChatTemplateRequest.SerializeToString,
+            evalfleet_dot_v1_dot_inference__pb2.ApplyChatTemplateResponse.FromString,
             options,
             channel_credentials,
             insecure,

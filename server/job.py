@@ -1,0 +1,72 @@
+"""A job in memory: its plan, state, progress and the events its watchers receive."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from evalfleet.server.planning import JobPlan
+from evalfleet.server.spec import ParsedSpec
+from evalfleet.server.workers import WorkerPool
+from evalfleet.v1 import coordinator_pb2 as cpb
+from evalfleet.v1 import inference_pb2 as ipb
+
+TERMINAL = {cpb.EVALUATION_STATE_SUCCEEDED, cpb.EVALUATION_STATE_FAILED,
+            cpb.EVALUATION_STATE_CANCELLED}
+#: Events kept per job for watchers that subscribe late (the first is always kept).
+MAX_HISTORY = 1000
+
+
+def now() -> Timestamp:
+    """The current time as a protobuf timestamp."""
+    ts = Timestamp()
+    ts.GetCurrentTime()
+    return ts
+
+
+@dataclass
+class Job:
+    """A job in memory: its plan, progress and the subscribers watching it."""
+
+    id: str
+    parsed: ParsedSpec
+    plan: JobPlan
+    pool: WorkerPool
+    model_info: ipb.ModelInfo
+    state: int = cpb.EVALUATION_STATE_QUEUED
+    error: str = ""
+    created_at: Timestamp = field(default_factory=now)
+    updated_at: Timestamp = field(default_factory=now)
+    done: dict[str, int] = field(default_factory=dict)
+    cost: ipb.BatchCost = field(default_factory=ipb.BatchCost)
+    subscribers: list[asyncio.Queue] = field(default_factory=list)
+    history: list[cpb.EvaluationEvent] = field(default_factory=list)
+    runner: asyncio.Task | None = None
+
+    @property
+    def positions_computed(self) -> int:
+        """Model positions the workers computed for this job."""
+        return self.cost.positions_computed
+
+    def progress(self) -> list[cpb.TaskProgress]:
+        return [cpb.TaskProgress(task=p.task.name, done=self.done.get(p.task.name, 0),
+                                 total=len(p.answer_ids)) for p in self.plan.tasks]
+
+    def to_proto(self) -> cpb.Evaluation:
+        return cpb.Evaluation(id=self.id, state=self.state, spec=self.parsed.spec,
+                              progress=self.progress(), error=self.error,
+                              created_at=self.created_at, updated_at=self.updated_at,
+                              unique_requests=len(self.plan.work))
+
+    def publish(self, message: str) -> None:
+        """Record an event and hand it to every watcher."""
+        self.updated_at = now()
+        event = cpb.EvaluationEvent(id=self.id, state=self.state, progress=self.progress(),
+                                    message=message, time=self.updated_at)
+        self.history.append(event)
+        if len(self.history) > MAX_HISTORY:
+            del self.history[1:len(self.history) - MAX_HISTORY + 1]
+        for queue in self.subscribers:
+            queue.put_nowait(event)

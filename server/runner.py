@@ -1,0 +1,220 @@
+"""Running evaluation jobs from spec to results: create, resume, watch, cancel, finish.
+
+A job is validated and planned when it is created (so that bad specs, tasks, data, workers or
+capabilities are reported at once, as statuses) and then run in the background: its missing
+answers are computed (:mod:`evalfleet.server.dispatch`), then every task is scored and the
+results are stored. A job that is resumed, or a later job on the same model, only computes what
+is missing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
+
+from evalfleet.common.errors import (
+    EvalfleetError,
+    FailedPreconditionError,
+    InvalidArgumentError,
+    NotFoundError,
+)
+from evalfleet.common.logging import get_logger
+from evalfleet.server import lmeval_sections
+from evalfleet.server import results as results_mod
+from evalfleet.server.capabilities import check_chat_only, check_request_kinds
+from evalfleet.server.chat import (
+    ChatRenderer,
+    json_messages_renderer,
+    require_chat_support,
+    worker_renderer,
+)
+from evalfleet.server.dispatch import compute_missing
+from evalfleet.server.evaluator import TaskScorer, TaskScores, aggregate_task
+from evalfleet.server.job import TERMINAL, Job
+from evalfleet.server.planning import build_plan, load_tasks
+from evalfleet.server.spec import ParsedSpec, parse_spec
+from evalfleet.server.store import JobRecord, JobStore
+from evalfleet.server.workers import WorkerPool
+from evalfleet.v1 import coordinator_pb2 as cpb
+from evalfleet.v1 import inference_pb2 as ipb
+
+log = get_logger("jobs")
+
+#: lm-eval output types and the request kinds they ask for.
+_OUTPUT_KINDS = {"multiple_choice": "loglikelihood", "loglikelihood": "loglikelihood",
+                 "loglikelihood_rolling": "loglikelihood_rolling",
+                 "generate_until": "generate_until"}
+
+
+async def _chat_renderer(parsed: ParsedSpec, pool: WorkerPool) -> ChatRenderer | None:
+    """How this job's prompts get the model's chat template (None without one)."""
+    if not parsed.apply_chat_template:
+        return None
+    support = {c.address: c.info.capabilities.chat_template for c in pool.clients}
+    for address, kind in support.items():
+        require_chat_support(kind, address)
+    if len(set(support.values())) > 1:
+        raise FailedPreconditionError(
+            "apply_chat_template: the workers render chat templates differently "
+            f"({', '.join(f'{a}={ipb.ChatTemplateSupport.Name(k)}' for a, k in support.items())}"
+            "); run the job on workers of one backend")
+    if next(iter(support.values())) == ipb.CHAT_TEMPLATE_SUPPORT_MESSAGES:
+        return json_messages_renderer()
+    return await worker_renderer(pool.clients[0].stub, parsed.spec.chat_template_name)
+
+
+class JobRunner:
+    """Runs jobs against worker pools and keeps them in the store."""
+
+    def __init__(self, store: JobStore, *, default_workers: Sequence[str] = (),
+                 data_dir: str | Path | None = None, include_paths: Sequence[str] = (),
+                 batch_items: int = 512) -> None:
+        self.store = store
+        self.batch_items = batch_items
+        self.default_workers = list(default_workers)
+        self.data_dir = data_dir
+        self.include_paths = list(include_paths)
+        self.jobs: dict[str, Job] = {}
+
+    async def create(self, spec: cpb.EvaluationSpec, job_id: str | None = None) -> Job:
+        """Validate, plan and queue a job; errors surface here as statuses."""
+        parsed = parse_spec(spec)
+        pool = WorkerPool(list(spec.worker_addresses) or self.default_workers)
+        info = await pool.connect()
+        try:
+            if spec.model and spec.model != info.backend \
+                    and not info.backend.startswith(spec.model):
+                raise InvalidArgumentError(
+                    f"spec.model: '{spec.model}' but the workers serve backend "
+                    f"'{info.backend}'")
+            workers = {c.address: c.info for c in pool.clients}
+            check_chat_only(parsed.apply_chat_template, workers)
+            tree = await asyncio.to_thread(load_tasks, parsed, self.data_dir, self.include_paths)
+            check_request_kinds(
+                {name: {_OUTPUT_KINDS[t.output_type]} for name, t in tree.tasks.items()
+                 if t.output_type in _OUTPUT_KINDS}, workers)
+            chat = await _chat_renderer(parsed, pool)
+            plan = await asyncio.to_thread(build_plan, parsed, self.data_dir,
+                                           self.include_paths, chat, tree)
+            check_request_kinds({p.task.name: p.request_types for p in plan.tasks}, workers)
+        except BaseException:
+            await pool.close()
+            raise
+        job = Job(id=job_id or uuid.uuid4().hex[:16], parsed=parsed, plan=plan, pool=pool,
+                  model_info=info)
+        self.jobs[job.id] = job
+        self.store.put_job(JobRecord(job.id, spec.SerializeToString(), job.state, "",
+                                     time.time(), time.time()))
+        job.runner = asyncio.create_task(self._run(job), name=f"job-{job.id}")
+        log.info("job_created", job=job.id, tasks=[p.task.name for p in plan.tasks],
+                 unique_requests=len(plan.work))
+        return job
+
+    async def resume_pending(self) -> list[str]:
+        """Restart jobs that were queued or running when the coordinator stopped.
+
+        Their answers already in the store are reused, so only the missing ones are computed.
+        """
+        resumed = []
+        for record in await asyncio.to_thread(self.store.list_jobs):
+            if record.state not in (cpb.EVALUATION_STATE_QUEUED, cpb.EVALUATION_STATE_RUNNING):
+                continue
+            try:
+                await self.create(cpb.EvaluationSpec.FromString(record.spec), job_id=record.id)
+                resumed.append(record.id)
+            except EvalfleetError as exc:
+                self.store.update_state(record.id, cpb.EVALUATION_STATE_FAILED,
+                                        f"could not resume: {exc.message}")
+        if resumed:
+            log.info("jobs_resumed", jobs=resumed)
+        return resumed
+
+    def get(self, job_id: str) -> Job:
+        job = self.jobs.get(job_id)
+        if job is None:
+            raise NotFoundError(f"evaluation '{job_id}' not found")
+        return job
+
+    async def watch(self, job_id: str) -> AsyncIterator[cpb.EvaluationEvent]:
+        """Every event of the job so far, then new ones until it ends."""
+        job = self.get(job_id)
+        queue: asyncio.Queue[cpb.EvaluationEvent] = asyncio.Queue()
+        job.subscribers.append(queue)
+        try:
+            for event in list(job.history):
+                yield event
+            while job.state not in TERMINAL:
+                event = await queue.get()
+                yield event
+            while not queue.empty():
+                yield queue.get_nowait()
+        finally:
+            job.subscribers.remove(queue)
+
+    async def cancel(self, job_id: str) -> Job:
+        job = self.get(job_id)
+        if job.state not in TERMINAL and job.runner is not None:
+            job.runner.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await job.runner
+        return job
+
+    def _set_state(self, job: Job, state: int, message: str, error: str = "") -> None:
+        job.state = state
+        job.error = error
+        self.store.update_state(job.id, state, error)
+        job.publish(message)
+
+    async def _run(self, job: Job) -> None:
+        started = time.time()
+        try:
+            self._set_state(job, cpb.EVALUATION_STATE_RUNNING, "running")
+            await compute_missing(job, self.store, batch_items=self.batch_items)
+            await self._finish(job, started)
+            self._set_state(job, cpb.EVALUATION_STATE_SUCCEEDED, "succeeded")
+        except asyncio.CancelledError:
+            self._set_state(job, cpb.EVALUATION_STATE_CANCELLED, "cancelled")
+        except EvalfleetError as exc:
+            log.warning("job_failed", job=job.id, error=exc.message)
+            self._set_state(job, cpb.EVALUATION_STATE_FAILED, "failed", exc.message)
+        except Exception as exc:  # noqa: BLE001 - recorded on the job
+            log.exception("job_crashed", job=job.id)
+            self._set_state(job, cpb.EVALUATION_STATE_FAILED, "failed",
+                            f"internal error: {type(exc).__name__}: {exc}")
+        finally:
+            await job.pool.close()
+
+    async def _finish(self, job: Job, started: float) -> None:
+        fingerprint = job.model_info.fingerprint
+        answers = await asyncio.to_thread(self.store.get_answers, fingerprint,
+                                          list(job.plan.work))
+        parsed = job.parsed
+        all_scores: list[TaskScores] = []
+        for plan in job.plan.tasks:
+            scorer = TaskScorer(plan.task, plan.docs, plan.requests, plan.request_ids, answers)
+            scores = await asyncio.to_thread(scorer.score, log_samples=parsed.spec.log_samples)
+            await asyncio.to_thread(aggregate_task, scores, parsed.bootstrap_iters)
+            all_scores.append(scores)
+        doc = results_mod.build_results_json(
+            scores=all_scores, groups=job.plan.groups, roots=job.plan.roots,
+            n_shot={p.task.name: p.task.effective_num_fewshot for p in job.plan.tasks},
+            original_sizes={p.task.name: p.original_size for p in job.plan.tasks},
+            config=lmeval_sections.config_section(job),
+            model_info=lmeval_sections.model_section(job),
+            spec_extras=lmeval_sections.chat_section(job), started_at=started)
+        if parsed.spec.log_samples:
+            doc["task_hashes"] = lmeval_sections.task_hashes(all_scores)
+        typed = results_mod.typed_results(job.id, doc, job.positions_computed)
+
+        await asyncio.to_thread(self.store.put_results, job.id, typed.SerializeToString(),
+                                json.dumps(doc))
+        if parsed.spec.log_samples:
+            records = [(s.task.name,
+                        json.dumps(lmeval_sections.sanitize_sample(r), ensure_ascii=False))
+                       for s in all_scores for r in s.samples]
+            await asyncio.to_thread(self.store.put_samples, job.id, records)
