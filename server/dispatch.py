@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Iterable
 from typing import Any
 
@@ -50,14 +49,14 @@ async def compute_missing(job: Job, store: JobStore, *, batch_items: int) -> Non
     """
     fingerprint = job.model_info.fingerprint
     owners = _owners(job)
-    cached = await asyncio.to_thread(store.get_answers, fingerprint, list(job.plan.work))
+    cached = await store.get_answers(fingerprint, list(job.plan.work))
     _count_done(job, cached.keys(), owners)
     missing = [w for aid, w in job.plan.work.items() if aid not in cached]
     job.publish(f"{len(cached)} answers from the store, {len(missing)} to compute")
     log.info("job_dispatch", job=job.id, cached=len(cached), to_compute=len(missing))
 
     async def on_result(_batch: Any, result: BatchResult) -> None:
-        await asyncio.to_thread(store.put_answers, fingerprint, result.answers.items())
+        await store.put_answers(fingerprint, result.answers.items())
         _merge_cost(job, result)
         _count_done(job, result.answers.keys(), owners)
         job.publish(f"batch of {len(result.answers)} done on {result.worker}"

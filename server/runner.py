@@ -11,7 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
+import os
+import socket
 import time
 import uuid
 from collections.abc import AsyncIterator, Sequence
@@ -38,12 +41,15 @@ from evalfleet.server.evaluator import TaskScorer, TaskScores, aggregate_task
 from evalfleet.server.job import TERMINAL, Job
 from evalfleet.server.planning import build_plan, load_tasks
 from evalfleet.server.spec import ParsedSpec, parse_spec
-from evalfleet.server.store import JobRecord, JobStore
+from evalfleet.server.store import ACTIVE_STATES, JobRecord, JobStore
 from evalfleet.server.workers import WorkerPool
 from evalfleet.v1 import coordinator_pb2 as cpb
 from evalfleet.v1 import inference_pb2 as ipb
 
 log = get_logger("jobs")
+
+#: Seconds a coordinator's claim on a job lasts without renewal (see ``server/store``).
+DEFAULT_LEASE_S = 60.0
 
 #: lm-eval output types and the request kinds they ask for.
 _OUTPUT_KINDS = {"multiple_choice": "loglikelihood", "loglikelihood": "loglikelihood",
@@ -73,8 +79,12 @@ class JobRunner:
 
     def __init__(self, store: JobStore, *, default_workers: Sequence[str] = (),
                  data_dir: str | Path | None = None, include_paths: Sequence[str] = (),
-                 batch_items: int = 512) -> None:
+                 batch_items: int = 512, owner: str | None = None,
+                 lease_s: float = DEFAULT_LEASE_S) -> None:
         self.store = store
+        #: This coordinator's id as the store's job owner (unique per process).
+        self.owner = owner or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.lease_s = lease_s
         self.batch_items = batch_items
         self.default_workers = list(default_workers)
         self.data_dir = data_dir
@@ -108,8 +118,10 @@ class JobRunner:
         job = Job(id=job_id or uuid.uuid4().hex[:16], parsed=parsed, plan=plan, pool=pool,
                   model_info=info)
         self.jobs[job.id] = job
-        self.store.put_job(JobRecord(job.id, spec.SerializeToString(), job.state, "",
-                                     time.time(), time.time()))
+        now = time.time()
+        await self.store.put_job(JobRecord(job.id, spec.SerializeToString(), job.state, "",
+                                           now, now, owner=self.owner,
+                                           lease_until=now + self.lease_s))
         job.runner = asyncio.create_task(self._run(job), name=f"job-{job.id}")
         log.info("job_created", job=job.id, tasks=[p.task.name for p in plan.tasks],
                  unique_requests=len(plan.work))
@@ -121,15 +133,16 @@ class JobRunner:
         Their answers already in the store are reused, so only the missing ones are computed.
         """
         resumed = []
-        for record in await asyncio.to_thread(self.store.list_jobs):
+        for record in await self.store.list_jobs():
             if record.state not in (cpb.EVALUATION_STATE_QUEUED, cpb.EVALUATION_STATE_RUNNING):
                 continue
             try:
                 await self.create(cpb.EvaluationSpec.FromString(record.spec), job_id=record.id)
                 resumed.append(record.id)
             except EvalfleetError as exc:
-                self.store.update_state(record.id, cpb.EVALUATION_STATE_FAILED,
-                                        f"could not resume: {exc.message}")
+                await self.store.put_job(dataclasses.replace(
+                    record, state=cpb.EVALUATION_STATE_FAILED, updated_at=time.time(),
+                    error=f"could not resume: {exc.message}", owner=self.owner, lease_until=0))
         if resumed:
             log.info("jobs_resumed", jobs=resumed)
         return resumed
@@ -164,35 +177,36 @@ class JobRunner:
                 await job.runner
         return job
 
-    def _set_state(self, job: Job, state: int, message: str, error: str = "") -> None:
+    async def _set_state(self, job: Job, state: int, message: str, error: str = "") -> None:
         job.state = state
         job.error = error
-        self.store.update_state(job.id, state, error)
+        if await self.store.transition(job.id, self.owner, ACTIVE_STATES, state,
+                                       error=error) is None:
+            log.warning("job_state_refused", job=job.id, state=state, owner=self.owner)
         job.publish(message)
 
     async def _run(self, job: Job) -> None:
         started = time.time()
         try:
-            self._set_state(job, cpb.EVALUATION_STATE_RUNNING, "running")
+            await self._set_state(job, cpb.EVALUATION_STATE_RUNNING, "running")
             await compute_missing(job, self.store, batch_items=self.batch_items)
             await self._finish(job, started)
-            self._set_state(job, cpb.EVALUATION_STATE_SUCCEEDED, "succeeded")
+            await self._set_state(job, cpb.EVALUATION_STATE_SUCCEEDED, "succeeded")
         except asyncio.CancelledError:
-            self._set_state(job, cpb.EVALUATION_STATE_CANCELLED, "cancelled")
+            await self._set_state(job, cpb.EVALUATION_STATE_CANCELLED, "cancelled")
         except EvalfleetError as exc:
             log.warning("job_failed", job=job.id, error=exc.message)
-            self._set_state(job, cpb.EVALUATION_STATE_FAILED, "failed", exc.message)
+            await self._set_state(job, cpb.EVALUATION_STATE_FAILED, "failed", exc.message)
         except Exception as exc:  # noqa: BLE001 - recorded on the job
             log.exception("job_crashed", job=job.id)
-            self._set_state(job, cpb.EVALUATION_STATE_FAILED, "failed",
-                            f"internal error: {type(exc).__name__}: {exc}")
+            await self._set_state(job, cpb.EVALUATION_STATE_FAILED, "failed",
+                                  f"internal error: {type(exc).__name__}: {exc}")
         finally:
             await job.pool.close()
 
     async def _finish(self, job: Job, started: float) -> None:
         fingerprint = job.model_info.fingerprint
-        answers = await asyncio.to_thread(self.store.get_answers, fingerprint,
-                                          list(job.plan.work))
+        answers = await self.store.get_answers(fingerprint, list(job.plan.work))
         parsed = job.parsed
         all_scores: list[TaskScores] = []
         for plan in job.plan.tasks:
@@ -211,10 +225,10 @@ class JobRunner:
             doc["task_hashes"] = lmeval_sections.task_hashes(all_scores)
         typed = results_mod.typed_results(job.id, doc, job.positions_computed)
 
-        await asyncio.to_thread(self.store.put_results, job.id, typed.SerializeToString(),
-                                json.dumps(doc))
+        await self.store.put_results(job.id, self.owner, typed.SerializeToString(),
+                                     json.dumps(doc))
         if parsed.spec.log_samples:
             records = [(s.task.name,
                         json.dumps(lmeval_sections.sanitize_sample(r), ensure_ascii=False))
                        for s in all_scores for r in s.samples]
-            await asyncio.to_thread(self.store.put_samples, job.id, records)
+            await self.store.put_samples(job.id, self.owner, records)

@@ -30,12 +30,12 @@ class EvaluationServicer(cpb_grpc.EvaluationServiceServicer):
         return job.to_proto()
 
     async def GetEvaluation(self, request: cpb.GetEvaluationRequest, context) -> cpb.Evaluation:
-        return self._evaluation(request.id)
+        return await self._evaluation(request.id)
 
-    def _evaluation(self, job_id: str) -> cpb.Evaluation:
+    async def _evaluation(self, job_id: str) -> cpb.Evaluation:
         if job_id in self.runner.jobs:
             return self.runner.jobs[job_id].to_proto()
-        record = self.runner.store.get_job(job_id)
+        record = await self.runner.store.get_job(job_id)
         if record is None:
             raise NotFoundError(f"evaluation '{job_id}' not found")
         return cpb.Evaluation(id=record.id, state=record.state,
@@ -44,7 +44,7 @@ class EvaluationServicer(cpb_grpc.EvaluationServiceServicer):
 
     async def WatchEvaluation(self, request: cpb.WatchEvaluationRequest, context):
         if request.id not in self.runner.jobs:
-            evaluation = self._evaluation(request.id)
+            evaluation = await self._evaluation(request.id)
             yield cpb.EvaluationEvent(id=evaluation.id, state=evaluation.state,
                                       message="stored evaluation")
             return
@@ -58,7 +58,7 @@ class EvaluationServicer(cpb_grpc.EvaluationServiceServicer):
 
     async def ListEvaluations(self, request: cpb.ListEvaluationsRequest, context
                               ) -> cpb.ListEvaluationsResponse:
-        records = await asyncio.to_thread(self.runner.store.list_jobs, request.limit)
+        records = await self.runner.store.list_jobs(request.limit)
         return cpb.ListEvaluationsResponse(evaluations=[
             self.runner.jobs[r.id].to_proto() if r.id in self.runner.jobs else
             cpb.Evaluation(id=r.id, state=r.state, spec=cpb.EvaluationSpec.FromString(r.spec),
@@ -67,7 +67,7 @@ class EvaluationServicer(cpb_grpc.EvaluationServiceServicer):
 
     async def GetResults(self, request: cpb.GetResultsRequest, context
                          ) -> cpb.EvaluationResults:
-        record = await asyncio.to_thread(self.runner.store.get_job, request.id)
+        record = await self.runner.store.get_job(request.id)
         if record is None:
             raise NotFoundError(f"evaluation '{request.id}' not found")
         if record.state != cpb.EVALUATION_STATE_SUCCEEDED or record.results is None:
@@ -78,16 +78,13 @@ class EvaluationServicer(cpb_grpc.EvaluationServiceServicer):
         return cpb.EvaluationResults.FromString(record.results)
 
     async def StreamSamples(self, request: cpb.StreamSamplesRequest, context):
-        record = await asyncio.to_thread(self.runner.store.get_job, request.id)
+        record = await self.runner.store.get_job(request.id)
         if record is None:
             raise NotFoundError(f"evaluation '{request.id}' not found")
         if record.state != cpb.EVALUATION_STATE_SUCCEEDED:
             raise FailedPreconditionError(f"evaluation '{request.id}' has not succeeded")
-        wanted = set(request.tasks)
-        rows = await asyncio.to_thread(lambda: list(self.runner.store.iter_samples(request.id)))
-        for task, record_json in rows:
-            if not wanted or task in wanted:
-                yield cpb.SampleRecord(task=task, json=record_json)
+        async for task, record_json in self.runner.store.iter_samples(request.id, request.tasks):
+            yield cpb.SampleRecord(task=task, json=record_json)
 
     async def ListTasks(self, request: cpb.ListTasksRequest, context) -> cpb.ListTasksResponse:
         manager = TaskManager(include_paths=[*self.runner.include_paths,
@@ -112,7 +109,9 @@ async def start_coordinator(*, host: str = "127.0.0.1", port: int = 0,
     ``batch_items`` is the most requests sent to a worker in one RPC (a group of requests
     sharing a prefix may stretch a batch up to 4 times that).
     """
-    runner = JobRunner(store or SqliteJobStore(), default_workers=workers, data_dir=data_dir,
+    store = store or SqliteJobStore()
+    await store.open()  # a bad path or URL is reported now, not at the first job
+    runner = JobRunner(store, default_workers=workers, data_dir=data_dir,
                        include_paths=include_paths, batch_items=batch_items)
     servicer = EvaluationServicer(runner)
     server = await start_server(

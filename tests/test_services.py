@@ -247,8 +247,8 @@ def test_interrupted_job_resumes_from_the_store(background_loop, tiny_worker, da
     spec = cpb.EvaluationSpec(model="hf", tasks=["boolq"], limit=5, bootstrap_iters=0)
     store = SqliteJobStore(db)
     now = _time.time()
-    store.put_job(JobRecord("interrupted", spec.SerializeToString(),
-                            cpb.EVALUATION_STATE_RUNNING, "", now, now))
+    background_loop.run(store.put_job(JobRecord("interrupted", spec.SerializeToString(),
+                                                cpb.EVALUATION_STATE_RUNNING, "", now, now)))
     second, runner = background_loop.run(start_coordinator(
         workers=[tiny_worker.address], store=store, data_dir=data_dir))
     try:
