@@ -7,9 +7,24 @@ MODELS ?= models
 DATA_DIR ?= $(abspath ../shared/data)
 PROTOS := $(wildcard proto/evalfleet/v1/*.proto)
 
-.PHONY: install proto test test-all lint demo bench clean
+.PHONY: install system-deps proto test test-all lint demo bench clean
 
-install: $(VENV)/.installed $(MODELS)/smollm2-135m/model.safetensors
+install: system-deps $(VENV)/.installed $(MODELS)/smollm2-135m/model.safetensors
+
+# PostgreSQL's server binaries (Debian's postgresql package) for the store tests, which start a
+# throw-away server of their own: a no-op when /usr/lib/postgresql/*/bin/initdb exists. No
+# system-wide cluster is created or started.
+system-deps:
+	@if ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then exit 0; fi; \
+	if ! command -v apt-get >/dev/null; then \
+		echo "warning: no apt-get; install PostgreSQL's server binaries (initdb, pg_ctl) for" \
+		     "the PostgreSQL store tests, which are skipped without them"; exit 0; fi; \
+	if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+	$$SUDO mkdir -p /etc/postgresql-common/createcluster.d && \
+	echo "create_main_cluster = false" | \
+		$$SUDO tee /etc/postgresql-common/createcluster.d/evalfleet.conf >/dev/null && \
+	$$SUDO apt-get update -qq && \
+	DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends postgresql
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -39,6 +54,7 @@ demo:
 bench:
 	EVALFLEET_DATA_DIR=$(DATA_DIR) $(PY) bench/bench_scoring.py
 	EVALFLEET_DATA_DIR=$(DATA_DIR) $(PY) bench/bench_inference.py
+	$(PY) bench/bench_store.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info out

@@ -123,3 +123,18 @@ def lmeval_task_dir(tmp_path_factory, data_dir):
     subprocess.run([sys.executable, str(tool), str(data_dir), str(out)], check=True,
                    capture_output=True)
     return out
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    """A real PostgreSQL server (Debian's binaries, initdb into a temporary folder, 127.0.0.1 on
+    a free port), stopped at the end of the session; ``create_database()`` gives a fresh URL.
+    Skipped, saying why, only where the server binaries are absent."""
+    from pg_server import PostgresServer, unavailable_reason
+
+    reason = unavailable_reason()
+    if reason:
+        pytest.skip(reason)
+    server = PostgresServer().start()
+    yield server
+    server.stop()

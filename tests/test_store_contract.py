@@ -1,0 +1,501 @@
+"""The ``JobStore`` contract, run against SQLite (a file) and a real PostgreSQL server.
+
+Every method, compare-and-set refusals, lease expiry and takeover, owners racing to claim the
+same jobs (in one process and across processes), answers shared across jobs, results stored
+before the terminal state, and samples.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+import subprocess
+import sys
+import time
+
+import pytest
+
+from evalfleet.common.errors import InvalidArgumentError
+from evalfleet.server.store import (
+    JobRecord,
+    PostgresJobStore,
+    SqliteJobStore,
+    StoreSchemaError,
+    StoreUnavailableError,
+    open_store,
+)
+from evalfleet.server.store.base import SAMPLES_PAGE
+from evalfleet.v1 import coordinator_pb2 as cpb
+
+QUEUED, RUNNING = cpb.EVALUATION_STATE_QUEUED, cpb.EVALUATION_STATE_RUNNING
+SUCCEEDED, FAILED = cpb.EVALUATION_STATE_SUCCEEDED, cpb.EVALUATION_STATE_FAILED
+CANCELLED = cpb.EVALUATION_STATE_CANCELLED
+ACTIVE = (QUEUED, RUNNING)
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def store_url(request, tmp_path) -> str:
+    """A fresh, empty store of each kind."""
+    if request.param == "sqlite":
+        return str(tmp_path / "store.db")
+    return request.getfixturevalue("postgres_server").create_database()
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+def job(job_id: str, *, created: float | None = None, state: int = QUEUED, owner: str = "",
+        lease_until: float = 0.0) -> JobRecord:
+    t = time.time() if created is None else created
+    return JobRecord(job_id, f"spec-{job_id}".encode(), state, "", t, t, owner=owner,
+                     lease_until=lease_until)
+
+
+# -- jobs ----------------------------------------------------------------------------------------
+
+def test_create_get_list_and_put_jobs(store_url):
+    async def scenario():
+        async with open_store(store_url) as store:
+            assert await store.create_job(job("a", created=100.0))
+            assert not await store.create_job(job("a", created=999.0))  # id taken: untouched
+            assert await store.create_job(job("b", created=200.0, state=SUCCEEDED))
+            assert await store.create_job(job("c", created=300.0, owner="X", lease_until=5.0))
+            got = await store.get_job("a")
+            assert got == JobRecord("a", b"spec-a", QUEUED, "", 100.0, 100.0)
+            assert await store.get_job("missing") is None
+            assert [j.id for j in await store.list_jobs()] == ["c", "b", "a"]
+            assert [j.id for j in await store.list_jobs(limit=2)] == ["c", "b"]
+            assert [j.id for j in await store.list_jobs(states=[SUCCEEDED])] == ["b"]
+            assert [j.id for j in await store.list_jobs(states=ACTIVE)] == ["c", "a"]
+            c = await store.get_job("c")
+            assert (c.owner, c.lease_until, c.attempts) == ("X", 5.0, 0)
+            replaced = JobRecord("a", b"new", FAILED, "boom", 100.0, 150.0, "{}", b"r",
+                                 owner="Y", lease_until=0.0, attempts=3)
+            await store.put_job(replaced)  # upsert
+            assert await store.get_job("a") == replaced
+            await store.put_job(job("d", created=50.0))  # insert
+            assert (await store.list_jobs())[-1].id == "d"
+
+    run(scenario())
+
+
+# -- leases and compare-and-set -------------------------------------------------------------------
+
+def test_claim_renew_expire_and_take_over(store_url):
+    async def scenario():
+        async with open_store(store_url) as store:
+            now = 1000.0
+            await store.create_job(job("j", created=1.0))
+            assert [j.id for j in await store.list_claimable(now)] == ["j"]  # nobody holds it
+            a = await store.claim_job("j", "A", 30, now=now)
+            assert (a.owner, a.lease_until, a.attempts, a.state) == ("A", 1030.0, 1, QUEUED)
+            assert await store.claim_job("j", "B", 30, now=now + 10) is None  # lease live
+            again = await store.claim_job("j", "A", 30, now=now + 10)  # holder: a renewal
+            assert (again.lease_until, again.attempts) == (1040.0, 1)
+            assert await store.renew_lease("j", "A", 30, now=now + 20)
+            assert (await store.get_job("j")).lease_until == 1050.0
+            assert not await store.renew_lease("j", "B", 30, now=now + 20)
+            assert await store.list_claimable(now + 49) == []
+            assert [j.id for j in await store.list_claimable(now + 50)] == ["j"]  # expired
+            # A's lease lapsed but nobody claimed: A still holds the job.
+            assert await store.transition("j", "A", [QUEUED], RUNNING) is not None
+            b = await store.claim_job("j", "B", 30, now=now + 60)  # takeover
+            assert (b.owner, b.lease_until, b.attempts, b.state) == ("B", 1090.0, 2, RUNNING)
+            # From now on A is refused everywhere and writes nothing.
+            assert not await store.renew_lease("j", "A", 30, now=now + 61)
+            assert await store.transition("j", "A", ACTIVE, SUCCEEDED) is None
+            assert not await store.put_results("j", "A", b"stale", "{}")
+            assert not await store.put_samples("j", "A", [("t", "{}")])
+            assert not await store.release("j", "A")
+            current = await store.get_job("j")
+            assert (current.state, current.owner, current.results) == (RUNNING, "B", None)
+            done = await store.transition("j", "B", [RUNNING], SUCCEEDED)
+            assert (done.state, done.owner, done.lease_until) == (SUCCEEDED, "B", 0.0)
+
+    run(scenario())
+
+
+def test_transition_is_compare_and_set(store_url):
+    async def scenario():
+        async with open_store(store_url) as store:
+            await store.create_job(job("j", owner="A", lease_until=time.time() + 60))
+            assert await store.transition("j", "A", [RUNNING], SUCCEEDED) is None  # not RUNNING
+            assert await store.transition("j", "B", [QUEUED], RUNNING) is None  # not the owner
+            assert await store.transition("missing", "A", [QUEUED], RUNNING) is None
+            assert (await store.get_job("j")).state == QUEUED
+            running = await store.transition("j", "A", [QUEUED], RUNNING)
+            assert running.state == RUNNING and running.lease_until > 0  # lease kept
+            failed = await store.transition("j", "A", ACTIVE, FAILED, error="worker died")
+            assert (failed.state, failed.error, failed.lease_until) == (FAILED, "worker died", 0)
+            assert failed.updated_at >= running.updated_at
+            # A terminal job is nobody's to take, renew or change.
+            for state in (RUNNING, SUCCEEDED, CANCELLED):
+                assert await store.transition("j", "A", ACTIVE, state) is None
+            assert await store.claim_job("j", "B", 30, now=time.time() + 1e6) is None
+            assert await store.claim_next("B", 30, 5, now=time.time() + 1e6) == []
+            assert not await store.renew_lease("j", "A", 30)
+            assert not await store.put_results("j", "A", b"late", "{}")
+            assert await store.list_claimable(time.time() + 1e6) == []
+            with pytest.raises(ValueError, match="owner"):
+                await store.transition("j", "", ACTIVE, RUNNING)
+
+    run(scenario())
+
+
+def test_release_hands_the_job_over_at_once(store_url):
+    async def scenario():
+        async with open_store(store_url) as store:
+            await store.create_job(job("j"))
+            assert await store.claim_job("j", "A", 3600)
+            await store.transition("j", "A", [QUEUED], RUNNING)
+            assert not await store.release("j", "B")
+            assert await store.release("j", "A")
+            released = await store.get_job("j")
+            assert (released.state, released.owner, released.lease_until) == (RUNNING, "", 0.0)
+            assert [j.id for j in await store.list_claimable()] == ["j"]
+            b = await store.claim_job("j", "B", 3600)
+            assert (b.owner, b.attempts, b.state) == ("B", 2, RUNNING)
+
+    run(scenario())
+
+
+def test_lease_expiry_on_the_store_clock(store_url):
+    """Without ``now`` the store's own clock decides: a 0.3 s lease is gone 0.6 s later."""
+    async def scenario():
+        async with open_store(store_url) as store:
+            await store.create_job(job("j"))
+            assert await store.claim_job("j", "A", 0.3)
+            assert await store.claim_job("j", "B", 60) is None
+            assert await store.list_claimable() == []
+            await asyncio.sleep(0.6)
+            assert [j.id for j in await store.list_claimable()] == ["j"]
+            assert (await store.claim_job("j", "B", 60)).owner == "B"
+
+    run(scenario())
+
+
+def test_claim_next_takes_oldest_claimable_first(store_url):
+    async def scenario():
+        async with open_store(store_url) as store:
+            now = 5000.0
+            await store.create_job(job("new", created=3.0))
+            await store.create_job(job("old", created=1.0))
+            await store.create_job(job("held", created=0.5, owner="Z", lease_until=now + 100))
+            await store.create_job(job("lapsed", created=2.0, owner="Z", lease_until=now - 1))
+            await store.create_job(job("done", created=0.1, state=SUCCEEDED))
+            first = await store.claim_next("A", 60, 2, now=now)
+            assert [j.id for j in first] == ["old", "lapsed"]
+            assert all(j.owner == "A" and j.lease_until == now + 60 for j in first)
+            assert [j.attempts for j in first] == [1, 1]
+            assert [j.id for j in await store.claim_next("B", 60, 10, now=now)] == ["new"]
+            assert await store.claim_next("B", 60, 10, now=now) == []
+
+    run(scenario())
+
+
+def test_racing_owners_each_job_claimed_once(store_url):
+    """Two stores on one file/database (two coordinators), eight claimers racing for the same
+    40 jobs with claim_job, then for 40 more with claim_next: every job has exactly one winner."""
+    async def scenario():
+        async with open_store(store_url) as one, open_store(store_url) as two:
+            for i in range(80):
+                await one.create_job(job(f"j{i:02d}", created=float(i)))
+            claimers = [(store, f"owner{k}") for k, store in enumerate([one, two] * 4)]
+
+            async def by_id(store, owner):
+                return [j.id for i in range(40)
+                        if (j := await store.claim_job(f"j{i:02d}", owner, 600))]
+
+            async def by_next(store, owner):
+                won = []
+                for _ in range(50):  # bounded: a broken store must fail, not hang
+                    batch = await store.claim_next(owner, 600, 1)
+                    if not batch:
+                        break
+                    won.extend(j.id for j in batch)
+                return won
+
+            won_by_id = await asyncio.gather(*(by_id(s, o) for s, o in claimers))
+            won_next = await asyncio.gather(*(by_next(s, o) for s, o in claimers))
+            for won, expected in ((won_by_id, 40), (won_next, 40)):
+                flat = [j for w in won for j in w]
+                assert len(flat) == len(set(flat)) == expected
+            owners = {j.id: j.owner for j in await one.list_jobs()}
+            for (_, owner), ids in zip(claimers, won_by_id + won_next, strict=False):
+                assert all(owners[i] == owner for i in ids)
+            assert all(j.attempts == 1 for j in await two.list_jobs())
+
+    run(scenario())
+
+
+_CLAIMER = """
+import asyncio, json, os, sys, time
+from evalfleet.server.store import open_store
+async def main(url, owner, go):
+    async with open_store(url) as store:
+        await store.list_jobs(limit=1)
+        open(go + "." + owner, "w").close()  # ready
+        while not os.path.exists(go):
+            await asyncio.sleep(0.005)
+        won = []
+        for _ in range(400):
+            batch = await store.claim_next(owner, 600, 1)
+            if not batch:
+                break
+            won.extend(j.id for j in batch)
+        print(json.dumps(won))
+asyncio.run(main(*sys.argv[1:]))
+"""
+
+
+def test_racing_processes_each_job_claimed_once(store_url, tmp_path):
+    """Three coordinator processes claim from one store at once: no job is taken twice."""
+    async def seed():
+        async with open_store(store_url) as store:
+            for i in range(300):
+                await store.create_job(job(f"j{i:03d}", created=float(i)))
+
+    run(seed())
+    go = tmp_path / "go"
+    procs = [subprocess.Popen([sys.executable, "-c", _CLAIMER, store_url, f"p{k}", str(go)],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for k in range(3)]
+    deadline = time.time() + 120
+    while not all((tmp_path / f"go.p{k}").exists() for k in range(3)):  # all ready, then go
+        assert time.time() < deadline and all(p.poll() is None for p in procs)
+        time.sleep(0.02)
+    go.touch()
+    won = []
+    for proc in procs:
+        out, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, err
+        won.append(json.loads(out))
+    flat = [j for w in won for j in w]
+    assert len(flat) == len(set(flat)) == 300
+    assert sum(1 for w in won if w) >= 2, [len(w) for w in won]  # they did race
+
+    async def owners():
+        async with open_store(store_url) as store:
+            return {j.id: j.owner for j in await store.list_jobs()}
+
+    stored = run(owners())
+    for k, ids in enumerate(won):
+        assert all(stored[i] == f"p{k}" for i in ids)
+
+
+# -- results ---------------------------------------------------------------------------------------
+
+def test_results_are_stored_before_the_terminal_state(store_url):
+    async def scenario():
+        async with open_store(store_url) as store:
+            await store.create_job(job("j", owner="A", lease_until=time.time() + 60))
+            await store.transition("j", "A", [QUEUED], RUNNING)
+            assert not await store.put_results("j", "B", b"x", "{}")
+            assert await store.put_results("j", "A", b"\x00typed\xff", '{"results": {}}')
+            mid = await store.get_job("j")
+            assert (mid.state, mid.results, mid.results_json) == (
+                RUNNING, b"\x00typed\xff", '{"results": {}}')
+            # The terminal transition keeps them (it only writes results it is given).
+            done = await store.transition("j", "A", [RUNNING], SUCCEEDED)
+            assert (done.results, done.results_json) == (b"\x00typed\xff", '{"results": {}}')
+
+            # Or both in one transaction: a SUCCEEDED job always has its results.
+            await store.create_job(job("k", owner="A", lease_until=time.time() + 60))
+            done = await store.transition("k", "A", ACTIVE, SUCCEEDED, results=b"r",
+                                          results_json='{"k": 1}')
+            assert (done.state, done.results, done.results_json) == (SUCCEEDED, b"r", '{"k": 1}')
+            refused = await store.transition("k", "A", ACTIVE, SUCCEEDED, results=b"other")
+            assert refused is None and (await store.get_job("k")).results == b"r"
+
+    run(scenario())
+
+
+# -- samples ---------------------------------------------------------------------------------------
+
+def test_samples_replace_page_and_filter(store_url):
+    async def scenario():
+        async with open_store(store_url) as store:
+            await store.create_job(job("j", owner="A", lease_until=time.time() + 60))
+            await store.create_job(job("other", owner="A", lease_until=time.time() + 60))
+            rows = [("arc" if i % 3 else "piqa", json.dumps({"doc_id": i, "text": "é\n\t\"x\\"}))
+                    for i in range(SAMPLES_PAGE + 500)]
+            assert await store.put_samples("j", "A", rows)
+            assert await store.put_samples("other", "A", [("arc", "{}")])
+            got = [r async for r in store.iter_samples("j")]
+            assert got == rows  # order kept across pages, text byte for byte
+            piqa = [r async for r in store.iter_samples("j", tasks=["piqa"])]
+            assert piqa == [r for r in rows if r[0] == "piqa"]
+            assert [r async for r in store.iter_samples("j", tasks=["nope"])] == []
+            assert await store.put_samples("j", "A", [("t", "1"), ("t", "2")])  # replaced
+            assert [r async for r in store.iter_samples("j")] == [("t", "1"), ("t", "2")]
+            assert not await store.put_samples("j", "B", [("t", "3")])
+            assert [r async for r in store.iter_samples("missing")] == []
+            assert [r async for r in store.iter_samples("other")] == [("arc", "{}")]
+
+    run(scenario())
+
+
+# -- answers ---------------------------------------------------------------------------------------
+
+def test_answers_are_shared_by_every_job_on_a_model(store_url):
+    async def scenario():
+        async with open_store(store_url) as store, open_store(store_url) as other:
+            fp, fp2 = "sha256:" + "a" * 64, "sha256:" + "b" * 64
+            assert await store.put_answers(fp, [("r1", b"one"), ("r2", b"\x00two")]) == 2
+            # Another coordinator (or job) asks for the same requests: answered from the table.
+            assert await other.get_answers(fp, ["r2", "r1", "r3"]) == {
+                "r1": b"one", "r2": b"\x00two"}
+            # First answer wins; only new ones count.
+            assert await other.put_answers(fp, [("r1", b"changed"), ("r3", b"three"),
+                                                ("r3", b"dup")]) == 1
+            assert await store.get_answers(fp, ["r1", "r3"]) == {"r1": b"one", "r3": b"three"}
+            assert await store.get_answers(fp2, ["r1"]) == {}  # another model
+            assert await store.count_answers(fp) == 3 and await store.count_answers(fp2) == 0
+            assert await store.put_answers(fp, []) == 0 and await store.get_answers(fp, []) == {}
+            # Batches beyond one statement's chunk.
+            many = [(f"{i:064x}", i.to_bytes(4, "little")) for i in range(45_000)]
+            assert await store.put_answers(fp2, many) == 45_000
+            got = await other.get_answers(fp2, [rid for rid, _ in many[::-1]] + ["nope"])
+            assert got == dict(many)
+
+    run(scenario())
+
+
+def test_concurrent_overlapping_answer_writes(store_url):
+    """Coordinators writing overlapping batches at once neither fail nor duplicate."""
+    async def scenario():
+        async with open_store(store_url) as one, open_store(store_url) as two:
+            fp = "fp"
+            batches = [[(f"{(k * 700 + i) % 3000:05d}", b"x") for i in range(1500)][::(-1) ** k]
+                       for k in range(8)]
+            added = await asyncio.gather(*((one if k % 2 else two).put_answers(fp, b)
+                                           for k, b in enumerate(batches)))
+            distinct = {rid for b in batches for rid, _ in b}
+            assert sum(added) == len(distinct) == await one.count_answers(fp)
+
+    run(scenario())
+
+
+# -- opening, persistence, schema ---------------------------------------------------------------
+
+def test_reopened_store_keeps_everything(store_url):
+    async def write():
+        async with open_store(store_url) as store:
+            await store.create_job(job("j", owner="A", lease_until=time.time() + 60))
+            await store.put_answers("fp", [("r", b"a")])
+            await store.put_results("j", "A", b"r", "{}")
+            await store.transition("j", "A", ACTIVE, SUCCEEDED)
+
+    async def read():
+        async with open_store(store_url) as store:
+            return await store.get_job("j"), await store.get_answers("fp", ["r"])
+
+    run(write())
+    got, answers = run(read())  # migrations already applied: they run no second time
+    assert (got.state, got.results, answers) == (SUCCEEDED, b"r", {"r": b"a"})
+
+
+def test_store_from_a_newer_evalfleet_is_refused(store_url):
+    run(open_store(store_url).open())
+    if store_url.startswith("postgresql://"):
+        import psycopg
+
+        with psycopg.connect(store_url, autocommit=True) as conn:
+            conn.execute("INSERT INTO evalfleet.schema_version (version) VALUES (999)")
+    else:
+        with sqlite3.connect(store_url) as conn:
+            conn.execute("INSERT INTO schema_version VALUES (999, 0)")
+    with pytest.raises(StoreSchemaError, match="schema version 999.*upgrade evalfleet"):
+        run(open_store(store_url).open())
+
+
+def test_sqlite_file_of_the_first_layout_is_migrated(tmp_path):
+    """Files written before leases existed open unchanged, their jobs unowned."""
+    path = tmp_path / "old.db"
+    with sqlite3.connect(path) as conn:
+        conn.executescript("""
+            CREATE TABLE jobs (id TEXT PRIMARY KEY, spec BLOB NOT NULL, state INTEGER NOT NULL,
+              error TEXT NOT NULL, created_at REAL NOT NULL, updated_at REAL NOT NULL,
+              results BLOB, results_json TEXT);
+            CREATE TABLE answers (fingerprint TEXT NOT NULL, request_id TEXT NOT NULL,
+              answer BLOB NOT NULL, PRIMARY KEY (fingerprint, request_id)) WITHOUT ROWID;
+            CREATE TABLE samples (job_id TEXT NOT NULL, seq INTEGER NOT NULL, task TEXT NOT NULL,
+              record TEXT NOT NULL, PRIMARY KEY (job_id, seq)) WITHOUT ROWID;
+            INSERT INTO jobs VALUES ('old', x'00', 2, '', 1.0, 2.0, NULL, NULL);
+            INSERT INTO answers VALUES ('fp', 'r', x'01');
+        """)
+
+    async def scenario():
+        async with SqliteJobStore(path) as store:
+            old = await store.get_job("old")
+            assert (old.state, old.owner, old.lease_until, old.attempts) == (RUNNING, "", 0, 0)
+            assert await store.get_answers("fp", ["r"]) == {"r": b"\x01"}
+            assert [j.id for j in await store.list_claimable()] == ["old"]
+            assert (await store.claim_job("old", "A", 60)).owner == "A"
+
+    run(scenario())
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        assert [v for (v,) in conn.execute("SELECT version FROM schema_version")] == [1, 2]
+
+
+def test_sqlite_store_runs_off_the_event_loop(tmp_path):
+    """The connection lives on the store's own thread: the loop's thread cannot even use it."""
+    async def scenario():
+        store = SqliteJobStore(tmp_path / "s.db")
+        await store.open()
+        with pytest.raises(sqlite3.ProgrammingError, match="thread"):
+            store._conn.execute("SELECT 1")
+        await store.close()
+        with pytest.raises(StoreUnavailableError, match="closed"):
+            await store.get_job("x")
+
+    run(scenario())
+
+
+def test_open_store_accepts_the_documented_forms(tmp_path):
+    assert open_store(":memory:").path == ":memory:"
+    assert open_store(str(tmp_path / "a.db")).path == str(tmp_path / "a.db")
+    assert open_store("sqlite:///rel/b.db").path == "rel/b.db"
+    assert open_store(f"sqlite:///{tmp_path}/c.db").path == f"{tmp_path}/c.db"
+    assert open_store("sqlite:///:memory:").path == ":memory:"
+    for url in ("postgresql://u:secret@db.example:5432/evals", "postgres://u@h/d"):
+        store = open_store(url)
+        assert isinstance(store, PostgresJobStore) and store.url == url
+    assert "secret" not in open_store("postgresql://u:secret@h/d").address
+    for bad, needle in (("mysql://u:pw@h/d", "scheme 'mysql'"), ("", "empty"),
+                        ("sqlite://", "names no file")):
+        with pytest.raises(InvalidArgumentError) as err:
+            open_store(bad)
+        assert err.value.message.startswith("--store")
+        assert needle in err.value.message and "pw" not in err.value.message
+    with pytest.raises(InvalidArgumentError, match="postgresql://"):
+        open_store("redis://h")
+
+
+def test_unreachable_postgres_names_the_store_without_its_password():
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    store = PostgresJobStore(f"postgresql://u:hunter2@127.0.0.1:{port}/evals",
+                             connect_timeout_s=5)
+    with pytest.raises(StoreUnavailableError) as err:
+        run(store.open())
+    assert f"127.0.0.1:{port}/evals" in err.value.message
+    assert "hunter2" not in err.value.message and "cannot connect" in err.value.message
+
+
+def test_unwritable_sqlite_path_is_a_clear_error(tmp_path):
+    blocked = tmp_path / "file"
+    blocked.write_text("not a folder")
+    with pytest.raises(StoreUnavailableError, match="cannot open"):
+        run(SqliteJobStore(blocked / "store.db").open())
+    not_sqlite = tmp_path / "text.db"
+    not_sqlite.write_text("hello, this is not a database" * 100)
+    with pytest.raises(StoreUnavailableError, match="not a usable evalfleet SQLite store"):
+        run(SqliteJobStore(not_sqlite).open())
+
