@@ -3,6 +3,7 @@
 - ``evalfleet eval ...``: lm_eval-compatible flags. Without ``--coordinator`` it starts an embedded
   coordinator and one worker as real gRPC servers on loopback, runs the job and stops them.
 - ``evalfleet serve worker|coordinator ...``: run one service until interrupted.
+- ``evalfleet results ID``: a finished evaluation's results, from a coordinator or a store.
 - ``evalfleet tasks list|show``: what can be evaluated.
 
 User errors print one line to stderr and exit non-zero; no tracebacks.
@@ -61,8 +62,12 @@ def _add_eval_parser(sub: argparse._SubParsersAction) -> None:
                    help="local dataset mirror (default: $EVALFLEET_DATA_DIR)")
     p.add_argument("--coordinator", default=None,
                    help="host:port of a running coordinator (default: embedded services)")
-    p.add_argument("--store", default=":memory:",
-                   help="embedded coordinator's SQLite store (default: in memory)")
+    p.add_argument("--store", default=None, metavar="PATH|URL",
+                   help="the embedded coordinator's store: a SQLite file, sqlite:///PATH, "
+                        "postgresql://..., or :memory: to keep nothing (default: "
+                        "$EVALFLEET_CACHE_DIR/store.db, ~/.cache/evalfleet/store.db); answers "
+                        "are kept there, so an interrupted run resumes and a repeated one "
+                        "computes nothing")
     p.add_argument("--no_progress", action="store_true", help="do not show progress bars")
 
 
@@ -79,9 +84,24 @@ def _add_serve_parser(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--host", default="127.0.0.1")
     c.add_argument("--port", type=int, default=50051)
     c.add_argument("--workers", default="", help="host:port[,host:port]")
-    c.add_argument("--db", default="evalfleet.db", help="SQLite job store")
+    c.add_argument("--store", "--db", dest="store", default="evalfleet.db", metavar="PATH|URL",
+                   help="job store: a SQLite file (default evalfleet.db), sqlite:///PATH, "
+                        "or postgresql://USER[:PASSWORD]@HOST[:PORT]/DBNAME shared by several "
+                        "coordinators (--db is an alias)")
     c.add_argument("--data_dir", default=None)
     c.add_argument("--include_path", action="append", default=[])
+
+
+def _add_results_parser(sub: argparse._SubParsersAction) -> None:
+    r = sub.add_parser("results", help="print (and write) a finished evaluation's results")
+    r.add_argument("id", help="the evaluation id")
+    where = r.add_mutually_exclusive_group()
+    where.add_argument("--coordinator", default=None, help="host:port of the coordinator")
+    where.add_argument("--store", default=None, metavar="PATH|URL",
+                       help="read the store directly (default: the embedded runs' store, "
+                            "$EVALFLEET_CACHE_DIR/store.db)")
+    r.add_argument("--output_path", "-o", default=None,
+                   help="write results_<date>.json (and samples) as `eval` does")
 
 
 def _add_tasks_parser(sub: argparse._SubParsersAction) -> None:
@@ -102,6 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     _add_eval_parser(sub)
     _add_serve_parser(sub)
+    _add_results_parser(sub)
     _add_tasks_parser(sub)
     return parser
 
@@ -117,6 +138,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return asyncio.run(run_eval(args))
         if args.command == "serve":
             return asyncio.run(_serve(args))
+        if args.command == "results":
+            from evalfleet.client.results_command import run_results
+
+            return asyncio.run(run_results(args))
         return _tasks(args)
     except EvalfleetError as exc:
         print(f"error: {exc.message}", file=sys.stderr)
@@ -145,16 +170,19 @@ async def _serve(args: argparse.Namespace) -> int:
                                     model_args=model_args)
     else:
         from evalfleet.server.service import start_coordinator
-        from evalfleet.server.store import SqliteJobStore
+        from evalfleet.server.store import open_store
 
         workers = [w.strip() for w in args.workers.split(",") if w.strip()]
+        store = open_store(args.store)
         server, runner = await start_coordinator(
-            host=args.host, port=args.port, workers=workers, store=SqliteJobStore(args.db),
+            host=args.host, port=args.port, workers=workers, store=store,
             data_dir=args.data_dir, include_paths=args.include_path)
         await runner.resume_pending()
     print(f"listening on {args.host}:{server.port}", flush=True)
     await _wait_for_signal()
     await server.stop()
+    if args.service == "coordinator":
+        await store.close()
     return 0
 
 

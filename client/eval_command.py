@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import sys
 from contextlib import AsyncExitStack
 from pathlib import Path
@@ -13,7 +14,8 @@ from rich.console import Console
 
 from evalfleet.client.submit import run_job, write_outputs
 from evalfleet.common.args import format_kv_args, parse_kv_args
-from evalfleet.common.errors import InvalidArgumentError
+from evalfleet.common.errors import EvalfleetError, InvalidArgumentError
+from evalfleet.common.paths import default_store_path
 from evalfleet.v1 import coordinator_pb2 as cpb
 
 
@@ -89,17 +91,25 @@ def parse_samples(text: str) -> dict[str, list[int]]:
     return value
 
 
+class OutputWriteError(EvalfleetError):
+    """The results could not be written; the message says where they are kept."""
+
+
 async def run_eval(args: argparse.Namespace) -> int:
     console = Console(stderr=True)
     data_dir = args.data_dir or os.environ.get("EVALFLEET_DATA_DIR")
     include_paths = [os.path.abspath(p) for p in args.include_path]
     args.include_path = include_paths
+    if args.coordinator and args.store is not None:
+        raise InvalidArgumentError("--store: only for the embedded coordinator; the coordinator "
+                                   "given by --coordinator keeps its own store")
+    store_url = args.store if args.store is not None else str(default_store_path())
     async with AsyncExitStack() as stack:
         if args.coordinator:
             address = args.coordinator
             spec = build_spec(args)
         else:
-            address, worker = await _start_embedded(args, data_dir, stack, console)
+            address, worker = await _start_embedded(args, data_dir, stack, console, store_url)
             spec = build_spec(args, worker_addresses=[worker])
         results, samples = await run_job(address, spec, console=console,
                                          show_progress=not args.no_progress)
@@ -108,21 +118,47 @@ async def run_eval(args: argparse.Namespace) -> int:
         print(json.dumps(doc, indent=2, ensure_ascii=False))
     print(results.table)
     if args.output_path:
-        for path in write_outputs(args.output_path, results, samples):
+        try:
+            written = write_outputs(args.output_path, results, samples)
+        except OSError as exc:
+            raise OutputWriteError(_kept_message(args, results.id, store_url, exc)) from exc
+        for path in written:
             console.print(f"wrote {path}")
     return 0
 
 
+def _kept_message(args: argparse.Namespace, evaluation_id: str, store_url: str,
+                  exc: OSError) -> str:
+    """Why the files are missing, and the command that writes them from where they are kept."""
+    from evalfleet.server.store import redact_url
+
+    head = f"could not write the results under --output_path {args.output_path} ({exc})"
+    if args.coordinator:
+        return (f"{head}; evaluation {evaluation_id} succeeded and coordinator "
+                f"{args.coordinator} keeps its results: write them with `evalfleet results "
+                f"{evaluation_id} --coordinator {args.coordinator} --output_path DIR`")
+    if store_url.strip() in (":memory:", "sqlite:///:memory:"):
+        return (f"{head}; the store was :memory:, so nothing was kept: rerun with a writable "
+                "--output_path")
+    store = shlex.quote(redact_url(store_url))
+    return (f"{head}; evaluation {evaluation_id} succeeded and its results are kept in the "
+            f"store {store}: write them with `evalfleet results {evaluation_id} --store {store} "
+            "--output_path DIR` (or rerun the same command: every answer is stored, so nothing "
+            "is computed again)")
+
+
 async def _start_embedded(args: argparse.Namespace, data_dir: str | None,
-                          stack: AsyncExitStack, console: Console) -> tuple[str, str]:
-    """Start one worker and a coordinator on loopback ephemeral ports for this run."""
+                          stack: AsyncExitStack, console: Console, store_url: str
+                          ) -> tuple[str, str]:
+    """Start one worker and a coordinator on loopback ephemeral ports for this run, the
+    coordinator on the store ``store_url`` (answers already there are not computed again)."""
     import asyncio
 
     from evalfleet.inference.server import load_backend, start_worker
     from evalfleet.server.planning import load_tasks
     from evalfleet.server.service import start_coordinator
     from evalfleet.server.spec import parse_spec
-    from evalfleet.server.store import SqliteJobStore
+    from evalfleet.server.store import open_store, redact_url
 
     # Check the spec and the tasks before paying for the model load. Spec fields are named
     # after the flags, so errors are reported with the flag the user typed.
@@ -136,16 +172,18 @@ async def _start_embedded(args: argparse.Namespace, data_dir: str | None,
         args.model_args = format_kv_args(model_args)
     spec = build_spec(args)
     await asyncio.to_thread(load_tasks, parse_spec(spec), data_dir, args.include_path)
+    store = open_store(store_url, flag="--store")
+    await store.open()  # a bad --store is reported before the model loads
+    stack.push_async_callback(store.close)
 
     with console.status(f"loading {args.model} model {model_args.get('pretrained', '')}"):
         batch_size = int(args.batch_size) if str(args.batch_size).isdigit() else args.batch_size
         backend = await asyncio.to_thread(load_backend, args.model, model_args, batch_size)
     worker = await start_worker(backend, model_args=model_args)
     stack.push_async_callback(worker.stop, 1.0)
-    coordinator, _ = await start_coordinator(workers=[worker.address],
-                                             store=SqliteJobStore(args.store),
+    coordinator, _ = await start_coordinator(workers=[worker.address], store=store,
                                              data_dir=data_dir, include_paths=args.include_path)
     stack.push_async_callback(coordinator.stop, 1.0)
-    print(f"embedded coordinator {coordinator.address}, worker {worker.address}",
-          file=sys.stderr)
+    print(f"embedded coordinator {coordinator.address}, worker {worker.address}, "
+          f"store {redact_url(store_url)}", file=sys.stderr)
     return coordinator.address, worker.address

@@ -19,6 +19,8 @@ from evalfleet.v1 import coordinator_pb2_grpc as cpb_grpc
 
 TERMINAL = {cpb.EVALUATION_STATE_SUCCEEDED, cpb.EVALUATION_STATE_FAILED,
             cpb.EVALUATION_STATE_CANCELLED}
+#: The coordinator's event that says how many answers came from its store.
+STORE_REPORT = "answers from the store"
 
 
 class RemoteError(EvalfleetError):
@@ -62,6 +64,20 @@ async def run_job(
             raise RemoteError(exc, address) from exc
 
 
+async def fetch_results(address: str, evaluation_id: str
+                        ) -> tuple[cpb.EvaluationResults, list[cpb.SampleRecord]]:
+    """A finished evaluation's results and samples from the coordinator at ``address``."""
+    async with insecure_channel(address) as channel:
+        stub = cpb_grpc.EvaluationServiceStub(channel)
+        try:
+            results = await stub.GetResults(cpb.GetResultsRequest(id=evaluation_id), timeout=60)
+            samples = [record async for record in stub.StreamSamples(
+                cpb.StreamSamplesRequest(id=evaluation_id), timeout=600)]
+        except grpc.aio.AioRpcError as exc:
+            raise RemoteError(exc, address) from exc
+    return results, samples
+
+
 async def _follow(stub: cpb_grpc.EvaluationServiceStub, evaluation: cpb.Evaluation,
                   console: Console, show_progress: bool) -> cpb.EvaluationEvent:
     last = cpb.EvaluationEvent(id=evaluation.id, state=evaluation.state)
@@ -72,6 +88,8 @@ async def _follow(stub: cpb_grpc.EvaluationServiceStub, evaluation: cpb.Evaluati
         bars: dict[str, Any] = {}
         async for event in stub.WatchEvaluation(cpb.WatchEvaluationRequest(id=evaluation.id)):
             last = event
+            if STORE_REPORT in event.message:  # what a resumed or repeated job reuses
+                console.print(f"evaluation {evaluation.id}: {event.message}")
             for p in event.progress:
                 if p.task not in bars:
                     bars[p.task] = progress.add_task(p.task, total=p.total)

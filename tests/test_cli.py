@@ -59,7 +59,7 @@ def standalone_services(tiny_model_dir, tmp_path_factory):
         env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     coordinator = subprocess.Popen(
         [*EVALFLEET, "serve", "coordinator", "--port", str(coordinator_port), "--workers",
-         f"127.0.0.1:{worker_port}", "--db", str(db)],
+         f"127.0.0.1:{worker_port}", "--store", f"sqlite:///{db}"],
         env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         _wait_serving(f"127.0.0.1:{worker_port}", worker)

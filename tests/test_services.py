@@ -300,3 +300,41 @@ def test_two_workers_give_the_same_results_as_one(background_loop, tiny_model_di
 
 def _metric_values(results: cpb.EvaluationResults) -> list[tuple[str, float]]:
     return [(m.metric, m.value) for t in results.tasks for m in t.metrics]
+
+
+def test_coordinators_on_one_postgres_store(background_loop, tiny_worker, data_dir,
+                                            postgres_server):
+    """The runner on PostgreSQL: a job runs to its results and samples; a second coordinator on
+    the same database answers the same job from the answers the first one stored."""
+    from evalfleet.server.service import start_coordinator
+    from evalfleet.server.store import PostgresJobStore
+
+    url = postgres_server.create_database()
+    spec = cpb.EvaluationSpec(model="hf", tasks=["arc_challenge"], limit=2, bootstrap_iters=0,
+                              log_samples=True)
+    runs = []
+    for _ in range(2):
+        store = PostgresJobStore(url)
+        server, runner = background_loop.run(start_coordinator(
+            workers=[tiny_worker.address], store=store, data_dir=data_dir))
+        try:
+            with grpc.insecure_channel(server.address) as channel:
+                stub = cpb_grpc.EvaluationServiceStub(channel)
+                evaluation, events = _run(stub, spec)
+                results = stub.GetResults(cpb.GetResultsRequest(id=evaluation.id), timeout=10)
+                samples = list(stub.StreamSamples(cpb.StreamSamplesRequest(id=evaluation.id),
+                                                  timeout=30))
+            record = background_loop.run(store.get_job(evaluation.id))
+        finally:
+            background_loop.run(server.stop(0.5))
+            background_loop.run(store.close())
+        assert evaluation.state == cpb.EVALUATION_STATE_SUCCEEDED, evaluation.error
+        assert record.owner == runner.owner and record.lease_until == 0
+        runs.append((evaluation, events, results, samples))
+    (first, first_events, r1, s1), (_, events, r2, s2) = runs
+    n = first.unique_requests
+    assert any(f"0 answers from the store, {n} to compute" in e.message for e in first_events)
+    assert any(f"{n} answers from the store, 0 to compute" in e.message for e in events)
+    assert r1.positions_computed > 0 and r2.positions_computed == 0
+    assert _metric_values(r1) == _metric_values(r2)
+    assert len(s1) == len(s2) == 2

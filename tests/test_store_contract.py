@@ -285,6 +285,54 @@ def test_racing_processes_each_job_claimed_once(store_url, tmp_path):
         assert all(stored[i] == f"p{k}" for i in ids)
 
 
+_WRITER = """
+import asyncio, sys, time
+from evalfleet.server.store import JobRecord, open_store
+async def main(url):
+    async with open_store(url) as store:
+        now = time.time()
+        await store.create_job(JobRecord("j", b"s", 1, "", now, now, owner="W",
+                                         lease_until=now + 600))
+        await store.transition("j", "W", [1], 2)
+        for i in range(10_000):
+            await store.put_answers("fp", [(f"{i:05d}-{k:03d}", bytes([i % 256, k % 256]))
+                                           for k in range(200)])
+            print(i, flush=True)
+asyncio.run(main(sys.argv[1]))
+"""
+
+
+def test_what_was_committed_survives_kill_9(store_url):
+    """A coordinator killed with SIGKILL loses nothing the store acknowledged."""
+    import signal
+
+    proc = subprocess.Popen([sys.executable, "-c", _WRITER, store_url], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    acknowledged = -1
+    for line in proc.stdout:
+        acknowledged = int(line)
+        if acknowledged >= 5:
+            break
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    assert acknowledged >= 5, proc.stderr.read()
+
+    async def check():
+        async with open_store(store_url) as store:
+            ids = [f"{i:05d}-{k:03d}" for i in range(acknowledged + 1) for k in range(200)]
+            got = await store.get_answers("fp", ids)
+            assert len(got) == len(ids)
+            assert got["00005-007"] == bytes([5, 7])
+            assert await store.count_answers("fp") % 200 == 0  # batches are all or nothing
+            job = await store.get_job("j")
+            assert (job.state, job.owner) == (RUNNING, "W")
+            # The dead owner's lease runs out; then another coordinator takes the job over.
+            assert await store.claim_job("j", "X", 60) is None
+            assert (await store.claim_job("j", "X", 60, now=time.time() + 601)).owner == "X"
+
+    run(check())
+
+
 # -- results ---------------------------------------------------------------------------------------
 
 def test_results_are_stored_before_the_terminal_state(store_url):

@@ -15,6 +15,7 @@ import tempfile
 from pathlib import Path
 
 from evalfleet.common.logging import get_logger
+from evalfleet.common.paths import cache_dir
 
 log = get_logger("backend.fingerprint")
 
@@ -58,14 +59,6 @@ def model_files(model_dir: Path, gguf_file: str | None) -> list[Path]:
 def tokenizer_files(tok_dir: Path) -> list[Path]:
     """The tokenizer's definition files."""
     return [tok_dir / f for f in _TOKENIZER_FILES if (tok_dir / f).is_file()]
-
-
-def cache_dir() -> Path:
-    """Where fingerprints are remembered."""
-    if env := os.environ.get("EVALFLEET_CACHE_DIR"):
-        return Path(env)
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    return (Path(xdg) if xdg else Path.home() / ".cache") / "evalfleet"
 
 
 def fingerprint(files: list[Path], fallback: str) -> str:
