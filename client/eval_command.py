@@ -9,6 +9,7 @@ import shlex
 import sys
 from contextlib import AsyncExitStack
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 
@@ -147,6 +148,11 @@ def _kept_message(args: argparse.Namespace, evaluation_id: str, store_url: str,
             "is computed again)")
 
 
+async def _cancel_jobs(runner: Any) -> None:
+    for job_id in list(runner.jobs):
+        await runner.cancel(job_id)
+
+
 async def _start_embedded(args: argparse.Namespace, data_dir: str | None,
                           stack: AsyncExitStack, console: Console, store_url: str
                           ) -> tuple[str, str]:
@@ -181,9 +187,13 @@ async def _start_embedded(args: argparse.Namespace, data_dir: str | None,
         backend = await asyncio.to_thread(load_backend, args.model, model_args, batch_size)
     worker = await start_worker(backend, model_args=model_args)
     stack.push_async_callback(worker.stop, 1.0)
-    coordinator, _ = await start_coordinator(workers=[worker.address], store=store,
-                                             data_dir=data_dir, include_paths=args.include_path)
+    coordinator, runner = await start_coordinator(
+        workers=[worker.address], store=store, data_dir=data_dir,
+        include_paths=args.include_path)
     stack.push_async_callback(coordinator.stop, 1.0)
+    # Interrupted (Ctrl-C): the job is cancelled and recorded so while the store is still open;
+    # its answers so far are stored and the same command resumes from them.
+    stack.push_async_callback(_cancel_jobs, runner)
     print(f"embedded coordinator {coordinator.address}, worker {worker.address}, "
           f"store {redact_url(store_url)}", file=sys.stderr)
     return coordinator.address, worker.address
