@@ -15,6 +15,24 @@ import pytest
 from evalfleet.client.cli import main
 
 
+@pytest.fixture(autouse=True)
+def _restore_logging():
+    """``main`` points structlog and the root logger at this test's (captured) stderr; later
+    tests must not log into that closed stream."""
+    import logging
+
+    import structlog
+
+    config = structlog.get_config()
+    handlers = list(logging.getLogger().handlers)
+    yield
+    structlog.configure(**config)
+    root = logging.getLogger()
+    for handler in root.handlers[:]:
+        if handler not in handlers:
+            root.removeHandler(handler)
+
+
 def _eval(tiny_model_dir: Path, data_dir: Path, output: Path, *extra: str) -> list[str]:
     return ["eval", "--model", "hf", "--model_args", f"pretrained={tiny_model_dir},dtype=float32",
             "--tasks", "arc_easy", "--limit", "3", "--batch_size", "4", "--bootstrap_iters", "0",
