@@ -5,6 +5,7 @@
 - ``evalfleet serve worker|coordinator ...``: run one service until interrupted.
 - ``evalfleet results ID``: a finished evaluation's results, from a coordinator or a store.
 - ``evalfleet tasks list|show``: what can be evaluated.
+- ``evalfleet results show|compare|plot|report``: read, compare, chart and browse results files.
 
 User errors print one line to stderr and exit non-zero; no tracebacks.
 """
@@ -23,27 +24,69 @@ from rich.console import Console
 from evalfleet.common.args import parse_kv_args
 from evalfleet.common.errors import EvalfleetError
 from evalfleet.common.logging import configure_logging
+from evalfleet.tasks.errors import TaskError, TaskNotFoundError
 
 EXIT_USER_ERROR = 2
 
 
+class _JoinValues(argparse.Action):
+    """lm-eval's ``nargs="+"`` flags: ``--tasks a b`` or ``--model_args k=v k2=v2``, repeatable;
+    the pieces are joined with commas (a single JSON object is kept as is)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        pieces = [v for v in (values or []) if v.strip()]
+        given = namespace.__dict__.setdefault("_given_on_command_line", set())
+        # The first occurrence replaces the default (or a --config value); later ones merge.
+        previous = getattr(namespace, self.dest, None) if self.dest in given else None
+        given.add(self.dest)
+        joined = ",".join([*([previous] if previous else []), *pieces])
+        setattr(namespace, self.dest, joined)
+
+
+def _log_level_flag(parser: argparse.ArgumentParser) -> None:
+    """``--log_level`` is accepted before and after the subcommand."""
+    parser.add_argument("--log_level", default=argparse.SUPPRESS,
+                        help="DEBUG, INFO, WARNING (default), ERROR")
+
+
 def _add_eval_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("eval", help="evaluate a model on tasks (lm_eval-compatible flags)")
+    p = sub.add_parser("eval", help="evaluate a model on tasks (lm_eval-compatible flags)",
+                       description="lm_eval's flags with lm-eval's meaning; see the flag parity "
+                                   "table in the README.")
+    _log_level_flag(p)
+    p.add_argument("--config", "-C", default=None, metavar="<path>",
+                   help="YAML file of flag values (lm-eval's --config); flags given override it")
     p.add_argument("--model", "-M", default="hf", help="backend name (default: hf)")
-    p.add_argument("--model_args", "-a", default="", help="k=v,k2=v2 or a JSON object")
-    p.add_argument("--tasks", "-t", required=True, help="comma-separated tasks, groups or tags")
+    p.add_argument("--model_args", "-a", default="", nargs="+", action=_JoinValues,
+                   help="k=v,k2=v2 (or k=v k2=v2) or a JSON object")
+    p.add_argument("--tasks", "-t", default=None, nargs="+", action=_JoinValues,
+                   help="tasks, groups or tags (comma or space separated); 'list', "
+                        "'list_groups', 'list_tags' or 'list_subtasks' print them")
     p.add_argument("--num_fewshot", "-f", type=int, default=None)
     p.add_argument("--batch_size", "-b", default="1", help="integer, auto or auto:N")
+    p.add_argument("--max_batch_size", type=int, default=None, metavar="<n>",
+                   help="largest batch --batch_size auto may pick (embedded worker)")
     p.add_argument("--limit", "-L", type=float, default=None,
                    help="documents per task (a fraction when < 1.0)")
     p.add_argument("--samples", "-E", default=None, metavar="JSON",
                    help='document indices per task, e.g. \'{"arc_easy": [0, 5]}\', or a JSON '
                         "file of that; incompatible with --limit")
-    p.add_argument("--output_path", "-o", default=None)
+    p.add_argument("--use_cache", "-c", default=None, metavar="<path>",
+                   help="keep model answers in the answer store at this path and reuse them "
+                        "(embedded coordinator)")
+    p.add_argument("--cache_requests", nargs="?", const="true", default=None,
+                   choices=["true", "refresh", "delete"],
+                   help="cache the built requests of each task (true), rebuild them (refresh) "
+                        "or delete the cache (delete)")
+    p.add_argument("--output_path", "-o", default=None,
+                   help="results folder, or a .json file path (lm-eval's naming)")
     p.add_argument("--log_samples", "-s", action="store_true")
+    p.add_argument("--predict_only", "-x", action="store_true",
+                   help="save model outputs only, no metrics (implies --log_samples)")
     p.add_argument("--seed", default="0,1234,1234,1234",
-                   help="one int for all four seeds, or python,numpy,torch,fewshot")
-    p.add_argument("--gen_kwargs", default="", help="k=v,... merged into generation_kwargs")
+                   help="one int for all four seeds, or python,numpy,torch[,fewshot]")
+    p.add_argument("--gen_kwargs", default="", nargs="+", action=_JoinValues,
+                   help="k=v,... merged into generation_kwargs")
     p.add_argument("--bootstrap_iters", type=int, default=100000)
     p.add_argument("--apply_chat_template", nargs="?", const=True, default=False,
                    metavar="TEMPLATE", help="render prompts with the model's chat template "
@@ -54,10 +97,31 @@ def _add_eval_parser(sub: argparse._SubParsersAction) -> None:
                         "--apply_chat_template; 'false' disables)")
     p.add_argument("--system_instruction", default="")
     p.add_argument("--include_path", action="append", default=[])
-    p.add_argument("--metadata", default="", help="k=v or JSON merged into task metadata")
+    p.add_argument("--metadata", default="", nargs="+", action=_JoinValues,
+                   help="k=v or JSON merged into task metadata")
     p.add_argument("--device", default=None, help="device for the embedded worker")
+    p.add_argument("--trust_remote_code", action="store_true",
+                   help="let the model and datasets run their own code (model_args "
+                        "trust_remote_code=True)")
     p.add_argument("--confirm_run_unsafe_code", action="store_true")
     p.add_argument("--show_config", action="store_true", help="print the whole results JSON")
+    p.add_argument("--write_out", "-w", action="store_true",
+                   help="print the prompt and target of each task's first document")
+    p.add_argument("--verbosity", "-v", type=str.upper, default=None, metavar="<level>",
+                   help="log level (lm-eval's; same as --log_level)")
+    p.add_argument("--wandb_args", default="", nargs="+", action=_JoinValues,
+                   metavar="<args>", help="wandb.init arguments, e.g. project=x,name=y")
+    p.add_argument("--wandb_config_args", default="", nargs="+", action=_JoinValues,
+                   metavar="<args>", help="extra wandb run config, key=val,...")
+    p.add_argument("--mlflow_args", default="", nargs="+", action=_JoinValues,
+                   metavar="<args>",
+                   help="tracking_uri=...,experiment=...,run_name=...,registered_model=NAME,"
+                        "model_version=N")
+    p.add_argument("--coordinator_sink", action="append", default=[], metavar="<args>",
+                   help="name=SINK[,run_name=...,registered_model=...,model_version=N]: ask the "
+                        "coordinator to log the job to one of its configured sinks")
+    for flag in UNSUPPORTED_FLAGS:
+        p.add_argument(flag, nargs="*", default=None, help=argparse.SUPPRESS)
     p.add_argument("--data_dir", default=None,
                    help="local dataset mirror (default: $EVALFLEET_DATA_DIR)")
     p.add_argument("--coordinator", default=None,
@@ -71,16 +135,30 @@ def _add_eval_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no_progress", action="store_true", help="do not show progress bars")
 
 
+#: lm_eval flags evalfleet does not take, with what to do instead (see the README's table).
+UNSUPPORTED_FLAGS = {
+    "--check_integrity": "runs lm-eval's own task unit tests; evalfleet's task conformance "
+                         "tests live in its test suite",
+    "--trackio_args": "Trackio is not supported; use --wandb_args or --mlflow_args",
+    "--hf_hub_log_args": "pushing to the Hugging Face Hub is not supported (no hub access); "
+                         "upload the --output_path files yourself",
+}
+
+
 def _add_serve_parser(sub: argparse._SubParsersAction) -> None:
     serve = sub.add_parser("serve", help="run one service").add_subparsers(dest="service",
                                                                           required=True)
     w = serve.add_parser("worker", help="an inference worker holding one model")
+    _log_level_flag(w)
     w.add_argument("--backend", default="hf")
     w.add_argument("--model_args", default="")
     w.add_argument("--batch_size", default="1")
+    w.add_argument("--max_batch_size", type=int, default=None,
+                   help="largest batch --batch_size auto may pick")
     w.add_argument("--host", default="127.0.0.1")
     w.add_argument("--port", type=int, default=50061)
     c = serve.add_parser("coordinator", help="the evaluation coordinator")
+    _log_level_flag(c)
     c.add_argument("--host", default="127.0.0.1")
     c.add_argument("--port", type=int, default=50051)
     c.add_argument("--workers", default="", help="host:port[,host:port]")
@@ -90,30 +168,69 @@ def _add_serve_parser(sub: argparse._SubParsersAction) -> None:
                         "coordinators (--db is an alias)")
     c.add_argument("--data_dir", default=None)
     c.add_argument("--include_path", action="append", default=[])
-
-
-def _add_results_parser(sub: argparse._SubParsersAction) -> None:
-    r = sub.add_parser("results", help="print (and write) a finished evaluation's results")
-    r.add_argument("id", help="the evaluation id")
-    where = r.add_mutually_exclusive_group()
-    where.add_argument("--coordinator", default=None, help="host:port of the coordinator")
-    where.add_argument("--store", default=None, metavar="PATH|URL",
-                       help="read the store directly (default: the embedded runs' store, "
-                            "$EVALFLEET_CACHE_DIR/store.db)")
-    r.add_argument("--output_path", "-o", default=None,
-                   help="write results_<date>.json (and samples) as `eval` does")
+    c.add_argument("--sinks", default=None, metavar="<yaml>",
+                   help="YAML of the trackers jobs may use (format: reporting/sinks/config.py)")
 
 
 def _add_tasks_parser(sub: argparse._SubParsersAction) -> None:
     tasks = sub.add_parser("tasks", help="list or show tasks").add_subparsers(dest="action",
                                                                              required=True)
     lst = tasks.add_parser("list", help="tasks, groups and tags, with their data")
+    _log_level_flag(lst)
     lst.add_argument("--include_path", action="append", default=[])
     lst.add_argument("--data_dir", default=None)
     show = tasks.add_parser("show", help="render a task's first document")
+    _log_level_flag(show)
     show.add_argument("name")
     show.add_argument("--include_path", action="append", default=[])
     show.add_argument("--data_dir", default=None)
+
+
+def _add_results_parser(sub: argparse._SubParsersAction) -> None:
+    results = sub.add_parser("results", help="show, compare, plot or report on results files")
+    actions = results.add_subparsers(dest="action", required=True)
+    show = actions.add_parser("show", help="the results table of a run")
+    _log_level_flag(show)
+    show.add_argument("path", help="results file, --output_path folder or .json output path")
+    compare = actions.add_parser(
+        "compare", help="two runs per task and metric: values, difference, stderr, p-value")
+    _log_level_flag(compare)
+    compare.add_argument("baseline", help="run A (the baseline)")
+    compare.add_argument("candidate", help="run B (the candidate)")
+    compare.add_argument("--fail-if-worse", dest="fail_if_worse", action="append", default=[],
+                         metavar="METRIC=DELTA",
+                         help="exit 1 when B is worse than A on METRIC by more than DELTA "
+                              "and the difference is significant (repeatable)")
+    compare.add_argument("--alpha", type=float, default=0.05,
+                         help="significance level for --fail-if-worse (default 0.05)")
+    compare.add_argument("--json", dest="json_out", default=None, metavar="<path>",
+                         help="also write the comparison as JSON")
+    plot = actions.add_parser("plot", help="metrics per task for several runs (PNG)")
+    _log_level_flag(plot)
+    plot.add_argument("paths", nargs="+", help="runs to plot")
+    plot.add_argument("--out", required=True, help="image file (.png, .svg, .pdf)")
+    plot.add_argument("--metrics", default=None, help="comma-separated metrics (default: all)")
+    plot.add_argument("--title", default="Model Performance Comparison")
+    report = actions.add_parser("report", help="one self-contained HTML file to browse a run")
+    _log_level_flag(report)
+    report.add_argument("path", help="run to report on (needs --log_samples files)")
+    report.add_argument("--out", required=True, help="HTML file to write")
+    report.add_argument("--title", default=None)
+    fetch = actions.add_parser("fetch", help="print (and write) a finished evaluation's results "
+                                             "from a coordinator or a store (also: results ID)")
+    _log_level_flag(fetch)
+    fetch.add_argument("id", help="the evaluation id")
+    where = fetch.add_mutually_exclusive_group()
+    where.add_argument("--coordinator", default=None, help="host:port of the coordinator")
+    where.add_argument("--store", default=None, metavar="PATH|URL",
+                       help="read the store directly (default: the embedded runs' store, "
+                            "$EVALFLEET_CACHE_DIR/store.db)")
+    fetch.add_argument("--output_path", "-o", default=None,
+                       help="write results_<date>.json (and samples) as `eval` does")
+
+
+#: ``evalfleet results ACTION ...``; anything else after ``results`` is an evaluation id.
+RESULTS_ACTIONS = ("show", "compare", "plot", "report", "fetch", "-h", "--help")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -122,16 +239,31 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     _add_eval_parser(sub)
     _add_serve_parser(sub)
-    _add_results_parser(sub)
     _add_tasks_parser(sub)
+    _add_results_parser(sub)
     return parser
 
 
+def _log_level(args: argparse.Namespace, explicit: bool) -> str:
+    level = getattr(args, "verbosity", None) or args.log_level
+    if args.command == "serve" and not explicit:
+        level = "INFO"
+    return str(level).upper()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    configure_logging(json=args.command == "serve",
-                      level="INFO" if args.command == "serve" else args.log_level)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    explicit = any(a == "--log_level" or a.startswith("--log_level=") for a in argv)
     try:
+        if argv[:1] == ["results"] and len(argv) > 1 and argv[1] not in RESULTS_ACTIONS:
+            argv.insert(1, "fetch")
+        if argv[:1] == ["eval"]:
+            from evalfleet.client.eval_config import apply_config_file
+
+            argv = apply_config_file(parser, argv)
+        args = parser.parse_args(argv)
+        configure_logging(json=args.command == "serve", level=_log_level(args, explicit))
         if args.command == "eval":
             from evalfleet.client.eval_command import run_eval
 
@@ -141,14 +273,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "results":
             from evalfleet.client.results_command import run_results
 
-            return asyncio.run(run_results(args))
+            return run_results(args)
         return _tasks(args)
     except EvalfleetError as exc:
         print(f"error: {exc.message}", file=sys.stderr)
         return EXIT_USER_ERROR
+    except TaskError as exc:
+        print(f"error: {task_error_message(exc)}", file=sys.stderr)
+        return EXIT_USER_ERROR
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # e.g. `evalfleet eval --tasks list | head`
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 async def _wait_for_signal() -> None:
@@ -164,19 +302,23 @@ async def _serve(args: argparse.Namespace) -> int:
         from evalfleet.inference.server import load_backend, start_worker
 
         model_args = parse_kv_args(args.model_args, field="--model_args")
+        if args.max_batch_size is not None:
+            model_args.setdefault("max_batch_size", args.max_batch_size)
         backend = await asyncio.to_thread(load_backend, args.backend, model_args,
                                           _batch_size(args.batch_size))
         server = await start_worker(backend, host=args.host, port=args.port,
                                     model_args=model_args)
     else:
+        from evalfleet.reporting.sinks.config import load_sinks_config
         from evalfleet.server.service import start_coordinator
         from evalfleet.server.store import open_store
 
         workers = [w.strip() for w in args.workers.split(",") if w.strip()]
+        sinks = load_sinks_config(args.sinks) if args.sinks else None
         store = open_store(args.store)
         server, runner = await start_coordinator(
             host=args.host, port=args.port, workers=workers, store=store,
-            data_dir=args.data_dir, include_paths=args.include_path)
+            data_dir=args.data_dir, include_paths=args.include_path, sinks=sinks)
         await runner.resume_pending()
     print(f"listening on {args.host}:{server.port}", flush=True)
     await _wait_for_signal()
@@ -190,6 +332,14 @@ def _batch_size(text: str) -> int | str:
     return int(text) if text.isdigit() else text
 
 
+def task_error_message(exc: TaskError) -> str:
+    """One line for a task engine error; an unknown name gets ``eval``'s "did you mean"."""
+    if isinstance(exc, TaskNotFoundError):
+        hint = f"; did you mean {', '.join(exc.suggestions)}?" if exc.suggestions else ""
+        return f"unknown task '{exc.name}'{hint}"
+    return str(exc)
+
+
 def _tasks(args: argparse.Namespace) -> int:
     from evalfleet.tasks import TaskManager, render_task_listing, show_task
 
@@ -201,7 +351,7 @@ def _tasks(args: argparse.Namespace) -> int:
         table = Table("name", "kind", "dataset", "data", "output_type")
         for row in render_task_listing(manager):
             dataset = "/".join(x for x in (row.get("dataset_path"), row.get("dataset_name")) if x)
-            available = row.get("data_available")
+            available = row.get("in_mirror") if row["kind"] == "task" else None
             table.add_row(row["name"], row["kind"], dataset,
                           "" if available is None else ("yes" if available else "no"),
                           row.get("output_type") or "")

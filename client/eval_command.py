@@ -1,4 +1,5 @@
-"""``evalfleet eval``: build a spec from lm_eval-style flags, run it, print and write results."""
+"""``evalfleet eval``: build a spec from lm_eval-style flags, run it, print and write results,
+and log them to the trackers asked for (``--wandb_args``, ``--mlflow_args``)."""
 
 from __future__ import annotations
 
@@ -19,16 +20,28 @@ from evalfleet.common.errors import EvalfleetError, InvalidArgumentError
 from evalfleet.common.paths import default_store_path
 from evalfleet.v1 import coordinator_pb2 as cpb
 
+#: ``--tasks`` values that list instead of evaluating (lm-eval's legacy CLI).
+LIST_COMMANDS = {
+    "list": {},
+    "list_groups": {"list_subtasks": False, "list_tags": False},
+    "list_tags": {"list_groups": False, "list_subtasks": False},
+    "list_subtasks": {"list_groups": False, "list_tags": False},
+}
+DEFAULT_SEEDS = ("0", "1234", "1234", "1234")
+
 
 def parse_seeds(text: str) -> cpb.Seeds:
-    """lm_eval's --seed: one int for all four, or ``python,numpy,torch,fewshot`` (None allowed)."""
-    parts = [p.strip() for p in text.split(",")]
+    """lm_eval's --seed: one int for all four, or ``python,numpy,torch[,fewshot]`` (None allowed;
+    a missing fewshot seed takes its default, 1234)."""
+    parts = [p.strip() for p in str(text).split(",")]
     names = ("random_seed", "numpy_seed", "torch_seed", "fewshot_seed")
     if len(parts) == 1:
         parts = parts * 4
+    elif len(parts) == 3:
+        parts.append(DEFAULT_SEEDS[3])
     if len(parts) != 4:
         raise InvalidArgumentError(
-            f"--seed: '{text}' must be one integer or four comma-separated values")
+            f"--seed: '{text}' must be one integer or 4 comma-separated values (or None)")
     seeds = cpb.Seeds()
     for name, part in zip(names, parts, strict=True):
         if part.lower() == "none":
@@ -36,30 +49,45 @@ def parse_seeds(text: str) -> cpb.Seeds:
         try:
             setattr(seeds, name, int(part))
         except ValueError as exc:
-            raise InvalidArgumentError(f"--seed: '{part}' is not an integer") from exc
+            raise InvalidArgumentError(f"--seed: '{part}' is not an integer or None") from exc
     return seeds
+
+
+def model_args_text(args: argparse.Namespace) -> str:
+    """``--model_args`` with what other flags add to it (``--trust_remote_code``)."""
+    if not args.trust_remote_code:
+        return args.model_args
+    model_args = parse_kv_args(args.model_args, field="--model_args")
+    model_args["trust_remote_code"] = True
+    return format_kv_args(model_args) if not args.model_args.strip().startswith("{") \
+        else json.dumps(model_args)
 
 
 def build_spec(args: argparse.Namespace, *, worker_addresses: list[str] | None = None
                ) -> cpb.EvaluationSpec:
     """The ``EvaluationSpec`` the flags describe."""
-    if args.log_samples and not args.output_path:
-        raise InvalidArgumentError("--log_samples needs --output_path")
+    log_samples = args.log_samples or args.predict_only
+    if log_samples and not args.output_path:
+        raise InvalidArgumentError(
+            "Specify --output_path if providing --log_samples or --predict_only")
     spec = cpb.EvaluationSpec(
-        model=args.model, model_args=args.model_args,
+        model=args.model, model_args=model_args_text(args),
         tasks=[t.strip() for t in args.tasks.split(",") if t.strip()],
         batch_size=str(args.batch_size), seeds=parse_seeds(args.seed),
-        gen_kwargs=args.gen_kwargs, log_samples=args.log_samples,
+        gen_kwargs=args.gen_kwargs, log_samples=log_samples,
         bootstrap_iters=args.bootstrap_iters,
         apply_chat_template=args.apply_chat_template is not False,
         chat_template_name=args.apply_chat_template
         if isinstance(args.apply_chat_template, str) else "",
-        system_instruction=args.system_instruction, include_paths=args.include_path,
+        system_instruction=args.system_instruction or "", include_paths=args.include_path,
         metadata=args.metadata, confirm_run_unsafe_code=args.confirm_run_unsafe_code,
-        worker_addresses=worker_addresses or [],
+        worker_addresses=worker_addresses or [], predict_only=args.predict_only,
+        cache_requests=args.cache_requests or "",
     )
     if args.fewshot_as_multiturn is not None:
         spec.fewshot_as_multiturn = args.fewshot_as_multiturn
+    for text in args.coordinator_sink:
+        spec.sinks.append(parse_sink_request(text))
     if args.num_fewshot is not None:
         spec.num_fewshot = args.num_fewshot
     if args.limit is not None:
@@ -70,6 +98,20 @@ def build_spec(args: argparse.Namespace, *, worker_addresses: list[str] | None =
         for task, indices in parse_samples(args.samples).items():
             spec.samples[task].indices.extend(indices)
     return spec
+
+
+def parse_sink_request(text: str) -> cpb.SinkRequest:
+    """``--coordinator_sink name=mlflow,run_name=x,registered_model=M,model_version=3``."""
+    fields = {k: str(v) for k, v in parse_kv_args(text, field="--coordinator_sink").items()}
+    request = cpb.SinkRequest(name=fields.pop("name", ""),
+                              run_name=fields.pop("run_name", ""),
+                              registered_model=fields.pop("registered_model", ""),
+                              model_version=fields.pop("model_version", ""))
+    if not request.name:
+        raise InvalidArgumentError("--coordinator_sink: give name=<a sink configured on the "
+                                   "coordinator>")
+    request.tags.update(fields)
+    return request
 
 
 def parse_samples(text: str) -> dict[str, list[int]]:
@@ -96,27 +138,87 @@ class OutputWriteError(EvalfleetError):
     """The results could not be written; the message says where they are kept."""
 
 
+def check_flags(args: argparse.Namespace) -> None:
+    """Flags evalfleet does not take, and flags that only make sense for embedded runs."""
+    from evalfleet.client.cli import UNSUPPORTED_FLAGS
+
+    for flag, why in UNSUPPORTED_FLAGS.items():
+        if getattr(args, flag.lstrip("-"), None) is not None:
+            raise InvalidArgumentError(f"{flag}: not supported by evalfleet ({why})")
+    if not args.tasks:
+        raise InvalidArgumentError("--tasks: name at least one task, group or tag "
+                                   "(or 'list' to see them)")
+    if args.coordinator and args.use_cache:
+        raise InvalidArgumentError(
+            "--use_cache: a running coordinator keeps every answer in its own store; drop "
+            "--use_cache, or drop --coordinator to use an answer store at that path")
+    if args.coordinator and args.store is not None:
+        raise InvalidArgumentError("--store: only for the embedded coordinator; the coordinator "
+                                   "given by --coordinator keeps its own store")
+    if args.use_cache and args.store and os.path.abspath(args.use_cache) != \
+            os.path.abspath(args.store):
+        raise InvalidArgumentError("--use_cache and --store name two different stores; "
+                                   "give one of them")
+    if args.max_batch_size is not None and args.max_batch_size < 1:
+        raise InvalidArgumentError("--max_batch_size: must be >= 1")
+
+
+def print_task_listing(args: argparse.Namespace, data_dir: str | None) -> None:
+    """``--tasks list|list_groups|list_tags|list_subtasks``: lm-eval's markdown tables."""
+    from evalfleet.reporting.task_tables import task_tables
+    from evalfleet.tasks import TaskManager
+
+    manager = TaskManager(include_paths=args.include_path, data_dir=data_dir)
+    print(task_tables(manager, **LIST_COMMANDS[args.tasks]))
+
+
+def write_out(spec: cpb.EvaluationSpec, data_dir: str | None, include_paths: list[str]) -> None:
+    """``--write_out``: each task's first document, as lm-eval's ``print_writeout`` logs it."""
+    from evalfleet.client.writeout import writeout_lines
+    from evalfleet.server.spec import parse_spec
+
+    for line in writeout_lines(parse_spec(spec), data_dir, include_paths):
+        print(line, file=sys.stderr)
+
+
 async def run_eval(args: argparse.Namespace) -> int:
     console = Console(stderr=True)
     data_dir = args.data_dir or os.environ.get("EVALFLEET_DATA_DIR")
     include_paths = [os.path.abspath(p) for p in args.include_path]
     args.include_path = include_paths
-    if args.coordinator and args.store is not None:
-        raise InvalidArgumentError("--store: only for the embedded coordinator; the coordinator "
-                                   "given by --coordinator keeps its own store")
-    store_url = args.store if args.store is not None else str(default_store_path())
+    if args.tasks in LIST_COMMANDS:
+        print_task_listing(args, data_dir)
+        return 0
+    check_flags(args)
+    if args.trust_remote_code:
+        import datasets
+
+        datasets.config.HF_DATASETS_TRUST_REMOTE_CODE = True
+    # --use_cache PATH: the answer store at PATH (lm-eval's model-answer cache).
+    store_url = args.use_cache or args.store
+    store_url = store_url if store_url is not None else str(default_store_path())
+    sinks = client_sinks(args)
     async with AsyncExitStack() as stack:
         if args.coordinator:
             address = args.coordinator
             spec = build_spec(args)
+            if args.max_batch_size is not None:
+                console.print("note: --max_batch_size applies to an embedded worker; the "
+                              "coordinator's workers keep their own")
+            if args.write_out:
+                write_out(spec, data_dir, include_paths)
         else:
             address, worker = await _start_embedded(args, data_dir, stack, console, store_url)
             spec = build_spec(args, worker_addresses=[worker])
         results, samples = await run_job(address, spec, console=console,
                                          show_progress=not args.no_progress)
     doc = json.loads(results.results_json)
+    doc["config"]["use_cache"] = args.use_cache
+    results.results_json = json.dumps(doc)
     if args.show_config:
         print(json.dumps(doc, indent=2, ensure_ascii=False))
+    for sink in sinks:
+        sink.log(doc, _samples_by_task(samples) if spec.log_samples else None, console)
     print(results.table)
     if args.output_path:
         try:
@@ -125,6 +227,8 @@ async def run_eval(args: argparse.Namespace) -> int:
             raise OutputWriteError(_kept_message(args, results.id, store_url, exc)) from exc
         for path in written:
             console.print(f"wrote {path}")
+    for sink in sinks:
+        sink.finish()
     return 0
 
 
@@ -153,6 +257,49 @@ async def _cancel_jobs(runner: Any) -> None:
         await runner.cancel(job_id)
 
 
+def _samples_by_task(samples: list[cpb.SampleRecord]) -> dict[str, list[dict[str, Any]]]:
+    out: dict[str, list[dict[str, Any]]] = {}
+    for record in samples:
+        out.setdefault(record.task, []).append(json.loads(record.json))
+    return out
+
+
+def client_sinks(args: argparse.Namespace) -> list[Any]:
+    """The trackers the flags ask for, started before the run (as lm-eval starts W&B)."""
+    sinks: list[Any] = []
+    if args.wandb_args:
+        from evalfleet.reporting.sinks.wandb_sink import WandbSink
+
+        sinks.append(WandbSink(parse_kv_args(args.wandb_args, field="--wandb_args"),
+                               parse_kv_args(args.wandb_config_args,
+                                             field="--wandb_config_args")))
+    elif args.wandb_config_args:
+        raise InvalidArgumentError("--wandb_config_args: needs --wandb_args")
+    if args.mlflow_args:
+        from evalfleet.reporting.sinks.mlflow_sink import MlflowSink
+
+        sinks.append(MlflowSink.from_args(parse_kv_args(args.mlflow_args,
+                                                        field="--mlflow_args")))
+    return sinks
+
+
+def resolve_device(device: str, console: Console) -> str:
+    """lm-eval's HFLM rule for ``--device``: a device this machine has (``cuda``, ``cpu``,
+    ``cuda:N`` for an existing GPU N, ``mps``) is used; any other falls back to ``cuda`` when
+    a GPU is available, else ``cpu``."""
+    import torch
+
+    gpus = torch.cuda.device_count()
+    known = {"cuda", "cpu", "mps", "mps:0", *(f"{kind}:{i}" for i in range(gpus)
+                                             for kind in ("cuda", "npu", "xpu", "hpu"))}
+    if device in known:
+        return device
+    fallback = "cuda" if torch.cuda.is_available() else "cpu"
+    console.print(f"note: --device {device} is not available here; using {fallback} "
+                  "(as lm-eval does)")
+    return fallback
+
+
 async def _start_embedded(args: argparse.Namespace, data_dir: str | None,
                           stack: AsyncExitStack, console: Console, store_url: str
                           ) -> tuple[str, str]:
@@ -172,19 +319,26 @@ async def _start_embedded(args: argparse.Namespace, data_dir: str | None,
         parse_spec(build_spec(args))
     except InvalidArgumentError as exc:
         raise InvalidArgumentError(exc.message.replace("spec.", "--", 1)) from exc
-    model_args = parse_kv_args(args.model_args, field="--model_args")
+    model_args = parse_kv_args(model_args_text(args), field="--model_args")
     if args.device:
+        args.device = resolve_device(args.device, console)
         model_args.setdefault("device", args.device)
-        args.model_args = format_kv_args(model_args)
+        args.model_args = format_kv_args(
+            {**parse_kv_args(args.model_args, field="--model_args"), "device": args.device})
     spec = build_spec(args)
     await asyncio.to_thread(load_tasks, parse_spec(spec), data_dir, args.include_path)
-    store = open_store(store_url, flag="--store")
+    if args.write_out:
+        write_out(spec, data_dir, args.include_path)
+    store = open_store(store_url, flag="--use_cache" if args.use_cache else "--store")
     await store.open()  # a bad --store is reported before the model loads
     stack.push_async_callback(store.close)
 
+    worker_args = dict(model_args)
+    if args.max_batch_size is not None:
+        worker_args["max_batch_size"] = args.max_batch_size
     with console.status(f"loading {args.model} model {model_args.get('pretrained', '')}"):
         batch_size = int(args.batch_size) if str(args.batch_size).isdigit() else args.batch_size
-        backend = await asyncio.to_thread(load_backend, args.model, model_args, batch_size)
+        backend = await asyncio.to_thread(load_backend, args.model, worker_args, batch_size)
     worker = await start_worker(backend, model_args=model_args)
     stack.push_async_callback(worker.stop, 1.0)
     coordinator, runner = await start_coordinator(

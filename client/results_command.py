@@ -1,4 +1,5 @@
-"""``evalfleet results ID``: a finished evaluation's results, from a coordinator or a store.
+"""``evalfleet results fetch ID`` (or ``results ID``): a finished evaluation's results, from a
+coordinator or a store.
 
 Prints lm-eval's table and, with ``--output_path``, writes the same files ``eval`` writes. The
 store is read directly (no coordinator needed): by default the one embedded runs use, so the
@@ -42,7 +43,15 @@ async def read_stored_results(store_url: str, evaluation_id: str
         return cpb.EvaluationResults.FromString(record.results), samples
 
 
-async def run_results(args: argparse.Namespace) -> int:
+def run_results(args: argparse.Namespace) -> int:
+    """Dispatch one ``results`` action; returns the exit code."""
+    import asyncio
+
+    return asyncio.run(fetch(args))
+
+
+async def fetch(args: argparse.Namespace) -> int:
+    """``results fetch ID``: print the table and, with --output_path, write the files."""
     console = Console(stderr=True)
     if args.coordinator:
         results, samples = await fetch_results(args.coordinator, args.id)

@@ -240,6 +240,8 @@ class TaskScorer:
                 metrics["exact_match"] = float(np.max(scores)) if len(scores) else 0.0
             elif config.name in ("bleu", "chrf", "ter"):
                 metrics[config.name] = (golds, str(prediction))
+            elif config.name == "bypass":  # --predict_only: lm-eval's bypass metric is None
+                metrics["bypass"] = None
         return metrics
 
     # -- samples ------------------------------------------------------------------------------

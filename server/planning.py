@@ -16,6 +16,7 @@ from typing import Any
 from evalfleet.common.errors import InvalidArgumentError, NotFoundError
 from evalfleet.common.generation import GenerationParams
 from evalfleet.common.ids import request_id
+from evalfleet.server import job_hooks
 from evalfleet.server import results as results_mod
 from evalfleet.server.chat import ChatRenderer
 from evalfleet.server.spec import ParsedSpec
@@ -138,6 +139,7 @@ def build_plan(parsed: ParsedSpec, data_dir: str | Path | None, include_paths: S
     """
     if parsed.apply_chat_template and chat is None:
         raise InvalidArgumentError("spec.apply_chat_template: no chat template renderer")
+    job_hooks.start_planning(parsed.spec)
     tree = tree if tree is not None else load_tasks(parsed, data_dir, include_paths)
     plans: list[TaskPlan] = []
     work: dict[str, WorkItem] = {}
@@ -149,18 +151,11 @@ def build_plan(parsed: ParsedSpec, data_dir: str | Path | None, include_paths: S
             f"({', '.join(names)})")
     for name in names:
         task = tree.tasks[name]
+        job_hooks.prepare_task(task, parsed.spec)
         samples = (parsed.samples or {}).get(name)
         try:
-            requests = task.build_requests(
-                limit=parsed.limit, samples=samples, num_fewshot=parsed.num_fewshot,
-                fewshot_seed=parsed.seeds["fewshot_seed"],
-                system_instruction=parsed.spec.system_instruction or None,
-                apply_chat_template=parsed.apply_chat_template,
-                chat_template=chat.render if chat is not None else None,
-                fewshot_as_multiturn=bool(parsed.fewshot_as_multiturn),
-                gen_kwargs=parsed.gen_kwargs or None)
-            docs = task.eval_docs(parsed.limit, samples)
-            original = len(task.all_eval_docs())
+            built = job_hooks.task_requests(task, parsed, samples, chat)
+            requests, docs, original = built.requests, built.docs, built.original_size
         except DataNotFoundError as exc:
             raise NotFoundError(str(exc)) from exc
         except SampleIndexError as exc:

@@ -19,6 +19,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
+from typing import Any
 
 from evalfleet.common.errors import (
     EvalfleetError,
@@ -27,7 +28,7 @@ from evalfleet.common.errors import (
     NotFoundError,
 )
 from evalfleet.common.logging import get_logger
-from evalfleet.server import lmeval_sections
+from evalfleet.server import job_hooks, lmeval_sections
 from evalfleet.server import results as results_mod
 from evalfleet.server.capabilities import check_chat_only, check_request_kinds
 from evalfleet.server.chat import (
@@ -80,8 +81,10 @@ class JobRunner:
     def __init__(self, store: JobStore, *, default_workers: Sequence[str] = (),
                  data_dir: str | Path | None = None, include_paths: Sequence[str] = (),
                  batch_items: int = 512, owner: str | None = None,
-                 lease_s: float = DEFAULT_LEASE_S) -> None:
+                 lease_s: float = DEFAULT_LEASE_S,
+                 sinks: dict[str, Any] | None = None) -> None:
         self.store = store
+        self.sinks = sinks
         #: This coordinator's id as the store's job owner (unique per process).
         self.owner = owner or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.lease_s = lease_s
@@ -93,6 +96,7 @@ class JobRunner:
 
     async def create(self, spec: cpb.EvaluationSpec, job_id: str | None = None) -> Job:
         """Validate, plan and queue a job; errors surface here as statuses."""
+        job_hooks.prepare_spec(spec, self.sinks)
         parsed = parse_spec(spec)
         pool = WorkerPool(list(spec.worker_addresses) or self.default_workers)
         info = await pool.connect()
@@ -213,6 +217,7 @@ class JobRunner:
             scorer = TaskScorer(plan.task, plan.docs, plan.requests, plan.request_ids, answers)
             scores = await asyncio.to_thread(scorer.score, log_samples=parsed.spec.log_samples)
             await asyncio.to_thread(aggregate_task, scores, parsed.bootstrap_iters)
+            job_hooks.finish_scores(scores)
             all_scores.append(scores)
         doc = results_mod.build_results_json(
             scores=all_scores, groups=job.plan.groups, roots=job.plan.roots,
@@ -232,3 +237,5 @@ class JobRunner:
                         json.dumps(lmeval_sections.sanitize_sample(r), ensure_ascii=False))
                        for s in all_scores for r in s.samples]
             await self.store.put_samples(job.id, self.owner, records)
+        await job_hooks.log_to_sinks(parsed.spec, self.sinks, doc,
+                                     records if parsed.spec.log_samples else [], job.publish)

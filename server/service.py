@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from evalfleet.common.errors import FailedPreconditionError, NotFoundError
 from evalfleet.common.logging import get_logger
@@ -103,16 +104,18 @@ async def start_coordinator(*, host: str = "127.0.0.1", port: int = 0,
                             workers: Sequence[str] = (), store: JobStore | None = None,
                             data_dir: str | Path | None = None,
                             include_paths: Sequence[str] = (), batch_items: int = 512,
+                            sinks: dict[str, Any] | None = None,
                             ) -> tuple[RunningServer, JobRunner]:
     """Start the coordinator service; returns the server and its job runner.
 
     ``batch_items`` is the most requests sent to a worker in one RPC (a group of requests
-    sharing a prefix may stretch a batch up to 4 times that).
+    sharing a prefix may stretch a batch up to 4 times that). ``sinks`` are the trackers
+    jobs may ask to be logged to (``reporting.sinks.config.load_sinks_config``).
     """
     store = store or SqliteJobStore()
     await store.open()  # a bad path or URL is reported now, not at the first job
     runner = JobRunner(store, default_workers=workers, data_dir=data_dir,
-                       include_paths=include_paths, batch_items=batch_items)
+                       include_paths=include_paths, batch_items=batch_items, sinks=sinks)
     servicer = EvaluationServicer(runner)
     server = await start_server(
         [Service(cpb_grpc.add_EvaluationServiceServicer_to_server, servicer,

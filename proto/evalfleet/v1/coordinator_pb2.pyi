@@ -26,7 +26,7 @@ EVALUATION_STATE_FAILED: EvaluationState
 EVALUATION_STATE_CANCELLED: EvaluationState
 
 class EvaluationSpec(_message.Message):
-    __slots__ = ("model", "model_args", "worker_addresses", "tasks", "num_fewshot", "batch_size", "limit", "seeds", "gen_kwargs", "log_samples", "bootstrap_iters", "apply_chat_template", "system_instruction", "include_paths", "metadata", "fewshot_as_multiturn", "confirm_run_unsafe_code", "samples", "chat_template_name")
+    __slots__ = ("model", "model_args", "worker_addresses", "tasks", "num_fewshot", "batch_size", "limit", "seeds", "gen_kwargs", "log_samples", "bootstrap_iters", "apply_chat_template", "system_instruction", "include_paths", "metadata", "fewshot_as_multiturn", "confirm_run_unsafe_code", "samples", "chat_template_name", "predict_only", "cache_requests", "sinks")
     class SamplesEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -53,6 +53,9 @@ class EvaluationSpec(_message.Message):
     CONFIRM_RUN_UNSAFE_CODE_FIELD_NUMBER: _ClassVar[int]
     SAMPLES_FIELD_NUMBER: _ClassVar[int]
     CHAT_TEMPLATE_NAME_FIELD_NUMBER: _ClassVar[int]
+    PREDICT_ONLY_FIELD_NUMBER: _ClassVar[int]
+    CACHE_REQUESTS_FIELD_NUMBER: _ClassVar[int]
+    SINKS_FIELD_NUMBER: _ClassVar[int]
     model: str
     model_args: str
     worker_addresses: _containers.RepeatedScalarFieldContainer[str]
@@ -72,7 +75,31 @@ class EvaluationSpec(_message.Message):
     confirm_run_unsafe_code: bool
     samples: _containers.MessageMap[str, DocIndices]
     chat_template_name: str
-    def __init__(self, model: _Optional[str] = ..., model_args: _Optional[str] = ..., worker_addresses: _Optional[_Iterable[str]] = ..., tasks: _Optional[_Iterable[str]] = ..., num_fewshot: _Optional[int] = ..., batch_size: _Optional[str] = ..., limit: _Optional[float] = ..., seeds: _Optional[_Union[Seeds, _Mapping]] = ..., gen_kwargs: _Optional[str] = ..., log_samples: _Optional[bool] = ..., bootstrap_iters: _Optional[int] = ..., apply_chat_template: _Optional[bool] = ..., system_instruction: _Optional[str] = ..., include_paths: _Optional[_Iterable[str]] = ..., metadata: _Optional[str] = ..., fewshot_as_multiturn: _Optional[bool] = ..., confirm_run_unsafe_code: _Optional[bool] = ..., samples: _Optional[_Mapping[str, DocIndices]] = ..., chat_template_name: _Optional[str] = ...) -> None: ...
+    predict_only: bool
+    cache_requests: str
+    sinks: _containers.RepeatedCompositeFieldContainer[SinkRequest]
+    def __init__(self, model: _Optional[str] = ..., model_args: _Optional[str] = ..., worker_addresses: _Optional[_Iterable[str]] = ..., tasks: _Optional[_Iterable[str]] = ..., num_fewshot: _Optional[int] = ..., batch_size: _Optional[str] = ..., limit: _Optional[float] = ..., seeds: _Optional[_Union[Seeds, _Mapping]] = ..., gen_kwargs: _Optional[str] = ..., log_samples: _Optional[bool] = ..., bootstrap_iters: _Optional[int] = ..., apply_chat_template: _Optional[bool] = ..., system_instruction: _Optional[str] = ..., include_paths: _Optional[_Iterable[str]] = ..., metadata: _Optional[str] = ..., fewshot_as_multiturn: _Optional[bool] = ..., confirm_run_unsafe_code: _Optional[bool] = ..., samples: _Optional[_Mapping[str, DocIndices]] = ..., chat_template_name: _Optional[str] = ..., predict_only: _Optional[bool] = ..., cache_requests: _Optional[str] = ..., sinks: _Optional[_Iterable[_Union[SinkRequest, _Mapping]]] = ...) -> None: ...
+
+class SinkRequest(_message.Message):
+    __slots__ = ("name", "run_name", "registered_model", "model_version", "tags")
+    class TagsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    RUN_NAME_FIELD_NUMBER: _ClassVar[int]
+    REGISTERED_MODEL_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    TAGS_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    run_name: str
+    registered_model: str
+    model_version: str
+    tags: _containers.ScalarMap[str, str]
+    def __init__(self, name: _Optional[str] = ..., run_name: _Optional[str] = ..., registered_model: _Optional[str] = ..., model_version: _Optional[str] = ..., tags: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class DocIndices(_message.Message):
     __slots__ = ("indices",)

@@ -1,0 +1,44 @@
+"""``evalfleet eval --tasks list|list_groups|list_tags|list_subtasks``: the markdown tables
+lm-eval prints for ``lm-eval ls tasks|groups|tags|subtasks`` (its ``list_all_tasks``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from evalfleet.tasks import TaskManager
+
+
+def _location(path: Path | None) -> str:
+    """lm-eval shortens paths below its task folder; evalfleet's built-ins likewise."""
+    if path is None:
+        return "---"
+    text = str(path)
+    marker = "tasks/builtin/"
+    return "tasks/builtin/" + text.split(marker)[-1] if marker in text else text
+
+
+def task_tables(manager: TaskManager, *, list_groups: bool = True, list_tags: bool = True,
+                list_subtasks: bool = True) -> str:
+    """Groups (name, config location), tags, and tasks (name, location, output type)."""
+    from pytablewriter import MarkdownTableWriter
+
+    entries = manager.list()
+    out = "\n"
+    if list_groups:
+        table = MarkdownTableWriter()
+        table.headers = ["Group", "Config Location"]
+        table.value_matrix = [[e.name, _location(e.yaml_path)] for e in entries
+                              if e.kind == "group"]
+        out += table.dumps() + "\n\n"
+    if list_tags:
+        table = MarkdownTableWriter()
+        table.headers = ["Tag"]
+        table.value_matrix = [[e.name] for e in entries if e.kind == "tag"]
+        out += table.dumps() + "\n\n"
+    if list_subtasks:
+        table = MarkdownTableWriter()
+        table.headers = ["Task", "Config Location", "Output Type"]
+        table.value_matrix = [[e.name, _location(e.yaml_path), e.output_type or ""]
+                              for e in entries if e.kind == "task"]
+        out += table.dumps() + "\n\n"
+    return out

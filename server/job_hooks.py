@@ -1,0 +1,110 @@
+"""What a job does for the spec fields of lm_eval's remaining flags and for result sinks, kept
+out of the planning and finishing code, which call these hooks:
+
+- :func:`prepare_spec` (job creation): ``predict_only`` implies ``log_samples``;
+  ``cache_requests`` and ``sinks`` are checked (INVALID_ARGUMENT naming the field).
+- :func:`prepare_task` (planning): ``predict_only`` replaces a task's metrics by lm-eval's
+  ``bypass`` (as lm-eval's ``override_metric``).
+- :func:`task_requests` (planning): a task's requests, through the request cache.
+- :func:`finish_scores` (finishing): lm-eval's ``sample_len`` of a task without metric items.
+- :func:`log_to_sinks` (finishing): log the stored results to the sinks the spec names.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from evalfleet.common.logging import get_logger
+from evalfleet.server import request_cache
+from evalfleet.tasks import Task
+from evalfleet.tasks.metric_config import default_metric
+from evalfleet.v1 import coordinator_pb2 as cpb
+
+log = get_logger("job_hooks")
+
+
+def prepare_spec(spec: cpb.EvaluationSpec, sinks: dict[str, Any] | None) -> None:
+    """Normalise and check the spec fields handled here (mutates ``spec``)."""
+    if spec.predict_only:
+        spec.log_samples = True
+    request_cache.check_mode(spec.cache_requests)
+    if spec.sinks:
+        from evalfleet.reporting.sinks.config import check_requests
+
+        check_requests(spec.sinks, sinks)
+
+
+def prepare_task(task: Task, spec: cpb.EvaluationSpec) -> None:
+    """``predict_only``: the task's only metric becomes ``bypass`` (no metrics computed)."""
+    if not spec.predict_only:
+        return
+    task.metric_list = [default_metric("bypass")]
+    task.process_results_fn = None
+    task.cfg.metric_list = [{"metric": "bypass"}]
+    task.cfg.process_results = "process_results"
+
+
+def start_planning(spec: cpb.EvaluationSpec) -> None:
+    """``cache_requests=delete`` empties the request cache before anything is built."""
+    if spec.cache_requests == "delete":
+        request_cache.delete_cache()
+
+
+def task_requests(task: Task, parsed: Any, samples: Sequence[int] | None, chat: Any = None
+                  ) -> request_cache.TaskRequests:
+    """A task's requests, docs and split size (from the request cache when asked)."""
+    return request_cache.build_task_requests(
+        task, mode=parsed.spec.cache_requests, limit=parsed.limit, samples=samples,
+        num_fewshot=parsed.num_fewshot, fewshot_seed=parsed.seeds["fewshot_seed"],
+        system_instruction=parsed.spec.system_instruction or None,
+        apply_chat_template=parsed.apply_chat_template, gen_kwargs=parsed.gen_kwargs or None,
+        chat=chat, fewshot_as_multiturn=bool(parsed.fewshot_as_multiturn))
+
+
+def finish_scores(scores: Any) -> None:
+    """lm-eval counts a task's ``sample_len`` from its metric items: 0 when it has none
+    (a multiple-choice task under ``predict_only``)."""
+    if not scores.items:
+        scores.sample_len = 0
+
+
+async def log_to_sinks(spec: cpb.EvaluationSpec, sinks: dict[str, Any] | None,
+                       doc: dict[str, Any], records: Sequence[tuple[str, str]],
+                       publish: Callable[[str], None]) -> None:
+    """Log a finished job to the sinks its spec names; a failing sink is reported in the
+    job's events and logs, and never fails the job (its results are already stored)."""
+    if not spec.sinks:
+        return
+    from evalfleet.reporting.sinks.config import make_sink
+
+    samples: dict[str, list[dict[str, Any]]] = {}
+    for task, text in records:
+        samples.setdefault(task, []).append(json.loads(text))
+    for request in spec.sinks:
+        config = (sinks or {}).get(request.name)
+        if config is None:  # checked at creation; the configuration may have changed since
+            publish(f"sink {request.name}: not configured on this coordinator")
+            continue
+        try:
+            sink = await asyncio.to_thread(make_sink, config, request)
+            await asyncio.to_thread(_log_and_finish, sink, doc, samples or None)
+            where = getattr(sink, "run_id", None) or getattr(getattr(sink, "run", None), "id", "")
+            publish(f"sink {request.name}: logged run {where}")
+            log.info("sink_logged", sink=request.name, run=where)
+        except Exception as exc:  # noqa: BLE001 - reported on the job, never fatal
+            log.warning("sink_failed", sink=request.name, error=f"{type(exc).__name__}: {exc}")
+            publish(f"sink {request.name} failed: {type(exc).__name__}: {exc}")
+
+
+def _log_and_finish(sink: Any, doc: dict[str, Any],
+                    samples: dict[str, list[dict[str, Any]]] | None) -> None:
+    if hasattr(sink, "log_run"):
+        sink.log_run(doc, samples)
+    else:
+        sink.log_results(doc)
+        if samples:
+            sink.log_samples(doc, samples)
+    sink.finish()
