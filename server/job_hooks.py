@@ -7,6 +7,7 @@ out of the planning and finishing code, which call these hooks:
   ``bypass`` (as lm-eval's ``override_metric``).
 - :func:`task_requests` (planning): a task's requests, through the request cache.
 - :func:`finish_scores` (finishing): lm-eval's ``sample_len`` of a task without metric items.
+- :func:`finishing_failed` (finishing): a clear job error for a failure after the compute.
 - :func:`log_to_sinks` (finishing): log the stored results to the sinks the spec names.
 """
 
@@ -17,6 +18,7 @@ import json
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from evalfleet.common.errors import EvalfleetError
 from evalfleet.common.logging import get_logger
 from evalfleet.server import request_cache
 from evalfleet.tasks import Task
@@ -62,6 +64,18 @@ def task_requests(task: Task, parsed: Any, samples: Sequence[int] | None, chat: 
         system_instruction=parsed.spec.system_instruction or None,
         apply_chat_template=parsed.apply_chat_template, gen_kwargs=parsed.gen_kwargs or None,
         chat=chat, fewshot_as_multiturn=bool(parsed.fewshot_as_multiturn))
+
+
+def finishing_failed(stage: str, answers: int, exc: BaseException) -> EvalfleetError:
+    """A job error for a failure after every answer was computed: it names the stage and says
+    that the answers are kept (a re-run of the fixed job computes none of them again)."""
+    if isinstance(exc, EvalfleetError):
+        return exc
+    log.exception("job_finishing_failed", stage=stage)
+    return EvalfleetError(
+        f"{stage} failed after all {answers} model answers were computed: "
+        f"{type(exc).__name__}: {exc}. The answers are kept in the coordinator's store; run "
+        "the job again once this is fixed and none of them is recomputed")
 
 
 def finish_scores(scores: Any) -> None:

@@ -26,6 +26,7 @@ from evalfleet.tasks import (
     Request,
     SampleIndexError,
     Task,
+    TaskError,
     TaskManager,
     TaskNotFoundError,
 )
@@ -101,17 +102,21 @@ def _leaves(tree: Any, name: str) -> list[str]:
 
 def load_tasks(parsed: ParsedSpec, data_dir: str | Path | None,
                include_paths: Sequence[str]) -> Any:
-    """Resolve the spec's task names; NOT_FOUND with close matches for an unknown one."""
-    manager = TaskManager(include_paths=[*include_paths, *parsed.spec.include_paths],
-                          data_dir=data_dir, metadata={**parsed.model_args, **parsed.metadata})
-    names = [n.strip() for t in parsed.spec.tasks for n in t.split(",") if n.strip()]
+    """Resolve the spec's task names; NOT_FOUND with close matches for an unknown one,
+    INVALID_ARGUMENT naming the file for a bad task file."""
     try:
+        manager = TaskManager(include_paths=[*include_paths, *parsed.spec.include_paths],
+                              data_dir=data_dir,
+                              metadata={**parsed.model_args, **parsed.metadata})
+        names = [n.strip() for t in parsed.spec.tasks for n in t.split(",") if n.strip()]
         return manager.load(names)
     except TaskNotFoundError as exc:
         hint = f"; did you mean {', '.join(exc.suggestions)}?" if exc.suggestions else ""
         raise NotFoundError(f"spec.tasks: unknown task '{exc.name}'{hint}") from exc
     except DataNotFoundError as exc:
         raise NotFoundError(str(exc)) from exc
+    except TaskError as exc:
+        raise InvalidArgumentError(f"task file error: {exc}") from exc
 
 
 def _work_items(req: Request, rid: str, parsed: ParsedSpec, chat: ChatRenderer | None
@@ -161,6 +166,8 @@ def build_plan(parsed: ParsedSpec, data_dir: str | Path | None, include_paths: S
         except SampleIndexError as exc:
             raise InvalidArgumentError(f"spec.samples['{name}']: {exc}") from exc
         except NotImplementedError as exc:
+            raise InvalidArgumentError(f"task {name}: {exc}") from exc
+        except TaskError as exc:
             raise InvalidArgumentError(f"task {name}: {exc}") from exc
         ids: list[str] = []
         answer_ids: list[str] = []

@@ -227,6 +227,19 @@ def full_table(results: dict[str, Any]) -> str:
     return "\n".join(parts)
 
 
+def safe_table(results: dict[str, Any]) -> str:
+    """:func:`full_table`, or a one-line note when the table cannot be built: the results JSON
+    (every metric) is kept either way, so a display problem never loses a finished job."""
+    try:
+        return full_table(results)
+    except Exception as exc:  # noqa: BLE001 - the results document is still complete
+        from evalfleet.common.logging import get_logger
+
+        get_logger("results").warning("results_table_failed", error=f"{type(exc).__name__}: {exc}")
+        return (f"(the results table could not be built: {type(exc).__name__}: {exc}; every "
+                "metric is in the results JSON)")
+
+
 def _metric_values(entry: Mapping[str, Any], hib: Mapping[str, Any]) -> list[cpb.MetricValue]:
     values = []
     for key, value in sorted(entry.items()):
@@ -247,7 +260,7 @@ def _metric_values(entry: Mapping[str, Any], hib: Mapping[str, Any]) -> list[cpb
 def typed_results(job_id: str, results: dict[str, Any], positions: int) -> cpb.EvaluationResults:
     """The ``EvaluationResults`` message for a results document."""
     msg = cpb.EvaluationResults(id=job_id, results_json=json.dumps(results),
-                                positions_computed=positions, table=full_table(results))
+                                positions_computed=positions, table=safe_table(results))
     groups = results.get("group_subtasks", {})
     for name, entry in results["results"].items():
         hib = results["higher_is_better"].get(name, {})

@@ -214,22 +214,23 @@ class JobRunner:
         parsed = job.parsed
         all_scores: list[TaskScores] = []
         for plan in job.plan.tasks:
-            scorer = TaskScorer(plan.task, plan.docs, plan.requests, plan.request_ids, answers)
-            scores = await asyncio.to_thread(scorer.score, log_samples=parsed.spec.log_samples)
-            await asyncio.to_thread(aggregate_task, scores, parsed.bootstrap_iters)
-            job_hooks.finish_scores(scores)
+            try:
+                scorer = TaskScorer(plan.task, plan.docs, plan.requests, plan.request_ids,
+                                    answers)
+                scores = await asyncio.to_thread(scorer.score,
+                                                 log_samples=parsed.spec.log_samples)
+                await asyncio.to_thread(aggregate_task, scores, parsed.bootstrap_iters)
+                job_hooks.finish_scores(scores)
+            except Exception as exc:
+                raise job_hooks.finishing_failed(f"scoring task '{plan.task.name}' "
+                                                 f"({plan.task.cfg.source})", len(answers),
+                                                 exc) from exc
             all_scores.append(scores)
-        doc = results_mod.build_results_json(
-            scores=all_scores, groups=job.plan.groups, roots=job.plan.roots,
-            n_shot={p.task.name: p.task.effective_num_fewshot for p in job.plan.tasks},
-            original_sizes={p.task.name: p.original_size for p in job.plan.tasks},
-            config=lmeval_sections.config_section(job),
-            model_info=lmeval_sections.model_section(job),
-            spec_extras=lmeval_sections.chat_section(job), started_at=started)
-        if parsed.spec.log_samples:
-            doc["task_hashes"] = lmeval_sections.task_hashes(all_scores)
-        typed = results_mod.typed_results(job.id, doc, job.positions_computed)
-
+        try:
+            doc, typed = self._results_document(job, all_scores, started)
+        except Exception as exc:
+            raise job_hooks.finishing_failed("building the results document", len(answers),
+                                             exc) from exc
         await self.store.put_results(job.id, self.owner, typed.SerializeToString(),
                                      json.dumps(doc))
         if parsed.spec.log_samples:
@@ -239,3 +240,19 @@ class JobRunner:
             await self.store.put_samples(job.id, self.owner, records)
         await job_hooks.log_to_sinks(parsed.spec, self.sinks, doc,
                                      records if parsed.spec.log_samples else [], job.publish)
+
+    @staticmethod
+    def _results_document(job: Job, all_scores: list[TaskScores], started: float
+                          ) -> tuple[dict[str, Any], cpb.EvaluationResults]:
+        """The lm-eval results document of a scored job and its typed message."""
+        parsed = job.parsed
+        doc = results_mod.build_results_json(
+            scores=all_scores, groups=job.plan.groups, roots=job.plan.roots,
+            n_shot={p.task.name: p.task.effective_num_fewshot for p in job.plan.tasks},
+            original_sizes={p.task.name: p.original_size for p in job.plan.tasks},
+            config=lmeval_sections.config_section(job),
+            model_info=lmeval_sections.model_section(job),
+            spec_extras=lmeval_sections.chat_section(job), started_at=started)
+        if parsed.spec.log_samples:
+            doc["task_hashes"] = lmeval_sections.task_hashes(all_scores)
+        return doc, results_mod.typed_results(job.id, doc, job.positions_computed)

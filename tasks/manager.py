@@ -32,6 +32,7 @@ class TaskEntry:
     dataset_path: str | None = None
     dataset_name: str | None = None
     in_mirror: bool = False
+    output_type: str | None = None  # a task's lm-eval output type
     members: list[str] = field(default_factory=list)  # a tag's tasks / a group's children
 
 
@@ -89,6 +90,7 @@ class TaskManager:
                 entry.dataset_name = cfg.get("dataset_name")
                 folder = mirror_folder(self.data_dir, entry.dataset_path, entry.dataset_name)
                 entry.in_mirror = bool(folder and folder.is_dir())
+                entry.output_type = cfg.get("output_type")
             elif e.kind == "tag":
                 entry.members = sorted(e.members)
             else:

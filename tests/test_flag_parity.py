@@ -16,8 +16,13 @@ from pathlib import Path
 import pytest
 from conftest import DATA_DIR, REPO_ROOT
 
-from evalfleet.client.cli import UNSUPPORTED_FLAGS, build_parser, main
-from evalfleet.client.eval_command import build_spec, check_flags
+from evalfleet.client.cli import UNSUPPORTED_FLAGS, build_parser
+from evalfleet.client.eval_command import (
+    LIST_COMMANDS,
+    build_spec,
+    check_flags,
+    print_task_listing,
+)
 from evalfleet.client.eval_config import apply_config_file
 from evalfleet.common.errors import InvalidArgumentError
 
@@ -170,9 +175,10 @@ def test_config_file_sets_flags_and_the_command_line_wins(tmp_path):
     ("list_tags", ["|Tag"]),
     ("list_subtasks", ["|Task"]),
 ])
-def test_tasks_list_commands_print_lm_eval_tables(command, headers, capsys, monkeypatch):
-    monkeypatch.setenv("EVALFLEET_DATA_DIR", str(DATA_DIR))
-    assert main(["eval", "--tasks", command]) == 0
+def test_tasks_list_commands_print_lm_eval_tables(command, headers, capsys):
+    args = _parse("--tasks", command)
+    assert args.tasks in LIST_COMMANDS
+    print_task_listing(args, str(DATA_DIR))
     out = capsys.readouterr().out
     found = [h for h in ("|Group", "|Tag", "|Task")
              if re.search(rf"^\|\s*{h[1:]}\s*\|", out, re.M)]
