@@ -1,14 +1,24 @@
-"""``evalfleet results fetch ID`` (or ``results ID``): a finished evaluation's results, from a
-coordinator or a store.
+"""``evalfleet results show|compare|plot|report``: work with results files after a run.
 
-Prints lm-eval's table and, with ``--output_path``, writes the same files ``eval`` writes. The
-store is read directly (no coordinator needed): by default the one embedded runs use, so the
-results of a run whose files could not be written are one command away.
+- ``show PATH``: lm-eval's table (header line, tasks, groups) of a run.
+- ``compare A B``: per task and metric both values, ``B - A``, its standard error and a p-value
+  (paired per document when both runs logged the same documents); ``--fail-if-worse
+  METRIC=DELTA`` exits 1 when B is worse than A by more than DELTA with p < ``--alpha``.
+- ``plot PATH... --out chart.png``: metrics per task for several runs, with stderr bars.
+- ``report PATH --out report.html``: one self-contained HTML file to browse the documents.
+- ``fetch ID`` (or just ``results ID``): a finished evaluation's results from a coordinator or a
+  store, its table printed and, with ``--output_path``, the files ``eval`` writes written (the
+  store is read directly, by default the one embedded runs use, so the results of a run whose
+  files could not be written are one command away).
+
+PATH is a results file, an ``--output_path`` folder, or the ``.json`` path given to ``eval``.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import sys
 from pathlib import Path
 
 from rich.console import Console
@@ -16,7 +26,92 @@ from rich.console import Console
 from evalfleet.client.submit import fetch_results, write_outputs
 from evalfleet.common.errors import FailedPreconditionError, NotFoundError
 from evalfleet.common.paths import default_store_path
+from evalfleet.reporting.runs import load_run, unique_labels
 from evalfleet.v1 import coordinator_pb2 as cpb
+
+EXIT_REGRESSION = 1
+
+
+def run_results(args: argparse.Namespace) -> int:
+    """Dispatch one ``results`` action; returns the exit code."""
+    if args.action == "show":
+        return _show(args)
+    if args.action == "compare":
+        return _compare(args)
+    if args.action == "plot":
+        return _plot(args)
+    if args.action == "fetch":
+        import asyncio
+
+        return asyncio.run(fetch(args))
+    return _report(args)
+
+
+def _show(args: argparse.Namespace) -> int:
+    from evalfleet.server.results import full_table
+
+    run = load_run(args.path, with_samples=False)
+    print(f"{run.path}")
+    print(full_table(run.results))
+    return 0
+
+
+def _compare(args: argparse.Namespace) -> int:
+    from evalfleet.reporting.compare import (
+        compare_runs,
+        format_table,
+        parse_thresholds,
+        regressions,
+    )
+
+    thresholds = parse_thresholds(args.fail_if_worse)
+    a, b = load_run(args.baseline), load_run(args.candidate)
+    unique_labels([a, b])
+    rows = compare_runs(a, b)
+    if not rows:
+        print(f"error: {a.path} and {b.path} share no task and metric", file=sys.stderr)
+        return 2
+    print(f"A: {a.label}  ({a.path})\nB: {b.label}  ({b.path})", flush=True)
+    print(format_table(rows, a.label, b.label))
+    if args.json_out:
+        Path(args.json_out).write_text(json.dumps(
+            {"a": str(a.path), "b": str(b.path), "rows": [r.as_dict() for r in rows]},
+            indent=2), encoding="utf-8")
+    unmatched = [t for t in thresholds if not any(t.applies(r) for r in rows)]
+    for threshold in unmatched:
+        print(f"error: --fail-if-worse {threshold.metric}: no such metric in both runs",
+              file=sys.stderr)
+    if unmatched:
+        return 2
+    worse = regressions(rows, thresholds, args.alpha)
+    for row in worse:
+        print(f"REGRESSION {row.task} {row.metric},{row.filter}: {row.a:.4f} -> {row.b:.4f} "
+              f"({row.test.diff:+.4f}, p={row.test.p_value:.3g}, {row.test.method})",
+              file=sys.stderr)
+    if thresholds and not worse:
+        print("no significant regression", file=sys.stderr)
+    return EXIT_REGRESSION if worse else 0
+
+
+def _plot(args: argparse.Namespace) -> int:
+    from evalfleet.reporting.plot import plot_runs
+
+    runs = [load_run(p, with_samples=False) for p in args.paths]
+    unique_labels(runs)
+    metrics = [m.strip() for m in args.metrics.split(",")] if args.metrics else None
+    out = plot_runs(runs, args.out, metrics=metrics, title=args.title)
+    print(f"wrote {out}")
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from evalfleet.reporting.report import write_report
+
+    run = load_run(args.path)
+    out = write_report(run, args.out, title=args.title)
+    documents = sum(len(v) for v in run.samples.values())
+    print(f"wrote {out} ({len(run.samples)} tasks, {documents} documents)")
+    return 0
 
 
 async def read_stored_results(store_url: str, evaluation_id: str
@@ -41,13 +136,6 @@ async def read_stored_results(store_url: str, evaluation_id: str
         samples = [cpb.SampleRecord(task=task, json=line)
                    async for task, line in store.iter_samples(evaluation_id)]
         return cpb.EvaluationResults.FromString(record.results), samples
-
-
-def run_results(args: argparse.Namespace) -> int:
-    """Dispatch one ``results`` action; returns the exit code."""
-    import asyncio
-
-    return asyncio.run(fetch(args))
 
 
 async def fetch(args: argparse.Namespace) -> int:

@@ -138,3 +138,51 @@ def postgres_server():
     server = PostgresServer().start()
     yield server
     server.stop()
+
+
+def _run_to_files(address: str, spec, output_path: Path) -> Path:
+    """Run ``spec`` on the coordinator at ``address`` and write lm-eval's files, as ``eval``."""
+    import grpc
+
+    from evalfleet.client.submit import write_outputs
+    from evalfleet.v1 import coordinator_pb2 as cpb
+    from evalfleet.v1 import coordinator_pb2_grpc as cpb_grpc
+
+    with grpc.insecure_channel(address) as channel:
+        stub = cpb_grpc.EvaluationServiceStub(channel)
+        evaluation = stub.CreateEvaluation(cpb.CreateEvaluationRequest(spec=spec), timeout=120)
+        for _ in stub.WatchEvaluation(cpb.WatchEvaluationRequest(id=evaluation.id), timeout=900):
+            pass
+        results = stub.GetResults(cpb.GetResultsRequest(id=evaluation.id), timeout=60)
+        samples = list(stub.StreamSamples(cpb.StreamSamplesRequest(id=evaluation.id),
+                                          timeout=120))
+    written = write_outputs(str(output_path), results, samples)
+    return written[0]
+
+
+@pytest.fixture(scope="session")
+def two_model_runs(background_loop, coordinator, real_model_dir, tmp_path_factory):
+    """arc_easy (40 documents, samples logged) by the tiny model and by SmolLM2-135M, written as
+    lm-eval's files: ``{"tiny": results_file, "real": results_file}``."""
+    from evalfleet.inference.server import load_backend, start_worker
+    from evalfleet.server.service import start_coordinator
+    from evalfleet.server.store import SqliteJobStore
+    from evalfleet.v1 import coordinator_pb2 as cpb
+
+    out = tmp_path_factory.mktemp("runs")
+    spec = cpb.EvaluationSpec(model="hf", tasks=["arc_easy"], limit=40, log_samples=True,
+                              bootstrap_iters=1000, batch_size="8")
+    files = {"tiny": _run_to_files(coordinator.address, spec, out / "tiny")}
+    model_args = {"pretrained": str(real_model_dir), "dtype": "float32", "device": "cpu"}
+    backend = load_backend("hf", model_args, batch_size=8)
+    worker = background_loop.run(start_worker(backend, model_args=model_args))
+    store = SqliteJobStore(out / "real.db")
+    server, _ = background_loop.run(start_coordinator(
+        workers=[worker.address], store=store, data_dir=DATA_DIR))
+    try:
+        files["real"] = _run_to_files(server.address, spec, out / "real")
+    finally:
+        background_loop.run(server.stop(0.5))
+        background_loop.run(worker.stop(0.5))
+        background_loop.run(store.close())
+    return files
