@@ -7,9 +7,9 @@ MODELS ?= models
 DATA_DIR ?= $(abspath ../shared/data)
 PROTOS := $(wildcard proto/evalfleet/v1/*.proto)
 
-.PHONY: install system-deps proto test test-all lint demo bench clean
+.PHONY: install system-deps chromium proto test test-all lint demo bench clean
 
-install: system-deps $(VENV)/.installed $(MODELS)/smollm2-135m/model.safetensors
+install: system-deps chromium $(VENV)/.installed $(MODELS)/smollm2-135m/model.safetensors
 
 # PostgreSQL's server binaries (Debian's postgresql package) for the store tests, which start a
 # throw-away server of their own: a no-op when /usr/lib/postgresql/*/bin/initdb exists. No
@@ -25,6 +25,14 @@ system-deps:
 		$$SUDO tee /etc/postgresql-common/createcluster.d/evalfleet.conf >/dev/null && \
 	$$SUDO apt-get update -qq && \
 	DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends postgresql
+
+# Debian's Chromium renders `evalfleet results report` pages in the tests (driven by
+# Playwright's Python package, which never downloads a browser of its own): a no-op when present.
+chromium:
+	@command -v chromium >/dev/null 2>&1 || { \
+		if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+		$$SUDO apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium; }
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
