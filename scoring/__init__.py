@@ -24,7 +24,15 @@ from .loglik import (
 from .multiple_choice import MC_METRICS, multiple_choice_metrics, truthfulqa_mc2
 from .passk import pass_at_k
 from .reductions import mean_stderr, sample_stddev
-from .registry import AGGREGATIONS, METRICS, AggregationSpec, MetricSpec
+from .registry import (
+    AGGREGATIONS,
+    DEFAULT_METRICS,
+    METRICS,
+    AggregationSpec,
+    MetricSpec,
+    aggregation_for_callable,
+    get_metric,
+)
 from .stderr import NA, aggregate, stderr
 from .text import exact_match
 
@@ -33,13 +41,16 @@ __all__ = [
     "MC_METRICS",
     "METRICS",
     "NA",
+    "DEFAULT_METRICS",
     "AggregationSpec",
     "MetricSpec",
     "aggregate",
+    "aggregation_for_callable",
     "aggregate_subtask_metrics",
     "count_bytes",
     "count_words",
     "exact_match",
+    "get_metric",
     "group_aggregate",
     "loglikelihood_metrics",
     "mean_stderr",

@@ -84,6 +84,28 @@ def agg_bypass(items) -> float:
     return 999
 
 
+def _acc_all_groups(items, key) -> list[int]:
+    groups: dict = {}
+    for pred, doc in items:
+        gold = doc["label"] == 1
+        groups.setdefault(key(doc["idx"]), []).append(gold == pred)
+    return [int(all(v)) for v in groups.values()]
+
+
+def agg_acc_all(items) -> float:
+    """lm-eval ``acc_all`` over ``(pred, doc)`` items: a question (``doc["idx"]`` paragraph and
+    question) counts as correct only when every one of its answers is (gold = label == 1)."""
+    return float(np.mean(_acc_all_groups(items, lambda i: (i["paragraph"], i["question"]))))
+
+
+def acc_all_stderr(items) -> float:
+    """lm-eval ``acc_all_stderr``: mean_stderr of per-question all-correct, grouped by
+    ``doc["idx"]["question"]`` alone (as lm-eval does)."""
+    from .reductions import mean_stderr
+
+    return mean_stderr(as_f64(_acc_all_groups(items, lambda i: i["question"])))
+
+
 def make_sacre(name: str):
     """Aggregation for a sacrebleu corpus metric over ``(reference, prediction)`` items."""
 

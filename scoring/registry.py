@@ -22,8 +22,9 @@ class AggregationSpec:
     """How to aggregate items and estimate the aggregate's standard error.
 
     ``stderr`` is ``"mean"`` (closed form), ``"bootstrap"`` (``replicates`` gives bootstrap
-    replicate values for ``(items, iters, seed)``) or ``None`` (lm-eval reports ``"N/A"``).
-    ``max_iters`` caps bootstrap iterations (lm-eval: 100 for bleu/chrf/chrf++/ter).
+    replicate values for ``(items, iters, seed)``), ``"custom"`` (``stderr_fn(items)``, e.g.
+    ``acc_all``) or ``None`` (lm-eval reports ``"N/A"``). ``max_iters`` caps bootstrap
+    iterations (lm-eval: 100 for bleu/chrf/chrf++/ter).
     """
 
     name: str
@@ -31,15 +32,24 @@ class AggregationSpec:
     stderr: str | None = None
     replicates: Replicates | None = None
     max_iters: int | None = None
+    stderr_fn: Callable[[Any], float] | None = None
 
 
 @dataclass(frozen=True)
 class MetricSpec:
-    """A metric's default aggregation and direction (lm-eval ``register_metric`` defaults)."""
+    """A metric: default aggregation and direction (lm-eval ``register_metric`` defaults) and
+    the output types whose built-in scoring produces it.
+
+    ``kind`` says how a document's value is computed: ``"builtin"`` (the task engine's own
+    per-output-type scoring) or ``"code"`` (generated programs run by ``evalfleet.execution``,
+    batched over the task's documents).
+    """
 
     name: str
     aggregation: str
     higher_is_better: bool
+    output_types: tuple[str, ...] = ()
+    kind: str = "builtin"
 
 
 def _values(stat: int) -> Replicates:
@@ -84,38 +94,82 @@ _AGGS = [
     AggregationSpec("mcc", ag.agg_mcc, "bootstrap", _mcc_reps),
     AggregationSpec("brier_score", ag.agg_brier_score),
     AggregationSpec("bypass", ag.agg_bypass),
+    AggregationSpec("acc_all", ag.agg_acc_all, "custom", stderr_fn=ag.acc_all_stderr),
     _sacre("bleu"),
     _sacre("chrf"),
     _sacre("chrf++"),
     _sacre("ter"),
 ]
 
+_LL, _MC = "loglikelihood", "multiple_choice"
+_ROLL, _GEN = "loglikelihood_rolling", "generate_until"
 _METRICS = [
-    MetricSpec("acc", "mean", True),
-    MetricSpec("acc_norm", "mean", True),
-    MetricSpec("acc_bytes", "mean", True),
-    MetricSpec("acc_mutual_info", "mean", True),
-    MetricSpec("acc_all", "mean", True),
-    MetricSpec("exact_match", "mean", True),
-    MetricSpec("likelihood", "mean", True),
-    MetricSpec("perplexity", "perplexity", False),
-    MetricSpec("word_perplexity", "weighted_perplexity", False),
-    MetricSpec("byte_perplexity", "weighted_perplexity", False),
-    MetricSpec("bits_per_byte", "bits_per_byte", False),
-    MetricSpec("brier_score", "brier_score", False),
-    MetricSpec("f1", "f1", True),
-    MetricSpec("mcc", "matthews_corrcoef", True),
-    MetricSpec("bleu", "bleu", True),
-    MetricSpec("chrf", "chrf", True),
-    MetricSpec("chrf++", "chrf++", True),
-    MetricSpec("ter", "ter", False),
-    MetricSpec("bypass", "bypass", True),
+    MetricSpec("acc", "mean", True, (_LL, _MC)),
+    MetricSpec("acc_norm", "mean", True, (_MC,)),
+    MetricSpec("acc_bytes", "mean", True, (_MC,)),
+    MetricSpec("acc_mutual_info", "mean", True, (_MC,)),
+    # lm-eval registers acc_all but its YAML scoring never emits it; evalfleet emits
+    # (pred, doc) items for multiple-choice tasks, aggregated per question as lm-eval's acc_all.
+    MetricSpec("acc_all", "acc_all", True, (_MC,)),
+    MetricSpec("exact_match", "mean", True, (_MC, _GEN)),
+    MetricSpec("likelihood", "mean", True, (_MC,)),
+    MetricSpec("perplexity", "perplexity", False, (_LL,)),
+    MetricSpec("word_perplexity", "weighted_perplexity", False, (_ROLL,)),
+    MetricSpec("byte_perplexity", "weighted_perplexity", False, (_ROLL,)),
+    MetricSpec("bits_per_byte", "bits_per_byte", False, (_ROLL,)),
+    MetricSpec("brier_score", "brier_score", False, (_MC,)),
+    MetricSpec("f1", "f1", True, (_MC,)),
+    MetricSpec("mcc", "matthews_corrcoef", True, (_MC,)),
+    MetricSpec("bleu", "bleu", True, (_GEN,)),
+    MetricSpec("chrf", "chrf", True, (_GEN,)),
+    MetricSpec("chrf++", "chrf++", True, (_GEN,)),
+    MetricSpec("ter", "ter", False, (_GEN,)),
+    MetricSpec("bypass", "bypass", True, (_LL, _MC, _ROLL, _GEN)),
+    # code generation: pass@k over `repeats` samples (humaneval/mbpp's code_eval)
+    MetricSpec("pass_at_k", "mean", True, (_GEN,), kind="code"),
+    MetricSpec("pass_at_1", "mean", True, (_GEN,), kind="code"),
 ]
+
+#: metrics computed when a task has no ``metric_list`` (lm-eval's DEFAULT_METRIC_REGISTRY)
+DEFAULT_METRICS: Mapping[str, tuple[str, ...]] = MappingProxyType({
+    _LL: ("perplexity", "acc"),
+    _ROLL: ("word_perplexity", "byte_perplexity", "bits_per_byte"),
+    _MC: ("acc", "acc_norm"),
+    _GEN: ("exact_match",),
+})
 
 #: aggregation name -> spec
 AGGREGATIONS: Mapping[str, AggregationSpec] = MappingProxyType({a.name: a for a in _AGGS})
 #: metric name -> spec (default aggregation, higher_is_better)
 METRICS: Mapping[str, MetricSpec] = MappingProxyType({m.name: m for m in _METRICS})
+
+
+#: lm-eval's aggregation functions (``lm_eval.api.metrics``) by ``__name__`` -> our spec name;
+#: a Python task's ``aggregation()`` may return them (or evalfleet.tasks.api's equivalents).
+_CALLABLE_NAMES = {"mean": "mean", "median": "median", "nanmean": "nanmean",
+                   "perplexity": "perplexity", "weighted_perplexity": "weighted_perplexity",
+                   "bits_per_byte": "bits_per_byte", "f1_score": "f1",
+                   "matthews_corrcoef": "matthews_corrcoef", "bleu": "bleu", "chrf": "chrf",
+                   "chrfpp": "chrf++", "ter": "ter", "brier_score": "brier_score",
+                   "bypass": "bypass", "acc_all": "acc_all"}
+_KNOWN_MODULES = ("lm_eval.api.metrics", "evalfleet.tasks.api")
+
+
+def aggregation_for_callable(fn: Callable) -> str | None:
+    """The registered aggregation a callable stands for, when it is one of lm-eval's (or
+    evalfleet's task API's) aggregation functions; None for a user's own function."""
+    module = getattr(fn, "__module__", "") or ""
+    if not module.startswith(_KNOWN_MODULES):
+        return None
+    return _CALLABLE_NAMES.get(getattr(fn, "__name__", ""))
+
+
+def get_metric(name: str) -> MetricSpec:
+    """The spec of metric ``name``; KeyError lists the known names."""
+    try:
+        return METRICS[name]
+    except KeyError:
+        raise KeyError(f"unknown metric {name!r}; known: {', '.join(sorted(METRICS))}") from None
 
 
 def get_aggregation(name: str) -> AggregationSpec:

@@ -34,6 +34,8 @@ def stderr(
         return NA
     if spec.stderr == "mean":
         return mean_stderr(as_f64(items))
+    if spec.stderr == "custom":
+        return spec.stderr_fn(items)
     iters = bootstrap_iters if spec.max_iters is None else min(bootstrap_iters, spec.max_iters)
     reps = np.ascontiguousarray(spec.replicates(items, iters, seed), dtype=np.float64)
     if reps.shape[0] < 2:

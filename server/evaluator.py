@@ -1,16 +1,20 @@
 """Turn the workers' answers for one task into lm-eval's per-document metrics and aggregates.
 
-The numeric work (log-likelihood sums, multiple-choice argmaxes, aggregation, standard errors)
-is done by :mod:`evalfleet.scoring` on flat arrays; this module only arranges a task's answers
-into those arrays, applies the task's filters and custom ``process_results``, and keeps the
-per-document records lm-eval writes to its samples file.
+The steps are lm-eval 0.4.13's: every request's responses (one per repeat) go through each of
+the task's filter pipelines, together with the request's document; per document and filter the
+filtered values are scored, by the task's own ``process_results`` when it has one (YAML
+``process_results`` or a Python class task), else by the built-in scoring of its output type
+with the metrics of the one registry (``evalfleet.scoring.registry``). The numeric work
+(log-likelihood sums, multiple-choice argmaxes, aggregation, standard errors) is done by
+:mod:`evalfleet.scoring` on flat arrays; code metrics (pass@k) run every program of the task at
+once through :mod:`evalfleet.execution`, in parallel subprocesses.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,11 +22,14 @@ import numpy as np
 
 from evalfleet import scoring
 from evalfleet.tasks import Request, Task
+from evalfleet.tasks.metric_config import MetricConfig
 from evalfleet.v1 import inference_pb2 as pb
 
 #: Metrics of multiple-choice tasks computed by the vectorized kernel.
 _MC_KERNEL_METRICS = ("acc", "acc_norm", "acc_bytes", "acc_mutual_info", "exact_match",
                       "brier_score")
+#: Generation metrics whose per-document item is lm-eval's passthrough ``[gold, result]``.
+_PAIR_METRICS = ("bleu", "chrf", "chrf++", "ter")
 
 
 @dataclass
@@ -34,10 +41,28 @@ class TaskScores:
     items: dict[tuple[str, str], list[Any]] = field(default_factory=dict)
     aggregates: dict[str, Any] = field(default_factory=dict)  # "acc,none" / "acc_stderr,none"
     samples: list[dict[str, Any]] = field(default_factory=list)
+    #: metric key -> its config, including keys a metric expands into (pass_at_k -> pass@1)
+    configs: dict[str, MetricConfig] = field(default_factory=dict)
+
+    @property
+    def higher_is_better(self) -> dict[str, Any]:
+        """Direction of every metric the task declared or produced."""
+        out = {m.name: m.higher_is_better for m in self.task.metric_list}
+        out.update({k: c.higher_is_better for k, c in self.configs.items()})
+        return out
 
 
 def _sha256(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def sanitize_list(value: Any) -> Any:
+    """lm-eval's ``sanitize_list``: nested lists/tuples kept, every leaf ``str()``."""
+    if isinstance(value, list):
+        return [sanitize_list(v) for v in value]
+    if isinstance(value, tuple):
+        return tuple(sanitize_list(v) for v in value)
+    return str(value)
 
 
 def _decode_scores(blobs: Sequence[bytes]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -73,11 +98,24 @@ def _expand_repeats(requests: Sequence[Request], ids: Sequence[str]) -> list[lis
     return out
 
 
+def call_metric(fn: Callable, gold: Any, result: Any, kwargs: Mapping[str, Any]) -> Any:
+    """lm-eval's call of a metric function for one document (keywords, else one pair)."""
+    try:
+        return fn(references=[gold], predictions=[result], **kwargs)
+    except TypeError:
+        return fn([gold, result])
+
+
 class TaskScorer:
-    """Scores one task from its requests, their content ids and the answers."""
+    """Scores one task from its requests, their content ids and the answers.
+
+    ``allow_code`` lets code metrics (pass@k) run generated programs; the coordinator sets it
+    only for jobs confirmed by both its operator and the job.
+    """
 
     def __init__(self, task: Task, docs: Sequence[tuple[int, dict]], requests: Sequence[Request],
-                 request_ids: Sequence[str], answers: Mapping[str, bytes]) -> None:
+                 request_ids: Sequence[str], answers: Mapping[str, bytes], *,
+                 allow_code: bool = False) -> None:
         self.task = task
         self.docs = list(docs)
         self.requests = list(requests)
@@ -85,51 +123,97 @@ class TaskScorer:
         self.answers = answers
         self.by_doc = _by_doc(self.requests)
         self.metric_names = [m.name for m in task.metric_list]
+        self.allow_code = allow_code
+        self.configs: dict[str, MetricConfig] = {m.name: m for m in task.metric_list}
 
-    # -- per-document results -------------------------------------------------------------
-    def _loglikelihood_results(self) -> tuple[np.ndarray, np.ndarray]:
-        blobs = [self.answers[ids[0]] for ids in self.answer_ids]
-        values, greedy, offsets = _decode_scores(blobs)
-        return scoring.request_loglikelihoods(values, greedy, offsets)
+    # -- responses ------------------------------------------------------------------------
+    def _responses(self) -> list[list[Any]]:
+        """Per request, one response per repeat: ``(ll, is_greedy)`` for loglikelihood, ``ll``
+        for rolling, the text for generation (lm-eval's ``Instance.resps``)."""
+        out: list[list[Any]] = [[] for _ in self.requests]
+        scored = [(p, aid) for p, req in enumerate(self.requests)
+                  if req.request_type != "generate_until" for aid in self.answer_ids[p]]
+        if scored:
+            values, greedy, offsets = _decode_scores([self.answers[a] for _, a in scored])
+            lls, is_greedy = scoring.request_loglikelihoods(values, greedy, offsets)
+            for (pos, _), ll, g in zip(scored, lls, is_greedy, strict=True):
+                if self.requests[pos].request_type == "loglikelihood_rolling":
+                    out[pos].append(float(ll))
+                else:
+                    out[pos].append((float(ll), bool(g)))
+        for pos, req in enumerate(self.requests):
+            if req.request_type == "generate_until":
+                out[pos] = [pb.Generation.FromString(self.answers[a]).text
+                            for a in self.answer_ids[pos]]
+        return out
 
+    # -- scoring ----------------------------------------------------------------------------
     def score(self, *, log_samples: bool) -> TaskScores:
         out = TaskScores(task=self.task, sample_len=len(self.docs))
-        kind = self.task.output_type
-        if kind == "multiple_choice":
-            per_doc, resps = self._score_multiple_choice()
-        elif kind == "loglikelihood":
-            per_doc, resps = self._score_loglikelihood()
-        elif kind == "loglikelihood_rolling":
-            per_doc, resps = self._score_rolling()
-        elif kind == "generate_until":
-            per_doc, resps = self._score_generation()
-        else:  # pragma: no cover - the task engine validates output_type
-            raise ValueError(f"unsupported output_type {kind}")
-        for filter_name, doc_metrics in per_doc.items():
-            for d, metrics in enumerate(doc_metrics):
+        resps = self._responses()
+        doc_of = {doc_id: doc for doc_id, doc in self.docs}
+        request_docs = [doc_of[req.doc_id] for req in self.requests]
+        filtered = self.task.apply_filters(resps, request_docs)
+        for filter_name, values in filtered.items():
+            per_doc = self._score_filter(values)
+            for d, metrics in enumerate(per_doc):
                 for metric, value in metrics.items():
                     out.items.setdefault((metric, filter_name), []).append(value)
                 if log_samples:
-                    out.samples.append(self._sample_record(d, filter_name, metrics,
-                                                           resps[filter_name]))
+                    out.samples.append(self._sample_record(d, filter_name, metrics, resps,
+                                                           values))
+        out.configs = self.configs
         return out
 
-    def _score_multiple_choice(self) -> tuple[dict[str, list[dict]], dict]:
-        lls, is_greedy = self._loglikelihood_results()
+    def _results(self, values: Sequence[Any]) -> list[list[Any]]:
+        """Per document, the filtered value of each of its requests (lm-eval's ``results``)."""
+        return [[values[p] for p in self.by_doc[doc_id]] for doc_id, _ in self.docs]
+
+    def _score_filter(self, values: Sequence[Any]) -> list[dict[str, Any]]:
+        task = self.task
+        per_doc_results = self._results(values)
+        if task.process_results_fn is not None:
+            return [dict(task.process_results_fn(doc, results))
+                    for (_, doc), results in zip(self.docs, per_doc_results, strict=True)]
+        kind = task.output_type
+        if kind == "multiple_choice":
+            return self._score_multiple_choice(per_doc_results)
+        if kind == "loglikelihood":
+            rows = []
+            for results in per_doc_results:
+                ll, is_greedy = results[0]
+                row = {"perplexity": ll, "acc": int(is_greedy)}
+                rows.append({m: row[m] for m in self.metric_names if m in row})
+            return rows
+        if kind == "loglikelihood_rolling":
+            rows = []
+            for (_, doc), results in zip(self.docs, per_doc_results, strict=True):
+                ll = results[0]
+                target = task.doc_target(doc)
+                words, nbytes = scoring.count_words(target), scoring.count_bytes(target)
+                row = {"word_perplexity": (ll, words), "byte_perplexity": (ll, nbytes),
+                       "bits_per_byte": (ll, nbytes)}
+                rows.append({m: row[m] for m in self.metric_names if m in row})
+            return rows
+        if kind == "generate_until":
+            return self._score_generation([r[0] for r in per_doc_results])
+        raise ValueError(f"unsupported output_type {kind}")  # pragma: no cover
+
+    def _score_multiple_choice(self, per_doc_results: list[list[Any]]) -> list[dict[str, Any]]:
         task, docs = self.task, self.docs
         choices = [task.doc_choices(doc) or [] for _, doc in docs]
         mutual = "acc_mutual_info" in self.metric_names
-        cond_pos: list[int] = []
-        uncond_pos: list[int] = []
+        lls_l, greedy_l, uncond_l = [], [], []
         choice_offsets = np.zeros(len(docs) + 1, dtype=np.int64)
         gold_values: list[int] = []
         gold_offsets = np.zeros(len(docs) + 1, dtype=np.int64)
-        for d, ((doc_id, doc), doc_choices) in enumerate(zip(docs, choices, strict=True)):
-            positions = self.by_doc[doc_id]
+        for d, ((_, doc), doc_choices, results) in enumerate(
+                zip(docs, choices, per_doc_results, strict=True)):
             n = len(doc_choices)
-            cond_pos.extend(positions[:n])
+            lls_l += [r[0] for r in results[:n]]
+            greedy_l += [r[1] for r in results[:n]]
             if mutual:
-                uncond_pos.extend(positions[n:2 * n])
+                uncond_l += [r[0] for r in results[n:2 * n]]
             choice_offsets[d + 1] = choice_offsets[d] + n
             gold = task.doc_gold(doc)
             golds = list(gold) if isinstance(gold, list | tuple) else [gold]
@@ -138,115 +222,109 @@ class TaskScorer:
         flat_choices = [c for cs in choices for c in cs]
         chars = np.array([float(len(c)) for c in flat_choices], dtype=np.float64)
         nbytes = np.array([float(len(c.encode("utf-8"))) for c in flat_choices], dtype=np.float64)
-        cond = np.asarray(cond_pos, dtype=np.int64)
         kernel_metrics = [m for m in self.metric_names if m in _MC_KERNEL_METRICS]
-        wanted = [*kernel_metrics, "pred"]
         computed = scoring.multiple_choice_metrics(
-            lls[cond], is_greedy[cond], choice_offsets, np.asarray(gold_values, dtype=np.int64),
-            gold_offsets, chars, nbytes, wanted,
-            lls_unconditional=lls[np.asarray(uncond_pos, dtype=np.int64)] if mutual else None,
+            np.asarray(lls_l, dtype=np.float64), np.asarray(greedy_l, dtype=np.bool_),
+            choice_offsets, np.asarray(gold_values, dtype=np.int64), gold_offsets, chars, nbytes,
+            [*kernel_metrics, "pred"],
+            lls_unconditional=np.asarray(uncond_l, dtype=np.float64) if mutual else None,
         )
         per_doc: list[dict[str, Any]] = []
-        for d, (_, doc) in enumerate(docs):
-            doc_lls = lls[self.by_doc[docs[d][0]]]
-            doc_greedy = is_greedy[self.by_doc[docs[d][0]]]
-            if task.process_results_fn is not None:
-                results = [(float(ll), bool(g)) for ll, g in zip(doc_lls, doc_greedy, strict=True)]
-                per_doc.append(dict(task.process_results_fn(doc, results)))
-                continue
+        for d, ((_, doc), results) in enumerate(zip(docs, per_doc_results, strict=True)):
             metrics: dict[str, Any] = {}
             gold = gold_values[gold_offsets[d]:gold_offsets[d + 1]]
+            pred = int(computed["pred"][d])
             for name in self.metric_names:
                 if name in computed:
                     metrics[name] = float(computed[name][d])
                 elif name in ("f1", "mcc"):
-                    metrics[name] = (gold[0], int(computed["pred"][d]))
+                    metrics[name] = (gold[0], pred)
                 elif name == "likelihood":
-                    metrics[name] = (gold[0], doc_lls[: len(choices[d])].tolist())
+                    metrics[name] = (gold[0], [r[0] for r in results[:len(choices[d])]])
+                elif name == "acc_all":
+                    metrics[name] = (pred, doc)
             per_doc.append(metrics)
-        resps = {"none": self._ll_resps(lls, is_greedy)}
-        return {"none": per_doc}, resps
+        return per_doc
 
-    def _ll_resps(self, lls: np.ndarray, is_greedy: np.ndarray) -> list[list]:
-        return [[(float(lls[p]), bool(is_greedy[p])) for p in self.by_doc[doc_id]]
-                for doc_id, _ in self.docs]
-
-    def _score_loglikelihood(self) -> tuple[dict[str, list[dict]], dict]:
-        lls, is_greedy = self._loglikelihood_results()
-        per_doc = []
-        for doc_id, doc in self.docs:
-            pos = self.by_doc[doc_id][0]
-            if self.task.process_results_fn is not None:
-                per_doc.append(dict(self.task.process_results_fn(
-                    doc, [(float(lls[pos]), bool(is_greedy[pos]))])))
-                continue
-            values = {"perplexity": float(lls[pos]), "acc": int(bool(is_greedy[pos]))}
-            per_doc.append({m: values[m] for m in self.metric_names if m in values})
-        return {"none": per_doc}, {"none": self._ll_resps(lls, is_greedy)}
-
-    def _score_rolling(self) -> tuple[dict[str, list[dict]], dict]:
-        lls, _ = self._loglikelihood_results()
-        per_doc = []
-        resps = []
-        for doc_id, doc in self.docs:
-            ll = float(lls[self.by_doc[doc_id][0]])
-            resps.append([ll])
-            if self.task.process_results_fn is not None:
-                per_doc.append(dict(self.task.process_results_fn(doc, [ll])))
-                continue
-            target = self.task.doc_target(doc)
-            words = scoring.count_words(target)
-            nbytes = scoring.count_bytes(target)
-            values = {"word_perplexity": (ll, words), "byte_perplexity": (ll, nbytes),
-                      "bits_per_byte": (ll, nbytes)}
-            per_doc.append({m: values[m] for m in self.metric_names if m in values})
-        return {"none": per_doc}, {"none": resps}
-
-    def _score_generation(self) -> tuple[dict[str, list[dict]], dict]:
-        responses: list[list[str]] = []
-        for doc_id, _ in self.docs:
-            texts: list[str] = []
-            for pos in self.by_doc[doc_id]:
-                for rid in self.answer_ids[pos]:
-                    texts.append(pb.Generation.FromString(self.answers[rid]).text)
-            responses.append(texts)
-        filtered = self.task.apply_filters(responses)
-        per_filter: dict[str, list[dict]] = {}
-        resps: dict[str, list] = {}
-        for filter_name, values in filtered.items():
-            rows = []
-            for (_, doc), value in zip(self.docs, values, strict=True):
-                if self.task.process_results_fn is not None:
-                    rows.append(dict(self.task.process_results_fn(doc, [value])))
-                    continue
-                rows.append(self._generation_metrics(doc, value))
-            per_filter[filter_name] = rows
-            resps[filter_name] = [[v] for v in values]
-        self._raw_generations = responses
-        return per_filter, resps
-
-    def _generation_metrics(self, doc: dict, prediction: Any) -> dict[str, Any]:
+    # -- generation -------------------------------------------------------------------------
+    def _gold(self, doc: dict, result: Any) -> Any:
+        """lm-eval's gold for a generation doc (choice text, list, or cast to the result's
+        type)."""
         task = self.task
         gold = task.doc_target(doc)
-        choices = task.doc_choices(doc)
-        if choices and isinstance(gold, int):
-            gold = choices[gold]
-        golds = [str(g) for g in gold] if isinstance(gold, list) else [str(gold)]
-        metrics: dict[str, Any] = {}
-        for config in task.metric_list:
-            if config.name == "exact_match":
-                scores = scoring.exact_match([str(prediction)] * len(golds), golds,
-                                             **config.kwargs)
-                metrics["exact_match"] = float(np.max(scores)) if len(scores) else 0.0
-            elif config.name in ("bleu", "chrf", "ter"):
-                metrics[config.name] = (golds, str(prediction))
-            elif config.name == "bypass":  # --predict_only: lm-eval's bypass metric is None
-                metrics["bypass"] = None
-        return metrics
+        if task.cfg.doc_to_choice is not None:
+            gold = (task.doc_choices(doc) or [])[gold]
+        elif task.multiple_target:
+            gold = list(gold)
+        elif type(gold) is not type(result) and not (
+                "bypass" in self.metric_names or isinstance(result, list)):
+            gold = type(result)(gold)
+        return gold
 
-    # -- samples ------------------------------------------------------------------------------
+    def _score_generation(self, results: Sequence[Any]) -> list[dict[str, Any]]:
+        golds = [self._gold(doc, result)
+                 for (_, doc), result in zip(self.docs, results, strict=True)]
+        rows: list[dict[str, Any]] = [{} for _ in self.docs]
+        for config in self.task.metric_list:
+            if config.is_code:
+                values = self._code_metric(config, golds, results)
+            else:
+                values = [self._generation_metric(config, gold, result)
+                          for gold, result in zip(golds, results, strict=True)]
+            for row, value in zip(rows, values, strict=True):
+                if isinstance(value, dict):
+                    for key, v in value.items():
+                        row[key] = v
+                        self.configs.setdefault(key, config)
+                else:
+                    row[config.name] = value
+        return rows
+
+    def _generation_metric(self, config: MetricConfig, gold: Any, result: Any) -> Any:
+        name = config.name
+        if self.task.multiple_target:
+            golds = gold if isinstance(gold, list) else [gold]
+            if name == "exact_match" and config.fn is None:
+                scores = scoring.exact_match([str(result)] * len(golds),
+                                             [str(g) for g in golds], **config.kwargs)
+                return 1.0 if float(np.mean(scores)) > 0.0 else 0.0
+            # lm-eval scores each gold alone and keeps "any" (a passthrough pair counts as 1)
+            scores = [self._single_metric(config, g, result) for g in golds]
+            scores = [s[name] if isinstance(s, dict) else s for s in scores]
+            return 1.0 if any(scores) else 0.0
+        return self._single_metric(config, gold, result)
+
+    def _single_metric(self, config: MetricConfig, gold: Any, result: Any) -> Any:
+        name = config.name
+        if config.fn is not None:
+            return call_metric(config.fn, gold, result, config.kwargs)
+        if name == "exact_match":
+            return float(scoring.exact_match([result], [gold], **config.kwargs)[0])
+        if name == "bypass":
+            return None
+        if name in _PAIR_METRICS:
+            return [gold, result]
+        raise ValueError(f"metric {name!r} has no generation scoring")  # checked at load
+
+    def _code_metric(self, config: MetricConfig, golds: Sequence[Any],
+                     results: Sequence[Any]) -> list[Any]:
+        """pass@k for every document at once (all programs run in parallel subprocesses)."""
+        from evalfleet.execution import CODE_METRICS, allow_code_execution
+
+        fn = config.fn if hasattr(config.fn, "batch") else CODE_METRICS.get(config.name)
+        if fn is None:  # a user's own code metric: lm-eval's one call per document
+            with allow_code_execution(self.allow_code):
+                return [call_metric(config.fn, g, r, config.kwargs)  # type: ignore[arg-type]
+                        for g, r in zip(golds, results, strict=True)]
+        with allow_code_execution(self.allow_code):
+            return fn.batch(list(golds), list(results), **config.kwargs)
+
+    # -- samples ----------------------------------------------------------------------------
     def _sample_record(self, d: int, filter_name: str, metrics: dict[str, Any],
-                       resps_by_doc: list) -> dict[str, Any]:
+                       resps: Sequence[list[Any]], values: Sequence[Any]) -> dict[str, Any]:
+        """lm-eval's samples record, in the shapes its ``save_results_samples`` writes:
+        ``resps`` is requests x repeats x response, ``filtered_resps`` one value per request,
+        every leaf a string."""
         doc_id, doc = self.docs[d]
         positions = self.by_doc[doc_id]
         requests = [self.requests[p] for p in positions]
@@ -255,22 +333,13 @@ class TaskScorer:
             f"gen_args_{i}": {f"arg_{j}": a for j, a in enumerate(req.arguments)}
             for i, req in enumerate(requests)
         }
-        filtered = resps_by_doc[d]
-        if self.task.output_type == "generate_until":
-            raw = self._raw_generations[d]
-            resps = [raw]
-            filtered_out = [str(filtered[0])] if not isinstance(filtered[0], list) else filtered
-        else:
-            resps = [[list(map(str, r)) if isinstance(r, tuple) else [str(r)]] for r in filtered]
-            filtered_out = [list(map(str, r)) if isinstance(r, tuple) else str(r)
-                            for r in filtered]
         record = {
             "doc_id": doc_id,
             "doc": doc,
             "target": str(target),
             "arguments": arguments,
-            "resps": resps,
-            "filtered_resps": filtered_out,
+            "resps": sanitize_list([resps[p] for p in positions]),
+            "filtered_resps": sanitize_list([values[p] for p in positions]),
             "filter": filter_name,
             "metrics": list(metrics.keys()),
             "doc_hash": _sha256(json.dumps(doc, indent=2, default=str, ensure_ascii=False)),
@@ -284,11 +353,15 @@ class TaskScorer:
 def aggregate_task(scores: TaskScores, bootstrap_iters: int) -> None:
     """Fill ``scores.aggregates`` with ``"<metric>,<filter>"`` values and their stderrs."""
     configs = {m.name: m for m in scores.task.metric_list}
+    configs.update(scores.configs)
     for (metric, filter_name), items in scores.items.items():
         config = configs.get(metric)
         aggregation = config.aggregation if config is not None else "mean"
         if aggregation is None:
             aggregation = "mean"
+        if callable(aggregation):
+            named = scoring.aggregation_for_callable(aggregation)
+            aggregation = named if named is not None else aggregation
         if callable(aggregation):
             value = aggregation(items)
             stderr: Any = "N/A"

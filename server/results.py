@@ -132,7 +132,7 @@ def build_results_json(*, scores: Sequence[TaskScores], groups: Sequence[GroupIn
                      **{g.name: _group_shots(g, n_shot) for g in groups
                         if _group_shots(g, n_shot) is not None}}
     doc["higher_is_better"] = {
-        s.task.name: {m.name: m.higher_is_better for m in s.task.metric_list} for s in scores
+        s.task.name: s.higher_is_better for s in scores
     }
     for g in groups:
         merged: dict[str, Any] = {}

@@ -52,7 +52,8 @@ class Task:
         self.output_type: str = cfg.output_type
         self.process_results_fn: Callable | None = cfg.process_results
         self.metric_list: list[MetricConfig] = parse_metric_list(
-            cfg.metric_list, cfg.output_type, cfg.source
+            cfg.metric_list, cfg.output_type, cfg.source,
+            custom_results=cfg.process_results is not None,
         )
         self.filter_list: list[FilterPipeline] = self._parse_filters()
         self.effective_num_fewshot: int = cfg.num_fewshot or 0
@@ -63,6 +64,11 @@ class Task:
         self.multiple_input = 0
         self.multiple_target = 0
         self._probed = False
+
+    @property
+    def unsafe_code(self) -> bool:
+        """Whether scoring runs model-generated code (needs --confirm_run_unsafe_code)."""
+        return bool(self.cfg.unsafe_code)
 
     # ------------------------------------------------------------------ config views
     @property

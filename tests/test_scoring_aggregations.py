@@ -114,7 +114,9 @@ def test_every_aggregation_runs():
     pairs = [(0, 1), (1, 1), (0, 0), (1, 0)]
     inputs = {"weighted_perplexity": [(-3.0, 2), (-5.0, 4)], "bits_per_byte": [(-3.0, 2),
               (-5.0, 4)], "f1": pairs, "f1_macro": pairs, "matthews_corrcoef": pairs,
-              "mcc": pairs, "bleu": SENTS, "chrf": SENTS, "chrf++": SENTS, "ter": SENTS}
+              "mcc": pairs, "bleu": SENTS, "chrf": SENTS, "chrf++": SENTS, "ter": SENTS,
+              "acc_all": [(1, {"idx": {"paragraph": 0, "question": q}, "label": 1})
+                          for q in (0, 1, 1)]}
     for name in AGGREGATIONS:
         items = inputs.get(name, [0.1, 0.2, 0.7])
         assert isinstance(float(aggregate(name, items)), float)
