@@ -7,9 +7,9 @@ MODELS ?= models
 DATA_DIR ?= $(abspath ../shared/data)
 PROTOS := $(wildcard proto/evalfleet/v1/*.proto)
 
-.PHONY: install system-deps chromium proto test test-all lint demo bench clean
+.PHONY: install system-deps chromium sandbox-tools proto test test-all lint demo bench clean
 
-install: system-deps chromium $(VENV)/.installed $(MODELS)/smollm2-135m/model.safetensors
+install: system-deps chromium sandbox-tools $(VENV)/.installed $(MODELS)/smollm2-135m/model.safetensors
 
 # PostgreSQL's server binaries (Debian's postgresql package) for the store tests, which start a
 # throw-away server of their own: a no-op when /usr/lib/postgresql/*/bin/initdb exists. No
@@ -33,6 +33,14 @@ chromium:
 		if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
 		$$SUDO apt-get update -qq && \
 		DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium; }
+
+# bubblewrap isolates generated code (humaneval, mbpp): read-only host, no network. Installed
+# from Debian when missing and we are root with apt-get; otherwise the sandbox uses what it finds.
+sandbox-tools:
+	@command -v bwrap >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 \
+		&& { apt-get install -y -qq bubblewrap >/dev/null 2>&1 \
+		     || { apt-get update -qq >/dev/null && apt-get install -y -qq bubblewrap >/dev/null; }; } \
+		|| echo "note: bubblewrap not installed; generated code runs with less isolation (README)"; }
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
