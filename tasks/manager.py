@@ -17,6 +17,7 @@ from evalfleet.tasks.errors import TaskError, TaskNotFoundError, config_error
 from evalfleet.tasks.group import GROUP_KEYS, GroupSpec, make_group_spec
 from evalfleet.tasks.index import IndexEntry, build_index, index_file
 from evalfleet.tasks.task import Task
+from evalfleet.tasks.yaml_loader import resolve_functions
 
 log = structlog.get_logger(__name__)
 BUILTIN_DIR = Path(__file__).resolve().parent / "builtin"
@@ -172,10 +173,23 @@ class TaskManager:
     ) -> str:
         if entry.error is not None:
             raise entry.error
-        if entry.cfg and "class" in entry.cfg:
-            raise config_error(entry.path, "class", "python-class tasks are not supported")
         raw = self._task_config(entry, overrides)
+        if "class" in raw:
+            return self._add_class_task(raw, entry.path, tree)
         return self._add_task(raw, entry.path, tree)
+
+    def _add_class_task(self, raw: dict[str, Any], source: Path | None, tree: TaskTree) -> str:
+        """A YAML ``class: !function module.Class`` task (lm-eval's Python-task route)."""
+        from evalfleet.tasks.class_task import ClassTask, instantiate
+
+        cfg = {k: v for k, v in raw.items() if k not in ("tag", "group", "task_list")}
+        if not isinstance(cfg.get("task"), str):
+            raise config_error(source, "task", "missing or not a string")
+        cfg = resolve_functions(cfg)
+        task = ClassTask(instantiate(cfg["class"], cfg, self.data_dir, source), cfg, source)
+        if task.name not in tree.tasks:
+            tree.tasks[task.name] = task  # type: ignore[assignment]
+        return task.name
 
     def _add_task(self, raw: dict[str, Any], source: Path | None, tree: TaskTree) -> str:
         task = Task(build_config(raw, source), self.data_dir, self.metadata)
