@@ -170,6 +170,8 @@ def _add_serve_parser(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--include_path", action="append", default=[])
     c.add_argument("--sinks", default=None, metavar="<yaml>",
                    help="YAML of the trackers jobs may use (format: reporting/sinks/config.py)")
+    c.add_argument("--confirm_run_unsafe_code", action="store_true",
+                   help="allow jobs that confirm it to run model-generated code (humaneval, mbpp)")
 
 
 def _add_tasks_parser(sub: argparse._SubParsersAction) -> None:
@@ -318,7 +320,8 @@ async def _serve(args: argparse.Namespace) -> int:
         store = open_store(args.store)
         server, runner = await start_coordinator(
             host=args.host, port=args.port, workers=workers, store=store,
-            data_dir=args.data_dir, include_paths=args.include_path, sinks=sinks)
+            data_dir=args.data_dir, include_paths=args.include_path, sinks=sinks,
+            confirm_run_unsafe_code=args.confirm_run_unsafe_code)
         await runner.resume_pending()
     print(f"listening on {args.host}:{server.port}", flush=True)
     await _wait_for_signal()

@@ -343,7 +343,7 @@ async def _start_embedded(args: argparse.Namespace, data_dir: str | None,
     stack.push_async_callback(worker.stop, 1.0)
     coordinator, runner = await start_coordinator(
         workers=[worker.address], store=store, data_dir=data_dir,
-        include_paths=args.include_path)
+        include_paths=args.include_path, confirm_run_unsafe_code=args.confirm_run_unsafe_code)
     stack.push_async_callback(coordinator.stop, 1.0)
     # Interrupted (Ctrl-C): the job is cancelled and recorded so while the store is still open;
     # its answers so far are stored and the same command resumes from them.

@@ -28,6 +28,7 @@ from evalfleet.common.errors import (
     NotFoundError,
 )
 from evalfleet.common.logging import get_logger
+from evalfleet.execution.policy import check_unsafe_code
 from evalfleet.server import job_hooks, lmeval_sections
 from evalfleet.server import results as results_mod
 from evalfleet.server.capabilities import check_chat_only, check_request_kinds
@@ -82,12 +83,15 @@ class JobRunner:
                  data_dir: str | Path | None = None, include_paths: Sequence[str] = (),
                  batch_items: int = 512, owner: str | None = None,
                  lease_s: float = DEFAULT_LEASE_S,
-                 sinks: dict[str, Any] | None = None) -> None:
+                 sinks: dict[str, Any] | None = None,
+                 confirm_run_unsafe_code: bool = False) -> None:
         self.store = store
         self.sinks = sinks
         #: This coordinator's id as the store's job owner (unique per process).
         self.owner = owner or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.lease_s = lease_s
+        #: the operator's consent to run generated code (jobs must confirm it too)
+        self.confirm_run_unsafe_code = confirm_run_unsafe_code
         self.batch_items = batch_items
         self.default_workers = list(default_workers)
         self.data_dir = data_dir
@@ -109,6 +113,9 @@ class JobRunner:
             workers = {c.address: c.info for c in pool.clients}
             check_chat_only(parsed.apply_chat_template, workers)
             tree = await asyncio.to_thread(load_tasks, parsed, self.data_dir, self.include_paths)
+            check_unsafe_code([n for n, t in tree.tasks.items() if t.unsafe_code],
+                              operator_allows=self.confirm_run_unsafe_code,
+                              job_confirms=spec.confirm_run_unsafe_code)
             check_request_kinds(
                 {name: {_OUTPUT_KINDS[t.output_type]} for name, t in tree.tasks.items()
                  if t.output_type in _OUTPUT_KINDS}, workers)
@@ -216,15 +223,17 @@ class JobRunner:
         for plan in job.plan.tasks:
             try:
                 scorer = TaskScorer(plan.task, plan.docs, plan.requests, plan.request_ids,
-                                    answers)
+                                    answers, allow_code=self.confirm_run_unsafe_code
+                                    and parsed.spec.confirm_run_unsafe_code)
                 scores = await asyncio.to_thread(scorer.score,
                                                  log_samples=parsed.spec.log_samples)
                 await asyncio.to_thread(aggregate_task, scores, parsed.bootstrap_iters)
                 job_hooks.finish_scores(scores)
             except Exception as exc:
+                where = plan.task.cfg.source if hasattr(plan.task, "cfg") else \
+                    plan.task.source  # a Python class task has no YAML config object
                 raise job_hooks.finishing_failed(f"scoring task '{plan.task.name}' "
-                                                 f"({plan.task.cfg.source})", len(answers),
-                                                 exc) from exc
+                                                 f"({where})", len(answers), exc) from exc
             all_scores.append(scores)
         try:
             doc, typed = self._results_document(job, all_scores, started)

@@ -105,17 +105,21 @@ async def start_coordinator(*, host: str = "127.0.0.1", port: int = 0,
                             data_dir: str | Path | None = None,
                             include_paths: Sequence[str] = (), batch_items: int = 512,
                             sinks: dict[str, Any] | None = None,
+                            confirm_run_unsafe_code: bool = False,
                             ) -> tuple[RunningServer, JobRunner]:
     """Start the coordinator service; returns the server and its job runner.
 
     ``batch_items`` is the most requests sent to a worker in one RPC (a group of requests
     sharing a prefix may stretch a batch up to 4 times that). ``sinks`` are the trackers
     jobs may ask to be logged to (``reporting.sinks.config.load_sinks_config``).
+    ``confirm_run_unsafe_code`` is the operator's consent to run model-generated code
+    (humaneval, mbpp); jobs must confirm it too.
     """
     store = store or SqliteJobStore()
     await store.open()  # a bad path or URL is reported now, not at the first job
     runner = JobRunner(store, default_workers=workers, data_dir=data_dir,
-                       include_paths=include_paths, batch_items=batch_items, sinks=sinks)
+                       include_paths=include_paths, batch_items=batch_items, sinks=sinks,
+                       confirm_run_unsafe_code=confirm_run_unsafe_code)
     servicer = EvaluationServicer(runner)
     server = await start_server(
         [Service(cpb_grpc.add_EvaluationServiceServicer_to_server, servicer,

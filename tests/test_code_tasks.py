@@ -1,0 +1,136 @@
+"""humaneval and mbpp: refused without consent; with it, generations and pass@1 equal lm-eval
+0.4.13's ``--model hf`` on SmolLM2-135M (limit 5 each, greedy), through the real services."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import grpc
+import pytest
+
+from evalfleet.v1 import coordinator_pb2 as cpb
+from evalfleet.v1 import coordinator_pb2_grpc as cpb_grpc
+
+TASKS = ["humaneval", "mbpp"]
+LIMIT = 5
+BATCH = 5
+CODE_EVAL = Path(__file__).resolve().parent / "lmeval_code_eval"
+
+
+def _create(address: str, spec: cpb.EvaluationSpec):
+    with grpc.insecure_channel(address) as channel:
+        stub = cpb_grpc.EvaluationServiceStub(channel)
+        return stub.CreateEvaluation(cpb.CreateEvaluationRequest(spec=spec), timeout=300)
+
+
+def test_code_task_refused_by_a_coordinator_without_consent(coordinator):
+    spec = cpb.EvaluationSpec(model="hf", tasks=["humaneval"], limit=1,
+                              confirm_run_unsafe_code=True)
+    with pytest.raises(grpc.RpcError) as err:
+        _create(coordinator.address, spec)
+    assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert "humaneval" in err.value.details()
+    assert "coordinator was not started with --confirm_run_unsafe_code" in err.value.details()
+
+
+def test_code_task_refused_when_the_job_does_not_confirm(background_loop, tiny_worker,
+                                                         data_dir):
+    from evalfleet.server.service import start_coordinator
+
+    server, _ = background_loop.run(start_coordinator(
+        workers=[tiny_worker.address], data_dir=data_dir, confirm_run_unsafe_code=True))
+    try:
+        with pytest.raises(grpc.RpcError) as err:
+            _create(server.address, cpb.EvaluationSpec(model="hf", tasks=["mbpp"], limit=1))
+        assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        assert "the job did not pass --confirm_run_unsafe_code" in err.value.details()
+    finally:
+        background_loop.run(server.stop(0.5))
+
+
+def test_cli_refuses_without_the_flag(capsys, data_dir, tiny_model_dir):
+    from evalfleet.client.cli import main
+
+    code = main(["eval", "--model", "hf", "--model_args", f"pretrained={tiny_model_dir}",
+                 "--tasks", "humaneval", "--limit", "1", "--data_dir", str(data_dir),
+                 "--no_progress"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "unsafe_code" in err and "--confirm_run_unsafe_code" in err
+
+
+@pytest.fixture(scope="module")
+def lmeval_code_results(lmeval_task_dir, real_model_dir, tmp_path_factory):
+    """lm-eval itself; its task utils load HF code_eval, offline a ./code_eval folder."""
+    from lm_eval import simple_evaluate
+    from lm_eval.tasks import TaskManager
+
+    workdir = tmp_path_factory.mktemp("code_eval_cwd")
+    (workdir / "code_eval").symlink_to(CODE_EVAL)
+    previous = os.getcwd()
+    os.environ["HF_ALLOW_CODE_EVAL"] = "1"
+    os.chdir(workdir)
+    try:
+        return simple_evaluate(
+            model="hf", model_args=f"pretrained={real_model_dir},dtype=float32", tasks=TASKS,
+            limit=LIMIT, batch_size=BATCH, device="cpu", bootstrap_iters=0, log_samples=True,
+            confirm_run_unsafe_code=True,
+            task_manager=TaskManager(include_path=str(lmeval_task_dir)))
+    finally:
+        os.chdir(previous)
+
+
+@pytest.fixture(scope="module")
+def evalfleet_code_results(background_loop, real_model_dir, data_dir):
+    from evalfleet.inference.server import load_backend, start_worker
+    from evalfleet.server.service import start_coordinator
+
+    model_args = {"pretrained": str(real_model_dir), "dtype": "float32", "device": "cpu"}
+    backend = load_backend("hf", model_args, batch_size=BATCH)
+    worker = background_loop.run(start_worker(backend, model_args=model_args))
+    server, _ = background_loop.run(start_coordinator(
+        workers=[worker.address], data_dir=data_dir, confirm_run_unsafe_code=True))
+    try:
+        spec = cpb.EvaluationSpec(model="hf", tasks=TASKS, limit=LIMIT, bootstrap_iters=0,
+                                  log_samples=True, batch_size=str(BATCH),
+                                  confirm_run_unsafe_code=True)
+        with grpc.insecure_channel(server.address) as channel:
+            stub = cpb_grpc.EvaluationServiceStub(channel)
+            evaluation = stub.CreateEvaluation(cpb.CreateEvaluationRequest(spec=spec),
+                                               timeout=300)
+            events = list(stub.WatchEvaluation(cpb.WatchEvaluationRequest(id=evaluation.id),
+                                               timeout=1800))
+            assert events[-1].state == cpb.EVALUATION_STATE_SUCCEEDED, events[-1]
+            results = stub.GetResults(cpb.GetResultsRequest(id=evaluation.id), timeout=60)
+            samples: dict[str, list[dict]] = {}
+            for record in stub.StreamSamples(cpb.StreamSamplesRequest(id=evaluation.id),
+                                             timeout=60):
+                samples.setdefault(record.task, []).append(json.loads(record.json))
+        return json.loads(results.results_json), samples
+    finally:
+        background_loop.run(server.stop(0.5))
+        background_loop.run(worker.stop(0.5))
+
+
+@pytest.mark.slow
+@pytest.mark.reference
+@pytest.mark.parametrize("task", TASKS)
+def test_generations_and_pass_at_1_match_lm_eval(lmeval_code_results, evalfleet_code_results,
+                                                 task):
+    ours, our_samples = evalfleet_code_results
+    theirs = lmeval_code_results
+    keys = {k for k in theirs["results"][task] if "," in k}
+    assert keys == {k for k in ours["results"][task] if "," in k}
+    for key in keys:
+        assert ours["results"][task][key] == theirs["results"][task][key], key
+    ref = sorted(theirs["samples"][task], key=lambda s: s["doc_id"])
+    mine = sorted(our_samples[task], key=lambda s: s["doc_id"])
+    assert [s["doc_id"] for s in mine] == [s["doc_id"] for s in ref] == list(range(LIMIT))
+    for m, r in zip(mine, ref, strict=True):
+        assert m["arguments"]["gen_args_0"]["arg_0"] == r["arguments"][0][0]  # the prompt
+        assert m["resps"] == r["resps"]  # the generations
+        assert m["filtered_resps"] == r["filtered_resps"]
+        assert {k: m[k] for k in r["metrics"]} == {k: r[k] for k in r["metrics"]}
+    print(task, ours["results"][task])
