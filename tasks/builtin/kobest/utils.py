@@ -1,4 +1,4 @@
-"""KoBEST helpers: COPA prompt fields, HellaSwag doc processing, macro-F1 aggregation."""
+"""KoBEST helpers: COPA, SentiNeg and WiC prompt fields, HellaSwag doc processing, macro-F1."""
 
 from __future__ import annotations
 
@@ -21,6 +21,17 @@ def copa_doc_to_choice(doc: dict[str, Any]) -> list[str]:
 def copa_doc_to_target(doc: dict[str, Any]) -> str:
     """The correct alternative's text (label 0 -> alternative_1)."""
     return copa_doc_to_choice(doc)[0 if doc["label"] == 0 else 1]
+
+
+def sentineg_doc_to_text(doc: dict[str, Any]) -> str:
+    """The sentence, then the question word ("positive or negative:")."""
+    return f"문장: {doc['sentence']} 긍부정:"
+
+
+def wic_doc_to_text(doc: dict[str, Any]) -> str:
+    """Both sentences, then whether the word means the same in both."""
+    return (f"문장1: {doc['context_1']} 문장2: {doc['context_2']} 두 문장에서 {doc['word']}가 "
+            "같은 뜻으로 쓰였나?")
 
 
 def _hellaswag_fields(doc: dict[str, Any]) -> dict[str, Any]:
