@@ -110,6 +110,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="out/library_report.jsonl")
     parser.add_argument("--only", default=None, help="regex on task names (a subset)")
+    parser.add_argument("--tasks_dir", default=None,
+                        help="walk this folder instead of lm-eval's own tasks (a subset)")
     parser.add_argument("--docs", type=int, default=3, help="documents compared per task")
     parser.add_argument("--timeout", type=int, default=120, help="seconds per task and side")
     parser.add_argument("--data_dir", default=os.environ.get("EVALFLEET_DATA_DIR",
@@ -126,7 +128,7 @@ def main() -> int:
     from evalfleet.tasks.dataset import mirror_folder
 
     started = time.time()
-    lm_tasks = Path(lm_eval.__file__).resolve().parent / "tasks"
+    lm_tasks = Path(args.tasks_dir or Path(lm_eval.__file__).resolve().parent / "tasks")
     manager = TaskManager(include_paths=[lm_tasks], data_dir=args.data_dir,
                           include_builtin=False)
     entries = [e for e in manager.list() if e.kind == "task"]
@@ -161,7 +163,8 @@ def main() -> int:
                         if lm_manager is None:
                             from lm_eval.tasks import TaskManager as LmTaskManager
 
-                            lm_manager = LmTaskManager(include_path=str(overrides))
+                            lm_manager = LmTaskManager(include_path=str(overrides),
+                                                       include_defaults=False)
                         theirs = lmeval_requests(lm_manager, entry.name, args.docs)
                     row["compared"] = True
                     diff = first_difference(ours, theirs)
