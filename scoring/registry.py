@@ -103,23 +103,26 @@ _AGGS = [
 
 _LL, _MC = "loglikelihood", "multiple_choice"
 _ROLL, _GEN = "loglikelihood_rolling", "generate_until"
+# On generate_until, lm-eval calls a passthrough metric with one ``[gold, result]`` pair, which
+# its aggregation then receives: every metric below whose lm-eval function is a passthrough
+# lists _GEN among its output types for that reason.
 _METRICS = [
-    MetricSpec("acc", "mean", True, (_LL, _MC)),
-    MetricSpec("acc_norm", "mean", True, (_MC,)),
-    MetricSpec("acc_bytes", "mean", True, (_MC,)),
-    MetricSpec("acc_mutual_info", "mean", True, (_MC,)),
+    MetricSpec("acc", "mean", True, (_LL, _MC, _GEN)),
+    MetricSpec("acc_norm", "mean", True, (_MC, _GEN)),
+    MetricSpec("acc_bytes", "mean", True, (_MC, _GEN)),
+    MetricSpec("acc_mutual_info", "mean", True, (_MC, _GEN)),
     # lm-eval registers acc_all but its YAML scoring never emits it; evalfleet emits
     # (pred, doc) items for multiple-choice tasks, aggregated per question as lm-eval's acc_all.
     MetricSpec("acc_all", "acc_all", True, (_MC,)),
     MetricSpec("exact_match", "mean", True, (_MC, _GEN)),
-    MetricSpec("likelihood", "mean", True, (_MC,)),
-    MetricSpec("perplexity", "perplexity", False, (_LL,)),
-    MetricSpec("word_perplexity", "weighted_perplexity", False, (_ROLL,)),
-    MetricSpec("byte_perplexity", "weighted_perplexity", False, (_ROLL,)),
-    MetricSpec("bits_per_byte", "bits_per_byte", False, (_ROLL,)),
-    MetricSpec("brier_score", "brier_score", False, (_MC,)),
-    MetricSpec("f1", "f1", True, (_MC,)),
-    MetricSpec("mcc", "matthews_corrcoef", True, (_MC,)),
+    MetricSpec("likelihood", "mean", True, (_MC, _GEN)),
+    MetricSpec("perplexity", "perplexity", False, (_LL, _GEN)),
+    MetricSpec("word_perplexity", "weighted_perplexity", False, (_ROLL, _GEN)),
+    MetricSpec("byte_perplexity", "weighted_perplexity", False, (_ROLL, _GEN)),
+    MetricSpec("bits_per_byte", "bits_per_byte", False, (_ROLL, _GEN)),
+    MetricSpec("brier_score", "brier_score", False, (_MC, _GEN)),
+    MetricSpec("f1", "f1", True, (_MC, _GEN)),
+    MetricSpec("mcc", "matthews_corrcoef", True, (_MC, _GEN)),
     MetricSpec("bleu", "bleu", True, (_GEN,)),
     MetricSpec("chrf", "chrf", True, (_GEN,)),
     MetricSpec("chrf++", "chrf++", True, (_GEN,)),

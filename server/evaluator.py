@@ -28,8 +28,6 @@ from evalfleet.v1 import inference_pb2 as pb
 #: Metrics of multiple-choice tasks computed by the vectorized kernel.
 _MC_KERNEL_METRICS = ("acc", "acc_norm", "acc_bytes", "acc_mutual_info", "exact_match",
                       "brier_score")
-#: Generation metrics whose per-document item is lm-eval's passthrough ``[gold, result]``.
-_PAIR_METRICS = ("bleu", "chrf", "chrf++", "ter")
 
 
 @dataclass
@@ -302,9 +300,8 @@ class TaskScorer:
             return float(scoring.exact_match([result], [gold], **config.kwargs)[0])
         if name == "bypass":
             return None
-        if name in _PAIR_METRICS:
-            return [gold, result]
-        raise ValueError(f"metric {name!r} has no generation scoring")  # checked at load
+        # every other registered metric is a passthrough in lm-eval: its item is the pair
+        return [gold, result]
 
     def _code_metric(self, config: MetricConfig, golds: Sequence[Any],
                      results: Sequence[Any]) -> list[Any]:

@@ -96,10 +96,11 @@ class Task:
                 key = f"filter_list[{i}].filter[{j}]"
                 if not isinstance(fn, dict) or "function" not in fn:
                     raise config_error(self.cfg.source, key, "step needs 'function'")
-                try:
-                    get_filter(fn["function"])
-                except KeyError as err:
-                    raise config_error(self.cfg.source, key, err.args[0]) from None
+                if not callable(fn["function"]):  # a class given as !function is used as is
+                    try:
+                        get_filter(fn["function"])
+                    except KeyError as err:
+                        raise config_error(self.cfg.source, key, err.args[0]) from None
                 steps.append((fn["function"], {k: v for k, v in fn.items() if k != "function"}))
             pipelines.append(FilterPipeline(entry["name"], steps))
         return pipelines

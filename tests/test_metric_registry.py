@@ -136,3 +136,48 @@ def test_metric_defaults_are_read_from_the_scoring_registry():
         parsed = metric_config.parse_metric_list(None, output_type, None)
         assert [m.name for m in parsed] == list(names)
         assert all(m.spec is registry.METRICS[m.name] for m in parsed)
+
+
+@pytest.mark.reference
+def test_passthrough_metric_and_filter_class_on_generation_match_lm_eval(tmp_path):
+    """lm-eval's afrobench style: `metric: f1` on generate_until gives [gold, result] pairs to
+    a custom aggregation; a filter given as `function: !function utils.Cls` is that class."""
+    utils = UTILS + '''
+
+def pair_f1(items):
+    """A user's aggregation over [gold, result] pairs."""
+    return sum(g.strip().lower() == r.strip().lower() for g, r in items) / len(items)
+
+
+class Strip:
+    def __init__(self, chars=" "):
+        self.chars = chars
+
+    def apply(self, resps, docs):
+        return [[r.strip(self.chars) + "|" + d["answer"][:1] for r in rs]
+                for rs, d in zip(resps, docs)]
+'''
+    metrics = """\
+filter_list:
+  - name: custom_class
+    filter:
+      - function: !function utils.Strip
+        chars: " ."
+      - function: take_first
+metric_list:
+  - metric: f1
+    aggregation: !function utils.pair_f1
+    higher_is_better: true
+  - metric: acc
+    aggregation: !function utils.pair_f1
+"""
+    write_task(tmp_path, "t_pairs", GEN + metrics, ROWS, utils=utils)
+    outputs = [" Paris.", " 5", " blue"]
+    ours = score_evalfleet(tmp_path, "t_pairs", outputs)
+    theirs = score_lmeval(tmp_path, "t_pairs", outputs)
+    assert [r["filtered_resps"] for r in ours.samples] == [
+        r["filtered_resps"] for r in theirs["records"]] == [["Paris|P"], ["5|4"], ["blue|B"]]
+    assert {k: [list(x) for x in v] for k, v in ours.items.items()} == {
+        k: [list(x) for x in v] for k, v in theirs["items"].items()}
+    for key, value in theirs["aggregates"].items():
+        assert ours.aggregates[key] == pytest.approx(value, abs=1e-12), key

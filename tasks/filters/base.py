@@ -20,7 +20,7 @@ class Filter:
 
 @dataclass
 class FilterPipeline:
-    """A named, ordered list of filters: ``[(name, kwargs), ...]``."""
+    """A named, ordered list of filters: ``[(name or filter class, kwargs), ...]``."""
 
     name: str
     filters: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
@@ -32,5 +32,6 @@ class FilterPipeline:
         docs = list(docs) if docs is not None else [{} for _ in resps]
         out: Iterable[Any] = [list(r) for r in resps]
         for name, kwargs in self.filters:
-            out = get_filter(name)(**kwargs).apply(out, docs)
+            cls = name if callable(name) else get_filter(name)  # a !function filter class
+            out = cls(**kwargs).apply(out, docs)
         return list(out)
