@@ -135,3 +135,56 @@ def test_generations_and_pass_at_1_match_lm_eval(lmeval_code_results, evalfleet_
         assert m["filtered_resps"] == r["filtered_resps"]
         assert {k: m[k] for k in r["metrics"]} == {k: r[k] for k in r["metrics"]}
     print(task, ours["results"][task])
+
+
+def test_pass_at_k_over_repeats_through_the_evaluator(tmp_path):
+    """`repeats: 3` samples per problem, a create_test filter and pass@1/pass@2, as lm-eval's
+    humaneval_64 computes them (unbiased estimator per problem, then the mean)."""
+    from scoring_harness import write_task
+
+    from evalfleet.common.ids import request_id
+    from evalfleet.server.evaluator import TaskScorer, aggregate_task
+    from evalfleet.tasks import TaskManager
+    from evalfleet.v1 import inference_pb2 as pb
+
+    rows = [{"prompt": "def f(a, b):  # add\n", "test": "assert f(2, 3) == 5"},
+            {"prompt": "def f(a, b):  # multiply\n", "test": "assert f(2, 3) == 6"}]
+    yaml_text = """\
+output_type: generate_until
+doc_to_text: "{{prompt}}"
+doc_to_target: "{{test}}"
+unsafe_code: true
+repeats: 3
+metric_list:
+  - metric: pass_at_k
+    aggregation: mean
+    higher_is_better: true
+    k: [1, 2]
+filter_list:
+  - name: create_test
+    filter:
+      - function: custom
+        filter_fn: !function utils.build_predictions
+"""
+    utils = ("def build_predictions(resps, docs):\n"
+             "    return [[d['prompt'] + r for r in rs] for rs, d in zip(resps, docs)]\n")
+    write_task(tmp_path, "t_code", yaml_text, rows, utils=utils)
+    task = TaskManager(include_paths=[tmp_path], include_builtin=False).load(
+        ["t_code"]).tasks["t_code"]
+    requests = task.build_requests()
+    ids = [request_id(r.request_type, r.arguments) for r in requests]
+    add, mul, bad = "    return a + b", "    return a * b", "    return 0"
+    samples = [[add, bad, add], [bad, bad, mul]]
+    answers = {f"{rid}#{i}": pb.Generation(text=text).SerializeToString()
+               for rid, texts in zip(ids, samples, strict=True) for i, text in enumerate(texts)}
+    scorer = TaskScorer(task, task.eval_docs(), requests, ids, answers, allow_code=True)
+    scores = scorer.score(log_samples=True)
+    aggregate_task(scores, 0)
+    assert scores.items[("pass@1", "create_test")] == pytest.approx([2 / 3, 1 / 3])
+    assert scores.items[("pass@2", "create_test")] == pytest.approx([1.0, 2 / 3])
+    assert scores.aggregates["pass@1,create_test"] == pytest.approx(0.5)
+    assert scores.aggregates["pass@2,create_test"] == pytest.approx(5 / 6)
+    assert scores.samples[0]["resps"] == [samples[0]]  # requests x repeats
+    assert scores.higher_is_better["pass@2"] is True
+    with pytest.raises(Exception, match="confirm_run_unsafe_code"):
+        TaskScorer(task, task.eval_docs(), requests, ids, answers).score(log_samples=False)
