@@ -114,7 +114,8 @@ class ClassTask:
         meta = cfg.get("metadata")
         if isinstance(meta, dict) and "version" in meta:
             self.version = meta["version"]
-        self.output_type: str = getattr(obj, "OUTPUT_TYPE", None) or "generate_until"
+        # the class's OUTPUT_TYPE when it declares one, else learnt from its first requests
+        self.output_type: str | None = getattr(obj, "OUTPUT_TYPE", None)
         self.unsafe_code = bool(cfg.get("unsafe_code") or getattr(obj, "UNSAFE_CODE", False))
         self.filter_list = [FilterPipeline("none", [("take_first", {})])]
         self.process_results_fn = obj.process_results
