@@ -75,3 +75,21 @@ def test_samples_have_lm_eval_shapes(tmp_path, kind):
         assert record["metrics"] == ref["metrics"]
     if kind == "rolling":
         assert mine[0]["resps"] == [["-411.5"]] and mine[0]["filtered_resps"] == ["-411.5"]
+
+
+@pytest.mark.reference
+def test_regex_pos_and_format_span_equal_lm_eval():
+    """The two filters lm-eval's afrobench NER/POS tasks use (200 tasks of its library)."""
+    from lm_eval.filters.extraction import POSFilter as LmPOS
+    from lm_eval.filters.transformation import SPANFilter as LmSpan
+
+    from evalfleet.tasks.filters import get_filter
+
+    pos = [["[('The', 'DET'), ('cat', 'NOUN')]", "no tags here", "('a', 'X') ('b', 'Y')"]]
+    spans = [["Person: Ada Lovelace, none $$ LOCATION: London\norg: Acme $$",
+              "PER: none", "Country: Kenya, Uganda $$ date: 1990$$", "nothing"]]
+    docs = [{}]
+    assert get_filter("regex_pos")().apply(pos, docs) == list(LmPOS().apply(pos, docs))
+    assert get_filter("format_span")().apply(spans, docs) == list(LmSpan().apply(spans, docs))
+    assert get_filter("format_span")().apply(spans, docs)[0][0] == (
+        "per: ada lovelace $ loc: london $ org: acme")

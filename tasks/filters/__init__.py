@@ -7,11 +7,12 @@ from __future__ import annotations
 
 from evalfleet.tasks.filters.base import Filter, FilterPipeline
 from evalfleet.tasks.filters.custom import CustomFilter
-from evalfleet.tasks.filters.extraction import MultiChoiceRegexFilter, RegexFilter
+from evalfleet.tasks.filters.extraction import MultiChoiceRegexFilter, POSFilter, RegexFilter
 from evalfleet.tasks.filters.selection import MajorityVoteFilter, TakeFirstFilter, TakeKFilter
 from evalfleet.tasks.filters.transformation import (
     LowercaseFilter,
     MapFilter,
+    SpanFilter,
     UppercaseFilter,
     WhitespaceFilter,
 )
@@ -27,6 +28,8 @@ FILTERS: dict[str, type[Filter]] = {
     "uppercase": UppercaseFilter,
     "map": MapFilter,
     "custom": CustomFilter,
+    "regex_pos": POSFilter,
+    "format_span": SpanFilter,
 }
 
 

@@ -115,3 +115,24 @@ class MultiChoiceRegexFilter(RegexFilter):
                 filtered.append(match or self.fallback)
             out.append(filtered)
         return out
+
+
+_TAGGED = re.compile(r"\('([^']*)', '([^']*)'\)")
+
+
+class POSFilter(Filter):
+    """``regex_pos``: the part-of-speech tags of a ``[('token', 'TAG'), ...]`` answer, in
+    order; ``fallback`` (``["invalid"]``) when there are none."""
+
+    def __init__(self, regex_pattern: str = r"\['(.*?)'\]", group_select: int = 0,
+                 fallback: list | None = None) -> None:
+        self.regex = re.compile(regex_pattern)  # accepted (and unused), as lm-eval's
+        self.group_select = group_select
+        self.fallback = ["invalid"] if fallback is None else fallback
+
+    def tags(self, resp: object) -> list:
+        pairs = _TAGGED.findall(resp) if isinstance(resp, str) else resp
+        return [pos for _, pos in pairs] or self.fallback
+
+    def apply(self, resps, docs):
+        return [[self.tags(x) for x in r] for r in resps]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from evalfleet.tasks.filters.base import Filter
@@ -39,3 +40,38 @@ class WhitespaceFilter(Filter):
 
     def apply(self, resps, docs):
         return [[x.strip() for x in r] for r in resps]
+
+
+_NER_LABELS = {"person": "PER", "location": "LOC", "organization": "ORG", "counties": "LOC",
+               "places": "LOC", "people": "PER", "persons": "PER", "company": "ORG",
+               "country": "LOC", "continent": "LOC", "time": "DATE", "date": "DATE",
+               "per": "PER", "loc": "LOC", "org": "ORG"}
+_SPAN = re.compile(r"\b(PER|LOC|ORG|DATE):\s*([^$]+)")
+
+
+def _normalise_labels(text: str) -> str:
+    text = text.lower()
+    for word, label in _NER_LABELS.items():  # rewrite labels (the word before a ":") only
+        text = re.sub(rf"\b{re.escape(word)}\s*:", f"{label}:", text)
+    return "$".join(text.split("$$")).rstrip("$")
+
+
+def format_spans(text: str) -> str:
+    """``label: entity $ label: entity`` from a free-form NER answer ('none' entities dropped)."""
+    text = _normalise_labels(text.lower()).replace("\n", "$").strip()
+    spans = []
+    for label, values in _SPAN.findall(text):
+        for entity in (v.strip() for v in values.split(",")):
+            if entity.lower() != "none":
+                spans.append(f"{label.lower()}: {entity}")
+    return " $ ".join(spans)
+
+
+class SpanFilter(Filter):
+    """``format_span``: named entities normalised for span-level scoring."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        pass
+
+    def apply(self, resps, docs):
+        return [[format_spans(x) for x in r] for r in resps]
