@@ -8,8 +8,9 @@ go to a temp folder. The data mirror has no HellaSwag validation split in HF's s
 hellaswag commands must end in the one-line data error that names the path searched. Commands
 that lm-eval 0.4.13 itself refuses (``--log_samples`` without ``--output_path``) must give
 evalfleet's one-line error, and so must what cannot run here (8-bit loading needs bitsandbytes
-and a GPU; the code tasks humaneval/mbpp are not in the task suite; the vllm/openai/anthropic
-backends are not available)."""
+and a GPU; the code tasks humaneval/mbpp run generated code only with --confirm_run_unsafe_code,
+which the guide does not pass, so they are refused as lm-eval refuses them; the
+vllm/openai/anthropic backends are not available)."""
 
 from __future__ import annotations
 
@@ -99,8 +100,8 @@ def _expected_error(argv: list[str]) -> str | None:
     if "load_in_8bit=True" in (_flag(argv, "--model_args") or ""):
         return "load_in_8bit"
     tasks = set((_flag(argv, "--tasks") or "").split(","))
-    if {"humaneval", "mbpp"} & tasks:
-        return "unknown task"
+    if {"humaneval", "mbpp"} & tasks and "--confirm_run_unsafe_code" not in argv:
+        return "--confirm_run_unsafe_code"
     if "hellaswag" in tasks:  # the mirror has no HellaSwag validation split in HF's schema
         return "split 'validation' of task 'hellaswag' not found"
     return None
