@@ -7,7 +7,7 @@ MODELS ?= models
 DATA_DIR ?= $(abspath ../shared/data)
 PROTOS := $(wildcard proto/evalfleet/v1/*.proto)
 
-.PHONY: install system-deps chromium sandbox-tools proto test test-all lint demo bench clean
+.PHONY: install system-deps chromium sandbox-tools proto test test-acceptance test-all lint demo bench clean
 
 install: system-deps chromium sandbox-tools $(VENV)/.installed $(MODELS)/smollm2-135m/model.safetensors
 
@@ -61,6 +61,10 @@ lint:
 
 test:
 	EVALFLEET_DATA_DIR=$(DATA_DIR) $(VENV)/bin/pytest -q
+
+# The reference tests at the issues' full sizes (tens of minutes; not part of CI's suite).
+test-acceptance:
+	EVALFLEET_ACCEPTANCE=1 EVALFLEET_DATA_DIR=$(DATA_DIR) $(VENV)/bin/pytest -q -m reference
 
 demo:
 	EVALFLEET_DATA_DIR=$(DATA_DIR) $(VENV)/bin/evalfleet eval --model hf \

@@ -113,6 +113,9 @@ def main() -> int:
     parser.add_argument("--tasks_dir", default=None,
                         help="walk this folder instead of lm-eval's own tasks (a subset)")
     parser.add_argument("--docs", type=int, default=3, help="documents compared per task")
+    parser.add_argument("--overrides", default=None,
+                        help="an existing output folder of ../shared/tools/lmeval_local.py "
+                             "(default: make one, which scans all of lm-eval's tasks)")
     parser.add_argument("--timeout", type=int, default=120, help="seconds per task and side")
     parser.add_argument("--data_dir", default=os.environ.get("EVALFLEET_DATA_DIR",
                                                              str(REPO.parent / "shared/data")))
@@ -134,9 +137,12 @@ def main() -> int:
     entries = [e for e in manager.list() if e.kind == "task"]
     if args.only:
         entries = [e for e in entries if re.search(args.only, e.name)]
-    overrides = Path(tempfile.mkdtemp(prefix="lmeval-overrides-"))
-    subprocess.run([sys.executable, str(TOOL), args.data_dir, str(overrides)], check=True,
-                   capture_output=True)
+    if args.overrides:
+        overrides = Path(args.overrides)
+    else:
+        overrides = Path(tempfile.mkdtemp(prefix="lmeval-overrides-"))
+        subprocess.run([sys.executable, str(TOOL), args.data_dir, str(overrides)], check=True,
+                       capture_output=True)
     lm_manager = None
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -14,6 +14,11 @@ MODELS_DIR = REPO_ROOT / "models"
 REAL_MODEL_DIR = MODELS_DIR / "smollm2-135m"
 TINY_MODEL_DIR = MODELS_DIR / "tiny-smollm2"
 
+#: Acceptance-size reference runs (`make test-acceptance`): the issues' full sizes (e.g. kobest
+#: limit 50, humaneval/mbpp limit 5 without a generation cap). The default suite runs the same
+#: tests at smaller sizes, so that it stays within CI's time.
+ACCEPTANCE = os.environ.get("EVALFLEET_ACCEPTANCE") == "1"
+
 # lm-eval and datasets must never reach for the hub in tests.
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")

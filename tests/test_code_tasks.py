@@ -1,5 +1,7 @@
 """humaneval and mbpp: refused without consent; with it, generations and pass@1 equal lm-eval
-0.4.13's ``--model hf`` on SmolLM2-135M (limit 5 each, greedy), through the real services."""
+0.4.13's ``--model hf`` through the real services: on SmolLM2-135M (limit 5 each, greedy) at
+acceptance size (``make test-acceptance``), on the tiny model with capped generation in the
+default suite."""
 
 from __future__ import annotations
 
@@ -9,12 +11,16 @@ from pathlib import Path
 
 import grpc
 import pytest
+from conftest import ACCEPTANCE
 
 from evalfleet.v1 import coordinator_pb2 as cpb
 from evalfleet.v1 import coordinator_pb2_grpc as cpb_grpc
 
 TASKS = ["humaneval", "mbpp"]
-LIMIT = 5
+LIMIT = 5 if ACCEPTANCE else 1
+#: The default suite caps generation on both sides alike; acceptance runs generate as the
+#: tasks say (up to 1,024 tokens for humaneval).
+GEN_KWARGS = None if ACCEPTANCE else "max_gen_toks=160"
 BATCH = 1  # lm-eval runs a batch until every row stops: batches cost more here
 CODE_EVAL = Path(__file__).resolve().parent / "lmeval_code_eval"
 
@@ -62,7 +68,14 @@ def test_cli_refuses_without_the_flag(capsys, data_dir, tiny_model_dir):
 
 
 @pytest.fixture(scope="module")
-def lmeval_code_results(lmeval_task_dir, real_model_dir, tmp_path_factory):
+def code_model_dir(request):
+    """SmolLM2-135M at acceptance size; the tiny model (its random text never stops, so the
+    capped generation is the whole budget) in the default suite."""
+    return request.getfixturevalue("real_model_dir" if ACCEPTANCE else "tiny_model_dir")
+
+
+@pytest.fixture(scope="module")
+def lmeval_code_results(lmeval_task_dir, code_model_dir, tmp_path_factory):
     """lm-eval itself; its task utils load HF code_eval, offline a ./code_eval folder."""
     from lm_eval import simple_evaluate
     from lm_eval.tasks import TaskManager
@@ -74,20 +87,20 @@ def lmeval_code_results(lmeval_task_dir, real_model_dir, tmp_path_factory):
     os.chdir(workdir)
     try:
         return simple_evaluate(
-            model="hf", model_args=f"pretrained={real_model_dir},dtype=float32", tasks=TASKS,
+            model="hf", model_args=f"pretrained={code_model_dir},dtype=float32", tasks=TASKS,
             limit=LIMIT, batch_size=BATCH, device="cpu", bootstrap_iters=0, log_samples=True,
-            confirm_run_unsafe_code=True,
+            confirm_run_unsafe_code=True, gen_kwargs=GEN_KWARGS,
             task_manager=TaskManager(include_path=str(lmeval_task_dir)))
     finally:
         os.chdir(previous)
 
 
 @pytest.fixture(scope="module")
-def evalfleet_code_results(background_loop, real_model_dir, data_dir):
+def evalfleet_code_results(background_loop, code_model_dir, data_dir):
     from evalfleet.inference.server import load_backend, start_worker
     from evalfleet.server.service import start_coordinator
 
-    model_args = {"pretrained": str(real_model_dir), "dtype": "float32", "device": "cpu"}
+    model_args = {"pretrained": str(code_model_dir), "dtype": "float32", "device": "cpu"}
     backend = load_backend("hf", model_args, batch_size=BATCH)
     worker = background_loop.run(start_worker(backend, model_args=model_args))
     server, _ = background_loop.run(start_coordinator(
@@ -95,7 +108,7 @@ def evalfleet_code_results(background_loop, real_model_dir, data_dir):
     try:
         spec = cpb.EvaluationSpec(model="hf", tasks=TASKS, limit=LIMIT, bootstrap_iters=0,
                                   log_samples=True, batch_size=str(BATCH),
-                                  confirm_run_unsafe_code=True)
+                                  confirm_run_unsafe_code=True, gen_kwargs=GEN_KWARGS or "")
         with grpc.insecure_channel(server.address) as channel:
             stub = cpb_grpc.EvaluationServiceStub(channel)
             evaluation = stub.CreateEvaluation(cpb.CreateEvaluationRequest(spec=spec),

@@ -6,13 +6,14 @@ import json
 
 import grpc
 import pytest
+from conftest import ACCEPTANCE
 
 from evalfleet.tasks import TaskManager
 from evalfleet.v1 import coordinator_pb2 as cpb
 from evalfleet.v1 import coordinator_pb2_grpc as cpb_grpc
 
 KOBEST = ["kobest_boolq", "kobest_copa", "kobest_hellaswag", "kobest_sentineg", "kobest_wic"]
-LIMIT = 50
+LIMIT = 50 if ACCEPTANCE else 8
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 @pytest.mark.reference
-def test_library_report_on_kobest_and_a_broken_task(tmp_path, data_dir):
+def test_library_report_on_kobest_and_a_broken_task(tmp_path, data_dir, lmeval_task_dir):
     import lm_eval
 
     tasks = tmp_path / "tasks"
@@ -27,7 +27,8 @@ def test_library_report_on_kobest_and_a_broken_task(tmp_path, data_dir):
     out = tmp_path / "report.jsonl"
     proc = subprocess.run(
         [sys.executable, str(REPO / "scripts" / "lmeval_library_report.py"), "--tasks_dir",
-         str(tasks), "--out", str(out), "--data_dir", str(data_dir), "--docs", "2"],
+         str(tasks), "--out", str(out), "--data_dir", str(data_dir), "--docs", "2",
+         "--overrides", str(lmeval_task_dir)],
         capture_output=True, text=True, timeout=1200, check=True)
     summary = json.loads(proc.stdout.strip().splitlines()[-1])
     assert summary["tasks"] == 6 and summary["loaded"] == 5
