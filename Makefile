@@ -75,6 +75,7 @@ bench:
 	EVALFLEET_DATA_DIR=$(DATA_DIR) $(PY) bench/bench_scoring.py
 	EVALFLEET_DATA_DIR=$(DATA_DIR) $(PY) bench/bench_inference.py
 	$(PY) bench/bench_store.py
+	EVALFLEET_DATA_DIR=$(DATA_DIR) $(PY) bench/bench_fleet.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info out

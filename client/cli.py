@@ -21,6 +21,14 @@ from collections.abc import Sequence
 
 from rich.console import Console
 
+from evalfleet.client.connect import add_client_security_flags
+from evalfleet.client.serve import (
+    add_coordinator_flags,
+    add_worker_flags,
+    coordinator_options,
+    registration,
+    worker_security,
+)
 from evalfleet.common.args import parse_kv_args
 from evalfleet.common.errors import EvalfleetError
 from evalfleet.common.logging import configure_logging
@@ -126,6 +134,10 @@ def _add_eval_parser(sub: argparse._SubParsersAction) -> None:
                    help="local dataset mirror (default: $EVALFLEET_DATA_DIR)")
     p.add_argument("--coordinator", default=None,
                    help="host:port of a running coordinator (default: embedded services)")
+    p.add_argument("--model_fingerprint", default="",
+                   help="run on the coordinator's workers of this model fingerprint (see "
+                        "`evalfleet workers`)")
+    add_client_security_flags(p)
     p.add_argument("--store", default=None, metavar="PATH|URL",
                    help="the embedded coordinator's store: a SQLite file, sqlite:///PATH, "
                         "postgresql://..., or :memory: to keep nothing (default: "
@@ -157,11 +169,14 @@ def _add_serve_parser(sub: argparse._SubParsersAction) -> None:
                    help="largest batch --batch_size auto may pick")
     w.add_argument("--host", default="127.0.0.1")
     w.add_argument("--port", type=int, default=50061)
+    add_worker_flags(w)
     c = serve.add_parser("coordinator", help="the evaluation coordinator")
     _log_level_flag(c)
     c.add_argument("--host", default="127.0.0.1")
     c.add_argument("--port", type=int, default=50051)
-    c.add_argument("--workers", default="", help="host:port[,host:port]")
+    c.add_argument("--workers", default="",
+                   help="host:port[,host:port], or dns:///NAME:PORT (every address the name "
+                        "resolves to, re-resolved), or dns://NAMESERVER/NAME:PORT")
     c.add_argument("--store", "--db", dest="store", default="evalfleet.db", metavar="PATH|URL",
                    help="job store: a SQLite file (default evalfleet.db), sqlite:///PATH, "
                         "or postgresql://USER[:PASSWORD]@HOST[:PORT]/DBNAME shared by several "
@@ -172,6 +187,14 @@ def _add_serve_parser(sub: argparse._SubParsersAction) -> None:
                    help="YAML of the trackers jobs may use (format: reporting/sinks/config.py)")
     c.add_argument("--confirm_run_unsafe_code", action="store_true",
                    help="allow jobs that confirm it to run model-generated code (humaneval, mbpp)")
+    add_coordinator_flags(c)
+
+
+def _add_workers_parser(sub: argparse._SubParsersAction) -> None:
+    w = sub.add_parser("workers", help="list a coordinator's workers")
+    w.add_argument("--coordinator", required=True, help="host:port of the coordinator")
+    w.add_argument("--json", action="store_true", help="one JSON object per worker")
+    add_client_security_flags(w)
 
 
 def _add_tasks_parser(sub: argparse._SubParsersAction) -> None:
@@ -241,6 +264,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     _add_eval_parser(sub)
     _add_serve_parser(sub)
+    _add_workers_parser(sub)
     _add_tasks_parser(sub)
     _add_results_parser(sub)
     return parser
@@ -276,6 +300,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from evalfleet.client.results_command import run_results
 
             return run_results(args)
+        if args.command == "workers":
+            from evalfleet.client.workers_command import run_workers
+
+            return asyncio.run(run_workers(args))
         return _tasks(args)
     except EvalfleetError as exc:
         print(f"error: {exc.message}", file=sys.stderr)
@@ -309,19 +337,22 @@ async def _serve(args: argparse.Namespace) -> int:
         backend = await asyncio.to_thread(load_backend, args.backend, model_args,
                                           _batch_size(args.batch_size))
         server = await start_worker(backend, host=args.host, port=args.port,
-                                    model_args=model_args)
+                                    model_args=model_args, security=worker_security(args))
+        registered = registration(args, server.port)
+        if registered is not None:
+            registered.start()
+            server.on_stop(registered.stop)
     else:
         from evalfleet.reporting.sinks.config import load_sinks_config
         from evalfleet.server.service import start_coordinator
         from evalfleet.server.store import open_store
 
-        workers = [w.strip() for w in args.workers.split(",") if w.strip()]
         sinks = load_sinks_config(args.sinks) if args.sinks else None
         store = open_store(args.store)
         server, runner = await start_coordinator(
-            host=args.host, port=args.port, workers=workers, store=store,
-            data_dir=args.data_dir, include_paths=args.include_path, sinks=sinks,
-            confirm_run_unsafe_code=args.confirm_run_unsafe_code)
+            host=args.host, port=args.port, store=store, sinks=sinks,
+            confirm_run_unsafe_code=args.confirm_run_unsafe_code,
+            options=coordinator_options(args))
         await runner.resume_pending()
     print(f"listening on {args.host}:{server.port}", flush=True)
     await _wait_for_signal()

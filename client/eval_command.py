@@ -14,6 +14,7 @@ from typing import Any
 
 from rich.console import Console
 
+from evalfleet.client.connect import client_security
 from evalfleet.client.submit import run_job, write_outputs
 from evalfleet.common.args import format_kv_args, parse_kv_args
 from evalfleet.common.errors import EvalfleetError, InvalidArgumentError
@@ -83,6 +84,7 @@ def build_spec(args: argparse.Namespace, *, worker_addresses: list[str] | None =
         metadata=args.metadata, confirm_run_unsafe_code=args.confirm_run_unsafe_code,
         worker_addresses=worker_addresses or [], predict_only=args.predict_only,
         cache_requests=args.cache_requests or "",
+        model_fingerprint=getattr(args, "model_fingerprint", "") or "",
     )
     if args.fewshot_as_multiturn is not None:
         spec.fewshot_as_multiturn = args.fewshot_as_multiturn
@@ -199,19 +201,22 @@ async def run_eval(args: argparse.Namespace) -> int:
     store_url = store_url if store_url is not None else str(default_store_path())
     sinks = client_sinks(args)
     async with AsyncExitStack() as stack:
+        security = None
         if args.coordinator:
             address = args.coordinator
             spec = build_spec(args)
+            security = client_security(args)
             if args.max_batch_size is not None:
                 console.print("note: --max_batch_size applies to an embedded worker; the "
                               "coordinator's workers keep their own")
             if args.write_out:
                 write_out(spec, data_dir, include_paths)
         else:
-            address, worker = await _start_embedded(args, data_dir, stack, console, store_url)
-            spec = build_spec(args, worker_addresses=[worker])
+            address, _ = await _start_embedded(args, data_dir, stack, console, store_url)
+            spec = build_spec(args)
         results, samples = await run_job(address, spec, console=console,
-                                         show_progress=not args.no_progress)
+                                         show_progress=not args.no_progress,
+                                         security=security)
     doc = json.loads(results.results_json)
     doc["config"]["use_cache"] = args.use_cache
     results.results_json = json.dumps(doc)
@@ -308,8 +313,9 @@ async def _start_embedded(args: argparse.Namespace, data_dir: str | None,
     import asyncio
 
     from evalfleet.inference.server import load_backend, start_worker
+    from evalfleet.server.access import AccessPolicy
     from evalfleet.server.planning import load_tasks
-    from evalfleet.server.service import start_coordinator
+    from evalfleet.server.service import CoordinatorOptions, start_coordinator
     from evalfleet.server.spec import parse_spec
     from evalfleet.server.store import open_store, redact_url
 
@@ -343,7 +349,8 @@ async def _start_embedded(args: argparse.Namespace, data_dir: str | None,
     stack.push_async_callback(worker.stop, 1.0)
     coordinator, runner = await start_coordinator(
         workers=[worker.address], store=store, data_dir=data_dir,
-        include_paths=args.include_path, confirm_run_unsafe_code=args.confirm_run_unsafe_code)
+        include_paths=args.include_path, confirm_run_unsafe_code=args.confirm_run_unsafe_code,
+        options=CoordinatorOptions(policy=AccessPolicy.local()))
     stack.push_async_callback(coordinator.stop, 1.0)
     # Interrupted (Ctrl-C): the job is cancelled and recorded so while the store is still open;
     # its answers so far are stored and the same command resumes from them.

@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from evalfleet.common.errors import EvalfleetError, FailedPreconditionError, UnavailableError
-from evalfleet.common.rpc import insecure_channel
+from evalfleet.common.security import ClientSecurity
 from evalfleet.server.results import sanitize_model_name
 from evalfleet.v1 import coordinator_pb2 as cpb
 from evalfleet.v1 import coordinator_pb2_grpc as cpb_grpc
@@ -36,57 +36,70 @@ class RemoteError(EvalfleetError):
 
 
 async def run_job(
-    address: str, spec: cpb.EvaluationSpec, *, console: Console, show_progress: bool = True
+    address: str, spec: cpb.EvaluationSpec, *, console: Console, show_progress: bool = True,
+    security: ClientSecurity | None = None,
 ) -> tuple[cpb.EvaluationResults, list[cpb.SampleRecord]]:
-    """Create the evaluation, follow it to the end, and return its results and samples."""
-    async with insecure_channel(address) as channel:
+    """Create the evaluation, follow it to the end, and return its results and samples.
+
+    ``security``: the coordinator's token and TLS settings.
+    """
+    security = security or ClientSecurity()
+    md = security.metadata
+    async with security.channel(address) as channel:
         stub = cpb_grpc.EvaluationServiceStub(channel)
         try:
             evaluation = await stub.CreateEvaluation(cpb.CreateEvaluationRequest(spec=spec),
-                                                     timeout=600)
-            state = await _follow(stub, evaluation, console, show_progress)
+                                                     timeout=600, metadata=md)
+            state = await _follow(stub, evaluation, console, show_progress, md)
             if state.state != cpb.EVALUATION_STATE_SUCCEEDED:
                 final = await stub.GetEvaluation(cpb.GetEvaluationRequest(id=evaluation.id),
-                                                 timeout=30)
+                                                 timeout=30, metadata=md)
                 name = cpb.EvaluationState.Name(final.state).removeprefix("EVALUATION_STATE_")
                 if final.state == cpb.EVALUATION_STATE_FAILED and "unreachable" in final.error:
                     raise UnavailableError(f"evaluation {final.id} failed: {final.error}")
                 raise FailedPreconditionError(
                     f"evaluation {final.id} {name.lower()}: {final.error or 'no results'}")
-            results = await stub.GetResults(cpb.GetResultsRequest(id=evaluation.id), timeout=60)
+            results = await stub.GetResults(cpb.GetResultsRequest(id=evaluation.id), timeout=60,
+                                            metadata=md)
             samples: list[cpb.SampleRecord] = []
             if spec.log_samples:
                 async for record in stub.StreamSamples(
-                        cpb.StreamSamplesRequest(id=evaluation.id), timeout=600):
+                        cpb.StreamSamplesRequest(id=evaluation.id), timeout=600, metadata=md):
                     samples.append(record)
             return results, samples
         except grpc.aio.AioRpcError as exc:
             raise RemoteError(exc, address) from exc
 
 
-async def fetch_results(address: str, evaluation_id: str
+async def fetch_results(address: str, evaluation_id: str,
+                        security: ClientSecurity | None = None,
                         ) -> tuple[cpb.EvaluationResults, list[cpb.SampleRecord]]:
     """A finished evaluation's results and samples from the coordinator at ``address``."""
-    async with insecure_channel(address) as channel:
+    security = security or ClientSecurity()
+    md = security.metadata
+    async with security.channel(address) as channel:
         stub = cpb_grpc.EvaluationServiceStub(channel)
         try:
-            results = await stub.GetResults(cpb.GetResultsRequest(id=evaluation_id), timeout=60)
+            results = await stub.GetResults(cpb.GetResultsRequest(id=evaluation_id), timeout=60,
+                                            metadata=md)
             samples = [record async for record in stub.StreamSamples(
-                cpb.StreamSamplesRequest(id=evaluation_id), timeout=600)]
+                cpb.StreamSamplesRequest(id=evaluation_id), timeout=600, metadata=md)]
         except grpc.aio.AioRpcError as exc:
             raise RemoteError(exc, address) from exc
     return results, samples
 
 
 async def _follow(stub: cpb_grpc.EvaluationServiceStub, evaluation: cpb.Evaluation,
-                  console: Console, show_progress: bool) -> cpb.EvaluationEvent:
+                  console: Console, show_progress: bool, metadata: tuple = ()
+                  ) -> cpb.EvaluationEvent:
     last = cpb.EvaluationEvent(id=evaluation.id, state=evaluation.state)
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                TimeElapsedColumn())
     with Progress(*columns, console=console, disable=not show_progress,
                   transient=False) as progress:
         bars: dict[str, Any] = {}
-        async for event in stub.WatchEvaluation(cpb.WatchEvaluationRequest(id=evaluation.id)):
+        async for event in stub.WatchEvaluation(cpb.WatchEvaluationRequest(id=evaluation.id),
+                                                metadata=metadata):
             last = event
             if STORE_REPORT in event.message:  # what a resumed or repeated job reuses
                 console.print(f"evaluation {evaluation.id}: {event.message}")

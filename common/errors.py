@@ -43,6 +43,20 @@ class FailedPreconditionError(EvalfleetError):
     code = grpc.StatusCode.FAILED_PRECONDITION
 
 
+class PermissionDeniedError(EvalfleetError):
+    """The caller may not ask this of this server (e.g. a client-named path on the coordinator);
+    the message names the field and the operator flag that would allow it."""
+
+    code = grpc.StatusCode.PERMISSION_DENIED
+
+
+class ResourceExhaustedError(EvalfleetError):
+    """A request over one of the server's bounds (spec size, tasks, requests); the message names
+    the bound and its value."""
+
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
 def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str]:
     """The gRPC status and message for an exception raised while serving a call."""
     if isinstance(exc, EvalfleetError):

@@ -16,8 +16,9 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
-from evalfleet.common.errors import EvalfleetError, status_for
+from evalfleet.common.errors import EvalfleetError, UnavailableError, status_for
 from evalfleet.common.logging import get_logger
+from evalfleet.common.security import ServerSecurity
 
 log = get_logger("rpc")
 
@@ -73,8 +74,15 @@ class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):
         return handler
 
 
+#: Longest status message sent (gRPC refuses trailers over 16 KiB; a message quoting a huge
+#: argument must not turn into a transport error).
+MAX_STATUS_MESSAGE = 4000
+
+
 async def _abort(context: grpc.aio.ServicerContext, exc: Exception, method: str) -> None:
     code, message = status_for(exc)
+    if len(message) > MAX_STATUS_MESSAGE:
+        message = message[:MAX_STATUS_MESSAGE] + f"... ({len(message)} characters)"
     if isinstance(exc, EvalfleetError):
         log.info("rpc_user_error", method=method, code=code.name, message=message)
     else:
@@ -124,11 +132,14 @@ class RunningServer:
     port: int
     health: HealthServicer
     service_names: tuple[str, ...]
+    host: str = "127.0.0.1"
     _on_stop: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
 
     @property
     def address(self) -> str:
-        return f"127.0.0.1:{self.port}"
+        """host:port to reach it (loopback when it listens on every interface)."""
+        host = "127.0.0.1" if self.host in ("0.0.0.0", "", "[::]", "::") else self.host
+        return f"{host}:{self.port}"
 
     def on_stop(self, callback: Callable[[], Awaitable[None]]) -> None:
         """Await ``callback`` after the server has stopped (e.g. close the backend)."""
@@ -148,13 +159,20 @@ async def start_server(
     host: str = "127.0.0.1",
     port: int = 0,
     reflection_enabled: bool = True,
+    security: ServerSecurity | None = None,
+    max_receive_bytes: int = MAX_MESSAGE_BYTES,
 ) -> RunningServer:
     """Start a ``grpc.aio`` server with health, reflection and error mapping.
 
-    ``port=0`` picks a free ephemeral port; the chosen one is in the result.
+    ``port=0`` picks a free ephemeral port; the chosen one is in the result. ``security``
+    adds the bearer-token check (health stays open) and TLS; ``max_receive_bytes`` bounds a
+    request message (larger ones get RESOURCE_EXHAUSTED from gRPC itself).
     """
+    security = security or ServerSecurity()
+    options = [o for o in SERVER_OPTIONS if o[0] != "grpc.max_receive_message_length"]
+    options.append(("grpc.max_receive_message_length", max_receive_bytes))
     server = grpc.aio.server(
-        interceptors=[ErrorMappingInterceptor()], options=SERVER_OPTIONS
+        interceptors=[*security.interceptors(), ErrorMappingInterceptor()], options=options
     )
     health = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
@@ -167,18 +185,20 @@ async def start_server(
              reflection.SERVICE_NAME),
             server,
         )
-    bound = server.add_insecure_port(f"{host}:{port}")
+    credentials = security.credentials()
+    bound = (server.add_secure_port(f"{host}:{port}", credentials) if credentials is not None
+             else server.add_insecure_port(f"{host}:{port}"))
     if bound == 0:
-        from evalfleet.common.errors import UnavailableError
-
         raise UnavailableError(f"cannot listen on {host}:{port} (port in use or not permitted)")
     await server.start()
     serving = health_pb2.HealthCheckResponse.SERVING
     await health.set("", serving)
     for name in names:
         await health.set(name, serving)
-    log.info("server_started", host=host, port=bound, services=list(names))
-    return RunningServer(server=server, port=bound, health=health, service_names=names)
+    log.info("server_started", host=host, port=bound, services=list(names), tls=security.tls,
+             mutual_tls=security.client_ca is not None, auth=security.token is not None)
+    return RunningServer(server=server, port=bound, health=health, service_names=names,
+                         host=host)
 
 
 def insecure_channel(address: str) -> grpc.aio.Channel:

@@ -15,6 +15,7 @@ from typing import Any
 from evalfleet.common.errors import InvalidArgumentError
 from evalfleet.common.logging import get_logger
 from evalfleet.common.rpc import RunningServer, Service, start_server
+from evalfleet.common.security import ServerSecurity
 from evalfleet.inference.backends import get_backend
 from evalfleet.inference.backends.base import (
     Answers,
@@ -188,17 +189,19 @@ def load_backend(backend_name: str, model_args: dict[str, Any],
 
 
 async def start_worker(backend: Backend, *, host: str = "127.0.0.1", port: int = 0,
-                       model_args: dict[str, Any] | None = None) -> RunningServer:
+                       model_args: dict[str, Any] | None = None,
+                       security: ServerSecurity | None = None) -> RunningServer:
     """Serve an already loaded backend as an ``InferenceService`` on ``host:port``.
 
     Runs the backend's ``start`` hook first (remote backends probe their server there).
+    ``security``: the bearer token callers must present and TLS.
     """
     await backend.start()
     servicer = InferenceServicer(backend, model_args)
     server = await start_server(
         [Service(pb_grpc.add_InferenceServiceServicer_to_server, servicer,
                  pb.DESCRIPTOR.services_by_name["InferenceService"].full_name)],
-        host=host, port=port,
+        host=host, port=port, security=security,
     )
     server.on_stop(backend.close)
     return server

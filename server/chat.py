@@ -56,8 +56,9 @@ class _WorkerTemplate:
     """
 
     def __init__(self, stub, template_name: str, loop: asyncio.AbstractEventLoop,
-                 timeout_s: float) -> None:
+                 timeout_s: float, metadata: tuple = ()) -> None:
         self._stub = stub
+        self._metadata = metadata
         self._name = template_name
         self._loop = loop
         self._timeout_s = timeout_s
@@ -70,7 +71,7 @@ class _WorkerTemplate:
         response = await self._stub.ApplyChatTemplate(
             ipb.ApplyChatTemplateRequest(template_name=self._name,
                                          conversations=[conversation]),
-            timeout=self._timeout_s)
+            timeout=self._timeout_s, metadata=self._metadata)
         return response.prompts[0]
 
     def __call__(self, chat: list[dict[str, str]], add_generation_prompt: bool = True) -> str:
@@ -81,11 +82,15 @@ class _WorkerTemplate:
         return self._cache[key]
 
 
-async def worker_renderer(stub, template_name: str, *, timeout_s: float = 60.0) -> ChatRenderer:
-    """RENDER mode: conversations rendered by a worker's ``ApplyChatTemplate`` (``stub``)."""
+async def worker_renderer(stub, template_name: str, *, timeout_s: float = 60.0,
+                          metadata: tuple = ()) -> ChatRenderer:
+    """RENDER mode: conversations rendered by a worker's ``ApplyChatTemplate`` (``stub``;
+    ``metadata`` carries the coordinator's credentials)."""
     info = await stub.ApplyChatTemplate(
-        ipb.ApplyChatTemplateRequest(template_name=template_name), timeout=timeout_s)
-    render = _WorkerTemplate(stub, template_name, asyncio.get_running_loop(), timeout_s)
+        ipb.ApplyChatTemplateRequest(template_name=template_name), timeout=timeout_s,
+        metadata=metadata)
+    render = _WorkerTemplate(stub, template_name, asyncio.get_running_loop(), timeout_s,
+                             metadata)
     return ChatRenderer(render, info.template, info.template_sha)
 
 

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
+from typing import Any
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from evalfleet.server.planning import JobPlan
 from evalfleet.server.spec import ParsedSpec
-from evalfleet.server.workers import WorkerPool
 from evalfleet.v1 import coordinator_pb2 as cpb
 from evalfleet.v1 import inference_pb2 as ipb
 
@@ -33,7 +33,6 @@ class Job:
     id: str
     parsed: ParsedSpec
     plan: JobPlan
-    pool: WorkerPool
     model_info: ipb.ModelInfo
     state: int = cpb.EVALUATION_STATE_QUEUED
     error: str = ""
@@ -44,6 +43,9 @@ class Job:
     subscribers: list[asyncio.Queue] = field(default_factory=list)
     history: list[cpb.EvaluationEvent] = field(default_factory=list)
     runner: asyncio.Task | None = None
+    allowed: set[str] | None = None  # spec.worker_addresses, when the job names its workers
+    served_by: set[str] = field(default_factory=set)  # workers that answered its batches
+    dispatch: Any = None  # its scheduler.JobDispatch while it computes
 
     @property
     def positions_computed(self) -> int:

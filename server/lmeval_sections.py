@@ -33,7 +33,7 @@ def config_section(job: Job) -> dict[str, Any]:
         "gen_kwargs": parsed.gen_kwargs,
         **parsed.seeds,
         "num_fewshot": parsed.num_fewshot,
-        "workers": list(job.pool.addresses),
+        "workers": sorted(job.served_by),
         "model_fingerprint": info.fingerprint,
         "positions_computed": job.positions_computed,
         "unique_requests": len(job.plan.work),

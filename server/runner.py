@@ -24,13 +24,13 @@ from typing import Any
 from evalfleet.common.errors import (
     EvalfleetError,
     FailedPreconditionError,
-    InvalidArgumentError,
     NotFoundError,
 )
 from evalfleet.common.logging import get_logger
 from evalfleet.execution.policy import check_unsafe_code
 from evalfleet.server import job_hooks, lmeval_sections
 from evalfleet.server import results as results_mod
+from evalfleet.server.access import AccessPolicy
 from evalfleet.server.capabilities import check_chat_only, check_request_kinds
 from evalfleet.server.chat import (
     ChatRenderer,
@@ -42,9 +42,10 @@ from evalfleet.server.dispatch import compute_missing
 from evalfleet.server.evaluator import TaskScorer, TaskScores, aggregate_task
 from evalfleet.server.job import TERMINAL, Job
 from evalfleet.server.planning import build_plan, load_tasks
+from evalfleet.server.registry import Worker, WorkerRegistry
+from evalfleet.server.scheduler import Scheduler
 from evalfleet.server.spec import ParsedSpec, parse_spec
 from evalfleet.server.store import ACTIVE_STATES, JobRecord, JobStore
-from evalfleet.server.workers import WorkerPool
 from evalfleet.v1 import coordinator_pb2 as cpb
 from evalfleet.v1 import inference_pb2 as ipb
 
@@ -59,11 +60,11 @@ _OUTPUT_KINDS = {"multiple_choice": "loglikelihood", "loglikelihood": "loglikeli
                  "generate_until": "generate_until"}
 
 
-async def _chat_renderer(parsed: ParsedSpec, pool: WorkerPool) -> ChatRenderer | None:
+async def _chat_renderer(parsed: ParsedSpec, workers: list[Worker]) -> ChatRenderer | None:
     """How this job's prompts get the model's chat template (None without one)."""
     if not parsed.apply_chat_template:
         return None
-    support = {c.address: c.info.capabilities.chat_template for c in pool.clients}
+    support = {w.address: w.info.capabilities.chat_template for w in workers}
     for address, kind in support.items():
         require_chat_support(kind, address)
     if len(set(support.values())) > 1:
@@ -73,61 +74,70 @@ async def _chat_renderer(parsed: ParsedSpec, pool: WorkerPool) -> ChatRenderer |
             "); run the job on workers of one backend")
     if next(iter(support.values())) == ipb.CHAT_TEMPLATE_SUPPORT_MESSAGES:
         return json_messages_renderer()
-    return await worker_renderer(pool.clients[0].stub, parsed.spec.chat_template_name)
+    client = workers[0].client
+    return await worker_renderer(client.stub, parsed.spec.chat_template_name,
+                                 metadata=client.metadata)
 
 
 class JobRunner:
-    """Runs jobs against worker pools and keeps them in the store."""
+    """Runs jobs on the registry's workers and keeps them in the store."""
 
-    def __init__(self, store: JobStore, *, default_workers: Sequence[str] = (),
+    def __init__(self, store: JobStore, registry: WorkerRegistry, scheduler: Scheduler, *,
                  data_dir: str | Path | None = None, include_paths: Sequence[str] = (),
-                 batch_items: int = 512, owner: str | None = None,
-                 lease_s: float = DEFAULT_LEASE_S,
+                 policy: AccessPolicy | None = None, worker_wait_s: float = 10.0,
+                 owner: str | None = None, lease_s: float = DEFAULT_LEASE_S,
                  sinks: dict[str, Any] | None = None,
                  confirm_run_unsafe_code: bool = False) -> None:
         self.store = store
+        self.registry = registry
+        self.scheduler = scheduler
         self.sinks = sinks
         #: This coordinator's id as the store's job owner (unique per process).
         self.owner = owner or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.lease_s = lease_s
         #: the operator's consent to run generated code (jobs must confirm it too)
         self.confirm_run_unsafe_code = confirm_run_unsafe_code
-        self.batch_items = batch_items
-        self.default_workers = list(default_workers)
         self.data_dir = data_dir
         self.include_paths = list(include_paths)
+        self.policy = policy or AccessPolicy()
+        self.worker_wait_s = worker_wait_s
         self.jobs: dict[str, Job] = {}
 
     async def create(self, spec: cpb.EvaluationSpec, job_id: str | None = None) -> Job:
         """Validate, plan and queue a job; errors surface here as statuses."""
+        self.policy.check_size(spec)
         job_hooks.prepare_spec(spec, self.sinks)
         parsed = parse_spec(spec)
-        pool = WorkerPool(list(spec.worker_addresses) or self.default_workers)
-        info = await pool.connect()
+        self.policy.check_spec(spec, parsed.model_args)
+        allowed = set(spec.worker_addresses) or None
+        if allowed:
+            self.registry.acquire(allowed)
         try:
-            if spec.model and spec.model != info.backend \
-                    and not info.backend.startswith(spec.model):
-                raise InvalidArgumentError(
-                    f"spec.model: '{spec.model}' but the workers serve backend "
-                    f"'{info.backend}'")
-            workers = {c.address: c.info for c in pool.clients}
-            check_chat_only(parsed.apply_chat_template, workers)
+            workers = await self.registry.select(
+                backend=spec.model, model_args=parsed.model_args,
+                fingerprint=spec.model_fingerprint, allowed=allowed, wait_s=self.worker_wait_s)
+            info = workers[0].info
+            infos = {w.address: w.info for w in workers}
+            check_chat_only(parsed.apply_chat_template, infos)
             tree = await asyncio.to_thread(load_tasks, parsed, self.data_dir, self.include_paths)
+            self.policy.check_tasks(len(tree.tasks))
             check_unsafe_code([n for n, t in tree.tasks.items() if t.unsafe_code],
                               operator_allows=self.confirm_run_unsafe_code,
                               job_confirms=spec.confirm_run_unsafe_code)
             check_request_kinds(
                 {name: {_OUTPUT_KINDS[t.output_type]} for name, t in tree.tasks.items()
-                 if t.output_type in _OUTPUT_KINDS}, workers)
-            chat = await _chat_renderer(parsed, pool)
+                 if t.output_type in _OUTPUT_KINDS}, infos)
+            chat = await _chat_renderer(parsed, workers)
             plan = await asyncio.to_thread(build_plan, parsed, self.data_dir,
                                            self.include_paths, chat, tree)
-            check_request_kinds({p.task.name: p.request_types for p in plan.tasks}, workers)
+            self.policy.check_requests(len(plan.work))
+            check_request_kinds({p.task.name: p.request_types for p in plan.tasks}, infos)
         except BaseException:
-            await pool.close()
+            if allowed:
+                self.registry.release(allowed)
             raise
-        job = Job(id=job_id or uuid.uuid4().hex[:16], parsed=parsed, plan=plan, pool=pool,
-                  model_info=info)
+        job = Job(id=job_id or uuid.uuid4().hex[:16], parsed=parsed, plan=plan,
+                  model_info=info, allowed=allowed)
         self.jobs[job.id] = job
         now = time.time()
         await self.store.put_job(JobRecord(job.id, spec.SerializeToString(), job.state, "",
@@ -135,7 +145,8 @@ class JobRunner:
                                            lease_until=now + self.lease_s))
         job.runner = asyncio.create_task(self._run(job), name=f"job-{job.id}")
         log.info("job_created", job=job.id, tasks=[p.task.name for p in plan.tasks],
-                 unique_requests=len(plan.work))
+                 unique_requests=len(plan.work), model=info.fingerprint[:19],
+                 workers=sorted(infos))
         return job
 
     async def resume_pending(self) -> list[str]:
@@ -181,7 +192,9 @@ class JobRunner:
             job.subscribers.remove(queue)
 
     async def cancel(self, job_id: str) -> Job:
+        """Stop the job: no batch of it is sent once this returns."""
         job = self.get(job_id)
+        self.scheduler.stop(job_id)
         if job.state not in TERMINAL and job.runner is not None:
             job.runner.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -200,7 +213,7 @@ class JobRunner:
         started = time.time()
         try:
             await self._set_state(job, cpb.EVALUATION_STATE_RUNNING, "running")
-            await compute_missing(job, self.store, batch_items=self.batch_items)
+            await compute_missing(job, self.store, self.scheduler)
             await self._finish(job, started)
             await self._set_state(job, cpb.EVALUATION_STATE_SUCCEEDED, "succeeded")
         except asyncio.CancelledError:
@@ -213,7 +226,8 @@ class JobRunner:
             await self._set_state(job, cpb.EVALUATION_STATE_FAILED, "failed",
                                   f"internal error: {type(exc).__name__}: {exc}")
         finally:
-            await job.pool.close()
+            if job.allowed:
+                self.registry.release(job.allowed)
 
     async def _finish(self, job: Job, started: float) -> None:
         fingerprint = job.model_info.fingerprint

@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from evalfleet.common.errors import FailedPreconditionError, NotFoundError
 from evalfleet.common.logging import get_logger
 from evalfleet.common.rpc import RunningServer, Service, start_server
+from evalfleet.common.security import ClientSecurity, ServerSecurity
+from evalfleet.server.access import AccessPolicy
+from evalfleet.server.registry import WorkerRegistry
 from evalfleet.server.runner import JobRunner
+from evalfleet.server.scheduler import Scheduler, SchedulerConfig
 from evalfleet.server.store import JobStore, SqliteJobStore
 from evalfleet.tasks import TaskManager
 from evalfleet.v1 import coordinator_pb2 as cpb
@@ -87,7 +92,13 @@ class EvaluationServicer(cpb_grpc.EvaluationServiceServicer):
         async for task, record_json in self.runner.store.iter_samples(request.id, request.tasks):
             yield cpb.SampleRecord(task=task, json=record_json)
 
+    async def ListWorkers(self, request: cpb.ListWorkersRequest, context
+                          ) -> cpb.ListWorkersResponse:
+        return cpb.ListWorkersResponse(workers=self.runner.registry.list())
+
     async def ListTasks(self, request: cpb.ListTasksRequest, context) -> cpb.ListTasksResponse:
+        self.runner.policy.check_include_paths(list(request.include_paths),
+                                               "include_paths")
         manager = TaskManager(include_paths=[*self.runner.include_paths,
                                              *request.include_paths],
                               data_dir=self.runner.data_dir)
@@ -100,29 +111,91 @@ class EvaluationServicer(cpb_grpc.EvaluationServiceServicer):
             for e in sorted(entries, key=lambda e: e.name)])
 
 
+class WorkerRegistryServicer(cpb_grpc.WorkerRegistryServiceServicer):
+    """Self-registration of workers (``evalfleet serve worker --register``)."""
+
+    def __init__(self, registry: WorkerRegistry) -> None:
+        self.registry = registry
+
+    async def RegisterWorker(self, request: cpb.RegisterWorkerRequest, context
+                             ) -> cpb.RegisterWorkerResponse:
+        lease = self.registry.register(request.address)
+        return cpb.RegisterWorkerResponse(lease_seconds=lease,
+                                          heartbeat_interval_seconds=lease / 3)
+
+    async def Heartbeat(self, request: cpb.HeartbeatRequest, context) -> cpb.HeartbeatResponse:
+        return cpb.HeartbeatResponse(lease_seconds=self.registry.heartbeat(request.address))
+
+    async def UnregisterWorker(self, request: cpb.UnregisterWorkerRequest, context
+                               ) -> cpb.UnregisterWorkerResponse:
+        self.registry.unregister(request.address)
+        return cpb.UnregisterWorkerResponse()
+
+
+@dataclass
+class CoordinatorOptions:
+    """Everything ``serve coordinator`` configures besides its store and address."""
+
+    workers: Sequence[str] = ()
+    data_dir: str | Path | None = None
+    include_paths: Sequence[str] = ()
+    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+    policy: AccessPolicy = field(default_factory=AccessPolicy)
+    security: ServerSecurity = field(default_factory=ServerSecurity)
+    worker_security: ClientSecurity = field(default_factory=ClientSecurity)
+    health_interval_s: float = 2.0
+    lease_s: float = 15.0
+    dns_interval_s: float = 10.0
+    worker_wait_s: float = 10.0
+    max_message_bytes: int = 4 * 1024 * 1024
+
+
 async def start_coordinator(*, host: str = "127.0.0.1", port: int = 0,
                             workers: Sequence[str] = (), store: JobStore | None = None,
                             data_dir: str | Path | None = None,
-                            include_paths: Sequence[str] = (), batch_items: int = 512,
+                            include_paths: Sequence[str] = (), batch_items: int | None = None,
                             sinks: dict[str, Any] | None = None,
                             confirm_run_unsafe_code: bool = False,
+                            options: CoordinatorOptions | None = None,
                             ) -> tuple[RunningServer, JobRunner]:
     """Start the coordinator service; returns the server and its job runner.
 
-    ``batch_items`` is the most requests sent to a worker in one RPC (a group of requests
-    sharing a prefix may stretch a batch up to 4 times that). ``sinks`` are the trackers
-    jobs may ask to be logged to (``reporting.sinks.config.load_sinks_config``).
+    ``options`` holds the fleet settings (scheduler, access policy, TLS and tokens, registry
+    timings); ``workers``, ``data_dir``, ``include_paths`` and ``batch_items`` (the most
+    requests in one batch) override its fields when given. ``sinks`` are the trackers jobs
+    may ask to be logged to (``reporting.sinks.config.load_sinks_config``).
     ``confirm_run_unsafe_code`` is the operator's consent to run model-generated code
     (humaneval, mbpp); jobs must confirm it too.
     """
+    options = options or CoordinatorOptions()
+    if workers:
+        options.workers = list(workers)
+    if data_dir is not None:
+        options.data_dir = data_dir
+    if include_paths:
+        options.include_paths = list(include_paths)
+    if batch_items is not None:
+        options.scheduler.max_batch_items = batch_items
     store = store or SqliteJobStore()
     await store.open()  # a bad path or URL is reported now, not at the first job
-    runner = JobRunner(store, default_workers=workers, data_dir=data_dir,
-                       include_paths=include_paths, batch_items=batch_items, sinks=sinks,
-                       confirm_run_unsafe_code=confirm_run_unsafe_code)
-    servicer = EvaluationServicer(runner)
+    registry = WorkerRegistry(options.worker_security,
+                              health_interval_s=options.health_interval_s,
+                              lease_s=options.lease_s, dns_interval_s=options.dns_interval_s)
+    registry.add_static(options.workers)
+    scheduler = Scheduler(registry, options.scheduler)
+    runner = JobRunner(store, registry, scheduler,
+                       data_dir=options.data_dir, include_paths=options.include_paths,
+                       policy=options.policy, worker_wait_s=options.worker_wait_s,
+                       sinks=sinks, confirm_run_unsafe_code=confirm_run_unsafe_code)
     server = await start_server(
-        [Service(cpb_grpc.add_EvaluationServiceServicer_to_server, servicer,
-                 cpb.DESCRIPTOR.services_by_name["EvaluationService"].full_name)],
-        host=host, port=port)
+        [Service(cpb_grpc.add_EvaluationServiceServicer_to_server, EvaluationServicer(runner),
+                 cpb.DESCRIPTOR.services_by_name["EvaluationService"].full_name),
+         Service(cpb_grpc.add_WorkerRegistryServiceServicer_to_server,
+                 WorkerRegistryServicer(registry),
+                 cpb.DESCRIPTOR.services_by_name["WorkerRegistryService"].full_name)],
+        host=host, port=port, security=options.security,
+        max_receive_bytes=options.max_message_bytes)
+    scheduler.start()
+    server.on_stop(scheduler.close)
+    server.on_stop(registry.close)
     return server, runner

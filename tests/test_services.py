@@ -171,7 +171,7 @@ def test_second_job_reuses_stored_answers(fresh_stub):
     (cpb.EvaluationSpec(tasks=["piqa"], batch_size="big"), grpc.StatusCode.INVALID_ARGUMENT,
      "spec.batch_size"),
     (cpb.EvaluationSpec(tasks=["piqa"], worker_addresses=["127.0.0.1:1"]),
-     grpc.StatusCode.UNAVAILABLE, "127.0.0.1:1"),
+     grpc.StatusCode.PERMISSION_DENIED, "--allow_spec_workers"),
     (cpb.EvaluationSpec(tasks=["piqa"], limit=-1), grpc.StatusCode.INVALID_ARGUMENT,
      "spec.limit"),
     (cpb.EvaluationSpec(tasks=["piqa"], limit=2, samples={"piqa": cpb.DocIndices(indices=[1])}),

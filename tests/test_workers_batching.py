@@ -1,38 +1,152 @@
-"""Unit tests of batch cutting: order kept, kinds apart, prefix groups kept whole."""
+"""Unit tests of batch cutting: order kept, kinds apart, prefix groups kept whole, retries
+first, and the bytes on the wire equal to the request message protobuf would build."""
 
 from __future__ import annotations
 
-from evalfleet.server.workers import WorkItem, make_batches, shares_prefix
+import pytest
+
+from evalfleet.server.batching import kind_queues, shares_prefix
+from evalfleet.server.workers import WorkItem
+from evalfleet.v1 import inference_pb2 as pb
 
 
 def _ll(i: int, context: str) -> WorkItem:
     return WorkItem(f"id{i}", "loglikelihood", (context, f" choice {i}"))
 
 
+def _drain(queue, size: int) -> list[list[str]]:
+    out = []
+    while (batch := queue.take(size)) is not None:
+        out.append([queue.ids[i] for i in batch.indices])
+    return out
+
+
 def test_batches_keep_order_and_separate_kinds():
     items = [_ll(i, f"{i} doc") for i in range(5)]
     items.insert(2, WorkItem("r", "loglikelihood_rolling", ("a whole text",)))
-    batches = make_batches(items, max_items=2)
-    assert [b.request_type for b in batches] == ["loglikelihood"] * 3 + ["loglikelihood_rolling"]
-    assert [w.request_id for b in batches[:3] for w in b.items] == [f"id{i}" for i in range(5)]
+    queues = kind_queues(items)
+    assert [q.kind for q in queues] == ["loglikelihood", "loglikelihood_rolling"]
+    assert _drain(queues[0], 2) == [["id0", "id1"], ["id2", "id3"], ["id4"]]
+    assert _drain(queues[1], 2) == [["r"]]
 
 
 def test_full_batch_grows_to_keep_a_shared_prefix_group_together():
     shots = "Q: one?\nA: 1\n\nQ: two?\nA: 2\n\n" * 10
     group = [_ll(i, shots + f"Q: doc {i}?\nA:") for i in range(6)]
     other = [_ll(10 + i, f"unrelated {i}") for i in range(3)]
-    batches = make_batches([*group, *other], max_items=4)
-    assert [len(b.items) for b in batches] == [6, 3]
+    (queue,) = kind_queues([*group, *other])
+    assert [len(b) for b in _drain(queue, 4)] == [6, 3]
 
 
 def test_stretch_caps_a_long_group():
     shots = "shared few-shot block " * 20
-    group = [_ll(i, shots + str(i)) for i in range(10)]
-    batches = make_batches(group, max_items=2, stretch=2)
-    assert [len(b.items) for b in batches] == [4, 4, 2]
+    (queue,) = kind_queues([_ll(i, shots + str(i)) for i in range(10)], stretch=2)
+    # A group longer than stretch x size is cut at the asked size; its last part is taken
+    # whole when that stays within stretch x size.
+    assert [len(b) for b in _drain(queue, 2)] == [2, 2, 2, 4]
+    (queue,) = kind_queues([_ll(i, shots + str(i)) for i in range(10)], stretch=5)
+    assert [len(b) for b in _drain(queue, 2)] == [10]
+
+
+def test_byte_limit_cuts_batches():
+    items = [_ll(i, "x" * 1000 + str(i)) for i in range(10)]
+    (queue,) = kind_queues(items, max_bytes=2500, stretch=1)
+    assert [len(b) for b in _drain(queue, 100)] == [2, 2, 2, 2, 2]
+
+
+def test_retries_go_first_and_split():
+    (queue,) = kind_queues([_ll(i, f"{i} doc") for i in range(8)])
+    first = queue.take(4)
+    queue.requeue(list(first.indices), split=True)
+    assert queue.pending == 8
+    assert [queue.ids[i] for i in queue.take(4).indices] == ["id0", "id1"]
+    assert [queue.ids[i] for i in queue.take(4).indices] == ["id2", "id3"]
+    assert [queue.ids[i] for i in queue.take(4).indices] == ["id4", "id5", "id6", "id7"]
+    assert queue.take(4) is None and queue.pending == 0
+
+
+def test_payload_is_the_request_message_protobuf_builds():
+    items = [_ll(i, f"ctx {i}") for i in range(3)]
+    gen = WorkItem("g", "generate_until", ("prompt",),
+                   pb.GenerationParams(until=["\n"], max_gen_toks=7), chat_messages=True)
+    ll, gq = kind_queues([*items, gen])
+    batch = ll.take(10)
+    expected = pb.LoglikelihoodRequest(items=[
+        pb.LoglikelihoodItem(request_id=f"id{i}", context=f"ctx {i}", continuation=f" choice {i}")
+        for i in range(3)])
+    assert pb.LoglikelihoodRequest.FromString(batch.payload) == expected
+    parsed = pb.GenerateUntilRequest.FromString(gq.take(10).payload)
+    assert parsed.items[0].params.max_gen_toks == 7 and parsed.items[0].chat_messages
 
 
 def test_shares_prefix():
-    assert shares_prefix(_ll(0, "abcdef"), _ll(1, "abcxyz"))
-    assert not shares_prefix(_ll(0, "abcdef"), _ll(1, "xbcdef"))
-    assert not shares_prefix(_ll(0, ""), _ll(1, "x"))
+    assert shares_prefix("abcdef", "abcxyz")
+    assert not shares_prefix("abcdef", "xbcdef")
+    assert not shares_prefix("", "x")
+
+
+def _response(ids, error_at=None) -> bytes:
+    results = []
+    for j, rid in enumerate(ids):
+        if j == error_at:
+            results.append(pb.TokenScores(request_id=rid, error=pb.ItemError(
+                message="too long", retryable=False)))
+        else:
+            results.append(pb.TokenScores(request_id=rid, logprobs=[-0.5, -1.5],
+                                          greedy=[True, False]))
+    return pb.LoglikelihoodResponse(results=results, cost=pb.BatchCost(
+        positions_computed=7, compute_seconds=0.25)).SerializeToString(), results
+
+
+def test_split_response_keeps_answer_bytes_and_parses_errors():
+    import numpy as np
+
+    from evalfleet.server.wire import split_response
+
+    (queue,) = kind_queues([_ll(i, f"{i} doc") for i in range(6)])
+    batch = queue.take(4)  # id0..id3
+    raw, results = _response(["id0", "id1", "id2", "id3"], error_at=2)
+    split = split_response(raw, "loglikelihood", queue.expected, batch.index_array())
+    assert split.answered == [0, 1, 3]
+    assert split.answers == [results[j].SerializeToString() for j in (0, 1, 3)]
+    assert [(j, e.message, e.retryable) for j, e in split.errors] == [(2, "too long", False)]
+    assert split.cost.positions_computed == 7
+    retry = np.array([4, 5])
+    raw, _ = _response(["id4", "id5"])
+    assert split_response(raw, "loglikelihood", queue.expected, retry).answered == [0, 1]
+
+
+@pytest.mark.parametrize("ids", [["id0", "id1", "id9"], ["id0", "id2", "id1"], ["id0", "id1"],
+                                 ["id0", "id1", "id2", "id3"]])
+def test_split_response_refuses_answers_that_do_not_match_the_batch(ids):
+    from evalfleet.server.wire import MalformedResponseError, split_response
+
+    (queue,) = kind_queues([_ll(i, f"{i} doc") for i in range(6)])
+    batch = queue.take(3)
+    raw, _ = _response(ids)
+    with pytest.raises(MalformedResponseError):
+        split_response(raw, "loglikelihood", queue.expected, batch.index_array())
+
+
+def test_scheduler_and_registry_close_even_when_woken_at_the_same_moment():
+    """close() used to hang: a wake racing the cancel made asyncio.wait_for (Python 3.11)
+    swallow the cancellation, and the scheduler loop ran on."""
+    import asyncio
+
+    from evalfleet.server.registry import WorkerRegistry
+    from evalfleet.server.scheduler import Scheduler
+
+    async def main():
+        for _ in range(20):
+            registry = WorkerRegistry()
+            scheduler = Scheduler(registry)
+            scheduler.start()
+            await asyncio.sleep(0)
+            scheduler.wake()
+            closing = asyncio.ensure_future(scheduler.close())
+            done, _ = await asyncio.wait({closing}, timeout=5)
+            assert closing in done, "Scheduler.close() did not return"
+            registry.changed()
+            await asyncio.wait_for(registry.close(), 5)
+
+    asyncio.run(main())

@@ -18,15 +18,28 @@ class EvaluationState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     EVALUATION_STATE_SUCCEEDED: _ClassVar[EvaluationState]
     EVALUATION_STATE_FAILED: _ClassVar[EvaluationState]
     EVALUATION_STATE_CANCELLED: _ClassVar[EvaluationState]
+
+class WorkerState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    WORKER_STATE_UNSPECIFIED: _ClassVar[WorkerState]
+    WORKER_STATE_CONNECTING: _ClassVar[WorkerState]
+    WORKER_STATE_READY: _ClassVar[WorkerState]
+    WORKER_STATE_DOWN: _ClassVar[WorkerState]
+    WORKER_STATE_DRAINING: _ClassVar[WorkerState]
 EVALUATION_STATE_UNSPECIFIED: EvaluationState
 EVALUATION_STATE_QUEUED: EvaluationState
 EVALUATION_STATE_RUNNING: EvaluationState
 EVALUATION_STATE_SUCCEEDED: EvaluationState
 EVALUATION_STATE_FAILED: EvaluationState
 EVALUATION_STATE_CANCELLED: EvaluationState
+WORKER_STATE_UNSPECIFIED: WorkerState
+WORKER_STATE_CONNECTING: WorkerState
+WORKER_STATE_READY: WorkerState
+WORKER_STATE_DOWN: WorkerState
+WORKER_STATE_DRAINING: WorkerState
 
 class EvaluationSpec(_message.Message):
-    __slots__ = ("model", "model_args", "worker_addresses", "tasks", "num_fewshot", "batch_size", "limit", "seeds", "gen_kwargs", "log_samples", "bootstrap_iters", "apply_chat_template", "system_instruction", "include_paths", "metadata", "fewshot_as_multiturn", "confirm_run_unsafe_code", "samples", "chat_template_name", "predict_only", "cache_requests", "sinks")
+    __slots__ = ("model", "model_args", "worker_addresses", "tasks", "num_fewshot", "batch_size", "limit", "seeds", "gen_kwargs", "log_samples", "bootstrap_iters", "apply_chat_template", "system_instruction", "include_paths", "metadata", "fewshot_as_multiturn", "confirm_run_unsafe_code", "samples", "chat_template_name", "predict_only", "cache_requests", "sinks", "model_fingerprint")
     class SamplesEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -56,6 +69,7 @@ class EvaluationSpec(_message.Message):
     PREDICT_ONLY_FIELD_NUMBER: _ClassVar[int]
     CACHE_REQUESTS_FIELD_NUMBER: _ClassVar[int]
     SINKS_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
     model: str
     model_args: str
     worker_addresses: _containers.RepeatedScalarFieldContainer[str]
@@ -78,7 +92,8 @@ class EvaluationSpec(_message.Message):
     predict_only: bool
     cache_requests: str
     sinks: _containers.RepeatedCompositeFieldContainer[SinkRequest]
-    def __init__(self, model: _Optional[str] = ..., model_args: _Optional[str] = ..., worker_addresses: _Optional[_Iterable[str]] = ..., tasks: _Optional[_Iterable[str]] = ..., num_fewshot: _Optional[int] = ..., batch_size: _Optional[str] = ..., limit: _Optional[float] = ..., seeds: _Optional[_Union[Seeds, _Mapping]] = ..., gen_kwargs: _Optional[str] = ..., log_samples: _Optional[bool] = ..., bootstrap_iters: _Optional[int] = ..., apply_chat_template: _Optional[bool] = ..., system_instruction: _Optional[str] = ..., include_paths: _Optional[_Iterable[str]] = ..., metadata: _Optional[str] = ..., fewshot_as_multiturn: _Optional[bool] = ..., confirm_run_unsafe_code: _Optional[bool] = ..., samples: _Optional[_Mapping[str, DocIndices]] = ..., chat_template_name: _Optional[str] = ..., predict_only: _Optional[bool] = ..., cache_requests: _Optional[str] = ..., sinks: _Optional[_Iterable[_Union[SinkRequest, _Mapping]]] = ...) -> None: ...
+    model_fingerprint: str
+    def __init__(self, model: _Optional[str] = ..., model_args: _Optional[str] = ..., worker_addresses: _Optional[_Iterable[str]] = ..., tasks: _Optional[_Iterable[str]] = ..., num_fewshot: _Optional[int] = ..., batch_size: _Optional[str] = ..., limit: _Optional[float] = ..., seeds: _Optional[_Union[Seeds, _Mapping]] = ..., gen_kwargs: _Optional[str] = ..., log_samples: _Optional[bool] = ..., bootstrap_iters: _Optional[int] = ..., apply_chat_template: _Optional[bool] = ..., system_instruction: _Optional[str] = ..., include_paths: _Optional[_Iterable[str]] = ..., metadata: _Optional[str] = ..., fewshot_as_multiturn: _Optional[bool] = ..., confirm_run_unsafe_code: _Optional[bool] = ..., samples: _Optional[_Mapping[str, DocIndices]] = ..., chat_template_name: _Optional[str] = ..., predict_only: _Optional[bool] = ..., cache_requests: _Optional[str] = ..., sinks: _Optional[_Iterable[_Union[SinkRequest, _Mapping]]] = ..., model_fingerprint: _Optional[str] = ...) -> None: ...
 
 class SinkRequest(_message.Message):
     __slots__ = ("name", "run_name", "registered_model", "model_version", "tags")
@@ -312,3 +327,85 @@ class ListTasksResponse(_message.Message):
     TASKS_FIELD_NUMBER: _ClassVar[int]
     tasks: _containers.RepeatedCompositeFieldContainer[TaskInfo]
     def __init__(self, tasks: _Optional[_Iterable[_Union[TaskInfo, _Mapping]]] = ...) -> None: ...
+
+class ListWorkersRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class WorkerStatus(_message.Message):
+    __slots__ = ("address", "source", "state", "backend", "model_name", "fingerprint", "in_flight_batches", "max_in_flight_batches", "requests_per_second", "requests_answered", "batches_done", "batches_failed", "last_error", "lease_expires_at", "evaluations", "state_since")
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    BACKEND_FIELD_NUMBER: _ClassVar[int]
+    MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
+    FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
+    IN_FLIGHT_BATCHES_FIELD_NUMBER: _ClassVar[int]
+    MAX_IN_FLIGHT_BATCHES_FIELD_NUMBER: _ClassVar[int]
+    REQUESTS_PER_SECOND_FIELD_NUMBER: _ClassVar[int]
+    REQUESTS_ANSWERED_FIELD_NUMBER: _ClassVar[int]
+    BATCHES_DONE_FIELD_NUMBER: _ClassVar[int]
+    BATCHES_FAILED_FIELD_NUMBER: _ClassVar[int]
+    LAST_ERROR_FIELD_NUMBER: _ClassVar[int]
+    LEASE_EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
+    EVALUATIONS_FIELD_NUMBER: _ClassVar[int]
+    STATE_SINCE_FIELD_NUMBER: _ClassVar[int]
+    address: str
+    source: str
+    state: WorkerState
+    backend: str
+    model_name: str
+    fingerprint: str
+    in_flight_batches: int
+    max_in_flight_batches: int
+    requests_per_second: float
+    requests_answered: int
+    batches_done: int
+    batches_failed: int
+    last_error: str
+    lease_expires_at: _timestamp_pb2.Timestamp
+    evaluations: _containers.RepeatedScalarFieldContainer[str]
+    state_since: _timestamp_pb2.Timestamp
+    def __init__(self, address: _Optional[str] = ..., source: _Optional[str] = ..., state: _Optional[_Union[WorkerState, str]] = ..., backend: _Optional[str] = ..., model_name: _Optional[str] = ..., fingerprint: _Optional[str] = ..., in_flight_batches: _Optional[int] = ..., max_in_flight_batches: _Optional[int] = ..., requests_per_second: _Optional[float] = ..., requests_answered: _Optional[int] = ..., batches_done: _Optional[int] = ..., batches_failed: _Optional[int] = ..., last_error: _Optional[str] = ..., lease_expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., evaluations: _Optional[_Iterable[str]] = ..., state_since: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class ListWorkersResponse(_message.Message):
+    __slots__ = ("workers",)
+    WORKERS_FIELD_NUMBER: _ClassVar[int]
+    workers: _containers.RepeatedCompositeFieldContainer[WorkerStatus]
+    def __init__(self, workers: _Optional[_Iterable[_Union[WorkerStatus, _Mapping]]] = ...) -> None: ...
+
+class RegisterWorkerRequest(_message.Message):
+    __slots__ = ("address",)
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    address: str
+    def __init__(self, address: _Optional[str] = ...) -> None: ...
+
+class RegisterWorkerResponse(_message.Message):
+    __slots__ = ("lease_seconds", "heartbeat_interval_seconds")
+    LEASE_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    HEARTBEAT_INTERVAL_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    lease_seconds: float
+    heartbeat_interval_seconds: float
+    def __init__(self, lease_seconds: _Optional[float] = ..., heartbeat_interval_seconds: _Optional[float] = ...) -> None: ...
+
+class HeartbeatRequest(_message.Message):
+    __slots__ = ("address",)
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    address: str
+    def __init__(self, address: _Optional[str] = ...) -> None: ...
+
+class HeartbeatResponse(_message.Message):
+    __slots__ = ("lease_seconds",)
+    LEASE_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    lease_seconds: float
+    def __init__(self, lease_seconds: _Optional[float] = ...) -> None: ...
+
+class UnregisterWorkerRequest(_message.Message):
+    __slots__ = ("address",)
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    address: str
+    def __init__(self, address: _Optional[str] = ...) -> None: ...
+
+class UnregisterWorkerResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...

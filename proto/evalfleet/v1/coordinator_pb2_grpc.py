@@ -75,6 +75,11 @@ class EvaluationServiceStub:
                 request_serializer=evalfleet_dot_v1_dot_coordinator__pb2.ListTasksRequest.SerializeToString,
                 response_deserializer=evalfleet_dot_v1_dot_coordinator__pb2.ListTasksResponse.FromString,
                 _registered_method=True)
+        self.ListWorkers = channel.unary_unary(
+                '/evalfleet.v1.EvaluationService/ListWorkers',
+                request_serializer=evalfleet_dot_v1_dot_coordinator__pb2.ListWorkersRequest.SerializeToString,
+                response_deserializer=evalfleet_dot_v1_dot_coordinator__pb2.ListWorkersResponse.FromString,
+                _registered_method=True)
 
 
 class EvaluationServiceServicer:
@@ -140,6 +145,14 @@ class EvaluationServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListWorkers(self, request, context):
+        """The coordinator's inference workers (from --workers, DNS and self-registration): their
+        model, state, batches in flight and throughput.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_EvaluationServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -182,6 +195,11 @@ def add_EvaluationServiceServicer_to_server(servicer, server):
                     servicer.ListTasks,
                     request_deserializer=evalfleet_dot_v1_dot_coordinator__pb2.ListTasksRequest.FromString,
                     response_serializer=evalfleet_dot_v1_dot_coordinator__pb2.ListTasksResponse.SerializeToString,
+            ),
+            'ListWorkers': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListWorkers,
+                    request_deserializer=evalfleet_dot_v1_dot_coordinator__pb2.ListWorkersRequest.FromString,
+                    response_serializer=evalfleet_dot_v1_dot_coordinator__pb2.ListWorkersResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -401,6 +419,206 @@ class EvaluationService:
             '/evalfleet.v1.EvaluationService/ListTasks',
             evalfleet_dot_v1_dot_coordinator__pb2.ListTasksRequest.SerializeToString,
             evalfleet_dot_v1_dot_coordinator__pb2.ListTasksResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListWorkers(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/evalfleet.v1.EvaluationService/ListWorkers',
+            evalfleet_dot_v1_dot_coordinator__pb2.ListWorkersRequest.SerializeToString,
+            evalfleet_dot_v1_dot_coordinator__pb2.ListWorkersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+
+class WorkerRegistryServiceStub:
+    """Workers that announce themselves to a coordinator (`evalfleet serve worker --register`).
+    A registration is a lease: the worker renews it with Heartbeat; one not renewed in time is
+    dropped from the registry (its batches in flight go to other workers).
+    """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.RegisterWorker = channel.unary_unary(
+                '/evalfleet.v1.WorkerRegistryService/RegisterWorker',
+                request_serializer=evalfleet_dot_v1_dot_coordinator__pb2.RegisterWorkerRequest.SerializeToString,
+                response_deserializer=evalfleet_dot_v1_dot_coordinator__pb2.RegisterWorkerResponse.FromString,
+                _registered_method=True)
+        self.Heartbeat = channel.unary_unary(
+                '/evalfleet.v1.WorkerRegistryService/Heartbeat',
+                request_serializer=evalfleet_dot_v1_dot_coordinator__pb2.HeartbeatRequest.SerializeToString,
+                response_deserializer=evalfleet_dot_v1_dot_coordinator__pb2.HeartbeatResponse.FromString,
+                _registered_method=True)
+        self.UnregisterWorker = channel.unary_unary(
+                '/evalfleet.v1.WorkerRegistryService/UnregisterWorker',
+                request_serializer=evalfleet_dot_v1_dot_coordinator__pb2.UnregisterWorkerRequest.SerializeToString,
+                response_deserializer=evalfleet_dot_v1_dot_coordinator__pb2.UnregisterWorkerResponse.FromString,
+                _registered_method=True)
+
+
+class WorkerRegistryServiceServicer:
+    """Workers that announce themselves to a coordinator (`evalfleet serve worker --register`).
+    A registration is a lease: the worker renews it with Heartbeat; one not renewed in time is
+    dropped from the registry (its batches in flight go to other workers).
+    """
+
+    def RegisterWorker(self, request, context):
+        """Adds (or renews) a worker at `address`. The coordinator connects to it, checks its health
+        and model, and dispatches batches of matching jobs to it. INVALID_ARGUMENT for an address
+        that is not host:port.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Heartbeat(self, request, context):
+        """Renews a registration's lease. NOT_FOUND when the coordinator does not know the worker
+        (it restarted, or the lease expired): register again.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UnregisterWorker(self, request, context):
+        """Removes a registered worker at once (graceful shutdown); NOT_FOUND when unknown.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_WorkerRegistryServiceServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'RegisterWorker': grpc.unary_unary_rpc_method_handler(
+                    servicer.RegisterWorker,
+                    request_deserializer=evalfleet_dot_v1_dot_coordinator__pb2.RegisterWorkerRequest.FromString,
+                    response_serializer=evalfleet_dot_v1_dot_coordinator__pb2.RegisterWorkerResponse.SerializeToString,
+            ),
+            'Heartbeat': grpc.unary_unary_rpc_method_handler(
+                    servicer.Heartbeat,
+                    request_deserializer=evalfleet_dot_v1_dot_coordinator__pb2.HeartbeatRequest.FromString,
+                    response_serializer=evalfleet_dot_v1_dot_coordinator__pb2.HeartbeatResponse.SerializeToString,
+            ),
+            'UnregisterWorker': grpc.unary_unary_rpc_method_handler(
+                    servicer.UnregisterWorker,
+                    request_deserializer=evalfleet_dot_v1_dot_coordinator__pb2.UnregisterWorkerRequest.FromString,
+                    response_serializer=evalfleet_dot_v1_dot_coordinator__pb2.UnregisterWorkerResponse.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'evalfleet.v1.WorkerRegistryService', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('evalfleet.v1.WorkerRegistryService', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class WorkerRegistryService:
+    """Workers that announce themselves to a coordinator (`evalfleet serve worker --register`).
+    A registration is a lease: the worker renews it with Heartbeat; one not renewed in time is
+    dropped from the registry (its batches in flight go to other workers).
+    """
+
+    @staticmethod
+    def RegisterWorker(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/evalfleet.v1.WorkerRegistryService/RegisterWorker',
+            evalfleet_dot_v1_dot_coordinator__pb2.RegisterWorkerRequest.SerializeToString,
+            evalfleet_dot_v1_dot_coordinator__pb2.RegisterWorkerResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Heartbeat(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/evalfleet.v1.WorkerRegistryService/Heartbeat',
+            evalfleet_dot_v1_dot_coordinator__pb2.HeartbeatRequest.SerializeToString,
+            evalfleet_dot_v1_dot_coordinator__pb2.HeartbeatResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UnregisterWorker(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/evalfleet.v1.WorkerRegistryService/UnregisterWorker',
+            evalfleet_dot_v1_dot_coordinator__pb2.UnregisterWorkerRequest.SerializeToString,
+            evalfleet_dot_v1_dot_coordinator__pb2.UnregisterWorkerResponse.FromString,
             options,
             channel_credentials,
             insecure,

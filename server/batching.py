@@ -1,0 +1,149 @@
+"""A job's requests of one kind, cut into batches on demand.
+
+The planner orders requests so that those sharing a prompt prefix (the choices of a document,
+the documents of a task with a common few-shot block) are adjacent. A batch is cut at the size
+the scheduler asks for (sized by the worker's expected time), but not in the middle of such a
+group: it grows, up to ``stretch`` times the asked size, until the group ends, so the group
+lands on one worker, where its prefix is computed once. Everything is precomputed when the
+dispatch starts, so cutting a batch is a few array look-ups and one ``bytes.join``.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from itertools import pairwise
+
+import numpy as np
+
+from evalfleet.server.wire import ExpectedIds, encode_loglikelihood_many
+from evalfleet.server.workers import WorkItem, encode_item
+
+
+def shares_prefix(a: str, b: str) -> bool:
+    """Whether two prompts share at least half of the shorter one."""
+    half = (min(len(a), len(b)) + 1) // 2
+    return half > 0 and a[:half] == b[:half]
+
+
+@dataclass
+class Batch:
+    """Requests of one kind, by index into their :class:`KindQueue`, sent in one RPC."""
+
+    queue: KindQueue
+    indices: range | list[int]
+    payload: bytes
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def index_array(self) -> np.ndarray:
+        """The indices as an int64 array."""
+        if isinstance(self.indices, range):
+            return np.arange(self.indices.start, self.indices.stop, dtype=np.int64)
+        return np.asarray(self.indices, dtype=np.int64)
+
+    @property
+    def request_type(self) -> str:
+        return self.queue.kind
+
+
+@dataclass
+class KindQueue:
+    """The requests of one kind still to be answered, in planned order."""
+
+    kind: str
+    items: list[WorkItem]
+    max_bytes: int = 8 * 1024 * 1024
+    stretch: int = 4
+    encoded: list[bytes] = field(init=False)
+    ids: list[str] = field(init=False)
+    cursor: int = 0
+    retry: deque[list[int]] = field(default_factory=deque)
+    attempts: np.ndarray = field(init=False)
+    done: np.ndarray = field(init=False)
+    expected: ExpectedIds = field(init=False)
+
+    def __post_init__(self) -> None:
+        if self.kind == "loglikelihood":
+            self.encoded = encode_loglikelihood_many(
+                (w.request_id, w.arguments[0], w.arguments[1]) for w in self.items)
+        else:
+            self.encoded = [encode_item(w) for w in self.items]
+        self.ids = [w.request_id for w in self.items]
+        self.expected = ExpectedIds(self.ids)
+        n = len(self.items)
+        self.attempts = np.zeros(n, dtype=np.int16)
+        self.done = np.zeros(n, dtype=bool)
+        sizes = np.fromiter(map(len, self.encoded), dtype=np.int64, count=n)
+        self._cum = np.concatenate(([0], np.cumsum(sizes)))
+        # starts[i]: item i begins a new prefix group (a batch may be cut just before it).
+        prompts = [w.arguments[0] for w in self.items]
+        starts = np.ones(n + 1, dtype=bool)
+        if n > 1:
+            # shares_prefix, inlined: the first half of the shorter prompt is common.
+            starts[1:n] = [
+                (h := (min(len(a), len(b)) + 1) // 2) == 0 or a[:h] != b[:h]
+                for a, b in pairwise(prompts)]
+        # next_start[i]: the first group start at or after i (n at the end).
+        positions = np.flatnonzero(starts)
+        self._next_start = positions[np.searchsorted(positions, np.arange(n + 1))]
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    @property
+    def pending(self) -> int:
+        """Requests not yet handed out (fresh ones and ones waiting for a retry)."""
+        return len(self.items) - self.cursor + sum(len(r) for r in self.retry)
+
+    def _cut(self, start: int, size: int) -> int:
+        """End of a fresh batch from ``start`` of about ``size`` requests."""
+        n = len(self.items)
+        cum = self._cum
+        end = min(n, start + max(1, size))
+        byte_end = int(np.searchsorted(cum, cum[start] + self.max_bytes, side="right")) - 1
+        end = max(start + 1, min(end, byte_end))
+        if end >= n or self._next_start[end] == end:
+            return end
+        grown = int(self._next_start[end])
+        if (grown - start <= self.stretch * max(1, size)
+                and cum[grown] - cum[start] <= self.stretch * self.max_bytes):
+            return grown
+        return end
+
+    def take(self, size: int) -> Batch | None:
+        """The next batch of about ``size`` requests: retries first, then fresh ones."""
+        if self.retry:
+            indices = self.retry.popleft()
+            if len(indices) > size:
+                self.retry.appendleft(indices[size:])
+                indices = indices[:size]
+            return Batch(self, indices, b"".join([self.encoded[i] for i in indices]))
+        if self.cursor >= len(self.items):
+            return None
+        start = self.cursor
+        end = self._cut(start, size)
+        self.cursor = end
+        return Batch(self, range(start, end), b"".join(self.encoded[start:end]))
+
+    def requeue(self, indices: Sequence[int], *, split: bool = False) -> None:
+        """Put requests back at the front (in halves with ``split``, to isolate a bad one)."""
+        indices = list(indices)
+        if split and len(indices) > 1:
+            half = len(indices) // 2
+            self.retry.appendleft(indices[half:])
+            self.retry.appendleft(indices[:half])
+        elif indices:
+            self.retry.appendleft(indices)
+
+
+def kind_queues(items: Sequence[WorkItem], *, max_bytes: int = 8 * 1024 * 1024,
+                stretch: int = 4) -> list[KindQueue]:
+    """One queue per request kind, each keeping the planned order."""
+    by_kind: dict[str, list[WorkItem]] = {}
+    for item in items:
+        by_kind.setdefault(item.request_type, []).append(item)
+    return [KindQueue(kind, kind_items, max_bytes=max_bytes, stretch=stretch)
+            for kind, kind_items in by_kind.items()]

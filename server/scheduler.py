@@ -1,0 +1,469 @@
+"""One scheduler per coordinator: the batches of every running job, shared over the workers.
+
+- **Fair.** When a worker has a free slot, the job that has received the least worker time so
+  far (among the jobs on that worker's model) gets it; a job that arrives late starts level
+  with the least-served running job. A small job is never stuck behind a large one.
+- **Busy workers.** Each READY worker keeps ``max_concurrent_batches + 1`` batches in flight
+  (one waiting behind the ones it computes).
+- **Batches sized by time.** A batch holds about ``batch_seconds`` of the worker's expected time
+  (its measured seconds per request, per job and kind), at most ``max_batch_items`` requests, so
+  answers reach the store every few seconds of worker time whatever the batch size in requests.
+  A worker's first batch of a job's kind is small (``initial_batch_items``) and alone in flight
+  until it returns (its speed is then known); sizes grow at most ``growth`` times per batch.
+  Near the end of a job, batches shrink so that the remaining work spreads over the workers.
+  Prefix groups are kept whole (see :mod:`batching`).
+- **Failures.** A batch whose worker dies, disconnects or passes its deadline (``deadline_factor``
+  times its expected time, at least ``min_deadline_s``; ``first_deadline_s`` before a worker's
+  speed is known) goes back to the front of its job's queue for any worker, split in halves
+  unless the worker was simply unreachable; the worker is DOWN until its health check passes.
+  Requests answered with a retryable ``ItemError`` are requeued alone. Each request has
+  ``max_attempts`` tries; one that fails on every try fails the job, naming the request and the
+  reasons. Answers are keyed by content and each request is in at most one batch at a time, so
+  nothing is lost or counted twice. A job with no READY worker for ``no_worker_timeout_s``
+  fails, naming its workers and their last errors.
+- **Cancel** removes a job at once: no batch of it is sent after ``cancel`` returns; batches
+  already in flight finish and their answers are still stored.
+
+The dispatch state of a job is only (its plan, the answers stored): every dispatch starts from
+the requests without a stored answer, so a job can be resumed by any coordinator.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+
+import grpc
+import numpy as np
+
+from evalfleet.common.errors import EvalfleetError, FailedPreconditionError, UnavailableError
+from evalfleet.common.logging import get_logger
+from evalfleet.server.batching import Batch, KindQueue, kind_queues
+from evalfleet.server.registry import Worker, WorkerRegistry, describe_worker
+from evalfleet.server.wire import MalformedResponseError, split_response
+from evalfleet.server.workers import RequestFailedError, WorkItem
+from evalfleet.v1 import inference_pb2 as ipb
+
+log = get_logger("scheduler")
+
+#: Batch failures after which the worker is taken out until its health check passes.
+_WORKER_FAULTS = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED,
+                  grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED,
+                  grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN,
+                  grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.ABORTED,
+                  grpc.StatusCode.CANCELLED, grpc.StatusCode.DATA_LOSS}
+
+
+@dataclass
+class SchedulerConfig:
+    """How batches are sized, timed and retried."""
+
+    batch_seconds: float = 2.0
+    max_batch_items: int = 512
+    max_batch_bytes: int = 8 * 1024 * 1024
+    initial_batch_items: int = 16
+    growth: float = 32.0
+    stretch: int = 4
+    max_attempts: int = 3
+    min_deadline_s: float = 30.0
+    first_deadline_s: float = 600.0
+    deadline_factor: float = 5.0
+    no_worker_timeout_s: float = 600.0
+
+
+#: Called with a batch's answers: (kind queue, indices answered (an int64 array), (request id,
+#: serialized answer) pairs, worker, cost). It stores them; the batch's requests count as done
+#: when it returns.
+AnswerSink = Callable[[KindQueue, np.ndarray, list[tuple[str, bytes]], str, ipb.BatchCost],
+                      Awaitable[None]]
+
+
+@dataclass
+class JobDispatch:
+    """One job's requests without stored answers, as the scheduler hands them out."""
+
+    job_id: str
+    model_key: tuple[str, str]
+    queues: list[KindQueue]
+    on_answers: AnswerSink
+    allowed: set[str] | None = None  # spec.worker_addresses, when the job names its workers
+    describe: Callable[[str], str] = str  # request id -> "task X doc N (...)"
+    notify: Callable[[str], None] = lambda message: None  # an event for the job's watchers
+    config: SchedulerConfig | None = None
+    sealed: bool = True  # every request has been added (see add / seal)
+    served_s: float = 0.0
+    in_flight: int = 0
+    batches_sent: int = 0
+    remaining: int = 0
+    stopped: bool = False
+    no_worker_since: float | None = None
+    failures: dict[str, list[str]] = field(default_factory=dict)  # request id -> reasons
+    finished: asyncio.Future = field(default_factory=lambda: asyncio.get_running_loop()
+                                     .create_future())
+
+    @classmethod
+    def build(cls, job_id: str, model_key: tuple[str, str], items: Sequence[WorkItem],
+              on_answers: AnswerSink, *, config: SchedulerConfig,
+              allowed: set[str] | None = None, describe: Callable[[str], str] = str,
+              notify: Callable[[str], None] | None = None, sealed: bool = True
+              ) -> JobDispatch:
+        """A dispatch of ``items``; with ``sealed=False`` more are added with :meth:`add`
+        while it runs, and it finishes only after :meth:`seal`."""
+        dispatch = cls(job_id, model_key, [], on_answers, allowed, describe, config=config,
+                       sealed=False)
+        if notify is not None:
+            dispatch.notify = notify
+        dispatch.add(items)
+        dispatch.sealed = sealed
+        return dispatch
+
+    def add(self, items: Sequence[WorkItem]) -> list[KindQueue]:
+        """Add requests (after those already added); returns their new queues."""
+        cfg = self.config or SchedulerConfig()
+        queues = kind_queues(items, max_bytes=cfg.max_batch_bytes, stretch=cfg.stretch)
+        self.queues.extend(queues)
+        self.remaining += len(items)
+        return queues
+
+    def seal(self) -> None:
+        """Every request has been added: the dispatch finishes when they are answered."""
+        self.sealed = True
+        if self.remaining <= 0 and not self.stopped:
+            self._finish()
+
+    @property
+    def pending(self) -> int:
+        return sum(q.pending for q in self.queues)
+
+    def eligible(self, worker: Worker) -> bool:
+        return (not self.stopped and worker.model_key == self.model_key
+                and (self.allowed is None or worker.address in self.allowed))
+
+    def _finish(self, error: BaseException | None = None) -> None:
+        if not self.finished.done():
+            if error is None:
+                self.finished.set_result(None)
+            else:
+                self.finished.set_exception(error)
+
+
+class SpeedBook:
+    """Seconds per request, learned from answered batches: per (worker, job, kind), falling
+    back to (worker, kind), then to (model, kind) over every worker of the model."""
+
+    def __init__(self) -> None:
+        self._spi: dict[tuple, float] = {}
+        self._last_size: dict[tuple, int] = {}
+
+    def seconds_per_item(self, worker: Worker, job: JobDispatch, kind: str) -> float | None:
+        for key in ((worker.address, job.job_id, kind), (worker.address, kind),
+                    (job.model_key, kind)):
+            if key in self._spi:
+                return self._spi[key]
+        return None
+
+    def last_size(self, worker: Worker, job: JobDispatch, kind: str) -> int | None:
+        return self._last_size.get((worker.address, job.job_id, kind))
+
+    def record(self, worker: Worker, job: JobDispatch, kind: str, items: int,
+               seconds: float) -> None:
+        spi = max(seconds, 1e-6) / max(items, 1)
+        self._last_size[(worker.address, job.job_id, kind)] = items
+        for key in ((worker.address, job.job_id, kind), (worker.address, kind),
+                    (job.model_key, kind)):
+            old = self._spi.get(key)
+            self._spi[key] = spi if old is None else 0.5 * old + 0.5 * spi
+
+    def forget_job(self, job_id: str) -> None:
+        for book in (self._spi, self._last_size):
+            for key in [k for k in book if len(k) == 3 and k[1] == job_id]:
+                del book[key]
+
+
+class Scheduler:
+    """Hands the batches of every running job to the registry's workers."""
+
+    def __init__(self, registry: WorkerRegistry, config: SchedulerConfig | None = None) -> None:
+        self.registry = registry
+        self.config = config or SchedulerConfig()
+        self.jobs: dict[str, JobDispatch] = {}
+        self.speed = SpeedBook()
+        self._wake = asyncio.Event()
+        self._loop_task: asyncio.Task | None = None
+        self._batches: set[asyncio.Task] = set()
+        self._closed = False
+        registry.on_change(self.wake)
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def start(self) -> None:
+        if self._loop_task is None:
+            self._loop_task = asyncio.create_task(self._run(), name="scheduler")
+
+    async def close(self) -> None:
+        # The flag ends the loop even when a cancel is swallowed by asyncio.wait_for racing
+        # its timeout (Python 3.11), which left close() waiting forever.
+        self._closed = True
+        self.wake()
+        if self._loop_task is not None:
+            self._loop_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._loop_task
+        for task in list(self._batches):
+            task.cancel()
+        await asyncio.gather(*self._batches, return_exceptions=True)
+
+    # -- jobs ---------------------------------------------------------------------------------
+
+    async def run(self, dispatch: JobDispatch) -> None:
+        """Compute every request of ``dispatch``; returns when all are answered and stored.
+
+        Raises the job's failure (:class:`RequestFailedError`, ``UnavailableError``, ...).
+        Cancelling the caller stops the job's dispatch at once (see :meth:`stop`).
+        """
+        if dispatch.sealed and dispatch.remaining == 0:
+            return
+        active = [j.served_s for j in self.jobs.values() if j.pending]
+        dispatch.served_s = min(active) if active else 0.0
+        self.jobs[dispatch.job_id] = dispatch
+        self.start()
+        self.wake()
+        try:
+            await asyncio.shield(dispatch.finished)
+        finally:
+            self.stop(dispatch.job_id)
+
+    def stop(self, job_id: str) -> None:
+        """No further batch of the job is sent; those in flight still store their answers."""
+        dispatch = self.jobs.pop(job_id, None)
+        if dispatch is not None:
+            dispatch.stopped = True
+            self.speed.forget_job(job_id)
+            if not dispatch.finished.done():
+                dispatch.finished.cancel()
+
+    def _fail(self, dispatch: JobDispatch, error: BaseException) -> None:
+        log.warning("job_dispatch_failed", job=dispatch.job_id, error=str(error))
+        dispatch.stopped = True
+        self.jobs.pop(dispatch.job_id, None)
+        dispatch._finish(error)
+
+    # -- the loop -----------------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        while not self._closed:
+            self._wake.clear()
+            try:
+                self._pump()
+                self._check_starving()
+            except Exception:  # noqa: BLE001 - the loop must survive; the job gets the error
+                log.exception("scheduler_pump_crashed")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), 1.0)
+
+    def _pump(self) -> None:
+        """Fill every free worker slot with the batch of the least-served eligible job."""
+        while True:
+            workers = [w for w in self.registry.workers.values() if w.free_slots > 0]
+            if not workers or not self.jobs:
+                return
+            sent = False
+            for worker in sorted(workers, key=lambda w: w.in_flight):
+                job = min((j for j in self.jobs.values() if j.pending and j.eligible(worker)),
+                          key=lambda j: j.served_s, default=None)
+                if job is None:
+                    continue
+                batch, expected = self._take(worker, job)
+                if batch is None:
+                    continue
+                job.served_s += expected if expected is not None else len(batch) * 1e-3
+                self._send(worker, job, batch, expected)
+                sent = True
+            if not sent:
+                return
+
+    def _take(self, worker: Worker, job: JobDispatch) -> tuple[Batch | None, float | None]:
+        """The job's next batch for ``worker``, sized by its expected time."""
+        cfg = self.config
+        for queue in job.queues:
+            if not queue.pending:
+                continue
+            spi = self.speed.seconds_per_item(worker, job, queue.kind)
+            if spi is None:
+                if worker.jobs_in_flight.get(job.job_id):
+                    return None, None  # one probe batch until the worker's speed is known
+                size = cfg.initial_batch_items
+            else:
+                size = int(cfg.batch_seconds / spi)
+                last = self.speed.last_size(worker, job, queue.kind)
+                if last is not None:
+                    size = min(size, int(last * cfg.growth))
+            size = max(1, min(size, cfg.max_batch_items))
+            # The tail: spread what is left over the workers that can take it.
+            sharing = len(self.registry.serving(job.model_key, job.allowed)) or 1
+            size = max(1, min(size, math.ceil(job.pending / sharing)))
+            batch = queue.take(size)
+            if batch is not None:
+                return batch, (spi * len(batch) if spi is not None else None)
+        return None, None
+
+    def _deadline(self, worker: Worker, expected: float | None) -> float:
+        cfg = self.config
+        if expected is None:
+            return cfg.first_deadline_s
+        return max(cfg.min_deadline_s, cfg.deadline_factor * expected * (1 + worker.in_flight))
+
+    def _send(self, worker: Worker, job: JobDispatch, batch: Batch,
+              expected: float | None) -> None:
+        deadline = self._deadline(worker, expected)
+        worker.in_flight += 1
+        worker.jobs_in_flight[job.job_id] = worker.jobs_in_flight.get(job.job_id, 0) + 1
+        job.in_flight += 1
+        job.batches_sent += 1
+        task = asyncio.create_task(self._run_batch(worker, job, batch, deadline))
+        self._batches.add(task)
+        task.add_done_callback(self._batches.discard)
+
+    def _release(self, worker: Worker, job: JobDispatch) -> None:
+        worker.in_flight -= 1
+        worker.jobs_in_flight[job.job_id] -= 1
+        if worker.jobs_in_flight[job.job_id] <= 0:
+            del worker.jobs_in_flight[job.job_id]
+        job.in_flight -= 1
+        self.registry._maybe_remove(worker)
+        self.wake()
+
+    async def _run_batch(self, worker: Worker, job: JobDispatch, batch: Batch,
+                         deadline: float) -> None:
+        started = time.monotonic()
+        released = False
+        try:
+            try:
+                response = await worker.client.call(batch.request_type, batch.payload, deadline)
+            except grpc.aio.AioRpcError as exc:
+                self._release(worker, job)
+                released = True
+                self._batch_failed(worker, job, batch, exc.code(),
+                                   f"{exc.code().name}: {exc.details()}")
+                return
+            wall = time.monotonic() - started
+            self._release(worker, job)
+            released = True
+            await self._batch_answered(worker, job, batch, response, wall)
+        except asyncio.CancelledError:
+            if not released:
+                self._release(worker, job)
+            batch.queue.requeue(list(batch.indices))
+            raise
+        except EvalfleetError as exc:
+            self._fail(job, exc)
+        except Exception as exc:  # noqa: BLE001 - the job fails with it, not the scheduler
+            log.exception("batch_handling_crashed", job=job.job_id, worker=worker.address)
+            self._fail(job, exc)
+
+    def _batch_failed(self, worker: Worker, job: JobDispatch, batch: Batch,
+                      code: grpc.StatusCode, reason: str) -> None:
+        log.warning("batch_failed", job=job.job_id, worker=worker.address, items=len(batch),
+                    reason=reason)
+        if code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
+            reason = (f"{reason} (the worker refused the coordinator's credentials: check "
+                      "--worker_auth_token_file and the TLS flags)")
+        if code in _WORKER_FAULTS:
+            self.registry.mark_failed(worker, reason)
+        elif not job.stopped:
+            self._fail(job, FailedPreconditionError(
+                f"worker {worker.address} rejected a batch of {batch.request_type} requests "
+                f"({reason})"))
+            return
+        if job.stopped:
+            return
+        self._retry(worker, job, batch.queue, list(batch.indices), reason,
+                    split=code != grpc.StatusCode.UNAVAILABLE)
+
+    def _retry(self, worker: Worker, job: JobDispatch, queue: KindQueue, indices: list[int],
+               reason: str, *, split: bool, retryable: bool = True) -> None:
+        """Requeue requests that failed, or fail the job when one has no try left."""
+        queue.attempts[indices] += 1
+        for i in indices[:1]:
+            job.failures.setdefault(queue.ids[i], []).append(f"{worker.address}: {reason}")
+        exhausted = [i for i in indices if queue.attempts[i] >= self.config.max_attempts]
+        if exhausted or not retryable:
+            rid = queue.ids[(exhausted or indices)[0]]
+            if not retryable:
+                message = f"worker {worker.address} could not answer {job.describe(rid)}: {reason}"
+            else:
+                others = len(indices) - 1
+                also = f" (and {others} other requests of its batch)" if others else ""
+                history = "; ".join(job.failures.get(rid, [])[-self.config.max_attempts:])
+                message = (f"{job.describe(rid)}{also} failed on every try "
+                           f"({self.config.max_attempts} tries): {history or reason}")
+            self._fail(job, RequestFailedError(rid, message))
+            return
+        queue.requeue(indices, split=split)
+        self.wake()
+
+    async def _batch_answered(self, worker: Worker, job: JobDispatch, batch: Batch,
+                              raw: bytes, wall: float) -> None:
+        queue = batch.queue
+        index = batch.index_array()
+        try:
+            split = split_response(raw, queue.kind, queue.expected, index)
+        except MalformedResponseError as exc:
+            self.registry.mark_failed(worker, str(exc))
+            if not job.stopped:
+                self._retry(worker, job, queue, index.tolist(), str(exc), split=False)
+            return
+        cost = split.cost
+        seconds = cost.compute_seconds if cost.compute_seconds > 0 else wall
+        self.speed.record(worker, job, queue.kind, len(index), seconds)
+        self.registry.mark_succeeded(worker, len(split.answered))
+        if split.answers:
+            answered = index if not split.errors else index[split.answered]
+            ids = queue.ids
+            pairs = list(zip([ids[i] for i in answered.tolist()], split.answers, strict=True))
+            await job.on_answers(queue, answered, pairs, worker.address, cost)
+            fresh = ~queue.done[answered]
+            queue.done[answered] = True
+            job.remaining -= int(fresh.sum())
+        if split.errors and not job.stopped:
+            failed = [(int(index[j]), error) for j, error in split.errors]
+            fatal = next(((i, e) for i, e in failed if not e.retryable), None)
+            if fatal is not None:
+                self._retry(worker, job, queue, [fatal[0]], fatal[1].message, split=False,
+                            retryable=False)
+                return
+            reason = failed[0][1].message
+            log.warning("items_failed_requeue", job=job.job_id, worker=worker.address,
+                        items=len(failed), reason=reason)
+            job.notify(f"{len(failed)} requests to retry ({worker.address}: {reason})")
+            self._retry(worker, job, queue, [i for i, _ in failed], reason, split=False)
+            if job.stopped:
+                return
+        if job.remaining <= 0 and job.sealed:
+            self.jobs.pop(job.job_id, None)
+            job._finish()
+
+    def _check_starving(self) -> None:
+        """Fail jobs that have had no worker for ``no_worker_timeout_s``."""
+        now = time.monotonic()
+        for job in list(self.jobs.values()):
+            serving = self.registry.serving(job.model_key, job.allowed)
+            if serving or job.in_flight:
+                job.no_worker_since = None
+                continue
+            if job.no_worker_since is None:
+                job.no_worker_since = now
+                log.warning("job_waiting_for_workers", job=job.job_id,
+                            model=job.model_key[1][:19])
+            elif now - job.no_worker_since > self.config.no_worker_timeout_s:
+                known = [w for w in self.registry.workers.values()
+                         if job.allowed is None or w.address in job.allowed]
+                listing = "; ".join(describe_worker(w) for w in known) or "none"
+                self._fail(job, UnavailableError(
+                    f"no worker serving model {job.model_key[1][:19]} ({job.model_key[0]}) "
+                    f"for {self.config.no_worker_timeout_s:.0f} s; workers: {listing}"))

@@ -1,0 +1,230 @@
+"""Batches on the wire without per-request protobuf work on the coordinator.
+
+Outgoing: every request is encoded once as the bytes of one ``items`` entry of its kind's
+request message (``LoglikelihoodRequest``, ``LoglikelihoodRollingRequest``,
+``GenerateUntilRequest``: field 1, length-delimited), so a batch is one ``bytes.join``.
+
+Incoming: a response (``results`` = field 1, ``cost`` = field 3) is kept as bytes and split by a
+Numba scan into its entries; each entry's bytes are exactly the serialized ``TokenScores`` or
+``Generation`` the store keeps, so answers are stored without being parsed. The scan also finds
+which entries carry an ``ItemError`` (parsed with protobuf, rarely) and checks every entry's
+request id against the batch's, in order.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numba as nb
+import numpy as np
+
+from evalfleet.v1 import inference_pb2 as pb
+
+#: Field number of the ``error`` field in each kind's answer message.
+ERROR_FIELD = {"loglikelihood": 4, "loglikelihood_rolling": 4, "generate_until": 3}
+ANSWER_MESSAGE = {"loglikelihood": pb.TokenScores, "loglikelihood_rolling": pb.TokenScores,
+                  "generate_until": pb.Generation}
+
+
+def _varint(n: int) -> bytes:
+    if n < 0x80:
+        return bytes((n,))
+    if n < 0x4000:
+        return bytes(((n & 0x7F) | 0x80, n >> 7))
+    out = bytearray()
+    while n >= 0x80:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+#: Varints of 0..16383 (every length of one or two bytes), for the encoders' inner loops.
+_SMALL_VARINTS = [_varint(n) for n in range(0x4000)]
+
+
+def encode_loglikelihood_many(items) -> list[bytes]:
+    """``encode_loglikelihood`` of many (request id, context, continuation) triples."""
+    small, slow = _SMALL_VARINTS, _varint
+    out = []
+    append = out.append
+    for rid, context, continuation in items:
+        r, c, k = rid.encode(), context.encode(), continuation.encode()
+        lr, lc, lk = len(r), len(c), len(k)
+        body = b"".join((b"\x0a", small[lr] if lr < 0x4000 else slow(lr), r,
+                         b"\x12", small[lc] if lc < 0x4000 else slow(lc), c,
+                         b"\x1a", small[lk] if lk < 0x4000 else slow(lk), k))
+        lb = len(body)
+        append(b"\x0a" + (small[lb] if lb < 0x4000 else slow(lb)) + body)
+    return out
+
+
+def _string_field(tag: bytes, text: str) -> bytes:
+    data = text.encode()
+    return tag + _varint(len(data)) + data
+
+
+def encode_loglikelihood(request_id: str, context: str, continuation: str) -> bytes:
+    """One ``LoglikelihoodRequest.items`` entry."""
+    body = (_string_field(b"\x0a", request_id) + _string_field(b"\x12", context)
+            + _string_field(b"\x1a", continuation))
+    return b"\x0a" + _varint(len(body)) + body
+
+
+def encode_rolling(request_id: str, text: str) -> bytes:
+    """One ``LoglikelihoodRollingRequest.items`` entry."""
+    body = _string_field(b"\x0a", request_id) + _string_field(b"\x12", text)
+    return b"\x0a" + _varint(len(body)) + body
+
+
+def encode_generate(request_id: str, context: str, params: pb.GenerationParams | None,
+                    chat_messages: bool) -> bytes:
+    """One ``GenerateUntilRequest.items`` entry."""
+    body = pb.GenerateItem(request_id=request_id, context=context, params=params,
+                           chat_messages=chat_messages).SerializeToString()
+    return b"\x0a" + _varint(len(body)) + body
+
+
+@nb.njit(cache=True)
+def _read_varint(buf, pos):
+    result = 0
+    shift = 0
+    while True:
+        b = buf[pos]
+        pos += 1
+        result |= (b & 0x7F) << shift
+        if b < 0x80:
+            return result, pos
+        shift += 7
+
+
+@nb.njit(cache=True)
+def _skip(buf, pos, wire):
+    if wire == 0:
+        _, pos = _read_varint(buf, pos)
+        return pos
+    if wire == 1:
+        return pos + 8
+    if wire == 2:
+        length, pos = _read_varint(buf, pos)
+        return pos + length
+    if wire == 5:
+        return pos + 4
+    return -1
+
+
+@nb.njit(cache=True)
+def _scan(buf, error_field, expected, expected_off, indices):
+    """Entries of a response: (starts, ends, has_error, count, cost_start, cost_end, ok)."""
+    n = len(buf)
+    cap = len(indices) + 1
+    starts = np.empty(cap, np.int64)
+    ends = np.empty(cap, np.int64)
+    errors = np.zeros(cap, np.bool_)
+    count = 0
+    cost_start = -1
+    cost_end = -1
+    pos = 0
+    while pos < n:
+        key, pos = _read_varint(buf, pos)
+        field = key >> 3
+        wire = key & 7
+        if wire == 2 and (field == 1 or field == 3):
+            length, pos = _read_varint(buf, pos)
+            end = pos + length
+            if end > n:
+                return starts, ends, errors, count, cost_start, cost_end, False
+            if field == 3:
+                cost_start = pos
+                cost_end = end
+            else:
+                if count >= len(indices):
+                    return starts, ends, errors, count, cost_start, cost_end, False
+                starts[count] = pos
+                ends[count] = end
+                # Inside the answer: its request id (field 1) and whether it has an error.
+                p = pos
+                matched = False
+                while p < end:
+                    k, p = _read_varint(buf, p)
+                    f = k >> 3
+                    w = k & 7
+                    if w == 2 and f == 1:
+                        ln, p = _read_varint(buf, p)
+                        i = indices[count]
+                        a = expected_off[i]
+                        b = expected_off[i + 1]
+                        if b - a == ln:
+                            matched = True
+                            for j in range(ln):
+                                if buf[p + j] != expected[a + j]:
+                                    matched = False
+                                    break
+                        p += ln
+                    else:
+                        if w == 2 and f == error_field:
+                            errors[count] = True
+                        p = _skip(buf, p, w)
+                        if p < 0:
+                            return starts, ends, errors, count, cost_start, cost_end, False
+                if not matched:
+                    return starts, ends, errors, count, cost_start, cost_end, False
+                count += 1
+            pos = end
+        else:
+            pos = _skip(buf, pos, wire)
+            if pos < 0 or pos > n:
+                return starts, ends, errors, count, cost_start, cost_end, False
+    return starts, ends, errors, count, cost_start, cost_end, count == len(indices)
+
+
+class ExpectedIds:
+    """The request ids of a queue, packed for the scan."""
+
+    def __init__(self, ids: list[str]) -> None:
+        encoded = [i.encode() for i in ids]
+        self.buffer = np.frombuffer(b"".join(encoded) or b"\0", dtype=np.uint8)
+        lengths = np.fromiter(map(len, encoded), dtype=np.int64, count=len(encoded))
+        self.offsets = np.concatenate(([0], np.cumsum(lengths)))
+
+
+@dataclass
+class SplitResponse:
+    """A response split into entries: answers as stored bytes, errors parsed."""
+
+    answered: list[int]  # positions in the batch
+    answers: list[bytes]
+    errors: list[tuple[int, pb.ItemError]]  # (position in the batch, error)
+    cost: pb.BatchCost
+
+
+class MalformedResponseError(ValueError):
+    """The worker's answers do not match the batch (count, order or ids)."""
+
+
+def split_response(raw: bytes, kind: str, expected: ExpectedIds,
+                   indices: np.ndarray) -> SplitResponse:
+    """Split a raw response to a batch of ``indices`` (into ``expected``)."""
+    buf = np.frombuffer(raw, dtype=np.uint8)
+    starts, ends, errors, count, cost_start, cost_end, ok = _scan(
+        buf, ERROR_FIELD[kind], expected.buffer, expected.offsets, indices)
+    if not ok:
+        raise MalformedResponseError(
+            f"answered {count} of {len(indices)} requests in order, then a missing, extra or "
+            "mismatched answer")
+    cost = pb.BatchCost.FromString(raw[cost_start:cost_end]) if cost_start >= 0 \
+        else pb.BatchCost()
+    starts_l, ends_l = starts[:count].tolist(), ends[:count].tolist()
+    if not errors[:count].any():
+        return SplitResponse(list(range(count)), [raw[a:b] for a, b in zip(starts_l, ends_l,
+                                                                            strict=True)],
+                             [], cost)
+    message = ANSWER_MESSAGE[kind]
+    answered, answers, failed = [], [], []
+    for j, (a, b) in enumerate(zip(starts_l, ends_l, strict=True)):
+        if errors[j]:
+            failed.append((j, message.FromString(raw[a:b]).error))
+        else:
+            answered.append(j)
+            answers.append(raw[a:b])
+    return SplitResponse(answered, answers, failed, cost)
