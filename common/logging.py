@@ -8,6 +8,27 @@ import sys
 import structlog
 
 
+class _CurrentStderr:
+    """Writes to whatever ``sys.stderr`` is at the time of the write.
+
+    Binding the stream object at configuration time breaks the moment it is swapped and closed
+    (pytest's capture, an embedding application redirecting stderr): every later log line then
+    raises ``ValueError: I/O operation on closed file`` inside the code that logged it.
+    """
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+    def isatty(self) -> bool:
+        return sys.stderr.isatty()
+
+
+_STDERR = _CurrentStderr()
+
+
 def configure_logging(*, json: bool = True, level: str = "INFO") -> None:
     """Route structlog (and the standard library's logging) to stderr.
 
@@ -30,10 +51,10 @@ def configure_logging(*, json: bool = True, level: str = "INFO") -> None:
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        logger_factory=structlog.PrintLoggerFactory(file=_STDERR),
         cache_logger_on_first_use=False,
     )
-    logging.basicConfig(level=max(numeric, logging.WARNING), stream=sys.stderr)
+    logging.basicConfig(level=max(numeric, logging.WARNING), stream=_STDERR)
 
 
 def get_logger(name: str) -> structlog.stdlib.BoundLogger:

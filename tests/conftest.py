@@ -105,13 +105,18 @@ def tiny_worker(background_loop, tiny_model_dir):
 
 @pytest.fixture(scope="session")
 def coordinator(background_loop, tiny_worker, data_dir, tmp_path_factory):
-    """A real coordinator on loopback whose pool is the tiny worker; SQLite store on disk."""
-    from evalfleet.server.service import start_coordinator
+    """A real coordinator on loopback whose pool is the tiny worker; SQLite store on disk. Its
+    operator lets clients name task folders (``--allow_include_paths``): tests bring their own
+    task YAMLs."""
+    from evalfleet.server.access import AccessPolicy
+    from evalfleet.server.service import CoordinatorOptions, start_coordinator
     from evalfleet.server.store import SqliteJobStore
 
     store = SqliteJobStore(tmp_path_factory.mktemp("store") / "jobs.db")
+    options = CoordinatorOptions(policy=AccessPolicy(allow_include_paths=True))
     server, runner = background_loop.run(
-        start_coordinator(workers=[tiny_worker.address], store=store, data_dir=data_dir))
+        start_coordinator(workers=[tiny_worker.address], store=store, data_dir=data_dir,
+                          options=options))
     yield server
     background_loop.run(server.stop(0.5))
 
