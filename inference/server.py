@@ -125,6 +125,7 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
                  retries=answers.cost.retries)
 
     async def GetModelInfo(self, request: pb.GetModelInfoRequest, context) -> pb.ModelInfo:
+        await self._backend.refresh()
         info = self._backend.model_info()
         return pb.ModelInfo(
             backend=info.backend, model_name=info.model_name, revision=info.revision,

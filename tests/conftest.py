@@ -196,3 +196,124 @@ def two_model_runs(background_loop, coordinator, real_model_dir, tmp_path_factor
         background_loop.run(worker.stop(0.5))
         background_loop.run(store.close())
     return files
+
+
+SERVERS_DIR = REPO_ROOT / "tests" / "servers"
+
+
+def free_port() -> int:
+    """A loopback port nobody listens on right now."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class ServerProcess:
+    """A real HTTP server in a child process on a loopback port; ready when ``ready_path``
+    answers 200. Its output goes to a log file shown when it fails to start."""
+
+    def __init__(self, argv: list[str], port: int, *, ready_path: str = "/v1/models",
+                 timeout_s: float = 600, env: dict[str, str] | None = None,
+                 log_dir: Path | None = None) -> None:
+        import subprocess
+        import time
+        import urllib.error
+        import urllib.request
+
+        self.port = port
+        self.base_url = f"http://127.0.0.1:{port}/v1"
+        self.log_path = (log_dir or Path(tempfile.mkdtemp(prefix="evalfleet-srv-"))) / "server.log"
+        self._log = open(self.log_path, "w")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(argv, stdout=self._log, stderr=subprocess.STDOUT,
+                                     env={**os.environ, **(env or {})})
+        deadline = time.monotonic() + timeout_s
+        while True:
+            if self.proc.poll() is not None:
+                self.stop()
+                pytest.fail(f"server {argv[:4]} exited ({self.proc.returncode}):\n"
+                            f"{self.log_path.read_text()[-3000:]}")
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}{ready_path}",
+                                            timeout=5) as response:
+                    if response.status == 200:
+                        return
+            except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
+                pass
+            if time.monotonic() > deadline:
+                self.stop()
+                pytest.fail(f"server {argv[:4]} not ready after {timeout_s} s:\n"
+                            f"{self.log_path.read_text()[-3000:]}")
+            time.sleep(0.5)
+
+    def log_tail(self, n: int = 3000) -> str:
+        return self.log_path.read_text()[-n:]
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=20)
+            except Exception:  # noqa: BLE001 - a hung child is killed
+                self.proc.kill()
+                self.proc.wait(timeout=20)
+        self._log.close()
+
+
+def openai_test_server(model_dir: Path, *extra: str, served_name: str = "smol",
+                       log_dir: Path | None = None) -> ServerProcess:
+    """tests/servers/openai_compat.py serving ``model_dir`` (vLLM's response shapes)."""
+    import sys
+
+    port = free_port()
+    return ServerProcess([sys.executable, str(SERVERS_DIR / "openai_compat.py"), "--model",
+                          str(model_dir), "--served-name", served_name, "--port", str(port),
+                          *extra], port, log_dir=log_dir)
+
+
+def run_evaluation(address: str, spec, *, timeout_s: float = 900) -> tuple:
+    """Create a job on a coordinator, wait for it; (final Evaluation, events, results dict or
+    None, samples by task)."""
+    import json
+
+    import grpc
+
+    from evalfleet.v1 import coordinator_pb2 as cpb
+    from evalfleet.v1 import coordinator_pb2_grpc as cpb_grpc
+
+    with grpc.insecure_channel(address) as channel:
+        stub = cpb_grpc.EvaluationServiceStub(channel)
+        evaluation = stub.CreateEvaluation(cpb.CreateEvaluationRequest(spec=spec), timeout=300)
+        events = list(stub.WatchEvaluation(cpb.WatchEvaluationRequest(id=evaluation.id),
+                                           timeout=timeout_s))
+        final = stub.GetEvaluation(cpb.GetEvaluationRequest(id=evaluation.id), timeout=30)
+        if final.state != cpb.EVALUATION_STATE_SUCCEEDED:
+            return final, events, None, {}
+        results = stub.GetResults(cpb.GetResultsRequest(id=evaluation.id), timeout=60)
+        samples: dict[str, list[dict]] = {}
+        for record in stub.StreamSamples(cpb.StreamSamplesRequest(id=evaluation.id), timeout=120):
+            samples.setdefault(record.task, []).append(json.loads(record.json))
+    return final, events, json.loads(results.results_json), samples
+
+
+@pytest.fixture()
+def worker_and_coordinator(background_loop, data_dir):
+    """Start a worker for a loaded backend plus a coordinator on it; both stop afterwards.
+    Returns the coordinator's address."""
+    from evalfleet.inference.server import start_worker
+    from evalfleet.server.service import start_coordinator
+
+    started = []
+
+    def start(backend, model_args=None) -> str:
+        worker = background_loop.run(start_worker(backend, model_args=model_args))
+        started.append(worker)
+        coordinator, _ = background_loop.run(start_coordinator(
+            workers=[worker.address], data_dir=data_dir))
+        started.append(coordinator)
+        return coordinator.address
+
+    yield start
+    for server in reversed(started):
+        background_loop.run(server.stop(0.5))

@@ -17,6 +17,9 @@ if TYPE_CHECKING:
 
 _REGISTRY: dict[str, str] = {
     "hf": "evalfleet.inference.backends.hf:HFBackend",
+    "local-completions": "evalfleet.inference.backends.openai_completions:LocalCompletionsBackend",
+    "openai-completions":
+        "evalfleet.inference.backends.openai_completions:OpenAICompletionsBackend",
 }
 _ALIASES: dict[str, str] = {
     "hf-auto": "hf",

@@ -208,6 +208,11 @@ class Backend(ABC):
     async def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections and resources."""
 
+    async def refresh(self) -> None:  # noqa: B027 - optional hook
+        """Called before each GetModelInfo answer (the coordinator asks when a job is created):
+        a backend whose capabilities can change brings them up to date here (a remote
+        completions backend re-runs its logprob probe when the last one is old)."""
+
     @abstractmethod
     def model_info(self) -> ModelInfo:
         """Describe the loaded model and what it can answer."""

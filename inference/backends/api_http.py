@@ -1,0 +1,170 @@
+"""HTTP calls of the remote backends: a bounded connection pool, retries with backoff that
+honour ``Retry-After``, and what each call cost.
+
+The official clients (``openai``, ``anthropic``) are used with their own retries off, so that
+every attempt, retry and second spent throttled is counted here and reported in the batch's
+``Cost`` (the coordinator turns it into job events). The backoff is lm-eval's
+(``wait_exponential(multiplier=0.5, min=1, max=10)``, ``max_retries`` attempts); a 429 or 503
+that says how long to wait (``Retry-After``, ``retry-after-ms``) is waited that long instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import importlib
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from evalfleet.common.logging import get_logger
+from evalfleet.inference.backends.base import Cost
+
+log = get_logger("backend.http")
+
+T = TypeVar("T")
+
+#: Statuses worth another try: timeouts, conflicts, rate limits, server errors.
+RETRYABLE_STATUS = frozenset({408, 409, 425, 429, 500, 502, 503, 504, 529})
+#: Statuses that mean "slow down" (rate limited; Anthropic's 529 overloaded).
+THROTTLE_STATUS = frozenset({429, 529})
+#: Never wait longer than this for one Retry-After; a longer one fails the item (retryable).
+MAX_RETRY_AFTER_S = 120.0
+
+
+def http_module():
+    """The httpx module the official clients are built on (``httpx2`` in newer releases)."""
+    for name in ("httpx2", "httpx"):
+        try:
+            return importlib.import_module(name)
+        except ImportError:
+            continue
+    raise ImportError("neither httpx2 nor httpx is installed (the openai client needs one)")
+
+
+def pooled_client(client_cls: type, num_concurrent: int, timeout_s: float,
+                  verify: bool | str) -> Any:
+    """An async HTTP client for an official SDK whose pool holds ``num_concurrent``
+    connections (``client_cls``: the SDK's ``DefaultAsyncHttpxClient``)."""
+    httpx = http_module()
+    limits = httpx.Limits(max_connections=num_concurrent,
+                          max_keepalive_connections=num_concurrent)
+    return client_cls(limits=limits, timeout=httpx.Timeout(timeout_s), verify=verify)
+
+
+@dataclass(frozen=True)
+class Failure:
+    """An HTTP attempt that failed: its status (0 for no response), whether to retry, and how
+    long the server asked us to wait."""
+
+    status: int
+    message: str
+    retryable: bool
+    retry_after_s: float | None = None
+
+
+def retry_after_seconds(headers: Any) -> float | None:
+    """Seconds from ``retry-after-ms`` or ``Retry-After`` (delta seconds or an HTTP date)."""
+    if headers is None:
+        return None
+    value = headers.get("retry-after-ms")
+    if value:
+        try:
+            return max(0.0, float(value) / 1000.0)
+        except ValueError:
+            pass
+    value = headers.get("retry-after")
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        parsed = email.utils.parsedate_to_datetime(value) if value else None
+        if parsed is None:
+            return None
+        return max(0.0, parsed.timestamp() - time.time())
+
+
+def classify(exc: BaseException) -> Failure | None:
+    """A Failure for an SDK's API error (openai and anthropic share the shape), else None."""
+    response = getattr(exc, "response", None)
+    status = getattr(exc, "status_code", None)
+    if isinstance(status, int):
+        body = getattr(exc, "body", None)
+        detail = _error_detail(body) or str(exc)
+        return Failure(status, f"HTTP {status}: {detail}", status in RETRYABLE_STATUS,
+                       retry_after_seconds(getattr(response, "headers", None)))
+    name = type(exc).__name__
+    if name in ("APITimeoutError", "APIConnectionError") or isinstance(
+            exc, (ConnectionError, TimeoutError)):
+        cause = exc.__cause__ or exc
+        return Failure(0, f"{name}: {cause}", True)
+    return None
+
+
+def _error_detail(body: Any) -> str:
+    if isinstance(body, dict):
+        err = body.get("error", body)
+        if isinstance(err, dict):
+            return str(err.get("message") or err)
+        return str(err)
+    return str(body) if body else ""
+
+
+class RetryError(Exception):
+    """An HTTP call that failed for good (every attempt, or a status not worth retrying)."""
+
+    def __init__(self, failure: Failure, attempts: int) -> None:
+        tries = f" after {attempts} attempts" if attempts > 1 else ""
+        super().__init__(f"{failure.message}{tries}")
+        self.failure = failure
+        self.attempts = attempts
+
+
+def backoff_seconds(attempt: int) -> float:
+    """lm-eval's tenacity ``wait_exponential(multiplier=0.5, min=1, max=10)`` after the
+    ``attempt``-th failed attempt (1-based)."""
+    return min(10.0, max(1.0, 0.5 * 2 ** (attempt - 1)))
+
+
+class Caller:
+    """Runs SDK calls with at most ``num_concurrent`` in flight and lm-eval's retry policy."""
+
+    def __init__(self, num_concurrent: int, max_attempts: int, *,
+                 sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> None:
+        self.num_concurrent = num_concurrent
+        self.max_attempts = max(1, max_attempts)
+        self._sem = asyncio.Semaphore(num_concurrent)
+        self._sleep = sleep
+
+    async def call(self, make: Callable[[], Awaitable[T]], cost: Cost, what: str) -> T:
+        """``await make()``, retried; every attempt, retry and throttled second goes to
+        ``cost``. Raises RetryError when it fails for good; other exceptions propagate."""
+        attempt = 0
+        while True:
+            attempt += 1
+            cost.http_requests += 1
+            async with self._sem:
+                try:
+                    return await make()
+                except Exception as exc:  # noqa: BLE001 - classified below
+                    failure = classify(exc)
+                    if failure is None:
+                        raise
+            if not failure.retryable or attempt >= self.max_attempts:
+                raise RetryError(failure, attempt)
+            wait = backoff_seconds(attempt)
+            if failure.retry_after_s is not None:
+                if failure.retry_after_s > MAX_RETRY_AFTER_S:
+                    raise RetryError(Failure(
+                        failure.status, f"{failure.message} (the server asks to wait "
+                        f"{failure.retry_after_s:.0f} s, more than {MAX_RETRY_AFTER_S:.0f} s)",
+                        True), attempt)
+                wait = failure.retry_after_s
+            if failure.status in THROTTLE_STATUS:
+                cost.throttled_seconds += wait
+            cost.retries += 1
+            log.warning("http_retry", what=what, status=failure.status, attempt=attempt,
+                        wait_s=round(wait, 2), reason=failure.message[:200])
+            await self._sleep(wait)

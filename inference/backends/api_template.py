@@ -1,0 +1,173 @@
+"""What every remote API backend shares (lm-eval's ``TemplateAPI``): arguments, tokenizer,
+the pooled SDK client, concurrent fan-out of a batch's HTTP calls with per-item outcomes,
+lm-eval's stop-sequence rule, and the model fingerprint.
+
+Fingerprint (the answer-cache key): sha256 over the protocol family (completions, chat, Anthropic
+messages), the normalised API root, the model name, the tokenizer's files (or its name) and
+``revision``. Two workers pointing at the same server and model share cached answers; the same
+model behind another URL does not (it is recomputed, never mixed). The server's weights are not
+visible from here: when a server starts serving different weights under the same name and URL,
+give a new ``revision=`` (any label) so that old answers are not reused.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import os
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from importlib.metadata import PackageNotFoundError, version
+from typing import Any, ClassVar, TypeVar
+
+from evalfleet.common.logging import get_logger
+from evalfleet.inference.backends.api_args import ApiArgs
+from evalfleet.inference.backends.api_http import Caller, RetryError
+from evalfleet.inference.backends.api_tokenizer import ApiTokenizer
+from evalfleet.inference.backends.base import (
+    Answers,
+    Backend,
+    BackendArgumentError,
+    Capabilities,
+    Cost,
+    GenerationParams,
+    ItemError,
+    ModelInfo,
+)
+
+log = get_logger("backend.api")
+
+T = TypeVar("T")
+
+#: lm-eval's placeholder for a null answer (``LMEVAL_MODEL_NONE_ANSWER_PLACEHOLDER``).
+NONE_ANSWER = os.environ.get("LMEVAL_MODEL_NONE_ANSWER_PLACEHOLDER", "")
+
+
+def handle_stop_sequences(until: Sequence[str], eos: str | None) -> list[str]:
+    """lm-eval's ``handle_stop_sequences``: ``until`` plus the EOS text when it is missing."""
+    stop = list(until)
+    if eos is not None and eos not in stop:
+        stop.append(eos)
+    return stop
+
+
+def gen_extras(params: GenerationParams) -> dict[str, Any]:
+    """The generation settings lm-eval passes through as ``**gen_kwargs`` (set ones only)."""
+    extra: dict[str, Any] = {}
+    if params.top_p is not None:
+        extra["top_p"] = params.top_p
+    if params.top_k is not None:
+        extra["top_k"] = params.top_k
+    if params.seed is not None:
+        extra["seed"] = params.seed
+    return extra
+
+
+def remote_fingerprint(family: str, args: ApiArgs, tokenizer: ApiTokenizer | None) -> str:
+    """The answer-cache key of a remote model (see the module docstring)."""
+    key = json.dumps({"family": family, "api_root": args.base_url, "model": args.model,
+                      "tokenizer": tokenizer.identity if tokenizer else None,
+                      "revision": args.revision}, sort_keys=True)
+    return "sha256:" + hashlib.sha256(key.encode()).hexdigest()
+
+
+def library_versions(*names: str) -> dict[str, str]:
+    """Installed versions of ``names`` (missing ones left out)."""
+    out = {}
+    for name in names:
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            continue
+    return out
+
+
+class RemoteBackend(Backend):
+    """A model behind an HTTP API, called through an official SDK client.
+
+    Subclasses set ``family`` and ``sdk``, build the client in :meth:`make_client` and say what
+    they can answer in :meth:`capabilities`.
+    """
+
+    family: ClassVar[str]
+    sdk: ClassVar[str]
+
+    def __init__(self, args: ApiArgs, tokenizer: ApiTokenizer | None) -> None:
+        self.args = args
+        self.tokenizer = tokenizer
+        self.caller = Caller(args.num_concurrent, args.max_retries)
+        self.client: Any = None
+        self._fingerprint = remote_fingerprint(self.family, args, tokenizer)
+
+    # ------------------------------------------------------------------ life cycle
+    def make_client(self) -> Any:
+        """The SDK's async client, its own retries off, its pool sized to num_concurrent."""
+        raise NotImplementedError
+
+    async def start(self) -> None:
+        if self.client is None:
+            self.client = self.make_client()
+
+    async def close(self) -> None:
+        if self.client is not None:
+            await self.client.close()
+            self.client = None
+
+    # ------------------------------------------------------------------ description
+    def capabilities(self) -> Capabilities:
+        raise NotImplementedError
+
+    def model_info(self) -> ModelInfo:
+        tok = self.tokenizer
+        hf = tok.tok if tok is not None and tok.kind == "huggingface" else None
+        return ModelInfo(
+            backend=self.name, model_name=self.args.model, revision=self.args.revision,
+            tokenizer=(self.args.tokenizer or self.args.model) if tok else "",
+            max_length=self.args.max_length, fingerprint=self._fingerprint, dtype="",
+            device=self.args.base_url, num_parameters=0,
+            eot_token_id=(tok.eot_token_id or 0) if tok else 0,
+            bos_token=getattr(hf, "bos_token", None), eos_token=tok.eos_string if tok else None,
+            pad_token=getattr(hf, "pad_token", None), capabilities=self.capabilities(),
+            library_versions=library_versions(self.sdk, "evalfleet"),
+        )
+
+    # ------------------------------------------------------------------ calls
+    async def fan_out(self, jobs: Sequence[tuple[list[int], Callable[[Cost], Awaitable[list]]]],
+                      n_items: int, what: str) -> Answers:
+        """Run ``jobs`` concurrently (the caller bounds HTTP calls to num_concurrent).
+
+        Each job is (the item positions it answers, a coroutine factory taking the batch's
+        ``Cost`` and returning one outcome per position). A job that fails for good gives each
+        of its items an ItemError (retryable when the failure was, e.g. 5xx after retries).
+        """
+        cost = Cost()
+        results: list[Any] = [None] * n_items
+        started = time.perf_counter()
+
+        async def run(positions: list[int], make) -> None:
+            try:
+                outcomes = await make(cost)
+            except RetryError as exc:
+                outcomes = [ItemError(f"{what}: {exc}", exc.failure.retryable)] * len(positions)
+            for pos, outcome in zip(positions, outcomes, strict=True):
+                results[pos] = outcome
+
+        await asyncio.gather(*(run(p, m) for p, m in jobs))
+        cost.compute_seconds = time.perf_counter() - started
+        return Answers(results, cost)
+
+    async def http(self, make: Callable[[], Awaitable[T]], cost: Cost, what: str) -> T:
+        """One SDK call with retries, counted in ``cost``."""
+        if self.client is None:
+            self.client = self.make_client()
+        return await self.caller.call(make, cost, what)
+
+
+def require_api_key(args: ApiArgs, env: str, backend: str) -> str:
+    """The API key, or a BackendArgumentError saying where to put it."""
+    if args.api_key:
+        return args.api_key
+    raise BackendArgumentError(
+        "api_key", f"the {backend} backend needs an API key: set {env}, or pass api_key=... "
+                   "(api_key=dummy for local servers without auth)")

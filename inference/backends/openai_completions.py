@@ -1,0 +1,447 @@
+"""``local-completions`` and ``openai-completions``: an OpenAI-compatible /v1/completions
+endpoint through the official ``openai`` client (lm-eval's ``LocalCompletionsAPI`` and
+``OpenAICompletionsAPI``).
+
+Payloads, tokenization, truncation and parsing are lm-eval 0.4.13's:
+
+* loglikelihood: ``{"model", "prompt", "temperature": 0, "max_tokens": 1, "logprobs": 1,
+  "seed", "echo": true}`` with the prompt as token ids (``tokenized_requests``, default) or as
+  the decoded text; the continuation's logprobs are ``token_logprobs[ctxlen:-1]`` and a token
+  is greedy when its logprob equals the largest of its ``top_logprobs``;
+* loglikelihood_rolling: lm-eval's rolling windows of ``max_length - 2`` tokens, scored alike;
+* generate_until: ``{"prompt", "model", "max_tokens", "temperature", "stop": until + [eos],
+  "seed", ...}``, the context left-truncated to ``max_length - 1 - max_gen_toks`` tokens; the
+  server's text is the answer.
+
+Beyond lm-eval: the server's prompt logprobs must pass the honesty probe
+(:mod:`~evalfleet.inference.backends.logprob_probe`) when the worker starts, and again before
+a loglikelihood batch or a new job once the last probe is ``probe_interval_s`` old; a server
+that fails is generation-only. Every echoed answer is checked to hold one logprob per prompt
+token, so a misaligned answer is an error, never a wrong number.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from collections.abc import Sequence
+from typing import Any, ClassVar
+
+import numpy as np
+
+from evalfleet.common.errors import UnavailableError
+from evalfleet.common.logging import get_logger
+from evalfleet.inference.backends.api_args import ApiArgs, parse_api_args
+from evalfleet.inference.backends.api_http import RetryError, pooled_client
+from evalfleet.inference.backends.api_template import (
+    NONE_ANSWER,
+    RemoteBackend,
+    gen_extras,
+    handle_stop_sequences,
+    require_api_key,
+)
+from evalfleet.inference.backends.api_tokenizer import ApiTokenizer, load_api_tokenizer
+from evalfleet.inference.backends.base import (
+    Answers,
+    BackendArgumentError,
+    Capabilities,
+    ChatRendering,
+    ChatTemplateSupport,
+    Conversation,
+    Cost,
+    GenerationRequest,
+    ItemError,
+    TokenScores,
+)
+from evalfleet.inference.backends.chat_template import render_conversations, select_template
+from evalfleet.inference.backends.logprob_probe import (
+    ProbeRequestError,
+    ProbeState,
+    failed_findings,
+    probe_server,
+    summary,
+)
+from evalfleet.inference.backends.windows import rolling_windows
+
+log = get_logger("backend.completions")
+
+#: Seconds a re-probe may hold up GetModelInfo; a slower one finishes before the next batch.
+REFRESH_BUDGET_S = 5.0
+LOGPROBS_REMEDY = (
+    "serve the model with vLLM's OpenAI-compatible server (`vllm serve MODEL`, whose "
+    "/v1/completions echoes correct prompt logprobs) and point local-completions at it, use "
+    "another completions endpoint that passes the check, or run generative tasks only "
+    "(e.g. gsm8k)")
+
+_Window = tuple[list[int], int]  # (input ids after truncation, ctxlen)
+
+
+def _sort_key(item: tuple[int, list[int]]) -> tuple[int, tuple[int, ...]]:
+    """lm-eval's Collator order for API loglikelihood: longest first, then by tokens."""
+    return -len(item[1]), tuple(item[1])
+
+
+def parse_echo_scores(choice: dict[str, Any], n_inputs: int, ctxlen: int
+                      ) -> TokenScores | ItemError:
+    """lm-eval's ``LocalCompletionsAPI.parse_logprobs`` for one choice, per token, refusing a
+    response whose echo does not line up with the prompt."""
+    logprobs = choice.get("logprobs") or {}
+    values = logprobs.get("token_logprobs")
+    tops = logprobs.get("top_logprobs")
+    if values is None:
+        return ItemError("the server returned no logprobs for an echo request; it cannot "
+                         "answer loglikelihood requests")
+    if len(values) != n_inputs + 1:
+        return ItemError(f"the server echoed {len(values)} logprobs for a prompt of {n_inputs} "
+                         "tokens plus 1 generated: its tokenization differs from the "
+                         "tokenizer's, or it does not echo the prompt")
+    scored = values[ctxlen:-1]
+    top = (tops or [])[ctxlen:-1]
+    if any(v is None for v in scored) or len(top) != len(scored) or any(t is None for t in top):
+        return ItemError("the server's echo lacks logprobs or top_logprobs for continuation "
+                         "tokens")
+    greedy = [v == max(t.values()) for v, t in zip(scored, top, strict=True)]
+    return TokenScores(np.asarray(scored, np.float32), np.asarray(greedy, bool))
+
+
+class LocalCompletionsBackend(RemoteBackend):
+    """An OpenAI-compatible /v1/completions server (vLLM, llama.cpp, LM Studio, ...)."""
+
+    name: ClassVar[str] = "local-completions"
+    family: ClassVar[str] = "openai-completions"
+    sdk: ClassVar[str] = "openai"
+    default_base_url: ClassVar[str | None] = None
+    default_tokenizer_backend: ClassVar[str | None] = "huggingface"
+    api_key_required: ClassVar[bool] = False
+
+    def __init__(self, args: ApiArgs, tokenizer: ApiTokenizer | None) -> None:
+        super().__init__(args, tokenizer)
+        self.probe = ProbeState()
+        self._probe_lock: asyncio.Lock | None = None
+
+    @classmethod
+    def from_model_args(cls, model_args: dict[str, Any], *,
+                        batch_size: int | str = 1) -> LocalCompletionsBackend:
+        args = parse_api_args(cls.name, model_args, batch_size=batch_size,
+                              default_base_url=cls.default_base_url,
+                              default_tokenizer_backend=cls.default_tokenizer_backend)
+        if args.max_gen_toks != 256:
+            raise BackendArgumentError(
+                "max_gen_toks", "set the generation budget per job with --gen_kwargs "
+                                "max_gen_toks=N (the coordinator sends it with each request)")
+        if cls.api_key_required:
+            require_api_key(args, "OPENAI_API_KEY", cls.name)
+        return cls(args, load_api_tokenizer(args))
+
+    def make_client(self) -> Any:
+        import openai
+
+        return openai.AsyncOpenAI(
+            api_key=self.args.api_key or "", base_url=self.args.base_url, max_retries=0,
+            timeout=self.args.timeout, default_headers=self.args.header or None,
+            http_client=pooled_client(openai.DefaultAsyncHttpxClient, self.args.num_concurrent,
+                                      self.args.timeout, self.args.verify))
+
+    # ------------------------------------------------------------------ the probe
+    async def start(self) -> None:
+        await super().start()
+        if self.tokenizer is not None:
+            await self._probe_now()
+            result = self.probe.result
+            log.info("logprob_probe", base_url=self.args.base_url, model=self.args.model,
+                     passed=bool(result and result.passed),
+                     findings=list(result.findings) if result else [])
+
+    async def refresh(self) -> None:
+        """Re-probe (the coordinator asks for model info when a job is created) when the
+        last probe is older than probe_interval_s; a slow probe finishes in the background."""
+        if self.tokenizer is None or not self.probe.stale(self.args.probe_interval_s):
+            return
+        task = asyncio.ensure_future(self._probe_if_stale())
+        try:
+            await asyncio.wait_for(asyncio.shield(task), REFRESH_BUDGET_S)
+        except TimeoutError:
+            log.warning("logprob_probe_slow", budget_s=REFRESH_BUDGET_S)
+
+    async def _probe_if_stale(self) -> None:
+        if self._probe_lock is None:
+            self._probe_lock = asyncio.Lock()
+        async with self._probe_lock:
+            if self.probe.stale(self.args.probe_interval_s):
+                await self._probe_now()
+
+    async def _probe_now(self) -> None:
+        tok = self.tokenizer
+        assert tok is not None
+        try:
+            result = await probe_server(self._probe_request,
+                                        lambda text: tok.encode(text))
+        except (UnavailableError, BackendArgumentError):
+            if self.probe.result is None:
+                raise
+            log.exception("logprob_probe_error")
+            return
+        self.probe.record(result)
+
+    async def _probe_request(self, text: str, ids: list[int]) -> dict[str, Any]:
+        prompt = [ids] if self.args.tokenized_requests else text
+        try:
+            return await self._post(self._score_payload(prompt), Cost(), "logprob probe")
+        except RetryError as exc:
+            failure = exc.failure
+            if failure.retryable:  # down or overloaded: no verdict on its logprobs
+                raise UnavailableError(
+                    f"the server at {self.args.base_url} did not answer the logprob probe: "
+                    f"{exc}; check base_url and that the server is running") from exc
+            if failure.status in (401, 403):
+                raise BackendArgumentError(
+                    "api_key", f"the server at {self.args.base_url} refused the key: {exc}"
+                ) from exc
+            if failure.status == 404:
+                raise BackendArgumentError(
+                    "model", f"{exc} (asked for model {self.args.model!r} at "
+                             f"{self.args.base_url}/completions; the API root usually ends "
+                             "in /v1)") from exc
+            hint = ("; with tokenized_requests=true the prompt is sent as token ids, which "
+                    "some servers refuse: try tokenized_requests=false") \
+                if self.args.tokenized_requests else ""
+            raise ProbeRequestError(f"{exc}{hint}") from exc
+
+    # ------------------------------------------------------------------ description
+    def _logprobs_unavailable(self) -> str:
+        """Why loglikelihood cannot be answered correctly; empty when it can."""
+        if self.tokenizer is None:
+            return ("the worker has no tokenizer (tokenizer_backend=none), and evalfleet "
+                    "needs the served model's tokenizer to split context from continuation")
+        result = self.probe.result
+        if result is None:
+            return "the logprob honesty probe has not run"
+        if not result.passed:
+            return ("the server's prompt logprobs are wrong or missing, so every "
+                    "loglikelihood would be wrong: " + summary(failed_findings(result)))
+        return ""
+
+    def _remedy(self) -> str:
+        if self.tokenizer is None:
+            return ("pass tokenizer=<local path or hub id of the served model's tokenizer> "
+                    "(tokenizer_backend=huggingface), or run generative tasks only")
+        return LOGPROBS_REMEDY
+
+    def capabilities(self) -> Capabilities:
+        reason = self._logprobs_unavailable()
+        hf = self.tokenizer.tok if self.tokenizer and self.tokenizer.kind == "huggingface" \
+            else None
+        chat = ChatTemplateSupport.RENDER if getattr(hf, "chat_template", None) \
+            else ChatTemplateSupport.NONE
+        return Capabilities(
+            loglikelihood=not reason, loglikelihood_rolling=not reason, generate_until=True,
+            logprobs_unavailable_reason=reason, logprobs_remedy=self._remedy() if reason else "",
+            chat_template=chat, max_context_tokens=self.args.max_length,
+            max_concurrent_batches=self.args.num_concurrent,
+            probe=self.probe.result)
+
+    # ------------------------------------------------------------------ HTTP
+    def _score_payload(self, prompt: Any) -> dict[str, Any]:
+        """lm-eval's ``_create_payload(generate=False)``."""
+        return {"model": self.args.model, "prompt": prompt, "temperature": 0, "max_tokens": 1,
+                "logprobs": 1, "seed": self.args.seed, "echo": True}
+
+    def _prompt(self, token_lists: list[list[int]]) -> Any:
+        """lm-eval's ``create_message``: token ids, or the decoded text (a str for one)."""
+        if self.args.tokenized_requests:
+            return token_lists
+        assert self.tokenizer is not None
+        texts = [self.tokenizer.decode(ids) for ids in token_lists]
+        return texts[0] if self.args.batch_size <= 1 else texts
+
+    async def _post(self, payload: dict[str, Any], cost: Cost, what: str) -> dict[str, Any]:
+        body = dict(payload)
+        model, prompt = body.pop("model"), body.pop("prompt")
+
+        async def send():
+            return await self.client.completions.with_raw_response.create(
+                model=model, prompt=prompt, extra_body=body)
+
+        raw = await self.http(send, cost, what)
+        data = raw.http_response.json()
+        usage = data.get("usage") or {}
+        cost.prompt_tokens += int(usage.get("prompt_tokens") or 0)
+        cost.completion_tokens += int(usage.get("completion_tokens") or 0)
+        return data
+
+    # ------------------------------------------------------------------ loglikelihood
+    async def _ensure_logprobs(self) -> str:
+        """Re-probe when stale; the reason loglikelihood is refused (empty when it is not)."""
+        if self.tokenizer is not None and self.probe.stale(self.args.probe_interval_s):
+            await self._probe_if_stale()
+        return self._logprobs_unavailable()
+
+    def _window(self, ctx: list[int], cont: list[int]) -> _Window | ItemError:
+        """lm-eval's ``batch_loglikelihood_requests`` truncation to ``max_length - 1``.
+
+        A whitespace-only context (no tokens; lm-eval fails an assertion there) is the prefix
+        token, as the hf backend takes it."""
+        assert self.tokenizer is not None
+        if not ctx:
+            ctx = [self.tokenizer.prefix_token_id]
+        limit = self.args.max_tokens_in_window
+        ctxlen = len(ctx) - max(0, len(ctx) + len(cont) - limit)
+        if ctxlen <= 0:
+            return ItemError(f"continuation of {len(cont)} tokens leaves no context within "
+                             f"max_length {self.args.max_length}; raise model_args max_length "
+                             "if the server's model allows it")
+        return (ctx + cont)[-limit:], ctxlen
+
+    async def _score_windows(self, windows: Sequence[_Window | ItemError | None]
+                             ) -> Answers[TokenScores]:
+        """Score each window (None: an empty continuation, scored 0 as lm-eval does)."""
+        empty = TokenScores(np.zeros(0, np.float32), np.zeros(0, bool))
+        todo = sorted(((i, w[0]) for i, w in enumerate(windows) if isinstance(w, tuple)),
+                      key=_sort_key)
+        size = max(1, self.args.batch_size)
+        jobs = []
+        for start in range(0, len(todo), size):
+            chunk = [i for i, _ in todo[start:start + size]]
+
+            async def make(cost: Cost, chunk: list[int] = chunk) -> list:
+                inputs = [windows[i][0] for i in chunk]  # type: ignore[index]
+                data = await self._post(self._score_payload(self._prompt(inputs)), cost,
+                                        "loglikelihood")
+                choices = sorted(data.get("choices") or [], key=lambda c: c.get("index", 0))
+                if len(choices) != len(chunk):
+                    return [ItemError(f"the server answered {len(choices)} choices for "
+                                      f"{len(chunk)} prompts")] * len(chunk)
+                return [parse_echo_scores(c, len(windows[i][0]), windows[i][1])  # type: ignore
+                        for c, i in zip(choices, chunk, strict=True)]
+
+            jobs.append((chunk, make))
+        answers = await self.fan_out(jobs, len(windows), "loglikelihood")
+        answers.results = [r if isinstance(w, tuple) else (w or empty)
+                           for r, w in zip(answers.results, windows, strict=True)]
+        return answers
+
+    def _prepare_pairs(self, requests: Sequence[tuple[str, str]]
+                       ) -> list[_Window | ItemError | None]:
+        assert self.tokenizer is not None
+        out: list[_Window | ItemError | None] = []
+        for context, continuation in requests:
+            ctx, cont = self.tokenizer.encode_request(context, continuation)
+            out.append(self._window(ctx, cont) if cont else None)
+        return out
+
+    async def loglikelihood(self, requests: Sequence[tuple[str, str]]) -> Answers[TokenScores]:
+        refused = await self._ensure_logprobs()
+        if refused:
+            return Answers([ItemError(refused)] * len(requests))
+        windows = await asyncio.to_thread(self._prepare_pairs, requests)
+        return await self._score_windows(windows)
+
+    def _prepare_rolling(self, texts: Sequence[str]) -> tuple[list[_Window | ItemError], list]:
+        assert self.tokenizer is not None
+        windows: list[_Window | ItemError] = []
+        counts = []
+        for text in texts:
+            pairs = rolling_windows(self.tokenizer.encode(text), self.tokenizer.prefix_token_id,
+                                    self.args.max_tokens_in_window - 1)
+            counts.append(len(pairs))
+            windows.extend(self._window(ctx, cont) for ctx, cont in pairs)
+        return windows, counts
+
+    async def loglikelihood_rolling(self, texts: Sequence[str]) -> Answers[TokenScores]:
+        refused = await self._ensure_logprobs()
+        if refused:
+            return Answers([ItemError(refused)] * len(texts))
+        windows, counts = await asyncio.to_thread(self._prepare_rolling, texts)
+        answers = await self._score_windows(windows)
+        out: list[TokenScores | ItemError] = []
+        pos = 0
+        for n in counts:
+            parts = answers.results[pos:pos + n]
+            pos += n
+            error = next((p for p in parts if isinstance(p, ItemError)), None)
+            out.append(error or TokenScores(
+                np.concatenate([p.logprobs for p in parts]) if parts else np.zeros(0, np.float32),
+                np.concatenate([p.greedy for p in parts]) if parts else np.zeros(0, bool)))
+        return Answers(out, answers.cost)
+
+    # ------------------------------------------------------------------ generation
+    def _gen_payload(self, prompt: Any, request: GenerationRequest) -> dict[str, Any]:
+        """lm-eval's ``_create_payload(generate=True)``."""
+        params = request.params
+        eos = self.tokenizer.eos_string if self.tokenizer else self.args.eos_string
+        return {"prompt": prompt, "model": self.args.model, "max_tokens": params.max_gen_toks,
+                "temperature": params.temperature,
+                "stop": handle_stop_sequences(params.until, eos), "seed": self.args.seed,
+                **gen_extras(params)}
+
+    def _gen_prompt(self, request: GenerationRequest) -> Any:
+        """Token ids left-truncated to ``max_length - 1 - max_gen_toks``, or the text."""
+        if not self.args.tokenized_requests:
+            return request.context
+        assert self.tokenizer is not None and isinstance(request.context, str)
+        ids = self.tokenizer.encode(request.context, add_special_tokens=self.args.add_bos_token)
+        keep = self.args.max_tokens_in_window - request.params.max_gen_toks
+        return ids[-keep:]
+
+    async def generate_until(self, requests: Sequence[GenerationRequest]) -> Answers[str]:
+        refusals: dict[int, ItemError] = {}
+        groups: dict[tuple, list[int]] = {}
+        for i, req in enumerate(requests):
+            if not isinstance(req.context, str):
+                refusals[i] = ItemError(f"{self.name} takes prompt text; chat templates are "
+                                        "rendered by the worker (ApplyChatTemplate)")
+            elif req.params.max_gen_toks >= self.args.max_tokens_in_window:
+                refusals[i] = ItemError(
+                    f"gen_kwargs.max_gen_toks {req.params.max_gen_toks} leaves no room for the "
+                    f"prompt within max_length {self.args.max_length}")
+            else:
+                groups.setdefault(req.params.key(), []).append(i)
+        prompts = await asyncio.to_thread(
+            lambda: {i: self._gen_prompt(requests[i]) for idx in groups.values() for i in idx})
+        size = max(1, self.args.batch_size)
+        jobs = []
+        for idxs in groups.values():
+            order = sorted(idxs, key=lambda i: -len(requests[i].context))
+            for start in range(0, len(order), size):
+                chunk = order[start:start + size]
+
+                async def make(cost: Cost, chunk: list[int] = chunk) -> list:
+                    batch = [prompts[i] for i in chunk]
+                    prompt = batch if self.args.tokenized_requests or self.args.batch_size > 1 \
+                        else batch[0]
+                    data = await self._post(self._gen_payload(prompt, requests[chunk[0]]),
+                                            cost, "generate_until")
+                    texts: list[Any] = [None] * len(data.get("choices") or [])
+                    for choice in data.get("choices") or []:
+                        texts[choice["index"]] = choice.get("text")
+                    if len(texts) != len(chunk):
+                        return [ItemError(f"the server answered {len(texts)} choices for "
+                                          f"{len(chunk)} prompts")] * len(chunk)
+                    return [NONE_ANSWER if t is None else t for t in texts]
+
+                jobs.append((chunk, make))
+        answers = await self.fan_out(jobs, len(requests), "generate_until")
+        for i, error in refusals.items():
+            answers.results[i] = error
+        return answers
+
+    # ------------------------------------------------------------------ chat templates
+    async def apply_chat_template(self, conversations: Sequence[Conversation],
+                                  template_name: str | None = None) -> ChatRendering:
+        hf = self.tokenizer.tok if self.tokenizer and self.tokenizer.kind == "huggingface" \
+            else None
+        if hf is None or not getattr(hf, "chat_template", None):
+            raise BackendArgumentError(
+                "tokenizer", "no chat template: give a huggingface tokenizer that has one")
+        template = select_template(hf.chat_template, template_name)
+        prompts = await asyncio.to_thread(render_conversations, hf, conversations)
+        return ChatRendering(prompts, template, hashlib.sha256(template.encode()).hexdigest())
+
+
+class OpenAICompletionsBackend(LocalCompletionsBackend):
+    """OpenAI's own /v1/completions (tiktoken tokenizer, OPENAI_API_KEY required)."""
+
+    name: ClassVar[str] = "openai-completions"
+    default_base_url: ClassVar[str | None] = "https://api.openai.com/v1"
+    default_tokenizer_backend: ClassVar[str | None] = "tiktoken"
+    api_key_required: ClassVar[bool] = True

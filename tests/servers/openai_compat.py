@@ -1,0 +1,269 @@
+"""A small OpenAI-compatible server that serves a real model through transformers with vLLM's
+response shapes, for tests and benchmarks where vLLM itself cannot run (no GPU).
+
+Run: ``python tests/servers/openai_compat.py --model models/smollm2-135m [--port 0]
+[--served-name NAME] [--delay S] [--rate-limit-first N] [--record FILE]``; it prints
+``PORT <n>`` on stdout once it listens on 127.0.0.1.
+
+Shapes follow vLLM's OpenAI-compatible server (docs: "OpenAI-Compatible Server",
+https://docs.vllm.ai/en/latest/serving/openai_compatible_server.html; code:
+``vllm/entrypoints/openai/completion/serving.py``, ``request_output_to_completion_response``
+and ``_create_completion_logprobs``, and the ``CompletionResponse`` / ``CompletionLogProbs``
+models of ``vllm/entrypoints/openai/completion/protocol.py``):
+
+* ``POST /v1/completions``: ``prompt`` is a string, a list of strings, a list of token ids or a
+  list of token-id lists (one choice per prompt, ``index`` in prompt order). With ``echo`` the
+  choice's ``text`` is the prompt text followed by the generated text, and ``logprobs`` covers
+  the prompt tokens then the generated ones: ``tokens`` (each token decoded on its own),
+  ``token_logprobs`` (``null`` for the first prompt token, which has no context),
+  ``top_logprobs`` (``null`` first, then per position a dict holding the position's own token
+  and the ``logprobs`` most likely tokens, keyed by decoded text, values clamped at -9999.0)
+  and ``text_offset``. ``usage`` counts prompt and completion tokens; ``finish_reason`` is
+  ``"length"`` or ``"stop"`` with ``stop_reason`` the stop string.
+* ``POST /v1/chat/completions``: the model's chat template with a generation prompt, greedy
+  generation, ``choices[0].message.content``; no prompt logprobs (as vLLM's chat endpoint).
+* ``GET /v1/models``; errors as ``{"error": {"message", "type", "param", "code"}}``.
+
+Greedy decoding only (temperature is ignored: tests and benchmarks ask for 0). ``--delay``
+sleeps before each answer outside the model lock (a fixed network/queue latency);
+``--rate-limit-first N`` answers the first N requests 429 with ``Retry-After: 1``; ``--memo``
+answers a repeated request body from memory (for benchmarks of client concurrency).
+``POST /admin/mode {"shifted": true}`` makes echoed prompt logprobs shifted by one position (each
+token scored from the distribution after it, as llama-cpp-python's server does), for tests of
+the logprob probe; ``{"shifted": false}`` restores them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import threading
+import time
+import uuid
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from model_engine import Engine, Position  # noqa: E402
+
+
+class State:
+    """Server-wide settings and counters."""
+
+    def __init__(self, engine: Engine, name: str, delay: float, rate_limited: int,
+                 record: str | None, memo: bool = False) -> None:
+        self.engine, self.name, self.delay = engine, name, delay
+        self.rate_limited_left = rate_limited
+        self.record = record
+        self.lock = threading.Lock()
+        self.memo: dict[str, dict[str, Any]] | None = {} if memo else None
+        self.shifted = False  # POST /admin/mode {"shifted": true}: logprobs shifted by one
+
+    def answer(self, handler, body: dict[str, Any]) -> dict[str, Any]:
+        """``handler(self, body)``, remembered per request body with ``--memo``."""
+        if self.memo is None:
+            return handler(self, body)
+        key = json.dumps([handler.__name__, body], sort_keys=True)
+        with self.lock:
+            hit = self.memo.get(key)
+        if hit is None:
+            hit = handler(self, body)
+            with self.lock:
+                self.memo[key] = hit
+        return hit
+
+    def take_rate_limit(self) -> bool:
+        with self.lock:
+            if self.rate_limited_left > 0:
+                self.rate_limited_left -= 1
+                return True
+            return False
+
+    def log_request(self, path: str, body: dict[str, Any]) -> None:
+        if self.record:
+            with self.lock, open(self.record, "a") as fh:
+                fh.write(json.dumps({"path": path, "body": body}) + "\n")
+
+
+def _clamp(x: float) -> float:
+    return max(x, -9999.0)
+
+
+def _logprobs(engine: Engine, ids: list[int], positions: list[Position | None],
+              k: int) -> dict[str, Any]:
+    tokens, token_logprobs, tops, offsets = [], [], [], []
+    offset = 0
+    for tid, pos in zip(ids, positions, strict=True):
+        piece = engine.piece(tid)
+        tokens.append(piece)
+        offsets.append(offset)
+        offset += len(piece)
+        if pos is None:
+            token_logprobs.append(None)
+            tops.append(None)
+            continue
+        token_logprobs.append(_clamp(pos.logprob))
+        entry = {piece: _clamp(pos.logprob)}  # the position's own token first, as vLLM
+        for rank, (alt, lp) in enumerate(pos.top[:k], start=1):
+            if rank <= k and alt != tid:
+                entry.setdefault(engine.piece(alt), _clamp(lp))
+        tops.append(entry)
+    return {"text_offset": offsets, "token_logprobs": token_logprobs, "tokens": tokens,
+            "top_logprobs": tops}
+
+
+def completion(state: State, body: dict[str, Any]) -> dict[str, Any]:
+    engine = state.engine
+    prompt = body.get("prompt")
+    if isinstance(prompt, str) or (isinstance(prompt, list) and prompt
+                                   and isinstance(prompt[0], int)):
+        prompts = [prompt]
+    elif isinstance(prompt, list) and prompt:
+        prompts = prompt
+    else:
+        raise ValueError("prompt must be a string, a list of strings or token ids")
+    max_tokens = int(body.get("max_tokens") or 16)
+    echo = bool(body.get("echo"))
+    k = body.get("logprobs")
+    stop = body.get("stop") or []
+    stop = [stop] if isinstance(stop, str) else list(stop)
+    choices, n_prompt, n_out = [], 0, 0
+    for index, p in enumerate(prompts):
+        ids = engine.encode(p) if isinstance(p, str) else [int(t) for t in p]
+        text_in = p if isinstance(p, str) else engine.tokenizer.decode(ids)
+        n_prompt += len(ids)
+        if k is not None:
+            positions, nxt = engine.prompt_logprobs(ids, int(k), shifted=state.shifted)
+        if k is not None and max_tokens == 1:
+            out_ids, finish, reason = [nxt.token_id], "length", None
+            out_text = engine.piece(nxt.token_id)
+            out_positions: list[Position | None] = [nxt]
+        else:
+            out_text, out_ids, finish, reason = engine.generate(ids, max_tokens, stop)
+            out_positions = []
+            if k is not None:  # logprobs of generated tokens beyond the first: not needed here
+                out_positions = [nxt] + [None] * (len(out_ids) - 1)
+        n_out += len(out_ids)
+        logprobs = None
+        if k is not None:
+            if echo:
+                logprobs = _logprobs(engine, ids + out_ids, [None, *positions, *out_positions],
+                                     int(k))
+            else:
+                logprobs = _logprobs(engine, out_ids, out_positions, int(k))
+        choices.append({"index": index, "text": (text_in if echo else "") + out_text,
+                        "logprobs": logprobs, "finish_reason": finish, "stop_reason": reason,
+                        "prompt_logprobs": None})
+    return {"id": f"cmpl-{uuid.uuid4().hex}", "object": "text_completion",
+            "created": int(time.time()), "model": state.name, "choices": choices,
+            "usage": {"prompt_tokens": n_prompt, "total_tokens": n_prompt + n_out,
+                      "completion_tokens": n_out}}
+
+
+def chat_completion(state: State, body: dict[str, Any]) -> dict[str, Any]:
+    engine = state.engine
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise ValueError("messages must be a non-empty list")
+    ids = engine.chat_prompt(messages)
+    max_tokens = int(body.get("max_completion_tokens") or body.get("max_tokens") or 16)
+    stop = body.get("stop") or []
+    stop = [stop] if isinstance(stop, str) else list(stop)
+    text, out_ids, finish, reason = engine.generate(ids, max_tokens, stop)
+    return {"id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion",
+            "created": int(time.time()), "model": state.name,
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": text,
+                                                 "tool_calls": []},
+                         "logprobs": None, "finish_reason": finish, "stop_reason": reason}],
+            "usage": {"prompt_tokens": len(ids), "total_tokens": len(ids) + len(out_ids),
+                      "completion_tokens": len(out_ids)}}
+
+
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"  # keep-alive: clients reuse their pooled connections
+    state: State
+
+    def log_message(self, *args: Any) -> None:  # quiet
+        return
+
+    def _send(self, status: int, payload: dict[str, Any],
+              headers: dict[str, str] | None = None) -> None:
+        data = json.dumps(payload).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        for k, v in (headers or {}).items():
+            self.send_header(k, v)
+        self.end_headers()
+        self.wfile.write(data)
+
+    def _error(self, status: int, message: str, kind: str,
+               headers: dict[str, str] | None = None) -> None:
+        self._send(status, {"error": {"message": message, "type": kind, "param": None,
+                                      "code": status}}, headers)
+
+    def do_GET(self) -> None:
+        if self.path.rstrip("/") == "/v1/models":
+            self._send(200, {"object": "list", "data": [
+                {"id": self.state.name, "object": "model", "owned_by": "evalfleet-tests"}]})
+        else:
+            self._error(404, f"no route {self.path}", "NotFoundError")
+
+    def do_POST(self) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        try:
+            body = json.loads(self.rfile.read(length) or b"{}")
+        except json.JSONDecodeError:
+            self._error(400, "body is not JSON", "BadRequestError")
+            return
+        if self.path == "/admin/mode":  # tests turn the server bad (and good again) here
+            self.state.shifted = bool(body.get("shifted", False))
+            self._send(200, {"shifted": self.state.shifted})
+            return
+        self.state.log_request(self.path, body)
+        if self.state.take_rate_limit():
+            self._error(429, "rate limited (test server)", "RateLimitError",
+                        {"Retry-After": "1"})
+            return
+        routes = {"/v1/completions": completion, "/v1/chat/completions": chat_completion}
+        handler = routes.get(self.path.rstrip("/"))
+        if handler is None:
+            self._error(404, f"no route {self.path}", "NotFoundError")
+            return
+        if body.get("model") != self.state.name:
+            self._error(404, f"The model `{body.get('model')}` does not exist.",
+                        "NotFoundError")
+            return
+        if self.state.delay:
+            time.sleep(self.state.delay)
+        try:
+            self._send(200, self.state.answer(handler, body))
+        except (ValueError, TypeError) as exc:
+            self._error(400, str(exc), "BadRequestError")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", required=True, help="model directory")
+    parser.add_argument("--served-name", default=None, help="model name clients ask for")
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--delay", type=float, default=0.0, help="seconds before each answer")
+    parser.add_argument("--rate-limit-first", type=int, default=0)
+    parser.add_argument("--record", default=None, help="append each request body to FILE")
+    parser.add_argument("--memo", action="store_true",
+                        help="answer a repeated request from memory (benchmarks: the latency "
+                             "is then --delay alone)")
+    args = parser.parse_args(argv)
+    engine = Engine(args.model)
+    Handler.state = State(engine, args.served_name or args.model, args.delay,
+                          args.rate_limit_first, args.record, args.memo)
+    server = ThreadingHTTPServer(("127.0.0.1", args.port), Handler)
+    server.daemon_threads = True
+    print(f"PORT {server.server_address[1]}", flush=True)
+    server.serve_forever()
+
+
+if __name__ == "__main__":
+    main()
