@@ -20,10 +20,16 @@ _REGISTRY: dict[str, str] = {
     "local-completions": "evalfleet.inference.backends.openai_completions:LocalCompletionsBackend",
     "openai-completions":
         "evalfleet.inference.backends.openai_completions:OpenAICompletionsBackend",
+    "local-chat-completions": "evalfleet.inference.backends.openai_chat:LocalChatBackend",
+    "openai-chat-completions": "evalfleet.inference.backends.openai_chat:OpenAIChatBackend",
 }
 _ALIASES: dict[str, str] = {
     "hf-auto": "hf",
     "huggingface": "hf",
+    # The seed's `--model openai` runs gpt-4-turbo and gpt-3.5-turbo: chat models, served only
+    # by the chat-completions endpoint, so the alias is the chat backend (their loglikelihood
+    # tasks are then refused with the reason, instead of a 404 from /v1/completions).
+    "openai": "openai-chat-completions",
 }
 
 

@@ -1,0 +1,194 @@
+"""``local-chat-completions`` and ``openai-chat-completions``: an OpenAI-compatible
+/v1/chat/completions endpoint through the official ``openai`` client (lm-eval's
+``LocalChatCompletion`` and ``OpenAIChatCompletion``).
+
+Generation only: prompts travel as chat messages (``--apply_chat_template``; the server applies
+its own chat template), one conversation per HTTP request. Payloads are lm-eval 0.4.13's:
+``{"messages", "model", "max_tokens" (OpenAI: "max_completion_tokens"), "temperature",
+"stop": stop[:4], "seed", ...}``; for OpenAI models whose name contains ``o1``, ``o3``, ``o4`` or
+``5`` the stop sequences are dropped and the temperature is 1, as lm-eval does. The answer is
+``choices[0].message.content`` (after ``think_end_token`` when given).
+
+Chat endpoints return no prompt logprobs, so loglikelihood tasks are refused before any work
+(lm-eval raises NotImplementedError half-way through instead).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, ClassVar
+
+from evalfleet.common.logging import get_logger
+from evalfleet.inference.backends.api_args import parse_api_args
+from evalfleet.inference.backends.api_http import pooled_client
+from evalfleet.inference.backends.api_template import (
+    NONE_ANSWER,
+    RemoteBackend,
+    gen_extras,
+    handle_stop_sequences,
+    require_api_key,
+)
+from evalfleet.inference.backends.api_tokenizer import load_api_tokenizer
+from evalfleet.inference.backends.base import (
+    Answers,
+    BackendArgumentError,
+    Capabilities,
+    ChatTemplateSupport,
+    Cost,
+    GenerationRequest,
+    ItemError,
+    TokenScores,
+)
+
+log = get_logger("backend.chat")
+
+CHAT_REMEDY = ("point local-completions at the same server's /v1/completions endpoint (vLLM's "
+               "OpenAI-compatible server answers it with prompt logprobs), or run generative "
+               "tasks only (e.g. gsm8k with --apply_chat_template)")
+
+
+def think_split(text: str, think_end_token: str | None) -> str:
+    """lm-eval's ``postprocess_generated_text(text, stop=None, think_end_token)``."""
+    if think_end_token:
+        return text.split(think_end_token)[-1].lstrip()
+    return text
+
+
+def refuse_scoring(n: int, reason: str) -> Answers[TokenScores]:
+    """Every item refused with ``reason`` (the coordinator refuses such jobs up front)."""
+    return Answers([ItemError(reason)] * n)
+
+
+class LocalChatBackend(RemoteBackend):
+    """An OpenAI-compatible /v1/chat/completions server (vLLM, LM Studio, llama.cpp, ...)."""
+
+    name: ClassVar[str] = "local-chat-completions"
+    family: ClassVar[str] = "openai-chat"
+    sdk: ClassVar[str] = "openai"
+    default_base_url: ClassVar[str | None] = None
+    api_key_required: ClassVar[bool] = False
+    token_limit_key: ClassVar[str] = "max_tokens"
+    logprobs_reason: ClassVar[str] = (
+        "chat endpoints return no prompt logprobs, so loglikelihood (multiple_choice) and "
+        "loglikelihood_rolling (perplexity) requests cannot be answered")
+
+    @classmethod
+    def from_model_args(cls, model_args: dict[str, Any], *,
+                        batch_size: int | str = 1) -> LocalChatBackend:
+        args = parse_api_args(cls.name, model_args, batch_size=batch_size,
+                              default_base_url=cls.default_base_url,
+                              default_tokenizer_backend=None, tokenized_default=False)
+        if args.max_gen_toks != 256:
+            raise BackendArgumentError(
+                "max_gen_toks", "set the generation budget per job with --gen_kwargs "
+                                "max_gen_toks=N (the coordinator sends it with each request)")
+        if args.batch_size > 1:
+            log.warning("chat_batch_size_ignored", batch_size=args.batch_size,
+                        reason="chat completions take one conversation per request")
+            args.batch_size = 1
+        if cls.api_key_required:
+            require_api_key(args, "OPENAI_API_KEY", cls.name)
+        # A tokenizer, when given, only contributes its EOS text to the stop sequences (as in
+        # lm-eval); prompts are messages rendered by the server.
+        return cls(args, load_api_tokenizer(args))
+
+    def make_client(self) -> Any:
+        import openai
+
+        return openai.AsyncOpenAI(
+            api_key=self.args.api_key or "", base_url=self.args.base_url, max_retries=0,
+            timeout=self.args.timeout, default_headers=self.args.header or None,
+            http_client=pooled_client(openai.DefaultAsyncHttpxClient, self.args.num_concurrent,
+                                      self.args.timeout, self.args.verify))
+
+    def capabilities(self) -> Capabilities:
+        return Capabilities(
+            loglikelihood=False, loglikelihood_rolling=False, generate_until=True,
+            logprobs_unavailable_reason=self.logprobs_reason, logprobs_remedy=CHAT_REMEDY,
+            chat_only=True, chat_template=ChatTemplateSupport.MESSAGES,
+            max_concurrent_batches=self.args.num_concurrent)
+
+    async def loglikelihood(self, requests: Sequence[tuple[str, str]]) -> Answers[TokenScores]:
+        return refuse_scoring(len(requests), self.logprobs_reason)
+
+    async def loglikelihood_rolling(self, texts: Sequence[str]) -> Answers[TokenScores]:
+        return refuse_scoring(len(texts), self.logprobs_reason)
+
+    def payload(self, messages: list[dict[str, str]], request: GenerationRequest
+                ) -> dict[str, Any]:
+        """lm-eval's ``LocalChatCompletion._create_payload``."""
+        params = request.params
+        eos = self.tokenizer.eos_string if self.tokenizer else self.args.eos_string
+        stop = handle_stop_sequences(params.until, eos)
+        return {"messages": messages, "model": self.args.model,
+                self.token_limit_key: params.max_gen_toks, "temperature": params.temperature,
+                "stop": stop[:4], "seed": self.args.seed, **gen_extras(params)}
+
+    async def _post(self, payload: dict[str, Any], cost: Cost) -> dict[str, Any]:
+        body = dict(payload)
+        model, messages = body.pop("model"), body.pop("messages")
+
+        async def send():
+            return await self.client.chat.completions.with_raw_response.create(
+                model=model, messages=messages, extra_body=body)
+
+        raw = await self.http(send, cost, "generate_until")
+        data = raw.http_response.json()
+        usage = data.get("usage") or {}
+        cost.prompt_tokens += int(usage.get("prompt_tokens") or 0)
+        cost.completion_tokens += int(usage.get("completion_tokens") or 0)
+        return data
+
+    def parse(self, data: dict[str, Any]) -> str:
+        """lm-eval's ``LocalChatCompletion.parse_generations`` for one conversation."""
+        try:
+            choices = sorted(data["choices"], key=lambda c: c["index"])
+            content = choices[0]["message"]["content"]
+        except (IndexError, KeyError, TypeError) as exc:
+            log.warning("chat_unparsable_answer", error=repr(exc))  # e.g. a content filter
+            return ""
+        return NONE_ANSWER if content is None else think_split(content,
+                                                               self.args.think_end_token)
+
+    async def generate_until(self, requests: Sequence[GenerationRequest]) -> Answers[str]:
+        jobs = []
+        refusals: dict[int, ItemError] = {}
+        for i, request in enumerate(requests):
+            if not isinstance(request.context, list):
+                refusals[i] = ItemError(f"{self.name} takes chat messages: run the job with "
+                                        "--apply_chat_template")
+                continue
+
+            async def make(cost: Cost, request: GenerationRequest = request) -> list[str]:
+                return [self.parse(await self._post(self.payload(request.context, request),
+                                                    cost))]
+
+            jobs.append(([i], make))
+        answers = await self.fan_out(jobs, len(requests), "generate_until")
+        for i, error in refusals.items():
+            answers.results[i] = error
+        return answers
+
+
+class OpenAIChatBackend(LocalChatBackend):
+    """OpenAI's own chat completions (OPENAI_API_KEY required)."""
+
+    name: ClassVar[str] = "openai-chat-completions"
+    default_base_url: ClassVar[str | None] = "https://api.openai.com/v1"
+    api_key_required: ClassVar[bool] = True
+    token_limit_key: ClassVar[str] = "max_completion_tokens"
+    logprobs_reason: ClassVar[str] = (
+        "chat endpoints return no prompt logprobs (OpenAI's chat completions API does not "
+        "provide them), so loglikelihood (multiple_choice) and loglikelihood_rolling "
+        "(perplexity) requests cannot be answered")
+
+    def payload(self, messages: list[dict[str, str]], request: GenerationRequest
+                ) -> dict[str, Any]:
+        """lm-eval's ``OpenAIChatCompletion._create_payload``, its reasoning-model quirk
+        included (any model name containing o1, o3, o4 or 5)."""
+        out = super().payload(messages, request)
+        model = self.args.model
+        if "o1" in model or "5" in model or "o3" in model or "o4" in model:
+            out.pop("stop")
+            out["temperature"] = 1
+        return out
