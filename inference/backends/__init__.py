@@ -22,10 +22,14 @@ _REGISTRY: dict[str, str] = {
         "evalfleet.inference.backends.openai_completions:OpenAICompletionsBackend",
     "local-chat-completions": "evalfleet.inference.backends.openai_chat:LocalChatBackend",
     "openai-chat-completions": "evalfleet.inference.backends.openai_chat:OpenAIChatBackend",
+    "anthropic-chat": "evalfleet.inference.backends.anthropic_chat:AnthropicChatBackend",
 }
 _ALIASES: dict[str, str] = {
     "hf-auto": "hf",
     "huggingface": "hf",
+    "anthropic-chat-completions": "anthropic-chat",
+    # The seed's `--model anthropic` (lm-eval's README name; its registry has no such entry).
+    "anthropic": "anthropic-chat",
     # The seed's `--model openai` runs gpt-4-turbo and gpt-3.5-turbo: chat models, served only
     # by the chat-completions endpoint, so the alias is the chat backend (their loglikelihood
     # tasks are then refused with the reason, instead of a 404 from /v1/completions).

@@ -1,0 +1,152 @@
+"""``anthropic-chat`` (aliases ``anthropic-chat-completions`` and the seed's ``anthropic``):
+Anthropic's Messages API through the official ``anthropic`` client (lm-eval's
+``AnthropicChat``).
+
+Generation only, one conversation per request, ``ANTHROPIC_API_KEY`` (or ``api_key=``).
+Payload as lm-eval 0.4.13 builds it: a leading system message becomes ``system``; every other
+message is ``{"role", "content": [{"type": "text", "text": ...}]}``; ``max_tokens``,
+``temperature``, ``stop_sequences`` (the task's ``until`` without whitespace-only entries; when
+none is left, ``"\\n\\nHuman:"``). The answer is the text of the response's content blocks.
+The Messages API returns no logprobs: loglikelihood tasks are refused before any work.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, ClassVar
+
+from evalfleet.common.logging import get_logger
+from evalfleet.inference.backends.api_args import parse_api_args
+from evalfleet.inference.backends.api_http import pooled_client
+from evalfleet.inference.backends.api_template import (
+    RemoteBackend,
+    gen_extras,
+    handle_stop_sequences,
+    require_api_key,
+)
+from evalfleet.inference.backends.base import (
+    Answers,
+    BackendArgumentError,
+    Capabilities,
+    ChatTemplateSupport,
+    Cost,
+    GenerationRequest,
+    ItemError,
+    TokenScores,
+)
+from evalfleet.inference.backends.openai_chat import refuse_scoring
+
+log = get_logger("backend.anthropic")
+
+DEFAULT_STOP = "\n\nHuman:"
+LOGPROBS_REASON = ("chat endpoints return no prompt logprobs (Anthropic's Messages API returns "
+                   "no logprobs at all), so loglikelihood (multiple_choice) and "
+                   "loglikelihood_rolling (perplexity) requests cannot be answered")
+LOGPROBS_REMEDY = ("run generative tasks only (e.g. gsm8k with --apply_chat_template), or "
+                   "evaluate multiple-choice tasks on a model served with prompt logprobs (hf, "
+                   "vllm, or local-completions against vLLM's server)")
+
+
+class AnthropicChatBackend(RemoteBackend):
+    """Claude models through the Messages API."""
+
+    name: ClassVar[str] = "anthropic-chat"
+    family: ClassVar[str] = "anthropic-messages"
+    sdk: ClassVar[str] = "anthropic"
+
+    @classmethod
+    def from_model_args(cls, model_args: dict[str, Any], *,
+                        batch_size: int | str = 1) -> AnthropicChatBackend:
+        args = parse_api_args(cls.name, model_args, batch_size=batch_size,
+                              default_base_url="https://api.anthropic.com",
+                              default_tokenizer_backend=None, tokenized_default=False,
+                              api_key_env="ANTHROPIC_API_KEY")
+        if args.tokenizer_backend is not None:
+            raise BackendArgumentError("tokenizer_backend", "the Messages API takes messages; "
+                                                            "no tokenizer is used (omit it)")
+        if args.max_gen_toks != 256:
+            raise BackendArgumentError(
+                "max_gen_toks", "set the generation budget per job with --gen_kwargs "
+                                "max_gen_toks=N (the coordinator sends it with each request)")
+        require_api_key(args, "ANTHROPIC_API_KEY", cls.name)
+        args.batch_size = 1
+        # The client appends /v1/messages itself: its base is the host root.
+        if args.base_url.endswith("/v1"):
+            args.base_url = args.base_url[:-3]
+        return cls(args, None)
+
+    def make_client(self) -> Any:
+        import anthropic
+
+        return anthropic.AsyncAnthropic(
+            api_key=self.args.api_key, base_url=self.args.base_url, max_retries=0,
+            timeout=self.args.timeout, default_headers=self.args.header or None,
+            http_client=pooled_client(anthropic.DefaultAsyncHttpxClient,
+                                      self.args.num_concurrent, self.args.timeout,
+                                      self.args.verify))
+
+    def capabilities(self) -> Capabilities:
+        return Capabilities(
+            loglikelihood=False, loglikelihood_rolling=False, generate_until=True,
+            logprobs_unavailable_reason=LOGPROBS_REASON, logprobs_remedy=LOGPROBS_REMEDY,
+            chat_only=True, chat_template=ChatTemplateSupport.MESSAGES,
+            max_concurrent_batches=self.args.num_concurrent)
+
+    async def loglikelihood(self, requests: Sequence[tuple[str, str]]) -> Answers[TokenScores]:
+        return refuse_scoring(len(requests), LOGPROBS_REASON)
+
+    async def loglikelihood_rolling(self, texts: Sequence[str]) -> Answers[TokenScores]:
+        return refuse_scoring(len(texts), LOGPROBS_REASON)
+
+    def payload(self, messages: list[dict[str, str]], request: GenerationRequest
+                ) -> dict[str, Any]:
+        """lm-eval's ``AnthropicChat._create_payload``."""
+        system = messages[0].get("content") if messages[0].get("role") == "system" else None
+        if system:
+            messages = messages[1:]
+        cleaned = [{"role": m["role"], "content": [{"type": "text", "text": m["content"]}]}
+                   for m in messages]
+        params = request.params
+        stop = [s for s in handle_stop_sequences(params.until, self.args.eos_string)
+                if s and s.strip()] or [self.args.eos_string or DEFAULT_STOP]
+        out = {"messages": cleaned, "model": self.args.model, "max_tokens": params.max_gen_toks,
+               "temperature": params.temperature, "stop_sequences": stop, **gen_extras(params)}
+        if system:
+            out["system"] = system
+        return out
+
+    async def _post(self, payload: dict[str, Any], cost: Cost) -> dict[str, Any]:
+        body = dict(payload)
+        model, messages, max_tokens = body.pop("model"), body.pop("messages"), \
+            body.pop("max_tokens")
+
+        async def send():
+            return await self.client.messages.with_raw_response.create(
+                model=model, messages=messages, max_tokens=max_tokens, extra_body=body)
+
+        raw = await self.http(send, cost, "generate_until")
+        data = raw.http_response.json()
+        usage = data.get("usage") or {}
+        cost.prompt_tokens += int(usage.get("input_tokens") or 0)
+        cost.completion_tokens += int(usage.get("output_tokens") or 0)
+        return data
+
+    async def generate_until(self, requests: Sequence[GenerationRequest]) -> Answers[str]:
+        jobs = []
+        refusals: dict[int, ItemError] = {}
+        for i, request in enumerate(requests):
+            if not isinstance(request.context, list) or not request.context:
+                refusals[i] = ItemError(f"{self.name} takes chat messages: run the job with "
+                                        "--apply_chat_template")
+                continue
+
+            async def make(cost: Cost, request: GenerationRequest = request) -> list[str]:
+                data = await self._post(self.payload(request.context, request), cost)
+                return ["".join(block.get("text", "") for block in data.get("content") or []
+                                if block.get("type", "text") == "text")]
+
+            jobs.append(([i], make))
+        answers = await self.fan_out(jobs, len(requests), "generate_until")
+        for i, error in refusals.items():
+            answers.results[i] = error
+        return answers
