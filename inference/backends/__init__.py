@@ -23,6 +23,7 @@ _REGISTRY: dict[str, str] = {
     "local-chat-completions": "evalfleet.inference.backends.openai_chat:LocalChatBackend",
     "openai-chat-completions": "evalfleet.inference.backends.openai_chat:OpenAIChatBackend",
     "anthropic-chat": "evalfleet.inference.backends.anthropic_chat:AnthropicChatBackend",
+    "vllm": "evalfleet.inference.backends.vllm:VLLMBackend",
 }
 _ALIASES: dict[str, str] = {
     "hf-auto": "hf",
