@@ -6,8 +6,14 @@ PIP    := $(PY) -m pip
 MODELS ?= models
 DATA_DIR ?= $(abspath ../shared/data)
 PROTOS := $(wildcard proto/evalfleet/v1/*.proto)
+# llama-cpp-python's server is a test reference (a real server whose prompt logprobs are wrong).
+# PyPI has only its sdist: pip compiles llama.cpp. CPU only, without its tools, examples, tests
+# and multimodal library, on every core; pip caches the built wheel, so later installs are quick.
+LLAMA_CPP_PYTHON := llama-cpp-python[server]==0.3.36
+LLAMA_CMAKE_ARGS := -DLLAVA_BUILD=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF \
+	-DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_SERVER=OFF -DGGML_OPENMP=OFF
 
-.PHONY: install system-deps chromium sandbox-tools proto test test-acceptance test-all lint demo bench clean
+.PHONY: install system-deps chromium sandbox-tools build-tools proto test test-acceptance test-all lint demo bench clean
 
 install: system-deps chromium sandbox-tools $(VENV)/.installed $(MODELS)/smollm2-135m/model.safetensors
 
@@ -42,11 +48,20 @@ sandbox-tools:
 		     || { apt-get update -qq >/dev/null && apt-get install -y -qq bubblewrap >/dev/null; }; } \
 		|| echo "note: bubblewrap not installed; generated code runs with less isolation (README)"; }
 
-$(VENV)/.installed: pyproject.toml
+# A C/C++ toolchain and cmake for llama-cpp-python's build: a no-op when present.
+build-tools:
+	@command -v cmake >/dev/null 2>&1 && command -v g++ >/dev/null 2>&1 || { \
+		if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install \
+			-y -qq --no-install-recommends build-essential cmake; }
+
+$(VENV)/.installed: pyproject.toml | build-tools
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip
 	$(PIP) install --quiet torch==2.13.0
 	$(PIP) install --quiet -e '.[test]'
+	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) \
+		$(PIP) install --quiet '$(LLAMA_CPP_PYTHON)'
 	touch $@
 
 $(MODELS)/smollm2-135m/model.safetensors: $(VENV)/.installed

@@ -250,3 +250,22 @@ def test_logprobs_shifted_by_one_position_fail_the_top1_check():
                    honest.top_logprobs)
     check = check_top1(shifted)
     assert not check.passed and "shifted" in check.detail
+
+
+def test_logprobs_read_after_their_token_fail_the_top1_check():
+    """llama-cpp-python's shape: each position's dict is consistent with itself, but it is the
+    distribution after the token, so its top-1 is the next echoed token."""
+    text = PROBE_TEXT
+    ids = _encode(text)
+    lps: list = [None]
+    tops: list = [None]
+    for i in range(1, len(ids)):
+        lps.append(-9.0)
+        top = {text[i]: -9.0}
+        if i + 1 < len(text):
+            top.setdefault(text[i + 1], -0.3)
+        tops.append(top)
+    check = check_top1(Echo(ids, lps, list(text), tops))
+    assert not check.passed and "shifted by one position" in check.detail
+    no_generated = check_echo(Echo(ids, lps, list(text), tops))
+    assert not no_generated.passed and "without the generated token" in no_generated.detail

@@ -29,6 +29,8 @@ T = TypeVar("T")
 RETRYABLE_STATUS = frozenset({408, 409, 425, 429, 500, 502, 503, 504, 529})
 #: Statuses that mean "slow down" (rate limited; Anthropic's 529 overloaded).
 THROTTLE_STATUS = frozenset({429, 529})
+#: Characters of a server's error message kept in an error (they can hold whole tracebacks).
+MAX_DETAIL = 300
 #: Never wait longer than this for one Retry-After; a longer one fails the item (retryable).
 MAX_RETRY_AFTER_S = 120.0
 
@@ -92,7 +94,9 @@ def classify(exc: BaseException) -> Failure | None:
     status = getattr(exc, "status_code", None)
     if isinstance(status, int):
         body = getattr(exc, "body", None)
-        detail = _error_detail(body) or str(exc)
+        detail = " ".join((_error_detail(body) or str(exc)).split())
+        if len(detail) > MAX_DETAIL:
+            detail = detail[:MAX_DETAIL] + "..."
         return Failure(status, f"HTTP {status}: {detail}", status in RETRYABLE_STATUS,
                        retry_after_seconds(getattr(response, "headers", None)))
     name = type(exc).__name__

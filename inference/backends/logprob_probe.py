@@ -11,7 +11,8 @@ a real request, and checks:
 * **echo**: one logprob per prompt token but the first, plus the one generated token;
 * **retokenize**: the echoed tokens join to a text that re-tokenizes to the prompt sent;
 * **top-1**: wherever the echoed token is the top-1 alternative, its logprob equals the top-1
-  logprob, and no echoed token is likelier than the top-1 (a logprob of a shifted position or a
+  logprob, no echoed token is likelier than the top-1, and the top-1 alternatives do not match
+  the token one position later more often than the token itself (a shifted position or a
   re-sampled distribution fails this);
 * **likelihood**: a text any language model finds likely (weekdays, then counting) scores far
   above the same words shuffled (mean logprob per token at least ``MIN_MARGIN`` nats higher).
@@ -83,20 +84,32 @@ def parse_echo(ids: list[int], response: dict[str, Any]) -> Echo | str:
 def check_echo(echo: Echo) -> Check:
     """One logprob per prompt token but the first, plus one generated token."""
     n, got = len(echo.ids), len(echo.token_logprobs)
-    if got != n + 1:
-        if got <= 1:
-            why = "it does not echo the prompt's logprobs (llama.cpp's server behaves so)"
-        else:
-            why = ("its tokenization of the prompt differs from the tokenizer's (a BOS token "
-                   "added, or another tokenizer)")
-        return Check("echo", False, f"the server returned {got} logprobs for a {n}-token "
-                                    f"prompt plus 1 generated token: {why}")
+    if got <= 1 < n:
+        return Check("echo", False, f"the server returned {got} logprob for a {n}-token prompt: "
+                                    "it does not echo the prompt's logprobs (llama.cpp's "
+                                    "server behaves so)")
+    if got < n or got > n + 1:
+        return Check("echo", False, f"the server returned {got} logprobs for a {n}-token prompt "
+                                    "plus 1 generated token: its tokenization of the prompt "
+                                    "differs from the tokenizer's (a BOS token added, or "
+                                    "another tokenizer)")
     missing = [i for i in range(1, n) if not _is_number(echo.token_logprobs[i])]
     if missing:
         return Check("echo", False, f"{len(missing)} of {n - 1} prompt tokens after the first "
                                     f"have no logprob (first at position {missing[0]})")
+    if got == n:
+        return Check("echo", False, f"the {n} prompt tokens come back without the generated "
+                                    "token's logprob, so lm-eval's slice [ctxlen:-1] would drop "
+                                    "each continuation's last token")
     return Check("echo", True, f"{n - 1} of {n - 1} prompt tokens after the first have a "
-                               "logprob")
+                               "logprob, then the generated token's")
+
+
+def prompt_aligned(echo: Echo) -> bool:
+    """Whether the echo holds a logprob for each prompt position (the other checks need it)."""
+    n = len(echo.ids)
+    return len(echo.token_logprobs) >= n and all(
+        _is_number(echo.token_logprobs[i]) for i in range(1, n))
 
 
 def check_retokenize(echo: Echo, encode: Callable[[str], list[int]]) -> Check:
@@ -118,12 +131,14 @@ def check_retokenize(echo: Echo, encode: Callable[[str], list[int]]) -> Check:
 
 
 def check_top1(echo: Echo) -> Check:
-    """Where the echoed token is the top-1 alternative, its logprob is the top-1 logprob."""
+    """The logprobs belong to the echoed tokens' own positions: where the echoed token is the
+    top-1 alternative its logprob is the top-1 logprob, none is above the top-1, and the top-1
+    alternatives do not keep predicting the *next* echoed token (a shift by one position)."""
     n = len(echo.ids)
     if len(echo.top_logprobs) < n or all(t is None for t in echo.top_logprobs[1:n]):
         return Check("top-1", False, "the server returns no top_logprobs for the prompt "
                                      "(needed for is_greedy)")
-    agree = 0
+    agree = ahead = 0
     for i in range(1, n):
         top, value = echo.top_logprobs[i], echo.token_logprobs[i]
         if not top or not _is_number(value):
@@ -142,6 +157,14 @@ def check_top1(echo: Echo) -> Check:
                              f"alternative ({best:.4f}) but its logprob is {value:.4f}: the "
                              "logprobs are shifted by a position or re-sampled")
             agree += 1
+        if i + 1 < n and i + 1 < len(echo.tokens) and echo.tokens[i + 1] == best_token:
+            ahead += 1
+    if ahead > agree:
+        return Check("top-1", False,
+                     f"the top-1 alternative at a prompt position is the token echoed one "
+                     f"position later {ahead} times and the token echoed there only {agree} "
+                     "times: each logprob is taken from the distribution after its token, not "
+                     "before it (shifted by one position; llama-cpp-python's server does this)")
     return Check("top-1", True, f"{agree} echoed tokens are the top-1 alternative and carry "
                                 "its logprob; none is likelier than the top-1")
 
@@ -169,13 +192,14 @@ def _is_number(v: Any) -> bool:
 
 
 def evaluate(natural: Echo, shuffled: Echo, encode: Callable[[str], list[int]]) -> ProbeResult:
-    """Run every check on the two echoes."""
+    """Run every check on the two echoes (those that need a logprob per prompt position run
+    when the echo has them, even if its length is otherwise wrong)."""
     checks: list[Check] = [check_echo(natural)]
-    if checks[0].passed:
+    if prompt_aligned(natural):
         checks += [check_retokenize(natural, encode), check_top1(natural)]
-        shuffled_echo = check_echo(shuffled)
-        checks.append(check_likelihood(natural, shuffled) if shuffled_echo.passed
-                      else Check("likelihood", False, f"shuffled text: {shuffled_echo.detail}"))
+        checks.append(check_likelihood(natural, shuffled) if prompt_aligned(shuffled)
+                      else Check("likelihood", False,
+                                 f"shuffled text: {check_echo(shuffled).detail}"))
     return ProbeResult(all(c.passed for c in checks), tuple(c.finding for c in checks))
 
 

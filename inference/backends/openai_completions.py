@@ -189,7 +189,7 @@ class LocalCompletionsBackend(RemoteBackend):
             return await self._post(self._score_payload(prompt), Cost(), "logprob probe")
         except RetryError as exc:
             failure = exc.failure
-            if failure.retryable:  # down or overloaded: no verdict on its logprobs
+            if failure.status in (0, 429, 503, 529):  # down or overloaded: no verdict yet
                 raise UnavailableError(
                     f"the server at {self.args.base_url} did not answer the logprob probe: "
                     f"{exc}; check base_url and that the server is running") from exc
@@ -202,10 +202,14 @@ class LocalCompletionsBackend(RemoteBackend):
                     "model", f"{exc} (asked for model {self.args.model!r} at "
                              f"{self.args.base_url}/completions; the API root usually ends "
                              "in /v1)") from exc
-            hint = ("; with tokenized_requests=true the prompt is sent as token ids, which "
-                    "some servers refuse: try tokenized_requests=false") \
-                if self.args.tokenized_requests else ""
-            raise ProbeRequestError(f"{exc}{hint}") from exc
+            raise ProbeRequestError(f"{exc}{self._token_ids_hint()}") from exc
+
+    def _token_ids_hint(self) -> str:
+        if not self.args.tokenized_requests:
+            return ""
+        return ("; with tokenized_requests=true (lm-eval's default) prompts are sent as token "
+                "ids, which some servers refuse (llama-cpp-python's, transformers serve): try "
+                "tokenized_requests=false")
 
     # ------------------------------------------------------------------ description
     def _logprobs_unavailable(self) -> str:
@@ -217,8 +221,12 @@ class LocalCompletionsBackend(RemoteBackend):
         if result is None:
             return "the logprob honesty probe has not run"
         if not result.passed:
+            failed = failed_findings(result)
+            if failed and failed[0].startswith("request FAILED"):
+                return ("the server refused a prompt-logprobs request (echo + logprobs), so "
+                        "its prompt logprobs cannot be checked or used: " + summary(failed))
             return ("the server's prompt logprobs are wrong or missing, so every "
-                    "loglikelihood would be wrong: " + summary(failed_findings(result)))
+                    "loglikelihood would be wrong: " + summary(failed))
         return ""
 
     def _remedy(self) -> str:
@@ -421,6 +429,12 @@ class LocalCompletionsBackend(RemoteBackend):
 
                 jobs.append((chunk, make))
         answers = await self.fan_out(jobs, len(requests), "generate_until")
+        hint = self._token_ids_hint()
+        for i, result in enumerate(answers.results):
+            refused = isinstance(result, ItemError) and (
+                "HTTP 4" in result.message or "HTTP 500" in result.message)
+            if refused and hint:
+                answers.results[i] = ItemError(result.message + hint, result.retryable)
         for i, error in refusals.items():
             answers.results[i] = error
         return answers
