@@ -34,7 +34,8 @@ def _tolerance(ll: float) -> float:
 @pytest.fixture(scope="module")
 def server(real_model_dir, tmp_path_factory):
     record = tmp_path_factory.mktemp("record") / "requests.jsonl"
-    srv = openai_test_server(real_model_dir, "--record", str(record))
+    # --memo: lm-eval's run sends the payloads evalfleet's run sent, answered from memory
+    srv = openai_test_server(real_model_dir, "--record", str(record), "--memo")
     srv.record = record
     yield srv
     srv.stop()

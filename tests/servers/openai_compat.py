@@ -65,7 +65,7 @@ class State:
         """``handler(self, body)``, remembered per request body with ``--memo``."""
         if self.memo is None:
             return handler(self, body)
-        key = json.dumps([handler.__name__, body], sort_keys=True)
+        key = json.dumps([handler.__name__, self.shifted, body], sort_keys=True)
         with self.lock:
             hit = self.memo.get(key)
         if hit is None:
