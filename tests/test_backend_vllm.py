@@ -160,9 +160,10 @@ def test_data_parallel_is_one_worker_per_gpu_group():
 
 @pytest.mark.skipif(importlib.util.find_spec("vllm") is not None, reason="vllm is installed")
 def test_without_vllm_the_backend_says_how_to_install_it():
+    from evalfleet.common.errors import InvalidArgumentError
     from evalfleet.inference.backends import get_backend
 
-    with pytest.raises(BackendArgumentError, match=r"evalfleet\[vllm\]"):
+    with pytest.raises(InvalidArgumentError, match=r"evalfleet\[vllm\]"):
         get_backend("vllm").from_model_args({"pretrained": "m"})
 
 

@@ -101,8 +101,8 @@ def reject_unknown(backend: str, args: dict[str, Any], known: Iterable[str]) -> 
     for key in args:
         if key in known_list:
             continue
-        close = difflib.get_close_matches(key, known_list, n=2, cutoff=0.6)
-        hint = f"; did you mean {' or '.join(close)}?" if close else ""
+        close = difflib.get_close_matches(key, known_list, n=1, cutoff=0.6)
+        hint = f"; did you mean {close[0]}?" if close else ""
         raise BackendArgumentError(
             key, f"not an argument of the {backend} backend{hint} "
                  f"(accepted: {', '.join(known_list)})")

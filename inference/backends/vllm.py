@@ -25,6 +25,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from evalfleet.common.errors import InvalidArgumentError
 from evalfleet.common.logging import get_logger
 from evalfleet.inference.backends.api_template import library_versions
 from evalfleet.inference.backends.base import (
@@ -107,9 +108,9 @@ class VLLMBackend(Backend):
         try:
             import vllm
         except ImportError as exc:
-            raise BackendArgumentError(
-                "backend", f"vllm is not installed ({exc}): pip install 'evalfleet[vllm]' on a "
-                           "machine with a CUDA GPU") from exc
+            raise InvalidArgumentError(
+                f"backend 'vllm' needs the vllm package ({exc}): pip install 'evalfleet[vllm]' "
+                "on a machine with a CUDA GPU") from exc
         kwargs = {k: v for k, v in args.llm_kwargs().items() if v is not None}
         try:
             llm = vllm.LLM(**kwargs)
