@@ -176,9 +176,10 @@ class LocalCompletionsBackend(RemoteBackend):
         try:
             result = await probe_server(self._probe_request,
                                         lambda text: tok.encode(text))
-        except (UnavailableError, BackendArgumentError):
-            if self.probe.result is None:
+        except Exception:
+            if self.probe.result is None:  # at start: the worker does not start
                 raise
+            # a re-probe that could not run (server down, ...) keeps the last verdict
             log.exception("logprob_probe_error")
             return
         self.probe.record(result)
