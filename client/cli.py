@@ -353,7 +353,9 @@ async def _serve(args: argparse.Namespace) -> int:
             host=args.host, port=args.port, store=store, sinks=sinks,
             confirm_run_unsafe_code=args.confirm_run_unsafe_code,
             options=coordinator_options(args))
-        await runner.resume_pending()
+        # Jobs of a coordinator that died (this one before a restart, or another one on the
+        # same store) are claimed by the runner's claim loop once their lease has expired.
+        print(f"coordinator {runner.owner}, job lease {runner.lease_s:g} s", file=sys.stderr)
     print(f"listening on {args.host}:{server.port}", flush=True)
     await _wait_for_signal()
     await server.stop()

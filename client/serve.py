@@ -64,6 +64,10 @@ def add_coordinator_flags(c: argparse.ArgumentParser) -> None:
                    help="seconds a registered worker stays without a heartbeat")
     c.add_argument("--dns_interval", type=float, default=10.0,
                    help="seconds between re-resolutions of dns: worker names")
+    c.add_argument("--job_lease", type=float, default=30.0, metavar="SECONDS",
+                   help="seconds this coordinator's claim on a job lasts without renewal (renewed "
+                        "every third): a killed coordinator's jobs are taken over by another, or "
+                        "by it restarted, this long after it died")
     c.add_argument("--no_worker_timeout", type=float, default=600.0,
                    help="fail a job that has had no worker for this many seconds")
     c.add_argument("--allow_include_paths", action="store_true",
@@ -96,6 +100,8 @@ def coordinator_options(args: argparse.Namespace):
     for name in ("batch_items", "max_attempts"):
         if getattr(args, name) < 1:
             raise InvalidArgumentError(f"--{name}: must be >= 1")
+    if not args.job_lease >= 0.5:
+        raise InvalidArgumentError("--job_lease: must be >= 0.5 seconds")
     return CoordinatorOptions(
         workers=[w.strip() for w in args.workers.split(",") if w.strip()],
         data_dir=args.data_dir, include_paths=args.include_path,
@@ -110,7 +116,8 @@ def coordinator_options(args: argparse.Namespace):
                             max_limit=args.max_limit, max_requests=args.max_requests),
         security=security, worker_security=worker_security,
         health_interval_s=args.health_interval, lease_s=args.registration_lease,
-        dns_interval_s=args.dns_interval, max_message_bytes=args.max_message_bytes)
+        dns_interval_s=args.dns_interval, max_message_bytes=args.max_message_bytes,
+        job_lease_s=args.job_lease, claim_interval_s=min(5.0, args.job_lease / 3))
 
 
 def worker_security(args: argparse.Namespace) -> ServerSecurity:

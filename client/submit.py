@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import time
+from collections.abc import Awaitable, Callable
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 from rich.console import Console
@@ -17,6 +20,7 @@ from evalfleet.server.results import sanitize_model_name
 from evalfleet.v1 import coordinator_pb2 as cpb
 from evalfleet.v1 import coordinator_pb2_grpc as cpb_grpc
 
+T = TypeVar("T")
 TERMINAL = {cpb.EVALUATION_STATE_SUCCEEDED, cpb.EVALUATION_STATE_FAILED,
             cpb.EVALUATION_STATE_CANCELLED}
 #: The coordinator's event that says how many answers came from its store.
@@ -35,40 +39,119 @@ class RemoteError(EvalfleetError):
         self.code = exc.code()
 
 
+#: Seconds a client keeps reconnecting to a coordinator it lost (killed, restarting).
+RECONNECT_PATIENCE_S = 120.0
+
+
+class Connection:
+    """A channel to the coordinator that is reopened when the coordinator goes away.
+
+    ``reconnect`` is called on UNAVAILABLE: it closes the channel, says so on the console,
+    waits (growing back-off) and opens a fresh one (so gRPC's own reconnect back-off never
+    delays us), until ``patience_s`` have passed without reaching the coordinator.
+    """
+
+    def __init__(self, address: str, security: ClientSecurity, console: Console,
+                 patience_s: float = RECONNECT_PATIENCE_S) -> None:
+        self.address = address
+        self.security = security
+        self.console = console
+        self.patience_s = patience_s
+        self.metadata = security.metadata
+        self._channel: grpc.aio.Channel | None = None
+        self._stub: cpb_grpc.EvaluationServiceStub | None = None
+        self._lost_at: float | None = None
+        self._attempt = 0
+
+    @property
+    def stub(self) -> cpb_grpc.EvaluationServiceStub:
+        if self._stub is None:
+            self._channel = self.security.channel(self.address)
+            self._stub = cpb_grpc.EvaluationServiceStub(self._channel)
+        return self._stub
+
+    def reached(self) -> None:
+        """The coordinator answered: the reconnect budget starts afresh."""
+        if self._lost_at is not None:
+            self.console.print(f"reconnected to coordinator {self.address}")
+        self._lost_at = None
+        self._attempt = 0
+
+    async def reconnect(self, exc: grpc.aio.AioRpcError, what: str) -> None:
+        """Wait and reopen after ``exc`` (UNAVAILABLE); RemoteError once out of patience."""
+        now = time.monotonic()
+        if self._lost_at is None:
+            self._lost_at = now
+        if now - self._lost_at >= self.patience_s:
+            raise RemoteError(exc, self.address) from exc
+        self._attempt += 1
+        delay = min(5.0, 0.5 * 2 ** (self._attempt - 1))
+        self.console.print(f"coordinator {self.address} unreachable ({exc.details()}); "
+                           f"reconnecting in {delay:g} s to keep following {what}")
+        await self.close()
+        await asyncio.sleep(delay)
+
+    async def call(self, fn: Callable[[cpb_grpc.EvaluationServiceStub], Awaitable[T]],
+                   what: str) -> T:
+        """``await fn(stub)``, reconnecting on UNAVAILABLE; other statuses are RemoteError."""
+        while True:
+            try:
+                result = await fn(self.stub)
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() != grpc.StatusCode.UNAVAILABLE:
+                    raise RemoteError(exc, self.address) from exc
+                await self.reconnect(exc, what)
+                continue
+            self.reached()
+            return result
+
+    async def close(self) -> None:
+        if self._channel is not None:
+            await self._channel.close()
+        self._channel = self._stub = None
+
+
 async def run_job(
     address: str, spec: cpb.EvaluationSpec, *, console: Console, show_progress: bool = True,
-    security: ClientSecurity | None = None,
+    security: ClientSecurity | None = None, patience_s: float = RECONNECT_PATIENCE_S,
 ) -> tuple[cpb.EvaluationResults, list[cpb.SampleRecord]]:
     """Create the evaluation, follow it to the end, and return its results and samples.
 
-    ``security``: the coordinator's token and TLS settings.
+    ``security``: the coordinator's token and TLS settings. Once the evaluation is created,
+    losing the coordinator (killed, restarting) is survived for ``patience_s``: the client
+    reconnects and keeps following the same evaluation.
     """
-    security = security or ClientSecurity()
-    md = security.metadata
-    async with security.channel(address) as channel:
-        stub = cpb_grpc.EvaluationServiceStub(channel)
+    conn = Connection(address, security or ClientSecurity(), console, patience_s)
+    md = conn.metadata
+    try:
         try:
-            evaluation = await stub.CreateEvaluation(cpb.CreateEvaluationRequest(spec=spec),
-                                                     timeout=600, metadata=md)
-            state = await _follow(stub, evaluation, console, show_progress, md)
-            if state.state != cpb.EVALUATION_STATE_SUCCEEDED:
-                final = await stub.GetEvaluation(cpb.GetEvaluationRequest(id=evaluation.id),
-                                                 timeout=30, metadata=md)
-                name = cpb.EvaluationState.Name(final.state).removeprefix("EVALUATION_STATE_")
-                if final.state == cpb.EVALUATION_STATE_FAILED and "unreachable" in final.error:
-                    raise UnavailableError(f"evaluation {final.id} failed: {final.error}")
-                raise FailedPreconditionError(
-                    f"evaluation {final.id} {name.lower()}: {final.error or 'no results'}")
-            results = await stub.GetResults(cpb.GetResultsRequest(id=evaluation.id), timeout=60,
-                                            metadata=md)
-            samples: list[cpb.SampleRecord] = []
-            if spec.log_samples:
-                async for record in stub.StreamSamples(
-                        cpb.StreamSamplesRequest(id=evaluation.id), timeout=600, metadata=md):
-                    samples.append(record)
-            return results, samples
+            evaluation = await conn.stub.CreateEvaluation(
+                cpb.CreateEvaluationRequest(spec=spec), timeout=600, metadata=md)
         except grpc.aio.AioRpcError as exc:
             raise RemoteError(exc, address) from exc
+        what = f"evaluation {evaluation.id}"
+        state = await _follow(conn, evaluation, console, show_progress)
+        if state.state != cpb.EVALUATION_STATE_SUCCEEDED:
+            final = await conn.call(lambda stub: stub.GetEvaluation(
+                cpb.GetEvaluationRequest(id=evaluation.id), timeout=30, metadata=md), what)
+            name = cpb.EvaluationState.Name(final.state).removeprefix("EVALUATION_STATE_")
+            if final.state == cpb.EVALUATION_STATE_FAILED and "unreachable" in final.error:
+                raise UnavailableError(f"evaluation {final.id} failed: {final.error}")
+            raise FailedPreconditionError(
+                f"evaluation {final.id} {name.lower()}: {final.error or 'no results'}")
+        results = await conn.call(lambda stub: stub.GetResults(
+            cpb.GetResultsRequest(id=evaluation.id), timeout=60, metadata=md), what)
+        samples: list[cpb.SampleRecord] = []
+        if spec.log_samples:
+            async def all_samples(stub: cpb_grpc.EvaluationServiceStub
+                                  ) -> list[cpb.SampleRecord]:
+                return [record async for record in stub.StreamSamples(
+                    cpb.StreamSamplesRequest(id=evaluation.id), timeout=600, metadata=md)]
+
+            samples = await conn.call(all_samples, what)
+        return results, samples
+    finally:
+        await conn.close()
 
 
 async def fetch_results(address: str, evaluation_id: str,
@@ -89,27 +172,46 @@ async def fetch_results(address: str, evaluation_id: str,
     return results, samples
 
 
-async def _follow(stub: cpb_grpc.EvaluationServiceStub, evaluation: cpb.Evaluation,
-                  console: Console, show_progress: bool, metadata: tuple = ()
-                  ) -> cpb.EvaluationEvent:
+def _event_key(event: cpb.EvaluationEvent) -> tuple:
+    return (event.time.seconds, event.time.nanos, event.state, event.message)
+
+
+async def _follow(conn: Connection, evaluation: cpb.Evaluation, console: Console,
+                  show_progress: bool) -> cpb.EvaluationEvent:
+    """Follow the evaluation's events to its end, across coordinator restarts: a coordinator
+    replays a job's history to every watcher, so events already seen are skipped."""
     last = cpb.EvaluationEvent(id=evaluation.id, state=evaluation.state)
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                TimeElapsedColumn())
+    seen: set[tuple] = set()
+    what = f"evaluation {evaluation.id}"
     with Progress(*columns, console=console, disable=not show_progress,
                   transient=False) as progress:
         bars: dict[str, Any] = {}
-        async for event in stub.WatchEvaluation(cpb.WatchEvaluationRequest(id=evaluation.id),
-                                                metadata=metadata):
-            last = event
-            if STORE_REPORT in event.message:  # what a resumed or repeated job reuses
-                console.print(f"evaluation {evaluation.id}: {event.message}")
-            for p in event.progress:
-                if p.task not in bars:
-                    bars[p.task] = progress.add_task(p.task, total=p.total)
-                progress.update(bars[p.task], completed=p.done, total=p.total)
-            if event.state in TERMINAL:
-                break
-    return last
+        while True:
+            try:
+                async for event in conn.stub.WatchEvaluation(
+                        cpb.WatchEvaluationRequest(id=evaluation.id), metadata=conn.metadata):
+                    conn.reached()
+                    last = event
+                    key = _event_key(event)
+                    if key not in seen:
+                        seen.add(key)
+                        if STORE_REPORT in event.message:  # what a resumed job reuses
+                            console.print(f"evaluation {evaluation.id}: {event.message}")
+                    for p in event.progress:
+                        if p.task not in bars:
+                            bars[p.task] = progress.add_task(p.task, total=p.total)
+                        progress.update(bars[p.task], completed=p.done, total=p.total)
+                    if event.state in TERMINAL:
+                        return last
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() != grpc.StatusCode.UNAVAILABLE:
+                    raise RemoteError(exc, conn.address) from exc
+                await conn.reconnect(exc, what)
+                continue
+            # The stream ended before the job did (the coordinator handed it over): follow on.
+            await asyncio.sleep(0.5)
 
 
 def write_outputs(output_path: str, results: cpb.EvaluationResults,

@@ -46,6 +46,9 @@ class Job:
     allowed: set[str] | None = None  # spec.worker_addresses, when the job names its workers
     served_by: set[str] = field(default_factory=set)  # workers that answered its batches
     dispatch: Any = None  # its scheduler.JobDispatch while it computes
+    #: This process no longer holds the job's lease (another coordinator took it, or it was
+    #: handed back at shutdown): it is stopped and its state is no longer written from here.
+    lost: bool = False
 
     @property
     def positions_computed(self) -> int:

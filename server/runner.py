@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import json
 import os
 import socket
@@ -41,7 +40,7 @@ from evalfleet.server.chat import (
 from evalfleet.server.dispatch import compute_missing
 from evalfleet.server.evaluator import TaskScorer, TaskScores, aggregate_task
 from evalfleet.server.job import TERMINAL, Job
-from evalfleet.server.planning import build_plan, load_tasks
+from evalfleet.server.planning import JobPlan, build_plan, load_tasks
 from evalfleet.server.registry import Worker, WorkerRegistry
 from evalfleet.server.scheduler import Scheduler
 from evalfleet.server.spec import ParsedSpec, parse_spec
@@ -52,7 +51,7 @@ from evalfleet.v1 import inference_pb2 as ipb
 log = get_logger("jobs")
 
 #: Seconds a coordinator's claim on a job lasts without renewal (see ``server/store``).
-DEFAULT_LEASE_S = 60.0
+DEFAULT_LEASE_S = 30.0
 
 #: lm-eval output types and the request kinds they ask for.
 _OUTPUT_KINDS = {"multiple_choice": "loglikelihood", "loglikelihood": "loglikelihood",
@@ -80,12 +79,22 @@ async def _chat_renderer(parsed: ParsedSpec, workers: list[Worker]) -> ChatRende
 
 
 class JobRunner:
-    """Runs jobs on the registry's workers and keeps them in the store."""
+    """Runs jobs on the registry's workers and keeps them in the store, under leases.
+
+    Every job this runner runs is held under a lease in the store (``owner``, ``lease_s``): one
+    heartbeat task renews them all every ``lease_s / 3``; a job whose renewal is refused (another
+    coordinator claimed it after this one overslept) is stopped at once and its state is no
+    longer written from here. With ``claim_interval_s`` (``serve coordinator``), a claim loop
+    takes over jobs whose coordinator died (lease expired) or handed them back, and resumes them
+    under the same id, reusing every stored answer; a claimed job that finds no worker for its
+    model waits (QUEUED, handed back, retried) instead of failing.
+    """
 
     def __init__(self, store: JobStore, registry: WorkerRegistry, scheduler: Scheduler, *,
                  data_dir: str | Path | None = None, include_paths: Sequence[str] = (),
                  policy: AccessPolicy | None = None, worker_wait_s: float = 10.0,
                  owner: str | None = None, lease_s: float = DEFAULT_LEASE_S,
+                 claim_interval_s: float | None = None, follow_poll_s: float = 1.0,
                  sinks: dict[str, Any] | None = None,
                  confirm_run_unsafe_code: bool = False) -> None:
         self.store = store
@@ -95,6 +104,10 @@ class JobRunner:
         #: This coordinator's id as the store's job owner (unique per process).
         self.owner = owner or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.lease_s = lease_s
+        #: seconds between claims of abandoned jobs (None: this runner claims none)
+        self.claim_interval_s = claim_interval_s
+        #: seconds between store reads while following a job another process runs
+        self.follow_poll_s = follow_poll_s
         #: the operator's consent to run generated code (jobs must confirm it too)
         self.confirm_run_unsafe_code = confirm_run_unsafe_code
         self.data_dir = data_dir
@@ -102,72 +115,237 @@ class JobRunner:
         self.policy = policy or AccessPolicy()
         self.worker_wait_s = worker_wait_s
         self.jobs: dict[str, Job] = {}
+        #: ids of the jobs whose lease this runner holds (renewed by the heartbeat)
+        self.held: set[str] = set()
+        self._retry_at: dict[str, float] = {}  # claimed jobs waiting for workers: next try
+        self._resuming: dict[str, asyncio.Task] = {}
+        self._loops: list[asyncio.Task] = []
 
-    async def create(self, spec: cpb.EvaluationSpec, job_id: str | None = None) -> Job:
-        """Validate, plan and queue a job; errors surface here as statuses."""
+    # -- life of the runner --------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the lease heartbeat (and the claim loop when ``claim_interval_s`` is set)."""
+        if self._loops:
+            return
+        self._loops.append(asyncio.create_task(self._heartbeat(), name="job-leases"))
+        if self.claim_interval_s:
+            self._loops.append(asyncio.create_task(self._claim_loop(), name="job-claims"))
+
+    async def close(self) -> None:
+        """Graceful stop: unfinished jobs are stopped without a state change and their leases
+        released, so another coordinator (or this one restarted) takes them over at once."""
+        for task in [*self._loops, *self._resuming.values()]:
+            task.cancel()
+        await asyncio.gather(*self._loops, *self._resuming.values(), return_exceptions=True)
+        self._loops.clear()
+        self._resuming.clear()
+        for job in list(self.jobs.values()):
+            if job.state in TERMINAL or job.lost:
+                continue
+            job.lost = True
+            self.scheduler.stop(job.id)
+            if job.runner is not None:
+                job.runner.cancel()
+                await asyncio.gather(job.runner, return_exceptions=True)
+            job.publish("coordinator stopping: job handed back to the store")
+        released = []
+        for job_id in sorted(self.held):
+            with contextlib.suppress(Exception):
+                if await self.store.release(job_id, self.owner):
+                    released.append(job_id)
+        self.held.clear()
+        if released:
+            log.info("jobs_released", jobs=released, owner=self.owner)
+
+    # -- creating and resuming -----------------------------------------------------------
+
+    def _parse(self, spec: cpb.EvaluationSpec) -> ParsedSpec:
         self.policy.check_size(spec)
         job_hooks.prepare_spec(spec, self.sinks)
         parsed = parse_spec(spec)
         self.policy.check_spec(spec, parsed.model_args)
+        return parsed
+
+    async def _select(self, spec: cpb.EvaluationSpec, parsed: ParsedSpec,
+                      allowed: set[str] | None, wait_s: float) -> list[Worker]:
+        return await self.registry.select(
+            backend=spec.model, model_args=parsed.model_args,
+            fingerprint=spec.model_fingerprint, allowed=allowed, wait_s=wait_s)
+
+    async def _plan(self, spec: cpb.EvaluationSpec, parsed: ParsedSpec,
+                    workers: list[Worker]) -> JobPlan:
+        infos = {w.address: w.info for w in workers}
+        check_chat_only(parsed.apply_chat_template, infos)
+        tree = await asyncio.to_thread(load_tasks, parsed, self.data_dir, self.include_paths)
+        self.policy.check_tasks(len(tree.tasks))
+        check_unsafe_code([n for n, t in tree.tasks.items() if t.unsafe_code],
+                          operator_allows=self.confirm_run_unsafe_code,
+                          job_confirms=spec.confirm_run_unsafe_code)
+        check_request_kinds(
+            {name: {_OUTPUT_KINDS[t.output_type]} for name, t in tree.tasks.items()
+             if t.output_type in _OUTPUT_KINDS}, infos)
+        chat = await _chat_renderer(parsed, workers)
+        plan = await asyncio.to_thread(build_plan, parsed, self.data_dir,
+                                       self.include_paths, chat, tree)
+        self.policy.check_requests(len(plan.work))
+        check_request_kinds({p.task.name: p.request_types for p in plan.tasks}, infos)
+        return plan
+
+    async def create(self, spec: cpb.EvaluationSpec) -> Job:
+        """Validate, plan and queue a job owned by this runner; errors surface here as
+        statuses."""
+        parsed = self._parse(spec)
         allowed = set(spec.worker_addresses) or None
         if allowed:
             self.registry.acquire(allowed)
         try:
-            workers = await self.registry.select(
-                backend=spec.model, model_args=parsed.model_args,
-                fingerprint=spec.model_fingerprint, allowed=allowed, wait_s=self.worker_wait_s)
-            info = workers[0].info
-            infos = {w.address: w.info for w in workers}
-            check_chat_only(parsed.apply_chat_template, infos)
-            tree = await asyncio.to_thread(load_tasks, parsed, self.data_dir, self.include_paths)
-            self.policy.check_tasks(len(tree.tasks))
-            check_unsafe_code([n for n, t in tree.tasks.items() if t.unsafe_code],
-                              operator_allows=self.confirm_run_unsafe_code,
-                              job_confirms=spec.confirm_run_unsafe_code)
-            check_request_kinds(
-                {name: {_OUTPUT_KINDS[t.output_type]} for name, t in tree.tasks.items()
-                 if t.output_type in _OUTPUT_KINDS}, infos)
-            chat = await _chat_renderer(parsed, workers)
-            plan = await asyncio.to_thread(build_plan, parsed, self.data_dir,
-                                           self.include_paths, chat, tree)
-            self.policy.check_requests(len(plan.work))
-            check_request_kinds({p.task.name: p.request_types for p in plan.tasks}, infos)
+            workers = await self._select(spec, parsed, allowed, self.worker_wait_s)
+            plan = await self._plan(spec, parsed, workers)
+            job = Job(id=uuid.uuid4().hex[:16], parsed=parsed, plan=plan,
+                      model_info=workers[0].info, allowed=allowed)
+            now = time.time()
+            if not await self.store.create_job(JobRecord(
+                    job.id, spec.SerializeToString(), job.state, "", now, now,
+                    owner=self.owner, lease_until=now + self.lease_s)):
+                raise FailedPreconditionError(f"evaluation '{job.id}' already exists")
         except BaseException:
             if allowed:
                 self.registry.release(allowed)
             raise
-        job = Job(id=job_id or uuid.uuid4().hex[:16], parsed=parsed, plan=plan,
-                  model_info=info, allowed=allowed)
-        self.jobs[job.id] = job
-        now = time.time()
-        await self.store.put_job(JobRecord(job.id, spec.SerializeToString(), job.state, "",
-                                           now, now, owner=self.owner,
-                                           lease_until=now + self.lease_s))
-        job.runner = asyncio.create_task(self._run(job), name=f"job-{job.id}")
+        self._start_job(job)
         log.info("job_created", job=job.id, tasks=[p.task.name for p in plan.tasks],
-                 unique_requests=len(plan.work), model=info.fingerprint[:19],
-                 workers=sorted(infos))
+                 unique_requests=len(plan.work), model=job.model_info.fingerprint[:19],
+                 workers=sorted(w.address for w in workers), owner=self.owner)
         return job
 
-    async def resume_pending(self) -> list[str]:
-        """Restart jobs that were queued or running when the coordinator stopped.
+    def _start_job(self, job: Job) -> None:
+        self.jobs[job.id] = job
+        self.held.add(job.id)
+        job.runner = asyncio.create_task(self._run(job), name=f"job-{job.id}")
 
-        Their answers already in the store are reused, so only the missing ones are computed.
-        """
-        resumed = []
-        for record in await self.store.list_jobs():
-            if record.state not in (cpb.EVALUATION_STATE_QUEUED, cpb.EVALUATION_STATE_RUNNING):
+    async def claim_once(self) -> list[str]:
+        """Claim the store's abandoned jobs (lease expired, or handed back) and start resuming
+        them; returns the ids claimed. Jobs waiting for workers are retried after a pause."""
+        claimed = []
+        now = time.monotonic()
+        for record in await self.store.list_claimable():
+            if self._retry_at.get(record.id, 0.0) > now or record.id in self._resuming:
                 continue
+            job = self.jobs.get(record.id)
+            if job is not None and not job.lost and job.state not in TERMINAL:
+                continue  # still ours (a renewal ran late); the heartbeat renews it
+            taken = await self.store.claim_job(record.id, self.owner, self.lease_s)
+            if taken is None:
+                continue  # another coordinator was faster
+            self.held.add(taken.id)
+            claimed.append(taken.id)
+            log.info("job_claimed", job=taken.id, owner=self.owner, attempts=taken.attempts,
+                     previous_state=cpb.EvaluationState.Name(taken.state))
+            task = asyncio.create_task(self._resume(taken), name=f"resume-{taken.id}")
+            self._resuming[taken.id] = task
+            task.add_done_callback(lambda _t, i=taken.id: self._resuming.pop(i, None))
+        return claimed
+
+    async def _resume(self, record: JobRecord) -> None:
+        """Rebuild a claimed job's plan and run it; answers already stored are reused."""
+        spec = cpb.EvaluationSpec.FromString(record.spec)
+        allowed = set(spec.worker_addresses) or None
+        try:
+            parsed = self._parse(spec)
+        except EvalfleetError as exc:
+            await self._fail_claimed(record.id, f"could not resume: {exc.message}")
+            return
+        if allowed:
+            self.registry.acquire(allowed)
+        try:
             try:
-                await self.create(cpb.EvaluationSpec.FromString(record.spec), job_id=record.id)
-                resumed.append(record.id)
+                workers = await self._select(spec, parsed, allowed,
+                                             min(self.worker_wait_s, self.lease_s / 2))
             except EvalfleetError as exc:
-                await self.store.put_job(dataclasses.replace(
-                    record, state=cpb.EVALUATION_STATE_FAILED, updated_at=time.time(),
-                    error=f"could not resume: {exc.message}", owner=self.owner, lease_until=0))
-        if resumed:
-            log.info("jobs_resumed", jobs=resumed)
-        return resumed
+                # Workers come and go: a resumed job waits for them rather than failing.
+                await self._wait_for_workers(record.id, exc.message)
+                if allowed:
+                    self.registry.release(allowed)
+                return
+            plan = await self._plan(spec, parsed, workers)
+        except EvalfleetError as exc:
+            if allowed:
+                self.registry.release(allowed)
+            await self._fail_claimed(record.id, f"could not resume: {exc.message}")
+            return
+        except BaseException:
+            if allowed:
+                self.registry.release(allowed)
+            raise
+        if record.id not in self.held:  # the lease was lost while planning
+            if allowed:
+                self.registry.release(allowed)
+            return
+        self._retry_at.pop(record.id, None)
+        job = Job(id=record.id, parsed=parsed, plan=plan, model_info=workers[0].info,
+                  allowed=allowed, state=record.state)
+        self._start_job(job)
+        job.publish(f"resumed by coordinator {self.owner} (takeover {record.attempts})")
+        log.info("job_resumed", job=job.id, owner=self.owner, attempts=record.attempts,
+                 unique_requests=len(plan.work), workers=sorted(w.address for w in workers))
+
+    async def _wait_for_workers(self, job_id: str, reason: str) -> None:
+        """Keep a claimed job QUEUED with what it waits for, hand it back and retry later."""
+        message = f"waiting for workers: {reason}"
+        await self.store.transition(job_id, self.owner, ACTIVE_STATES,
+                                    cpb.EVALUATION_STATE_QUEUED, error=message)
+        await self.store.release(job_id, self.owner)
+        self.held.discard(job_id)
+        self._retry_at[job_id] = time.monotonic() + max(2.0, 2 * (self.claim_interval_s or 0))
+        log.info("job_waiting_for_workers", job=job_id, reason=reason, owner=self.owner)
+
+    async def _fail_claimed(self, job_id: str, error: str) -> None:
+        """A claimed job that no retry can run (bad spec or tasks): FAILED, with the reason."""
+        self.held.discard(job_id)
+        if await self.store.transition(job_id, self.owner, ACTIVE_STATES,
+                                       cpb.EVALUATION_STATE_FAILED, error=error) is not None:
+            log.warning("job_failed", job=job_id, error=error, owner=self.owner)
+
+    async def _claim_loop(self) -> None:
+        while True:
+            try:
+                await self.claim_once()
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # noqa: BLE001 - the store may be briefly unreachable
+                log.exception("job_claim_failed", owner=self.owner)
+            await asyncio.sleep(self.claim_interval_s or 1.0)
+
+    # -- leases ----------------------------------------------------------------------------
+
+    async def _heartbeat(self) -> None:
+        while True:
+            await asyncio.sleep(self.lease_s / 3)
+            for job_id in sorted(self.held):
+                try:
+                    kept = await self.store.renew_lease(job_id, self.owner, self.lease_s)
+                except asyncio.CancelledError:
+                    raise
+                except Exception:  # noqa: BLE001 - retried at the next beat
+                    log.exception("job_lease_renewal_failed", job=job_id, owner=self.owner)
+                    continue
+                if not kept and job_id in self.held:
+                    self._lose(job_id)
+
+    def _lose(self, job_id: str) -> None:
+        """The store refused to renew the job's lease: stop it, write nothing more."""
+        self.held.discard(job_id)
+        job = self.jobs.get(job_id)
+        if job is None or job.state in TERMINAL:
+            return  # it ended meanwhile (or is still being resumed: that notices by itself)
+        log.warning("job_lease_lost", job=job_id, owner=self.owner)
+        job.lost = True
+        self.scheduler.stop(job_id)
+        if job.runner is not None:
+            job.runner.cancel()
+        job.publish("lease lost: another coordinator runs this job now")
+
+    # -- following -----------------------------------------------------------------------
 
     def get(self, job_id: str) -> Job:
         job = self.jobs.get(job_id)
@@ -176,14 +354,41 @@ class JobRunner:
         return job
 
     async def watch(self, job_id: str) -> AsyncIterator[cpb.EvaluationEvent]:
-        """Every event of the job so far, then new ones until it ends."""
-        job = self.get(job_id)
+        """Every event of the job so far, then new ones until it ends.
+
+        A job this process does not run (a restarted coordinator before its claim, or another
+        coordinator's job on a shared store) is followed from the store, polled, until it ends
+        or this process takes it over; NOT_FOUND only for a job the store does not have.
+        """
+        last: tuple | None = None
+        while True:
+            job = self.jobs.get(job_id)
+            if job is not None and not job.lost:
+                async for event in self._watch_local(job):
+                    yield event
+                if not job.lost:
+                    return
+                continue
+            record = await self.store.get_job(job_id)
+            if record is None:
+                raise NotFoundError(f"evaluation '{job_id}' not found")
+            key = (record.state, record.error, record.owner)
+            if key != last:
+                last = key
+                yield cpb.EvaluationEvent(id=record.id, state=record.state,
+                                          message=_stored_message(record, self.owner))
+            if record.state in TERMINAL:
+                return
+            await asyncio.sleep(self.follow_poll_s)
+
+    @staticmethod
+    async def _watch_local(job: Job) -> AsyncIterator[cpb.EvaluationEvent]:
         queue: asyncio.Queue[cpb.EvaluationEvent] = asyncio.Queue()
         job.subscribers.append(queue)
         try:
             for event in list(job.history):
                 yield event
-            while job.state not in TERMINAL:
+            while job.state not in TERMINAL and not job.lost:
                 event = await queue.get()
                 yield event
             while not queue.empty():
@@ -201,23 +406,43 @@ class JobRunner:
                 await job.runner
         return job
 
-    async def _set_state(self, job: Job, state: int, message: str, error: str = "") -> None:
-        job.state = state
-        job.error = error
+    # -- running ---------------------------------------------------------------------------
+
+    async def _set_state(self, job: Job, state: int, message: str, error: str = "") -> bool:
+        """Compare-and-set the job's state in the store; False (and the job stopped) when this
+        runner no longer holds it."""
+        if job.lost:
+            return False
         if await self.store.transition(job.id, self.owner, ACTIVE_STATES, state,
                                        error=error) is None:
             log.warning("job_state_refused", job=job.id, state=state, owner=self.owner)
+            job.lost = True
+            self.held.discard(job.id)
+            job.publish("refused by the store: another coordinator holds this job")
+            return False
+        job.state = state
+        job.error = error
+        if state in TERMINAL:
+            self.held.discard(job.id)
+        log.info("job_state", job=job.id, state=cpb.EvaluationState.Name(state),
+                 owner=self.owner)
         job.publish(message)
+        return True
 
     async def _run(self, job: Job) -> None:
         started = time.time()
         try:
-            await self._set_state(job, cpb.EVALUATION_STATE_RUNNING, "running")
+            if not await self._set_state(job, cpb.EVALUATION_STATE_RUNNING, "running"):
+                return
             await compute_missing(job, self.store, self.scheduler)
             await self._finish(job, started)
             await self._set_state(job, cpb.EVALUATION_STATE_SUCCEEDED, "succeeded")
         except asyncio.CancelledError:
-            await self._set_state(job, cpb.EVALUATION_STATE_CANCELLED, "cancelled")
+            if job.lost:
+                log.info("job_stopped", job=job.id, owner=self.owner,
+                         reason="lease lost or handed back")
+            else:
+                await self._set_state(job, cpb.EVALUATION_STATE_CANCELLED, "cancelled")
         except EvalfleetError as exc:
             log.warning("job_failed", job=job.id, error=exc.message)
             await self._set_state(job, cpb.EVALUATION_STATE_FAILED, "failed", exc.message)
@@ -254,8 +479,10 @@ class JobRunner:
         except Exception as exc:
             raise job_hooks.finishing_failed("building the results document", len(answers),
                                              exc) from exc
-        await self.store.put_results(job.id, self.owner, typed.SerializeToString(),
-                                     json.dumps(doc))
+        if not await self.store.put_results(job.id, self.owner, typed.SerializeToString(),
+                                            json.dumps(doc)):
+            self._lose(job.id)
+            raise asyncio.CancelledError
         if parsed.spec.log_samples:
             records = [(s.task.name,
                         json.dumps(lmeval_sections.sanitize_sample(r), ensure_ascii=False))
@@ -279,3 +506,14 @@ class JobRunner:
         if parsed.spec.log_samples:
             doc["task_hashes"] = lmeval_sections.task_hashes(all_scores)
         return doc, results_mod.typed_results(job.id, doc, job.positions_computed)
+
+
+def _stored_message(record: JobRecord, owner: str) -> str:
+    """The event message of a job followed from the store."""
+    if record.state in TERMINAL:
+        return "stored evaluation" + (f": {record.error}" if record.error else "")
+    if record.error:  # e.g. "waiting for workers: ..."
+        return record.error
+    if record.owner and record.owner != owner:
+        return f"run by coordinator {record.owner}"
+    return "waiting to be claimed by a coordinator"

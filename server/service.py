@@ -14,9 +14,9 @@ from evalfleet.common.rpc import RunningServer, Service, start_server
 from evalfleet.common.security import ClientSecurity, ServerSecurity
 from evalfleet.server.access import AccessPolicy
 from evalfleet.server.registry import WorkerRegistry
-from evalfleet.server.runner import JobRunner
+from evalfleet.server.runner import DEFAULT_LEASE_S, JobRunner
 from evalfleet.server.scheduler import Scheduler, SchedulerConfig
-from evalfleet.server.store import JobStore, SqliteJobStore
+from evalfleet.server.store import JobRecord, JobStore, SqliteJobStore
 from evalfleet.tasks import TaskManager
 from evalfleet.v1 import coordinator_pb2 as cpb
 from evalfleet.v1 import coordinator_pb2_grpc as cpb_grpc
@@ -39,21 +39,15 @@ class EvaluationServicer(cpb_grpc.EvaluationServiceServicer):
         return await self._evaluation(request.id)
 
     async def _evaluation(self, job_id: str) -> cpb.Evaluation:
-        if job_id in self.runner.jobs:
-            return self.runner.jobs[job_id].to_proto()
+        job = self.runner.jobs.get(job_id)
+        if job is not None and not job.lost:
+            return job.to_proto()
         record = await self.runner.store.get_job(job_id)
         if record is None:
             raise NotFoundError(f"evaluation '{job_id}' not found")
-        return cpb.Evaluation(id=record.id, state=record.state,
-                              spec=cpb.EvaluationSpec.FromString(record.spec),
-                              error=record.error)
+        return _stored_evaluation(record)
 
     async def WatchEvaluation(self, request: cpb.WatchEvaluationRequest, context):
-        if request.id not in self.runner.jobs:
-            evaluation = await self._evaluation(request.id)
-            yield cpb.EvaluationEvent(id=evaluation.id, state=evaluation.state,
-                                      message="stored evaluation")
-            return
         async for event in self.runner.watch(request.id):
             yield event
 
@@ -65,11 +59,10 @@ class EvaluationServicer(cpb_grpc.EvaluationServiceServicer):
     async def ListEvaluations(self, request: cpb.ListEvaluationsRequest, context
                               ) -> cpb.ListEvaluationsResponse:
         records = await self.runner.store.list_jobs(request.limit)
+        jobs = self.runner.jobs
         return cpb.ListEvaluationsResponse(evaluations=[
-            self.runner.jobs[r.id].to_proto() if r.id in self.runner.jobs else
-            cpb.Evaluation(id=r.id, state=r.state, spec=cpb.EvaluationSpec.FromString(r.spec),
-                           error=r.error)
-            for r in records])
+            jobs[r.id].to_proto() if r.id in jobs and not jobs[r.id].lost else
+            _stored_evaluation(r) for r in records])
 
     async def GetResults(self, request: cpb.GetResultsRequest, context
                          ) -> cpb.EvaluationResults:
@@ -111,6 +104,12 @@ class EvaluationServicer(cpb_grpc.EvaluationServiceServicer):
             for e in sorted(entries, key=lambda e: e.name)])
 
 
+def _stored_evaluation(record: JobRecord) -> cpb.Evaluation:
+    """An evaluation as the store has it (no progress: this process does not run it)."""
+    return cpb.Evaluation(id=record.id, state=record.state,
+                          spec=cpb.EvaluationSpec.FromString(record.spec), error=record.error)
+
+
 class WorkerRegistryServicer(cpb_grpc.WorkerRegistryServiceServicer):
     """Self-registration of workers (``evalfleet serve worker --register``)."""
 
@@ -147,6 +146,11 @@ class CoordinatorOptions:
     lease_s: float = 15.0
     dns_interval_s: float = 10.0
     worker_wait_s: float = 10.0
+    #: seconds a coordinator's lease on a job lasts without renewal (renewed every third)
+    job_lease_s: float = DEFAULT_LEASE_S
+    #: seconds between claims of jobs whose coordinator died (None: claim none, as the
+    #: embedded CLI's coordinator, which runs only its own jobs)
+    claim_interval_s: float | None = None
     max_message_bytes: int = 4 * 1024 * 1024
 
 
@@ -186,6 +190,7 @@ async def start_coordinator(*, host: str = "127.0.0.1", port: int = 0,
     runner = JobRunner(store, registry, scheduler,
                        data_dir=options.data_dir, include_paths=options.include_paths,
                        policy=options.policy, worker_wait_s=options.worker_wait_s,
+                       lease_s=options.job_lease_s, claim_interval_s=options.claim_interval_s,
                        sinks=sinks, confirm_run_unsafe_code=confirm_run_unsafe_code)
     server = await start_server(
         [Service(cpb_grpc.add_EvaluationServiceServicer_to_server, EvaluationServicer(runner),
@@ -196,6 +201,8 @@ async def start_coordinator(*, host: str = "127.0.0.1", port: int = 0,
         host=host, port=port, security=options.security,
         max_receive_bytes=options.max_message_bytes)
     scheduler.start()
+    runner.start()
+    server.on_stop(runner.close)  # first: hands unfinished jobs back while the store is open
     server.on_stop(scheduler.close)
     server.on_stop(registry.close)
     return server, runner

@@ -5,6 +5,7 @@ float32 noise), every request counted once."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -19,13 +20,15 @@ from evalfleet.v1 import coordinator_pb2 as cpb
 from evalfleet.v1 import coordinator_pb2_grpc as cpb_grpc
 
 
-@pytest.fixture()
-def three_workers(tiny_model_dir, tmp_path):
-    ports = [_free_port() for _ in range(3)]
-    logs = [open(tmp_path / f"worker{i}.log", "w") for i in range(3)]  # noqa: SIM115
+@contextlib.contextmanager
+def running_workers(model_dir, log_dir, n: int = 3):
+    """``n`` real ``evalfleet serve worker`` processes (tiny model) on loopback; yields their
+    addresses and processes, and stops those still alive at the end."""
+    ports = [_free_port() for _ in range(n)]
+    logs = [open(log_dir / f"worker{i}.log", "w") for i in range(n)]  # noqa: SIM115
     procs = [subprocess.Popen(
         [*EVALFLEET, "serve", "worker", "--backend", "hf", "--model_args",
-         f"pretrained={tiny_model_dir},dtype=float32", "--batch_size", "8", "--port", str(p)],
+         f"pretrained={model_dir},dtype=float32", "--batch_size", "8", "--port", str(p)],
         env={**ENV, "OMP_NUM_THREADS": "1"}, stdout=subprocess.DEVNULL, stderr=log, text=True)
         for p, log in zip(ports, logs, strict=True)]
     try:
@@ -42,6 +45,12 @@ def three_workers(tiny_model_dir, tmp_path):
                     proc.kill()
         for log in logs:
             log.close()
+
+
+@pytest.fixture()
+def three_workers(tiny_model_dir, tmp_path):
+    with running_workers(tiny_model_dir, tmp_path) as workers:
+        yield workers
 
 
 SPEC = cpb.EvaluationSpec(model="hf", tasks=["arc_easy", "piqa"], limit=12,
