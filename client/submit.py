@@ -62,6 +62,7 @@ class Connection:
         self._stub: cpb_grpc.EvaluationServiceStub | None = None
         self._lost_at: float | None = None
         self._attempt = 0
+        self.clock: Callable[[], float] = time.monotonic
 
     @property
     def stub(self) -> cpb_grpc.EvaluationServiceStub:
@@ -79,7 +80,7 @@ class Connection:
 
     async def reconnect(self, exc: grpc.aio.AioRpcError, what: str) -> None:
         """Wait and reopen after ``exc`` (UNAVAILABLE); RemoteError once out of patience."""
-        now = time.monotonic()
+        now = self.clock()
         if self._lost_at is None:
             self._lost_at = now
         if now - self._lost_at >= self.patience_s:

@@ -284,6 +284,7 @@ class JobRunner:
         self._retry_at.pop(record.id, None)
         job = Job(id=record.id, parsed=parsed, plan=plan, model_info=workers[0].info,
                   allowed=allowed, state=record.state)
+        job.created_at.FromNanoseconds(int(record.created_at * 1e9))
         self._start_job(job)
         job.publish(f"resumed by coordinator {self.owner} (takeover {record.attempts})")
         log.info("job_resumed", job=job.id, owner=self.owner, attempts=record.attempts,
