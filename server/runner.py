@@ -120,6 +120,10 @@ class JobRunner:
         self._retry_at: dict[str, float] = {}  # claimed jobs waiting for workers: next try
         self._resuming: dict[str, asyncio.Task] = {}
         self._loops: list[asyncio.Task] = []
+        #: one job's tasks are loaded and planned at a time: the dataset stack is not safe in
+        #: concurrent threads (two concurrent CreateEvaluation calls failed with "type object
+        #: 'tqdm' has no attribute '_lock'" from its progress bars)
+        self._planning = asyncio.Lock()
 
     # -- life of the runner --------------------------------------------------------------
 
@@ -176,7 +180,9 @@ class JobRunner:
                     workers: list[Worker]) -> JobPlan:
         infos = {w.address: w.info for w in workers}
         check_chat_only(parsed.apply_chat_template, infos)
-        tree = await asyncio.to_thread(load_tasks, parsed, self.data_dir, self.include_paths)
+        async with self._planning:
+            tree = await asyncio.to_thread(load_tasks, parsed, self.data_dir,
+                                           self.include_paths)
         self.policy.check_tasks(len(tree.tasks))
         check_unsafe_code([n for n, t in tree.tasks.items() if t.unsafe_code],
                           operator_allows=self.confirm_run_unsafe_code,
@@ -185,8 +191,9 @@ class JobRunner:
             {name: {_OUTPUT_KINDS[t.output_type]} for name, t in tree.tasks.items()
              if t.output_type in _OUTPUT_KINDS}, infos)
         chat = await _chat_renderer(parsed, workers)
-        plan = await asyncio.to_thread(build_plan, parsed, self.data_dir,
-                                       self.include_paths, chat, tree)
+        async with self._planning:
+            plan = await asyncio.to_thread(build_plan, parsed, self.data_dir,
+                                           self.include_paths, chat, tree)
         self.policy.check_requests(len(plan.work))
         check_request_kinds({p.task.name: p.request_types for p in plan.tasks}, infos)
         return plan

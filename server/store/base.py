@@ -106,8 +106,8 @@ class JobStore(ABC):
 
     @abstractmethod
     async def put_job(self, job: JobRecord) -> None:
-        """Insert or replace a job record unconditionally (imports, and the runner's restart
-        of its own jobs until it claims them). Its samples are kept."""
+        """Insert or replace a job record unconditionally (imports and tests; the runner uses
+        ``create_job`` and claims). Its samples are kept."""
 
     @abstractmethod
     async def get_job(self, job_id: str) -> JobRecord | None:
