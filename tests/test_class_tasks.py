@@ -276,11 +276,14 @@ def test_seed_custom_task_cannot_run_in_lm_eval(tmp_path):
 def test_seed_custom_task_runs_after_changing_its_import_line(tmp_path, imports, background_loop,
                                                               tiny_worker):
     """End to end through the real services on the tiny model."""
-    from evalfleet.server.service import start_coordinator
+    from evalfleet.server.access import AccessPolicy
+    from evalfleet.server.service import CoordinatorOptions, start_coordinator
 
     folder, mirror = _seed_folder(tmp_path, imports)
+    # the operator lets clients name task folders (serve coordinator --allow_include_paths)
+    options = CoordinatorOptions(policy=AccessPolicy(allow_include_paths=True))
     server, _ = background_loop.run(start_coordinator(workers=[tiny_worker.address],
-                                                      data_dir=mirror))
+                                                      data_dir=mirror, options=options))
     try:
         spec = cpb.EvaluationSpec(model="hf", tasks=["custom_task"], include_paths=[str(folder)],
                                   log_samples=True, bootstrap_iters=0)
