@@ -75,7 +75,7 @@ lint:
 	$(VENV)/bin/ruff check .
 
 test:
-	EVALFLEET_DATA_DIR=$(DATA_DIR) $(VENV)/bin/pytest -q
+	EVALFLEET_DATA_DIR=$(DATA_DIR) $(VENV)/bin/pytest -q --durations=30
 
 # The reference tests at the issues' full sizes (tens of minutes; not part of CI's suite).
 test-acceptance:
