@@ -73,6 +73,8 @@ def _token_scores_pb(request_id: str, outcome: TokenScores | ItemError) -> pb.To
     else:
         msg.logprobs.extend(outcome.logprobs.tolist())
         msg.greedy.extend(outcome.greedy.tolist())
+        if outcome.backend_total is not None:
+            msg.total = outcome.backend_total
     return msg
 
 

@@ -33,13 +33,16 @@ def _as_offsets(offsets: np.ndarray) -> np.ndarray:
 
 
 def request_loglikelihoods(
-    token_logprobs: np.ndarray, greedy: np.ndarray, offsets: np.ndarray
+    token_logprobs: np.ndarray, greedy: np.ndarray, offsets: np.ndarray,
+    totals: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Reduce per-token logprobs to per-request ``(ll, is_greedy)``.
 
     Request ``i`` owns tokens ``offsets[i]:offsets[i+1]``; ``ll`` is their sum (float64
     accumulation) and ``is_greedy`` is true when every token was the argmax. An empty
-    segment gives ``(0.0, True)``.
+    segment gives ``(0.0, True)``. ``totals`` (one per request, NaN where absent) are the
+    backends' own sums, computed as the reference harness computes them (for 16-bit models
+    lm-eval sums in the model's dtype); where present they are ``ll``.
     """
     off = _as_offsets(offsets)
     values = np.ascontiguousarray(token_logprobs)
@@ -54,6 +57,11 @@ def request_loglikelihoods(
     ll = np.empty(n, dtype=np.float64)
     is_greedy = np.empty(n, dtype=np.bool_)
     launch(_segment_sums, values, flags, off, ll, is_greedy)
+    if totals is not None:
+        given = np.asarray(totals, dtype=np.float64)
+        if given.shape != (n,):
+            raise ValueError("totals must have one value per request")
+        ll = np.where(np.isnan(given), ll, given)
     return ll, is_greedy
 
 

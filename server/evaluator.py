@@ -63,19 +63,26 @@ def sanitize_list(value: Any) -> Any:
     return str(value)
 
 
-def _decode_scores(blobs: Sequence[bytes]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Flatten serialized ``TokenScores`` into (values, greedy flags, offsets)."""
+def _decode_scores(blobs: Sequence[bytes]
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
+    """Flatten serialized ``TokenScores`` into (values, greedy flags, offsets, backend totals).
+
+    The totals are NaN where a backend sent none (None when no answer has one)."""
     values: list[np.ndarray] = []
     greedy: list[np.ndarray] = []
     offsets = np.zeros(len(blobs) + 1, dtype=np.int64)
+    totals = np.full(len(blobs), np.nan)
     for i, blob in enumerate(blobs):
         msg = pb.TokenScores.FromString(blob)
         values.append(np.asarray(msg.logprobs, dtype=np.float32))
         greedy.append(np.asarray(msg.greedy, dtype=np.bool_))
         offsets[i + 1] = offsets[i] + len(msg.logprobs)
+        if msg.HasField("total"):
+            totals[i] = msg.total
     flat_values = np.concatenate(values) if values else np.zeros(0, np.float32)
     flat_greedy = np.concatenate(greedy) if greedy else np.zeros(0, np.bool_)
-    return flat_values, flat_greedy, offsets
+    has_total = ~np.isnan(totals)
+    return flat_values, flat_greedy, offsets, (totals if has_total.any() else None)
 
 
 def _by_doc(requests: Sequence[Request]) -> dict[int, list[int]]:
@@ -132,8 +139,9 @@ class TaskScorer:
         scored = [(p, aid) for p, req in enumerate(self.requests)
                   if req.request_type != "generate_until" for aid in self.answer_ids[p]]
         if scored:
-            values, greedy, offsets = _decode_scores([self.answers[a] for _, a in scored])
-            lls, is_greedy = scoring.request_loglikelihoods(values, greedy, offsets)
+            values, greedy, offsets, totals = _decode_scores(
+                [self.answers[a] for _, a in scored])
+            lls, is_greedy = scoring.request_loglikelihoods(values, greedy, offsets, totals)
             for (pos, _), ll, g in zip(scored, lls, is_greedy, strict=True):
                 if self.requests[pos].request_type == "loglikelihood_rolling":
                     out[pos].append(float(ll))

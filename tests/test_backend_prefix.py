@@ -132,12 +132,13 @@ def test_a_short_shared_edge_does_not_hide_a_long_one_below(tiny_model_dir):
     reqs = [make_score_request(ctx_a, [7 + 2 * k, 8], backend.max_length) for k in range(4)]
     reqs.append(make_score_request(ctx_b, [7], backend.max_length))
     with torch.inference_mode():
-        shared = backend.scorer.score(reqs, lambda _: 8, shared=True)
+        shared, positions = backend.scorer.score(reqs, lambda _: 8, shared=True)
     floor = count_nodes(build_trie(list({r.seq[:-1] for r in reqs})))
     assert floor == 1 + 100 + 4 + 100
-    assert floor <= backend.scorer.positions <= floor + 1  # + the carried first token
+    assert floor <= positions <= floor + 1  # + the carried first token
+    assert backend.scorer.positions == positions
     with torch.inference_mode():
-        plain = backend.scorer.score(reqs, lambda _: 8, shared=False)
+        plain, _ = backend.scorer.score(reqs, lambda _: 8, shared=False)
     for a, b in zip(shared, plain, strict=True):
         np.testing.assert_allclose(a.logprobs, b.logprobs, atol=1e-5, rtol=0)
 
@@ -149,13 +150,15 @@ def test_packed_rows_give_the_values_of_separate_rows(tiny_model_dir, mixed_requ
     backend = _backend(tiny_model_dir, 8, attn_implementation=attn)
     assert backend.scorer.packing
     packed_forwards = []
-    real = backend.scorer._packed_mask
+    real = backend.scorer._mask
 
-    def spy(chunk, *args):
-        packed_forwards.append(max(len(r.jobs) for r in chunk))
-        return real(chunk, *args)
+    def spy(chunk):
+        if chunk.mask == "4d":  # jobs per row: distinct job starts among its used positions
+            packed_forwards.append(max(len(np.unique(chunk.seg_start[i, :w]))
+                                       for i, w in enumerate(chunk.widths)))
+        return real(chunk)
 
-    monkeypatch.setattr(backend.scorer, "_packed_mask", spy)
+    monkeypatch.setattr(backend.scorer, "_mask", spy)
     packed = answers(backend.loglikelihood(mixed_requests))
     assert packed_forwards and max(packed_forwards) > 1
     separate = answers(_backend(tiny_model_dir, 1, prefix_sharing=False).loglikelihood(

@@ -98,14 +98,22 @@ class ModelInfo:
 
 @dataclass(frozen=True)
 class TokenScores:
-    """Per scored token: its log-probability and whether it was the argmax."""
+    """Per scored token: its log-probability and whether it was the argmax.
+
+    ``backend_total`` is the backend's own sum of the log-probabilities, computed as the
+    reference harness computes it (for bfloat16/float16 log-probabilities: summed in that dtype,
+    like lm-eval); None when the sum should be taken over ``logprobs`` in float64.
+    """
 
     logprobs: np.ndarray  # float32, one per scored token
     greedy: np.ndarray  # bool, one per scored token
+    backend_total: float | None = None
 
     @property
     def total(self) -> float:
-        """Sum of the log-probabilities (lm-eval's loglikelihood value)."""
+        """The loglikelihood value: ``backend_total`` when set, else the float64 sum."""
+        if self.backend_total is not None:
+            return self.backend_total
         return float(self.logprobs.astype(np.float64).sum())
 
     @property

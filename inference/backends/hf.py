@@ -100,7 +100,9 @@ class HFBackend(Backend):
         self.max_length = args.max_length or resolve_max_length(model.config, tokenizer)
         self.max_gen_toks = 256
         self._fingerprint = fingerprint_
-        self._lock = threading.Lock()  # the model and its counters: one thread at a time
+        # the model and its counters: one thread at a time (also held by the CUDA batch-size
+        # probe, which planning may call inside or outside a running batch)
+        self._lock = threading.RLock()
         self._batches = OneAtATime()
         self._auto_sizes: dict[int, int] = {}
         self.scorer = Scorer(
@@ -211,7 +213,13 @@ class HFBackend(Backend):
         return self._auto_sizes[bucket]
 
     def _probe_cuda(self, length: int, cap: int) -> int:
-        """Largest batch (halving from ``cap``) whose forward + log-softmax fits in memory."""
+        """Largest batch (halving from ``cap``) whose forward + log-softmax fits in memory.
+
+        Runs under the model lock: planning may call it outside a running batch."""
+        with self._lock, torch.inference_mode():
+            return self._probe_cuda_locked(length, cap)
+
+    def _probe_cuda_locked(self, length: int, cap: int) -> int:
         size = cap
         while size > 1:
             try:
@@ -239,13 +247,14 @@ class HFBackend(Backend):
         (results, positions), seconds = await self._batches.run(prepare, counted)
         return Answers(results, Cost(positions_computed=positions, compute_seconds=seconds))
 
-    def _score(self, reqs: Sequence[ScoreRequest | ItemError | None]
-               ) -> list[TokenScores | ItemError]:
+    def _score(self, reqs: Sequence[ScoreRequest | ItemError | None],
+               window_batch: int | None = None) -> list[TokenScores | ItemError]:
         """Scores for the ScoreRequests; None (an empty continuation) scores nothing."""
         real = [r for r in reqs if isinstance(r, ScoreRequest)]
         with torch.inference_mode():
-            scores = iter(self.scorer.score(real, self._batch_limit,
-                                            shared=self.args.prefix_sharing))
+            plan = self.scorer.plan(real, self._batch_limit, shared=self.args.prefix_sharing,
+                                    window_batch=window_batch)
+            scores = iter(self.scorer.run(plan, real))
         empty = TokenScores(np.zeros(0, np.float32), np.zeros(0, bool))
         return [next(scores) if isinstance(r, ScoreRequest) else (r or empty) for r in reqs]
 
@@ -280,14 +289,21 @@ class HFBackend(Backend):
     def _score_rolling(self, prepared: tuple[list[ScoreRequest], list[int]]
                        ) -> list[TokenScores]:
         reqs, counts = prepared
-        scores = self._score(reqs)
+        # lm-eval batches the windows in document order, batch_size at a time, then sorts each
+        window_batch = None if self.args.prefix_sharing else (
+            self._batch_limit(self.max_length) if self.args.batch_auto
+            else int(self.args.batch_size))
+        scores = self._score(reqs, window_batch)
         out, pos = [], 0
         for n in counts:
             parts = scores[pos: pos + n]
             pos += n
+            totals = [p.backend_total for p in parts]
             out.append(TokenScores(
                 np.concatenate([p.logprobs for p in parts]) if parts else np.zeros(0, np.float32),
-                np.concatenate([p.greedy for p in parts]) if parts else np.zeros(0, bool)))
+                np.concatenate([p.greedy for p in parts]) if parts else np.zeros(0, bool),
+                # lm-eval adds the windows' (dtype-summed) values as Python floats
+                backend_total=sum(totals) if parts and None not in totals else None))
         return out
 
     async def loglikelihood_rolling(self, texts: Sequence[str]) -> Answers[TokenScores]:

@@ -1,21 +1,35 @@
 """Scoring token requests with a causal transformers model: lm-eval's path and prefix sharing.
 
-* ``score_simple`` reproduces ``HFLM._loglikelihood_tokens``: length-sorted batches of distinct
-  inputs, right-padded with 0, no attention mask, log-softmax over full logits.
-* ``score_shared`` forwards every shared prefix once: a radix tree over the inputs; an edge
-  shared by enough inputs is forwarded once and its KV cache is reused (expanded along the
-  batch) for the rows below it. Short jobs after the same cached context are packed into one
-  row with a mask that keeps them apart (no padding, one copy of the context per row). Rows
-  whose cached contexts differ share one forward: contexts are right-padded in the cache and
-  masked, with explicit position ids.
+Scoring runs in two phases:
+
+* ``Scorer.plan`` (host only, no model call): decides every forward of a batch and writes it
+  down as index arrays: the token ids of each row, the cached context each row continues, the
+  masks' inputs, the logits positions to keep, and for every scored token the (row, position,
+  target token, output slot) it reads. Planning can run while the model computes another batch.
+* ``Scorer.run`` (device): runs the planned forwards. Every tensor stays on the model's device
+  until it is reduced to what the answer needs: the logits of the scored positions are gathered,
+  log-softmaxed there (in lm-eval's dtype), and only the target tokens' log-probabilities and
+  greedy flags are written to one output buffer, copied to the host once per batch.
+
+Two plans:
+
+* without sharing (``prefix_sharing=false``), lm-eval's ``HFLM._loglikelihood_tokens``:
+  length-sorted batches of distinct inputs, right-padded with 0, no attention mask, full logits;
+* with sharing, every shared prefix once: a radix tree over the inputs; an edge shared by enough
+  inputs is forwarded once and its KV cache is reused (expanded along the batch) for the rows
+  below it. Short jobs after the same cached context are packed into one row with a mask that
+  keeps them apart (no padding, one copy of the context per row). Rows whose cached contexts
+  differ share one forward: contexts are right-padded in the cache and masked, with explicit
+  position ids.
 """
 
 from __future__ import annotations
 
 import contextlib
 import inspect
+import itertools
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -35,10 +49,75 @@ BatchLimit = Callable[[int], int]  # padded row length -> max rows per forward
 SHORT_ROW_PADDING = 16
 # Jobs after one cached context are packed into rows of up to this many positions.
 PACK_WIDTH = 512
+# Scored positions are log-softmaxed in blocks of at most this many bytes (full-vocabulary rows).
+LOG_SOFTMAX_BLOCK_BYTES = 1 << 30
+# Log-probabilities in these dtypes are summed in that dtype by lm-eval (``float(t.sum())``).
+HALF_DTYPES = (torch.bfloat16, torch.float16)
+
+
+@dataclass(eq=False)
+class ChunkPlan:
+    """One forward, as index arrays (host memory).
+
+    Rows are right-padded with token 0. ``ctx`` names each row's cached context as the ids of
+    the KV segments it concatenates (empty: no cache). Every scored token ``s`` reads the
+    log-probability of ``score_tok[s]`` at logits row ``flat_pos[score_pos[s]]`` (an index into
+    the forward's logits flattened to ``[rows * kept, vocab]``) and writes it to output slot
+    ``score_slot[s]``; scores are sorted by ``score_pos``.
+    """
+
+    ids: np.ndarray  # [rows, width] int64
+    ctx: list[tuple[int, ...]]
+    ctx_lens: np.ndarray  # [rows] int64
+    widths: np.ndarray  # [rows] int64: positions used by each row
+    mask: str | None  # None (plain causal), "2d" (padded contexts) or "4d" (packed rows)
+    seg_start: np.ndarray | None  # [rows, width]: first row position of each position's job
+    position_ids: np.ndarray | None  # [rows, width]
+    keep: np.ndarray | None  # row positions whose logits are kept (None: all)
+    flat_pos: np.ndarray  # [P] int64
+    score_pos: np.ndarray  # [S] int64, non-decreasing
+    score_tok: np.ndarray  # [S] int64
+    score_slot: np.ndarray  # [S] int64
+    produce: list[tuple[int, int, int, int]] = field(default_factory=list)  # (seg, row, lo, hi)
+    release: list[int] = field(default_factory=list)  # segments no later chunk reads
+
+    @property
+    def rows(self) -> int:
+        return int(self.ids.shape[0])
+
+    @property
+    def width(self) -> int:
+        return int(self.ids.shape[1])
+
+    @property
+    def ctx_max(self) -> int:
+        return int(self.ctx_lens.max()) if self.ctx_lens.size else 0
+
+    @property
+    def positions(self) -> int:
+        """Model input positions this forward computes (padding included, cache excluded)."""
+        return self.rows * self.width
+
+
+@dataclass(eq=False)
+class ScorePlan:
+    """Every forward of one batch of requests; request ``r`` owns output slots
+    ``offsets[r]:offsets[r + 1]`` (its scored tokens, in order)."""
+
+    chunks: list[ChunkPlan]
+    offsets: np.ndarray  # [n_requests + 1] int64
+
+    @property
+    def positions(self) -> int:
+        return sum(c.positions for c in self.chunks)
+
+    @property
+    def n_scored(self) -> int:
+        return int(self.offsets[-1])
 
 
 class Scorer:
-    """Runs forwards for scoring and counts the positions they compute."""
+    """Plans and runs the forwards for scoring; counts the positions they compute."""
 
     def __init__(self, model, device: torch.device, *, softmax_dtype: torch.dtype | None,
                  autocast_dtype: torch.dtype | None, min_shared_tokens: int = 32,
@@ -59,276 +138,279 @@ class Scorer:
         # packed rows need a custom 4D mask: sdpa and eager take one, flash kernels do not
         self.packing = packing and self._attn_impl in ("sdpa", "eager")
 
-    # ---------------------------------------------------------------- forwards
+    # ================================================================ entry points
+    def score(self, reqs: Sequence[ScoreRequest], limit: BatchLimit,
+              shared: bool) -> tuple[list[TokenScores], int]:
+        """Scores for ``reqs`` in input order, and the positions computed for them."""
+        plan = self.plan(reqs, limit, shared)
+        return self.run(plan, reqs), plan.positions
+
+    def plan(self, reqs: Sequence[ScoreRequest], limit: BatchLimit, shared: bool,
+             window_batch: int | None = None) -> ScorePlan:
+        """Every forward for ``reqs``, decided on the host.
+
+        ``window_batch``: without sharing, cut ``reqs`` into consecutive runs of this many
+        before sorting (lm-eval's batching of rolling windows).
+        """
+        contlens = np.fromiter((r.contlen for r in reqs), dtype=np.int64, count=len(reqs))
+        offsets = np.zeros(len(reqs) + 1, dtype=np.int64)
+        np.cumsum(contlens, out=offsets[1:])
+        seqs = [np.asarray(r.seq, dtype=np.int64) for r in reqs]
+        if shared and self.supports_sharing:
+            chunks = _SharedPlanner(self, reqs, seqs, offsets, limit).plan()
+        else:
+            runs = [range(len(reqs))] if not window_batch else [
+                range(i, min(len(reqs), i + window_batch))
+                for i in range(0, len(reqs), window_batch)]
+            chunks = [c for ids in runs
+                      for c in self._plan_simple(reqs, seqs, offsets, list(ids), limit)]
+        return ScorePlan(chunks, offsets)
+
+    # ================================================================ planning: lm-eval's way
+    def _plan_simple(self, reqs, seqs, offsets, ids: list[int],
+                     limit: BatchLimit) -> list[ChunkPlan]:
+        groups: dict[tuple[int, ...], list[int]] = {}
+        for i in ids:
+            groups.setdefault(reqs[i].seq[:-1], []).append(i)
+        keys = sorted(groups, key=lambda k: min((-len(reqs[i].sort_key), reqs[i].sort_key)
+                                                for i in groups[k]))
+        chunks, pos = [], 0
+        while pos < len(keys):
+            n = max(1, limit(len(keys[pos])))
+            rows = keys[pos: pos + n]
+            pos += n
+            width = max(len(k) for k in rows)
+            ids_arr = np.zeros((len(rows), width), dtype=np.int64)
+            scored = _ScoredTokens()
+            for i, key in enumerate(rows):
+                ids_arr[i, : len(key)] = key
+                for r in groups[key]:
+                    scored.add(reqs[r], seqs[r], offsets[r], i * width, 0, 0, len(key))
+            widths = np.fromiter((len(k) for k in rows), dtype=np.int64, count=len(rows))
+            chunks.append(ChunkPlan(
+                ids=ids_arr, ctx=[() for _ in rows], ctx_lens=np.zeros(len(rows), np.int64),
+                widths=widths, mask=None, seg_start=None, position_ids=None, keep=None,
+                **scored.arrays()))
+        return chunks
+
+    # ================================================================ running
+    def run(self, plan: ScorePlan, reqs: Sequence[ScoreRequest]) -> list[TokenScores]:
+        """Run ``plan``'s forwards; scores of ``reqs`` (the planned requests) in input order."""
+        store: dict[int, torch.Tensor] = {}  # KV segment id -> [2 * layers, heads, len, dim]
+        out_vals: torch.Tensor | None = None
+        out_greedy = torch.zeros(plan.n_scored, dtype=torch.bool, device=self.device)
+        for ch in plan.chunks:
+            cache = self._assemble(ch, store) if ch.ctx_max else None
+            mask, position_ids = self._mask(ch)
+            logits, new_cache = self._forward(self._dev(ch.ids), cache, ch.keep,
+                                              want_cache=bool(ch.produce),
+                                              attention_mask=mask, position_ids=position_ids)
+            del cache, mask, position_ids
+            if len(ch.score_slot):
+                vals, greedy = self._reduce(logits, ch)
+                if out_vals is None:
+                    out_vals = torch.zeros(plan.n_scored, dtype=vals.dtype, device=self.device)
+                slots = self._dev(ch.score_slot)
+                out_vals[slots] = vals
+                out_greedy[slots] = greedy
+            del logits
+            for seg, row, lo, hi in ch.produce:
+                store[seg] = torch.stack([t for layer in new_cache.layers for t in (
+                    layer.keys[row, :, lo:hi], layer.values[row, :, lo:hi])])
+            del new_cache
+            for seg in ch.release:
+                store.pop(seg, None)
+            self.positions += ch.positions
+        if out_vals is None:  # nothing to score
+            out_vals = torch.zeros(0, dtype=torch.float32)
+        return _collect(plan.offsets, out_vals.cpu(), out_greedy.cpu())
+
+    def _dev(self, array: np.ndarray) -> torch.Tensor:
+        """A host index array on the model's device (pinned, asynchronous copy on CUDA)."""
+        t = torch.from_numpy(array)
+        if self.device.type == "cpu":
+            return t
+        if self.device.type == "cuda":
+            return t.pin_memory().to(self.device, non_blocking=True)
+        return t.to(self.device)
+
     def _autocast(self):
         if self.autocast_dtype is None:
             return contextlib.nullcontext()
         return torch.autocast(device_type=self.device.type, dtype=self.autocast_dtype)
 
-    def _forward(self, rows: Sequence[Sequence[int]], cache=None, keep: list[int] | None = None,
+    def _forward(self, ids: torch.Tensor, cache=None, keep: np.ndarray | None = None,
                  want_cache: bool = False, attention_mask: torch.Tensor | None = None,
                  position_ids: torch.Tensor | None = None):
-        """Right-padded forward of ``rows``; returns (logits [b, kept, V], cache or None)."""
-        width = max(len(r) for r in rows)
-        ids = torch.zeros((len(rows), width), dtype=torch.long)
-        for i, r in enumerate(rows):
-            ids[i, : len(r)] = torch.tensor(r, dtype=torch.long)
+        """Forward of right-padded ``ids``; returns (logits [b, kept, V], cache or None)."""
         kwargs: dict = {}
         if cache is not None or want_cache:
             kwargs[self._cache_kw] = cache if cache is not None else DynamicCache(
                 config=self.model.config)
             kwargs["use_cache"] = True
         if attention_mask is not None:
-            kwargs["attention_mask"] = attention_mask.to(self.device)
-            kwargs["position_ids"] = position_ids.to(self.device)
+            kwargs["attention_mask"] = attention_mask
+            kwargs["position_ids"] = position_ids
         if keep is not None and self._keep_kw:
-            kwargs["logits_to_keep"] = torch.tensor(keep, dtype=torch.long, device=self.device)
+            kwargs["logits_to_keep"] = self._dev(keep)
         with self._autocast():
-            out = self.model(ids.to(self.device), **kwargs)
-        self.positions += len(rows) * width
+            out = self.model(ids, **kwargs)
         logits = out.logits
         if keep is not None and not self._keep_kw:
-            logits = logits[:, keep]
+            logits = logits[:, self._dev(keep)]
         new_cache = getattr(out, "cache", None) or getattr(out, "past_key_values", None)
         return logits, (new_cache if want_cache else None)
 
-    def _serve(self, logprobs: torch.Tensor, keep_index: dict[int, int] | None, base: int,
-               row_len: int, req_ids: Sequence[int], reqs: Sequence[ScoreRequest],
-               out_lp: list[np.ndarray], out_gr: list[np.ndarray], offset: int = 0) -> None:
-        """Fill scores of ``req_ids`` for positions ``[base, base+row_len)``, which sit at
-        ``offset`` in their row."""
-        for r in req_ids:
-            req = reqs[r]
-            lo, hi = max(req.first_scored, base), min(req.n_inputs, base + row_len)
-            if lo >= hi:
-                continue
-            idx = (torch.arange(lo - base, hi - base) if keep_index is None
-                   else torch.tensor([keep_index[t - base + offset] for t in range(lo, hi)]))
-            rows = logprobs[idx]
-            targets = torch.tensor(req.seq[lo + 1: hi + 1], dtype=torch.long)
-            vals = rows.gather(1, targets.unsqueeze(1)).squeeze(1)
-            greedy = rows.argmax(dim=-1) == targets
-            s = lo - req.first_scored
-            out_lp[r][s: s + hi - lo] = vals.float().numpy()
-            out_gr[r][s: s + hi - lo] = greedy.numpy()
+    def _reduce(self, logits: torch.Tensor, ch: ChunkPlan) -> tuple[torch.Tensor, torch.Tensor]:
+        """(log-probability, is-argmax) of every scored token of ``ch``, on the device.
 
-    def _log_softmax(self, logits: torch.Tensor) -> torch.Tensor:
-        return F.log_softmax(logits, dim=-1, dtype=self.softmax_dtype).cpu()
-
-    # ---------------------------------------------------------------- entry points
-    def score(self, reqs: Sequence[ScoreRequest], limit: BatchLimit,
-              shared: bool) -> list[TokenScores]:
-        """Scores for ``reqs`` in input order."""
-        out_lp = [np.zeros(r.contlen, dtype=np.float32) for r in reqs]
-        out_gr = [np.zeros(r.contlen, dtype=bool) for r in reqs]
-        groups: dict[tuple[int, ...], list[int]] = {}
-        for i, r in enumerate(reqs):
-            groups.setdefault(r.seq[:-1], []).append(i)
-        if shared and self.supports_sharing:
-            self._score_shared(reqs, groups, limit, out_lp, out_gr)
-        else:
-            self._score_simple(reqs, groups, limit, out_lp, out_gr)
-        return [TokenScores(lp, gr) for lp, gr in zip(out_lp, out_gr, strict=True)]
-
-    def _score_simple(self, reqs, groups, limit, out_lp, out_gr) -> None:
-        keys = sorted(groups, key=lambda k: min((-len(reqs[i].sort_key), reqs[i].sort_key)
-                                                for i in groups[k]))
-        pos = 0
-        while pos < len(keys):
-            n = max(1, limit(len(keys[pos])))
-            chunk = keys[pos: pos + n]
-            pos += n
-            logits, _ = self._forward(chunk)
-            logprobs = self._log_softmax(logits)
-            for row, key in enumerate(chunk):
-                self._serve(logprobs[row], None, 0, len(key), groups[key], reqs, out_lp, out_gr)
-
-    def _score_shared(self, reqs, groups, limit, out_lp, out_gr) -> None:
-        keys = list(groups)
-        members = [groups[k] for k in keys]
-        root = build_trie(keys)
-
-        def req_ids(input_ids: Sequence[int]) -> list[int]:
-            return [r for g in input_ids for r in members[g]]
-
-        def plan(node: TrieNode, ctx: tuple[Segment, ...], ctx_len: int) -> list[Job]:
-            jobs: list[Job] = []
-            for child in node.children:
-                expand(child, [], [], ctx, ctx_len, jobs)
-            return jobs
-
-        def expand(child: TrieNode, carried: list[int], carried_ids: list[int],
-                   ctx: tuple[Segment, ...], ctx_len: int, jobs: list[Job]) -> None:
-            """Plan ``child`` with ``carried`` (an edge too short to share) prepended."""
-            tokens, ids = carried + child.tokens, carried_ids + child.inputs
-            if not child.children:
-                jobs.append(Job(ctx, ctx_len, tokens, req_ids(ids), None))
-            elif (child.n_paths >= 2
-                  and (child.n_paths - 1) * len(tokens) >= self.min_shared_tokens):
-                jobs.append(Job(ctx, ctx_len, tokens,
-                                req_ids(carried_ids + subtree_inputs(child)), child))
-            else:  # not worth its own forward: each path below repeats it
-                for k, grandchild in enumerate(child.children):
-                    expand(grandchild, tokens, ids if k == 0 else [], ctx, ctx_len, jobs)
-
-        def run(jobs: list[Job]) -> None:
-            rows = self._pack(jobs)
-            rows.sort(key=lambda r: (-r.width, -r.ctx_len))
-            pos = 0
-            while pos < len(rows):
-                n = max(1, limit(rows[pos].ctx_len + rows[pos].width))
-                width = rows[pos].width
-                slack = max(self.max_padding * width, SHORT_ROW_PADDING)
-                end = pos + 1
-                while end < min(len(rows), pos + n) and width - rows[end].width <= slack:
-                    end += 1
-                chunk = rows[pos: end]
-                pos = end
-                segments = self._run_chunk(chunk, reqs, out_lp, out_gr)
-                children: list[Job] = []
-                for job, seg in segments:
-                    children.extend(plan(job.node, (*job.ctx, seg), job.node.end))
-                del segments
-                run(children)
-
-        run(plan(root, (), 0))
-
-    def _pack(self, jobs: list[Job]) -> list[Row]:
-        """Rows of jobs: short jobs after the same cached context share a row (first fit by
-        decreasing length, up to ``PACK_WIDTH`` positions); the others get a row each."""
-        rows: list[Row] = []
-        by_ctx: dict[int, list[Job]] = {}
-        for job in jobs:
-            if self.packing and len(job.tokens) <= PACK_WIDTH:
-                by_ctx.setdefault(id(job.ctx), []).append(job)
-            else:
-                rows.append(Row(job.ctx, job.ctx_len, [job]))
-        for group in by_ctx.values():
-            open_rows: list[Row] = []
-            for job in sorted(group, key=lambda j: -len(j.tokens)):
-                row = next((r for r in open_rows if r.width + len(job.tokens) <= PACK_WIDTH), None)
-                if row is None:
-                    row = Row(job.ctx, job.ctx_len, [])
-                    open_rows.append(row)
-                row.jobs.append(job)
-            rows.extend(open_rows)
-        return rows
-
-    def _run_chunk(self, chunk: list[Row], reqs, out_lp, out_gr) -> list[tuple[Job, Segment]]:
-        """One forward for ``chunk``; returns the new KV segment of each job with a trie node."""
-        keep_set: set[int] = set()
-        for row in chunk:
-            for job, at in row.placed():
-                keep_set.update(at + k for k in _needed(job, reqs))
-        keep = sorted(keep_set) or [0]
-        want = any(j.node is not None for row in chunk for j in row.jobs)
-        ctx_max = max(r.ctx_len for r in chunk)
-        width = max(r.width for r in chunk)
-        cache = mask = position_ids = None
-        if ctx_max:
-            cache = self._assemble(chunk, ctx_max)
-        if any(len(r.jobs) > 1 for r in chunk):
-            mask, position_ids = self._packed_mask(chunk, ctx_max, width)
-        elif any(r.ctx_len != ctx_max for r in chunk):
-            mask = torch.zeros((len(chunk), ctx_max + width), dtype=torch.long)
-            position_ids = torch.zeros((len(chunk), width), dtype=torch.long)
-            for i, r in enumerate(chunk):
-                mask[i, : r.ctx_len] = 1
-                mask[i, ctx_max: ctx_max + r.width] = 1
-                position_ids[i] = torch.arange(r.ctx_len, r.ctx_len + width)
-        logits, new_cache = self._forward([r.tokens() for r in chunk], cache, keep,
-                                          want_cache=want, attention_mask=mask,
-                                          position_ids=position_ids)
-        logprobs = self._log_softmax(logits)
-        index = {t: k for k, t in enumerate(keep)}
-        segments: list[tuple[Job, Segment]] = []
-        for i, row in enumerate(chunk):
-            for job, at in row.placed():
-                self._serve(logprobs[i], index, job.ctx_len, len(job.tokens), job.req_ids, reqs,
-                            out_lp, out_gr, offset=at)
-                if job.node is not None:
-                    lo, hi = ctx_max + at, ctx_max + at + len(job.tokens)
-                    segments.append((job, [(layer.keys[i, :, lo:hi].clone(),
-                                            layer.values[i, :, lo:hi].clone())
-                                           for layer in new_cache.layers]))
-        return segments
-
-    def _packed_mask(self, chunk: list[Row], ctx_max: int,
-                     width: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """A 4D mask [rows, 1, width, ctx_max + width] and position ids for packed rows.
-
-        Each job attends to its row's cached context and causally to itself, never to the other
-        jobs of its row; its positions continue from the context. Padding attends to itself.
+        Only the scored positions' logits rows are log-softmaxed (row by row, as lm-eval's
+        log-softmax over the whole tensor computes them), in blocks that bound the memory.
         """
-        allowed = torch.zeros((len(chunk), 1, width, ctx_max + width), dtype=torch.bool)
-        position_ids = torch.zeros((len(chunk), width), dtype=torch.long)
-        for i, row in enumerate(chunk):
-            for job, at in row.placed():
-                n = len(job.tokens)
-                allowed[i, 0, at: at + n, : row.ctx_len] = True
-                allowed[i, 0, at: at + n, ctx_max + at: ctx_max + at + n] = torch.ones(
-                    (n, n), dtype=torch.bool).tril()
-                position_ids[i, at: at + n] = torch.arange(row.ctx_len, row.ctx_len + n)
-            pad = torch.arange(row.width, width)
-            allowed[i, 0, pad, ctx_max + pad] = True
+        vocab = logits.shape[-1]
+        flat = logits.reshape(-1, vocab)
+        itemsize = max((self.softmax_dtype or logits.dtype).itemsize, 4)
+        block = max(1, LOG_SOFTMAX_BLOCK_BYTES // (vocab * itemsize))
+        flat_pos, score_pos, score_tok = (self._dev(ch.flat_pos), self._dev(ch.score_pos),
+                                          self._dev(ch.score_tok))
+        vals, greedy = [], []
+        bounds = np.searchsorted(ch.score_pos, np.arange(0, len(ch.flat_pos) + block, block))
+        for k, p0 in enumerate(range(0, len(ch.flat_pos), block)):
+            s0, s1 = int(bounds[k]), int(bounds[k + 1])
+            lsm = F.log_softmax(flat.index_select(0, flat_pos[p0: p0 + block]), dim=-1,
+                                dtype=self.softmax_dtype)
+            pos, tok = score_pos[s0:s1] - p0, score_tok[s0:s1]
+            vals.append(lsm[pos, tok])
+            greedy.append(lsm.argmax(dim=-1)[pos] == tok)
+            del lsm
+        if len(vals) == 1:
+            return vals[0], greedy[0]
+        return torch.cat(vals), torch.cat(greedy)
+
+    def _mask(self, ch: ChunkPlan) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """The attention mask and position ids of ``ch``, built on the device."""
+        if ch.mask is None:
+            return None, None
+        dev, ctx_max, width = self.device, ch.ctx_max, ch.width
+        ctx_lens = self._dev(ch.ctx_lens)
+        position_ids = self._dev(ch.position_ids)
+        k = torch.arange(ctx_max + width, device=dev)
+        if ch.mask == "2d":  # one job per row: each row's context, then its own tokens
+            widths = self._dev(ch.widths)
+            mask = (k[None, :] < ctx_lens[:, None]) | (
+                (k[None, :] >= ctx_max) & (k[None, :] < ctx_max + widths[:, None]))
+            return mask.long(), position_ids
+        # packed rows: [rows, 1, width, ctx_max + width]. Each job attends to its row's cached
+        # context and causally to itself, never to the other jobs of its row. Padding attends to
+        # the context and itself.
+        seg_start = self._dev(ch.seg_start)
+        q = torch.arange(width, device=dev)
+        allowed = (k[None, None, :] < ctx_lens[:, None, None]) | (
+            (k[None, None, :] >= (seg_start + ctx_max)[:, :, None])
+            & (k[None, None, :] <= (q + ctx_max)[None, :, None]))
+        allowed = allowed.unsqueeze(1)
         if self._attn_impl == "sdpa":
             return allowed, position_ids
-        additive = torch.zeros(allowed.shape, dtype=self.model.dtype)
+        additive = torch.zeros(allowed.shape, dtype=self.model.dtype, device=dev)
         additive.masked_fill_(~allowed, torch.finfo(self.model.dtype).min)
         return additive, position_ids
 
-    def _assemble(self, chunk: list[Job], ctx_max: int):
-        """A batch cache of each job's context, right-padded to ``ctx_max``."""
-        first = chunk[0].ctx
-        uniform = all(len(j.ctx) == len(first) and all(a is b for a, b in zip(j.ctx, first,
-                                                                              strict=True))
-                      for j in chunk)
-        if uniform:
-            one = [(torch.cat([seg[li][0] for seg in first], dim=1),
-                    torch.cat([seg[li][1] for seg in first], dim=1)) for li in range(len(first[0]))]
-            data = [(k.unsqueeze(0).expand(len(chunk), -1, -1, -1),
-                     v.unsqueeze(0).expand(len(chunk), -1, -1, -1)) for k, v in one]
+    def _assemble(self, ch: ChunkPlan, store: dict[int, torch.Tensor]) -> DynamicCache:
+        """A batch cache of each row's context, right-padded to the longest one."""
+        first = ch.ctx[0]
+        if all(c == first for c in ch.ctx):  # one context for all rows: expand, no copy
+            one = torch.cat([store[s] for s in first], dim=2) if len(first) > 1 \
+                else store[first[0]]
+            data = [(one[2 * li].unsqueeze(0).expand(ch.rows, -1, -1, -1),
+                     one[2 * li + 1].unsqueeze(0).expand(ch.rows, -1, -1, -1))
+                    for li in range(one.shape[0] // 2)]
             return DynamicCache(ddp_cache_data=data, config=self.model.config)
-        data = []
-        n_layers = len(first[0]) if first else len(next(j.ctx for j in chunk if j.ctx)[0])
-        for li in range(n_layers):
-            ref = next(j.ctx for j in chunk if j.ctx)[0][li][0]
-            shape = (len(chunk), ref.shape[0], ctx_max, ref.shape[2])
-            k = torch.zeros(shape, dtype=ref.dtype, device=ref.device)
-            v = torch.zeros(shape, dtype=ref.dtype, device=ref.device)
-            for i, j in enumerate(chunk):
-                at = 0
-                for seg in j.ctx:
-                    n = seg[li][0].shape[1]
-                    k[i, :, at: at + n] = seg[li][0]
-                    v[i, :, at: at + n] = seg[li][1]
-                    at += n
-            data.append((k, v))
+        ref = store[next(c for c in ch.ctx if c)[0]]
+        kv = torch.zeros((ref.shape[0], ch.rows, ref.shape[1], ch.ctx_max, ref.shape[3]),
+                         dtype=ref.dtype, device=ref.device)
+        for i, ctx in enumerate(ch.ctx):
+            at = 0
+            for s in ctx:
+                seg = store[s]
+                kv[:, i, :, at: at + seg.shape[2]] = seg
+                at += seg.shape[2]
+        data = [(kv[2 * li], kv[2 * li + 1]) for li in range(kv.shape[0] // 2)]
         return DynamicCache(ddp_cache_data=data, config=self.model.config)
 
 
-Segment = list[tuple[torch.Tensor, torch.Tensor]]  # per layer (keys, values): [heads, len, dim]
+def _collect(offsets: np.ndarray, vals: torch.Tensor, greedy: torch.Tensor) -> list[TokenScores]:
+    """Per-request ``TokenScores`` from the flat output buffers (host tensors).
+
+    For 16-bit log-probabilities each request also gets lm-eval's own sum: the tensor of its
+    token log-probabilities summed in that dtype (``float(logits.sum())`` in ``HFLM``).
+    """
+    values = vals.float().numpy()
+    flags = greedy.numpy()
+    half = vals.dtype in HALF_DTYPES
+    out = []
+    for r in range(len(offsets) - 1):
+        a, b = int(offsets[r]), int(offsets[r + 1])
+        total = float(vals[a:b].sum()) if half else None
+        out.append(TokenScores(values[a:b], flags[a:b], backend_total=total))
+    return out
 
 
+class _ScoredTokens:
+    """Collects the scored tokens of one chunk and turns them into its index arrays."""
+
+    def __init__(self) -> None:
+        self.codes: list[np.ndarray] = []
+        self.toks: list[np.ndarray] = []
+        self.slots: list[np.ndarray] = []
+
+    def add(self, req: ScoreRequest, seq: np.ndarray, offset: int, row_base: int, base: int,
+            at: int, length: int, keep: np.ndarray | None = None) -> None:
+        """Scored tokens of ``req`` among the positions ``[base, base + length)`` of its input,
+        which sit at ``at`` in a row whose first flat logits index is ``row_base``."""
+        lo, hi = max(req.first_scored, base), min(req.n_inputs, base + length)
+        if lo >= hi:
+            return
+        pos = np.arange(at + lo - base, at + hi - base, dtype=np.int64)
+        if keep is not None:
+            pos = np.searchsorted(keep, pos)
+        self.codes.append(row_base + pos)
+        self.toks.append(seq[lo + 1: hi + 1])
+        first = offset + lo - req.first_scored
+        self.slots.append(np.arange(first, first + hi - lo, dtype=np.int64))
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        codes = np.concatenate(self.codes) if self.codes else np.zeros(0, np.int64)
+        flat_pos, score_pos = np.unique(codes, return_inverse=True)
+        order = np.argsort(score_pos, kind="stable")
+        toks = np.concatenate(self.toks) if self.toks else np.zeros(0, np.int64)
+        slots = np.concatenate(self.slots) if self.slots else np.zeros(0, np.int64)
+        return {"flat_pos": flat_pos.astype(np.int64),
+                "score_pos": score_pos.reshape(-1)[order].astype(np.int64),
+                "score_tok": toks[order], "score_slot": slots[order]}
+
+
+# ==================================================================== planning: prefix sharing
 @dataclass(eq=False)
 class Job:
-    """Forward ``tokens`` after the cached context ``ctx`` (``ctx_len`` positions).
+    """Forward ``tokens`` after the cached context ``ctx`` (segment ids, ``ctx_len`` positions).
 
-    ``node`` is set when the job computes a shared trie edge whose children run next.
+    ``node`` is set when the job computes a shared trie edge whose children run next; its KV
+    becomes segment ``seg``.
     """
 
-    ctx: tuple[Segment, ...]
+    ctx: tuple[int, ...]
     ctx_len: int
     tokens: list[int]
     req_ids: list[int]
     node: TrieNode | None
+    seg: int = -1
 
 
 @dataclass(eq=False)
 class Row:
     """Jobs forwarded side by side in one row after the same cached context."""
 
-    ctx: tuple[Segment, ...]
+    ctx: tuple[int, ...]
     ctx_len: int
     jobs: list[Job]
 
@@ -348,12 +430,144 @@ class Row:
         return out
 
 
-def _needed(job: Job, reqs: Sequence[ScoreRequest]) -> set[int]:
-    """Row positions of ``job`` whose logits some request scores."""
-    out: set[int] = set()
-    base, length = job.ctx_len, len(job.tokens)
-    for r in job.req_ids:
-        lo = max(reqs[r].first_scored, base)
-        hi = min(reqs[r].n_inputs, base + length)
-        out.update(range(lo - base, hi - base))
-    return out
+class _SharedPlanner:
+    """Plans the forwards of one batch over its token trie, depth first (a shared edge's
+    children run right after it, so its KV segment is freed early)."""
+
+    def __init__(self, scorer: Scorer, reqs: Sequence[ScoreRequest], seqs: list[np.ndarray],
+                 offsets: np.ndarray, limit: BatchLimit) -> None:
+        self.scorer = scorer
+        self.reqs, self.seqs, self.offsets, self.limit = reqs, seqs, offsets, limit
+        groups: dict[tuple[int, ...], list[int]] = {}
+        for i, r in enumerate(reqs):
+            groups.setdefault(r.seq[:-1], []).append(i)
+        self.keys = list(groups)
+        self.members = [groups[k] for k in self.keys]
+        self.chunks: list[ChunkPlan] = []
+        self._segs = itertools.count()
+
+    def plan(self) -> list[ChunkPlan]:
+        self._run(self._children(build_trie(self.keys), (), 0))
+        last_use: dict[int, int] = {}
+        for c, ch in enumerate(self.chunks):
+            for seg, *_ in ch.produce:
+                last_use.setdefault(seg, c)
+            for ctx in ch.ctx:
+                for seg in ctx:
+                    last_use[seg] = c
+        for seg, c in last_use.items():
+            self.chunks[c].release.append(seg)
+        return self.chunks
+
+    def _req_ids(self, input_ids: Sequence[int]) -> list[int]:
+        return [r for g in input_ids for r in self.members[g]]
+
+    def _children(self, node: TrieNode, ctx: tuple[int, ...], ctx_len: int) -> list[Job]:
+        jobs: list[Job] = []
+        for child in node.children:
+            self._expand(child, [], [], ctx, ctx_len, jobs)
+        return jobs
+
+    def _expand(self, child: TrieNode, carried: list[int], carried_ids: list[int],
+                ctx: tuple[int, ...], ctx_len: int, jobs: list[Job]) -> None:
+        """Plan ``child`` with ``carried`` (an edge too short to share) prepended."""
+        tokens, ids = carried + child.tokens, carried_ids + child.inputs
+        if not child.children:
+            jobs.append(Job(ctx, ctx_len, tokens, self._req_ids(ids), None))
+        elif (child.n_paths >= 2
+              and (child.n_paths - 1) * len(tokens) >= self.scorer.min_shared_tokens):
+            jobs.append(Job(ctx, ctx_len, tokens,
+                            self._req_ids(carried_ids + subtree_inputs(child)), child))
+        else:  # not worth its own forward: each path below repeats it
+            for k, grandchild in enumerate(child.children):
+                self._expand(grandchild, tokens, ids if k == 0 else [], ctx, ctx_len, jobs)
+
+    def _run(self, jobs: list[Job]) -> None:
+        rows = self._pack(jobs)
+        rows.sort(key=lambda r: (-r.width, -r.ctx_len))
+        pos = 0
+        while pos < len(rows):
+            n = max(1, self.limit(rows[pos].ctx_len + rows[pos].width))
+            width = rows[pos].width
+            slack = max(self.scorer.max_padding * width, SHORT_ROW_PADDING)
+            end = pos + 1
+            while end < min(len(rows), pos + n) and width - rows[end].width <= slack:
+                end += 1
+            chunk = rows[pos: end]
+            pos = end
+            for row in chunk:
+                for job in row.jobs:
+                    if job.node is not None:
+                        job.seg = next(self._segs)
+            self.chunks.append(self._chunk(chunk))
+            children: list[Job] = []
+            for row in chunk:
+                for job in row.jobs:
+                    if job.node is not None:
+                        children.extend(self._children(job.node, (*job.ctx, job.seg),
+                                                       job.node.end))
+            self._run(children)
+
+    def _pack(self, jobs: list[Job]) -> list[Row]:
+        """Rows of jobs: short jobs after the same cached context share a row (first fit by
+        decreasing length, up to ``PACK_WIDTH`` positions); the others get a row each."""
+        rows: list[Row] = []
+        by_ctx: dict[tuple[int, ...], list[Job]] = {}
+        for job in jobs:
+            if self.scorer.packing and len(job.tokens) <= PACK_WIDTH:
+                by_ctx.setdefault(job.ctx, []).append(job)
+            else:
+                rows.append(Row(job.ctx, job.ctx_len, [job]))
+        for group in by_ctx.values():
+            open_rows: list[Row] = []
+            for job in sorted(group, key=lambda j: -len(j.tokens)):
+                row = next((r for r in open_rows if r.width + len(job.tokens) <= PACK_WIDTH), None)
+                if row is None:
+                    row = Row(job.ctx, job.ctx_len, [])
+                    open_rows.append(row)
+                row.jobs.append(job)
+            rows.extend(open_rows)
+        return rows
+
+    def _chunk(self, chunk: list[Row]) -> ChunkPlan:
+        """The index arrays of one forward over ``chunk``'s rows."""
+        n, width = len(chunk), max(r.width for r in chunk)
+        ctx_lens = np.fromiter((r.ctx_len for r in chunk), dtype=np.int64, count=n)
+        widths = np.fromiter((r.width for r in chunk), dtype=np.int64, count=n)
+        ctx_max = int(ctx_lens.max())
+        ids = np.zeros((n, width), dtype=np.int64)
+        packed = any(len(r.jobs) > 1 for r in chunk)
+        mask = "4d" if packed else ("2d" if (ctx_lens != ctx_max).any() else None)
+        seg_start = position_ids = None
+        if mask is not None:
+            seg_start = np.broadcast_to(np.arange(width, dtype=np.int64), (n, width)).copy()
+            position_ids = ctx_lens[:, None] + np.arange(width, dtype=np.int64)[None, :]
+        needed: list[np.ndarray] = []
+        produce: list[tuple[int, int, int, int]] = []
+        for i, row in enumerate(chunk):
+            for job, at in row.placed():
+                length = len(job.tokens)
+                ids[i, at: at + length] = job.tokens
+                if mask is not None:
+                    seg_start[i, at: at + length] = at
+                    position_ids[i, at: at + length] = np.arange(row.ctx_len,
+                                                                 row.ctx_len + length)
+                for r in job.req_ids:
+                    req = self.reqs[r]
+                    lo = max(req.first_scored, job.ctx_len)
+                    hi = min(req.n_inputs, job.ctx_len + length)
+                    if lo < hi:
+                        needed.append(np.arange(at + lo - job.ctx_len, at + hi - job.ctx_len))
+                if job.node is not None:
+                    produce.append((job.seg, i, ctx_max + at, ctx_max + at + length))
+        keep = np.unique(np.concatenate(needed)).astype(np.int64) if needed \
+            else np.zeros(1, np.int64)
+        scored = _ScoredTokens()
+        for i, row in enumerate(chunk):
+            for job, at in row.placed():
+                for r in job.req_ids:
+                    scored.add(self.reqs[r], self.seqs[r], self.offsets[r], i * len(keep),
+                               job.ctx_len, at, len(job.tokens), keep)
+        return ChunkPlan(ids=ids, ctx=[r.ctx for r in chunk], ctx_lens=ctx_lens, widths=widths,
+                         mask=mask, seg_start=seg_start, position_ids=position_ids, keep=keep,
+                         produce=produce, **scored.arrays())

@@ -151,16 +151,18 @@ class LoglikelihoodRequest(_message.Message):
     def __init__(self, items: _Optional[_Iterable[_Union[LoglikelihoodItem, _Mapping]]] = ...) -> None: ...
 
 class TokenScores(_message.Message):
-    __slots__ = ("request_id", "logprobs", "greedy", "error")
+    __slots__ = ("request_id", "logprobs", "greedy", "error", "total")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     LOGPROBS_FIELD_NUMBER: _ClassVar[int]
     GREEDY_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     logprobs: _containers.RepeatedScalarFieldContainer[float]
     greedy: _containers.RepeatedScalarFieldContainer[bool]
     error: ItemError
-    def __init__(self, request_id: _Optional[str] = ..., logprobs: _Optional[_Iterable[float]] = ..., greedy: _Optional[_Iterable[bool]] = ..., error: _Optional[_Union[ItemError, _Mapping]] = ...) -> None: ...
+    total: float
+    def __init__(self, request_id: _Optional[str] = ..., logprobs: _Optional[_Iterable[float]] = ..., greedy: _Optional[_Iterable[bool]] = ..., error: _Optional[_Union[ItemError, _Mapping]] = ..., total: _Optional[float] = ...) -> None: ...
 
 class LoglikelihoodResponse(_message.Message):
     __slots__ = ("results", "cost")
