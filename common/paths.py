@@ -11,7 +11,7 @@ STORE_FILE = "store.db"
 
 def cache_dir() -> Path:
     """``$EVALFLEET_CACHE_DIR``, else ``$XDG_CACHE_HOME/evalfleet``, else ``~/.cache/evalfleet``:
-    model fingerprints and the embedded coordinator's store."""
+    model fingerprints, the embedded coordinator's store and compiled scoring kernels."""
     if env := os.environ.get("EVALFLEET_CACHE_DIR"):
         return Path(env)
     xdg = os.environ.get("XDG_CACHE_HOME")

@@ -7,24 +7,28 @@ matches lm-eval 0.4.13.
 
 from __future__ import annotations
 
-from .aggregations import weighted_mean
-from .group import (
+from ._cache import use_writable_cache
+
+use_writable_cache()  # before any kernel module imports numba
+
+from .aggregations import weighted_mean  # noqa: E402
+from .group import (  # noqa: E402
     aggregate_subtask_metrics,
     group_aggregate,
     pooled_sample_stderr,
     unweighted_mean_stderr,
 )
-from .loglik import (
+from .loglik import (  # noqa: E402
     count_bytes,
     count_words,
     loglikelihood_metrics,
     request_loglikelihoods,
     rolling_metrics,
 )
-from .multiple_choice import MC_METRICS, multiple_choice_metrics, truthfulqa_mc2
-from .passk import pass_at_k
-from .reductions import mean_stderr, sample_stddev
-from .registry import (
+from .multiple_choice import MC_METRICS, multiple_choice_metrics, truthfulqa_mc2  # noqa: E402
+from .passk import pass_at_k  # noqa: E402
+from .reductions import mean_stderr, sample_stddev  # noqa: E402
+from .registry import (  # noqa: E402
     AGGREGATIONS,
     DEFAULT_METRICS,
     METRICS,
@@ -33,8 +37,8 @@ from .registry import (
     aggregation_for_callable,
     get_metric,
 )
-from .stderr import NA, aggregate, stderr
-from .text import exact_match
+from .stderr import NA, aggregate, stderr  # noqa: E402
+from .text import exact_match  # noqa: E402
 
 __all__ = [
     "AGGREGATIONS",

@@ -15,10 +15,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numba as nb
-import numpy as np
+from evalfleet.scoring._cache import use_writable_cache
 
-from evalfleet.v1 import inference_pb2 as pb
+use_writable_cache()  # the scan's compiled kernels go to the writable kernel cache too
+
+import numba as nb  # noqa: E402
+import numpy as np  # noqa: E402
+
+from evalfleet.v1 import inference_pb2 as pb  # noqa: E402
 
 #: Field number of the ``error`` field in each kind's answer message.
 ERROR_FIELD = {"loglikelihood": 4, "loglikelihood_rolling": 4, "generate_until": 3}

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from evalfleet.common.paths import cache_dir as user_cache_dir
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DATA_DIR = Path(os.environ.get("EVALFLEET_DATA_DIR", REPO_ROOT.parent / "shared" / "data"))
 MODELS_DIR = REPO_ROOT / "models"
@@ -23,7 +25,9 @@ ACCEPTANCE = os.environ.get("EVALFLEET_ACCEPTANCE") == "1"
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-# Model fingerprints are remembered per test session, not in the user's cache.
+# Compiled scoring kernels stay in the user's cache across sessions (compiling costs minutes);
+# model fingerprints are remembered per test session, not in the user's cache.
+os.environ.setdefault("NUMBA_CACHE_DIR", str(user_cache_dir() / "numba"))
 os.environ["EVALFLEET_CACHE_DIR"] = tempfile.mkdtemp(prefix="evalfleet-test-cache-")
 
 

@@ -227,3 +227,25 @@ def test_the_coordinator_uses_the_backend_total():
     values, greedy, offsets, totals = _decode_scores([blobs[1].SerializeToString()])
     assert totals is None
     assert scoring.request_loglikelihoods(values, greedy, offsets, totals)[0].tolist() == [-3.75]
+
+
+def test_the_backend_total_survives_the_wire_scan():
+    """The coordinator stores answer bytes as split from the response (a Numba scan over the
+    protobuf wire format): the ``total`` (field 5, a double) passes through it untouched."""
+    from evalfleet.inference.server import _token_scores_pb
+    from evalfleet.server.batching import kind_queues
+    from evalfleet.server.evaluator import _decode_scores
+    from evalfleet.server.wire import split_response
+    from evalfleet.server.workers import WorkItem
+    from evalfleet.v1 import inference_pb2 as pb
+
+    lp = np.array([-1.5, -2.25], dtype=np.float32)
+    results = [_token_scores_pb("a", TokenScores(lp, np.ones(2, bool), backend_total=-3.7)),
+               _token_scores_pb("b", TokenScores(lp, np.ones(2, bool)))]
+    raw = pb.LoglikelihoodResponse(results=results).SerializeToString()
+    (queue,) = kind_queues([WorkItem(rid, "loglikelihood", ("ctx", " x")) for rid in "ab"])
+    batch = queue.take(2)
+    split = split_response(raw, "loglikelihood", queue.expected, batch.index_array())
+    assert split.answered == [0, 1] and not split.errors
+    _, _, _, totals = _decode_scores(split.answers)
+    assert totals[0] == -3.7 and np.isnan(totals[1])
