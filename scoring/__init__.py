@@ -37,7 +37,7 @@ from .registry import (  # noqa: E402
     aggregation_for_callable,
     get_metric,
 )
-from .stderr import NA, aggregate, stderr  # noqa: E402
+from .standard_errors import NA, aggregate, stderr  # noqa: E402
 from .text import exact_match  # noqa: E402
 
 __all__ = [

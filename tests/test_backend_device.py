@@ -204,6 +204,17 @@ def test_half_precision_rolling_equals_lm_eval_without_sharing(tiny_model_dir, s
     assert [s.total for s in ours] == list(ref)
 
 
+def test_batched_encoding_equals_lm_evals_one_by_one(backends, requests_):
+    tok = backends("float32").tok
+    bos = tok.tok.decode(tok.prefix_token_id)
+    pairs = [*requests_, ("The cat sat   ", "on the mat"), ("   ", " x"), ("", "Hello"),
+             (bos + "Question: 2+2?", " 4"), ("Caf\u00e9 \u00fcber", " na\u00efve"),
+             requests_[0]]
+    assert tok.encode_requests(pairs) == [tok.encode_request(c, x) for c, x in pairs]
+    texts = [c + x for c, x in pairs]
+    assert tok.encode_many(texts) == [tok.encode(t) for t in texts]
+
+
 def test_float32_scores_leave_the_sum_to_the_coordinator(backends):
     [scores] = answers(backends("float32").loglikelihood([("Paris is the capital of",
                                                              " France")]))

@@ -261,8 +261,7 @@ class HFBackend(Backend):
     def _prepare_pairs(self, requests: Sequence[tuple[str, str]]
                        ) -> list[ScoreRequest | ItemError | None]:
         reqs: list[ScoreRequest | ItemError | None] = []
-        for context, continuation in requests:
-            ctx, cont = self.tok.encode_request(context, continuation)
+        for ctx, cont in self.tok.encode_requests(requests):
             if not ctx:  # a whitespace-only context (lm-eval fails an assertion here)
                 ctx = [self.tok.prefix_token_id]
             if len(cont) > self.max_length:
@@ -279,9 +278,8 @@ class HFBackend(Backend):
     def _prepare_rolling(self, texts: Sequence[str]) -> tuple[list[ScoreRequest], list[int]]:
         reqs: list[ScoreRequest] = []
         counts: list[int] = []
-        for text in texts:
-            windows = rolling_windows(self.tok.encode(text), self.tok.prefix_token_id,
-                                      self.max_length)
+        for tokens in self.tok.encode_many(texts):
+            windows = rolling_windows(tokens, self.tok.prefix_token_id, self.max_length)
             counts.append(len(windows))
             reqs.extend(make_score_request(ctx, cont, self.max_length) for ctx, cont in windows)
         return reqs, counts

@@ -277,8 +277,8 @@ class Scorer:
         bounds = np.searchsorted(ch.score_pos, np.arange(0, len(ch.flat_pos) + block, block))
         for k, p0 in enumerate(range(0, len(ch.flat_pos), block)):
             s0, s1 = int(bounds[k]), int(bounds[k + 1])
-            lsm = F.log_softmax(flat.index_select(0, flat_pos[p0: p0 + block]), dim=-1,
-                                dtype=self.softmax_dtype)
+            # advanced indexing, not index_select: the latter is several times slower on CPU
+            lsm = F.log_softmax(flat[flat_pos[p0: p0 + block]], dim=-1, dtype=self.softmax_dtype)
             pos, tok = score_pos[s0:s1] - p0, score_tok[s0:s1]
             vals.append(lsm[pos, tok])
             greedy.append(lsm.argmax(dim=-1)[pos] == tok)

@@ -71,6 +71,47 @@ class HFTokenizer:
             kwargs["add_special_tokens"] = False
         return list(self.tok.encode(text, **kwargs))
 
+    def encode_many(self, texts: Sequence[str],
+                    add_special_tokens: bool | None = None) -> list[list[int]]:
+        """``encode`` of every text: each distinct text once, one tokenizer call per rule."""
+        distinct = list(dict.fromkeys(texts))
+        by_kwargs: dict[tuple, list[str]] = {}
+        for text in distinct:
+            kwargs = self._special_kwargs(add_special_tokens)
+            if add_special_tokens is None and has_bos_prefix(text, self._prefix_text):
+                kwargs["add_special_tokens"] = False
+            by_kwargs.setdefault(tuple(sorted(kwargs.items())), []).append(text)
+        ids: dict[str, list[int]] = {}
+        for key, group in by_kwargs.items():
+            encoded = self.tok(group, **dict(key))["input_ids"]
+            ids.update(zip(group, (list(e) for e in encoded), strict=True))
+        return [ids[t] for t in texts]
+
+    def encode_requests(self, pairs: Sequence[tuple[str, str]]
+                        ) -> list[tuple[list[int], list[int]]]:
+        """``encode_request`` of every (context, continuation) pair, batched."""
+        wholes: list[str] = []
+        contexts: list[str] = []
+        for context, continuation in pairs:
+            if context == "":
+                continue
+            n_spaces = len(context) - len(context.rstrip())
+            if n_spaces > 0:
+                continuation = context[-n_spaces:] + continuation
+                context = context[:-n_spaces]
+            wholes.append(context + continuation)
+            contexts.append(context)
+        encoded = self.encode_many(wholes + contexts)
+        whole_ids, ctx_ids = iter(encoded[: len(wholes)]), iter(encoded[len(wholes):])
+        out = []
+        for context, continuation in pairs:
+            if context == "":
+                out.append(self.encode_request(context, continuation))
+                continue
+            whole, ctx = next(whole_ids), next(ctx_ids)
+            out.append((ctx, whole[len(ctx):]))
+        return out
+
     def encode_pair(self, context: str, continuation: str) -> tuple[list[int], list[int]]:
         """``TemplateLM._encode_pair``: trailing context whitespace moves to the continuation."""
         n_spaces = len(context) - len(context.rstrip())
