@@ -4,6 +4,8 @@ and log them to the trackers asked for (``--wandb_args``, ``--mlflow_args``)."""
 from __future__ import annotations
 
 import argparse
+import asyncio
+import contextlib
 import json
 import os
 import shlex
@@ -18,6 +20,7 @@ from evalfleet.client.connect import client_security
 from evalfleet.client.submit import run_job, write_outputs
 from evalfleet.common.args import format_kv_args, parse_kv_args
 from evalfleet.common.errors import EvalfleetError, InvalidArgumentError
+from evalfleet.common.logging import get_logger
 from evalfleet.common.paths import default_store_path
 from evalfleet.v1 import coordinator_pb2 as cpb
 
@@ -29,6 +32,7 @@ LIST_COMMANDS = {
     "list_subtasks": {"list_groups": False, "list_tags": False},
 }
 DEFAULT_SEEDS = ("0", "1234", "1234", "1234")
+log = get_logger("cli")
 
 
 def parse_seeds(text: str) -> cpb.Seeds:
@@ -310,8 +314,6 @@ async def _start_embedded(args: argparse.Namespace, data_dir: str | None,
                           ) -> tuple[str, str]:
     """Start one worker and a coordinator on loopback ephemeral ports for this run, the
     coordinator on the store ``store_url`` (answers already there are not computed again)."""
-    import asyncio
-
     from evalfleet.inference.server import load_backend, start_worker
     from evalfleet.server.access import AccessPolicy
     from evalfleet.server.planning import load_tasks
@@ -338,6 +340,10 @@ async def _start_embedded(args: argparse.Namespace, data_dir: str | None,
     store = open_store(store_url, flag="--use_cache" if args.use_cache else "--store")
     await store.open()  # a bad --store is reported before the model loads
     stack.push_async_callback(store.close)
+    # What the coordinator needs only after the model (scoring kernels, the data loader) gets
+    # ready in a thread while the model loads and runs.
+    warm = asyncio.ensure_future(asyncio.to_thread(_warm_coordinator))
+    stack.push_async_callback(_settle, warm)
 
     worker_args = dict(model_args)
     if args.max_batch_size is not None:
@@ -358,3 +364,22 @@ async def _start_embedded(args: argparse.Namespace, data_dir: str | None,
     print(f"embedded coordinator {coordinator.address}, worker {worker.address}, "
           f"store {redact_url(store_url)}", file=sys.stderr)
     return coordinator.address, worker.address
+
+
+def _warm_coordinator() -> None:
+    """Load the scoring kernels' modules and Numba's CPU target, and the task data loader.
+
+    Only a head start: whatever fails or is not done yet here happens again on first use."""
+    try:
+        from evalfleet import scoring
+
+        scoring.warm_up()
+        import datasets  # noqa: F401 - tasks/dataset.py loads the mirror's splits with it
+    except Exception as exc:  # noqa: BLE001
+        log.debug("warm_up_failed", error=str(exc))
+
+
+async def _settle(task: asyncio.Future) -> None:
+    """Wait for a background head start to end (its outcome does not matter)."""
+    with contextlib.suppress(Exception):
+        await task

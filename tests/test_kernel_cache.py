@@ -91,3 +91,26 @@ def test_an_explicit_numba_cache_dir_wins(tmp_path, monkeypatch):
     assert _cache.kernel_cache_dir() == str(tmp_path / "ef" / "numba")
     monkeypatch.setenv("NUMBA_CACHE_DIR", str(tmp_path / "mine"))
     assert _cache.kernel_cache_dir() == str(tmp_path / "mine")
+
+
+def test_importing_scoring_is_cheap_and_every_name_resolves():
+    code = ("import sys, evalfleet.scoring as s\n"
+            "assert 'numba' not in sys.modules\n"
+            "assert all(getattr(s, n) is not None for n in s.__all__)\n"
+            "assert callable(s.stderr) and callable(s.request_loglikelihoods)\n"
+            "assert 'numba' in sys.modules\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+def test_no_exported_name_shadows_a_submodule():
+    """Importing a submodule sets it as a package attribute: a lazily exported name equal to a
+    module's name would then resolve to the module."""
+    import pkgutil
+
+    from evalfleet import scoring
+
+    modules = {m.name for m in pkgutil.iter_modules(scoring.__path__)}
+    assert set(scoring.__all__) == set(scoring._EXPORTS)
+    assert not modules & set(scoring.__all__)
+    assert set(scoring._EXPORTS.values()) <= modules
