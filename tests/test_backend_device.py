@@ -260,3 +260,39 @@ def test_the_backend_total_survives_the_wire_scan():
     assert split.answered == [0, 1] and not split.errors
     _, _, _, totals = _decode_scores(split.answers)
     assert totals[0] == -3.7 and np.isnan(totals[1])
+
+
+def test_planning_runs_outside_the_model_lock(backends, short_requests):
+    """A batch is planned (host work) without the model lock, so the next batch plans while
+    one computes; only the forwards hold it. Concurrent batches answer as sequential ones."""
+    import asyncio
+
+    be = backends("float32")
+    held: dict[str, list[bool]] = {"plan": [], "run": []}
+    real_plan, real_run = be.scorer.plan, be.scorer.run
+
+    def plan(*args, **kwargs):
+        held["plan"].append(be._lock._is_owned())
+        return real_plan(*args, **kwargs)
+
+    def run(*args, **kwargs):
+        held["run"].append(be._lock._is_owned())
+        return real_run(*args, **kwargs)
+
+    be.scorer.plan, be.scorer.run = plan, run
+    try:
+        alone = [answers(be.loglikelihood(short_requests[:3])),
+                 answers(be.loglikelihood(short_requests[3:]))]
+
+        async def together():
+            return await asyncio.gather(be.loglikelihood(short_requests[:3]),
+                                        be.loglikelihood(short_requests[3:]),
+                                        be.loglikelihood_rolling([short_requests[0][0]]))
+
+        both = asyncio.run(together())
+    finally:
+        del be.scorer.plan, be.scorer.run
+    assert held["plan"] == [False] * 5 and held["run"] == [True] * 5
+    for a, b in zip(alone, both[:2], strict=True):
+        assert [s.logprobs.tolist() for s in a] == [s.logprobs.tolist() for s in b.results]
+    assert both[2].results[0].logprobs.size > 0 and both[2].cost.positions_computed > 0

@@ -6,6 +6,7 @@ import asyncio
 import threading
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any, ClassVar
@@ -39,7 +40,7 @@ from evalfleet.inference.backends.fingerprint import (
 )
 from evalfleet.inference.backends.hf_args import HFArgs, parse_hf_args
 from evalfleet.inference.backends.hf_generate import generate_batch, truncate_at_stops
-from evalfleet.inference.backends.hf_score import Scorer
+from evalfleet.inference.backends.hf_score import ScorePlan, Scorer
 from evalfleet.inference.backends.hf_text import HFTokenizer, ScoreRequest, make_score_request
 from evalfleet.inference.backends.threaded import OneAtATime
 from evalfleet.inference.backends.windows import rolling_windows
@@ -83,6 +84,16 @@ def _check_local_path(field: str, name: str) -> None:
         str(path.parent) not in ("", ".") and path.parent.is_dir())
     if looks_local and not path.exists():
         raise BackendArgumentError(field, f"no such model directory: {name}")
+
+
+@dataclass
+class _Planned:
+    """A scoring batch ready to run: its requests (ItemError or None where nothing is scored),
+    the ScoreRequests among them, and the scorer's plan for those."""
+
+    reqs: Sequence[ScoreRequest | ItemError | None]
+    real: list[ScoreRequest]
+    plan: ScorePlan
 
 
 class HFBackend(Backend):
@@ -247,16 +258,23 @@ class HFBackend(Backend):
         (results, positions), seconds = await self._batches.run(prepare, counted)
         return Answers(results, Cost(positions_computed=positions, compute_seconds=seconds))
 
-    def _score(self, reqs: Sequence[ScoreRequest | ItemError | None],
-               window_batch: int | None = None) -> list[TokenScores | ItemError]:
-        """Scores for the ScoreRequests; None (an empty continuation) scores nothing."""
+    def _plan(self, reqs: Sequence[ScoreRequest | ItemError | None],
+              window_batch: int | None = None) -> _Planned:
+        """Every forward for the ScoreRequests among ``reqs``: host work, done outside the model
+        lock while another batch computes (the CUDA batch-size probe takes the lock itself)."""
         real = [r for r in reqs if isinstance(r, ScoreRequest)]
+        plan = self.scorer.plan(real, self._batch_limit, shared=self.args.prefix_sharing,
+                                window_batch=window_batch)
+        return _Planned(reqs, real, plan)
+
+    def _score(self, planned: _Planned) -> list[TokenScores | ItemError]:
+        """Run a planned batch (under the model lock); None (an empty continuation) scores
+        nothing, an ItemError stays the answer."""
         with torch.inference_mode():
-            plan = self.scorer.plan(real, self._batch_limit, shared=self.args.prefix_sharing,
-                                    window_batch=window_batch)
-            scores = iter(self.scorer.run(plan, real))
+            scores = iter(self.scorer.run(planned.plan, planned.real))
         empty = TokenScores(np.zeros(0, np.float32), np.zeros(0, bool))
-        return [next(scores) if isinstance(r, ScoreRequest) else (r or empty) for r in reqs]
+        return [next(scores) if isinstance(r, ScoreRequest) else (r or empty)
+                for r in planned.reqs]
 
     def _prepare_pairs(self, requests: Sequence[tuple[str, str]]
                        ) -> list[ScoreRequest | ItemError | None]:
@@ -273,25 +291,26 @@ class HFBackend(Backend):
         return reqs
 
     async def loglikelihood(self, requests: Sequence[tuple[str, str]]) -> Answers[TokenScores]:
-        return await self._answer(lambda: self._prepare_pairs(requests), self._score)
+        return await self._answer(lambda: self._plan(self._prepare_pairs(requests)),
+                                  self._score)
 
-    def _prepare_rolling(self, texts: Sequence[str]) -> tuple[list[ScoreRequest], list[int]]:
+    def _prepare_rolling(self, texts: Sequence[str]) -> tuple[_Planned, list[int]]:
+        """Every text's rolling windows, planned; and the number of windows per text."""
         reqs: list[ScoreRequest] = []
         counts: list[int] = []
         for tokens in self.tok.encode_many(texts):
             windows = rolling_windows(tokens, self.tok.prefix_token_id, self.max_length)
             counts.append(len(windows))
             reqs.extend(make_score_request(ctx, cont, self.max_length) for ctx, cont in windows)
-        return reqs, counts
-
-    def _score_rolling(self, prepared: tuple[list[ScoreRequest], list[int]]
-                       ) -> list[TokenScores]:
-        reqs, counts = prepared
         # lm-eval batches the windows in document order, batch_size at a time, then sorts each
         window_batch = None if self.args.prefix_sharing else (
             self._batch_limit(self.max_length) if self.args.batch_auto
             else int(self.args.batch_size))
-        scores = self._score(reqs, window_batch)
+        return self._plan(reqs, window_batch), counts
+
+    def _score_rolling(self, prepared: tuple[_Planned, list[int]]) -> list[TokenScores]:
+        planned, counts = prepared
+        scores = self._score(planned)
         out, pos = [], 0
         for n in counts:
             parts = scores[pos: pos + n]
