@@ -74,7 +74,7 @@ JOBS = {
     "arc_challenge": Job("arc_challenge", ("arc_challenge",), 25, 200),
     "arc_easy": Job("arc_easy", ("arc_easy",), 0, 1000),
 }
-TINY_LIMITS = {"mmlu": 3, "arc_challenge": 3, "arc_easy": 16}
+TINY_LIMITS = {"mmlu": 2, "arc_challenge": 2, "arc_easy": 12}
 
 
 @dataclass
