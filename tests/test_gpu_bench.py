@@ -7,9 +7,12 @@ import subprocess
 import sys
 
 import pytest
-from conftest import REPO_ROOT
+from conftest import ACCEPTANCE, REPO_ROOT
 
-pytestmark = pytest.mark.reference
+# lm-eval and evalfleet three times each over three jobs: about 10 minutes on 2 cores, too much
+# for the default suite; `make test-acceptance` runs it.
+pytestmark = [pytest.mark.reference,
+              pytest.mark.skipif(not ACCEPTANCE, reason="acceptance tier (make test-acceptance)")]
 
 
 def test_gpu_bench_tiny_on_cpu(tiny_model_dir, data_dir, tmp_path):
