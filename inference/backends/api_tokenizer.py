@@ -20,9 +20,10 @@ from evalfleet.inference.backends.fingerprint import (
     resolve_local_dir,
     tokenizer_files,
 )
+from evalfleet.inference.backends.pair_encoding import TemplateLMEncoding
 
 
-class ApiTokenizer:
+class ApiTokenizer(TemplateLMEncoding):
     """lm-eval's ``TemplateAPI`` tokenization rules over a huggingface or tiktoken tokenizer."""
 
     def __init__(self, kind: str, tokenizer: Any, *, add_bos_token: bool,
@@ -69,25 +70,6 @@ class ApiTokenizer:
             return list(self.tok(text, add_special_tokens=special, truncation=False,
                                  return_attention_mask=False).input_ids)
         return list(self.tok.encode(text))
-
-    def encode_pair(self, context: str, continuation: str) -> tuple[list[int], list[int]]:
-        """``TemplateLM._encode_pair``: trailing context whitespace moves to the continuation."""
-        n_spaces = len(context) - len(context.rstrip())
-        if n_spaces > 0:
-            continuation = context[-n_spaces:] + continuation
-            context = context[:-n_spaces]
-        whole = self.encode(context + continuation)
-        ctx = self.encode(context)
-        return ctx, whole[len(ctx):]
-
-    def encode_request(self, context: str, continuation: str) -> tuple[list[int], list[int]]:
-        """``TemplateLM.loglikelihood``'s split, including its empty-context rule."""
-        if context == "":
-            cont = self.encode(continuation, add_special_tokens=False)
-            if cont and cont[0] == self.prefix_token_id:
-                return cont[:1], cont[1:]
-            return [self.prefix_token_id], cont
-        return self.encode_pair(context, continuation)
 
     def decode(self, ids: Sequence[int]) -> str:
         """``TemplateAPI.decode_batch`` for one sequence (special tokens kept)."""

@@ -7,6 +7,8 @@ from dataclasses import dataclass
 
 import torch
 
+from evalfleet.inference.backends.pair_encoding import TemplateLMEncoding
+
 
 @dataclass(frozen=True)
 class ScoreRequest:
@@ -34,7 +36,7 @@ def has_bos_prefix(text: str, bos: str | None) -> bool:
     return bos is not None and text.startswith(bos)
 
 
-class HFTokenizer:
+class HFTokenizer(TemplateLMEncoding):
     """Wraps a transformers tokenizer with lm-eval's special-token rules."""
 
     def __init__(self, tokenizer, *, add_bos_token: bool | None,
@@ -111,25 +113,6 @@ class HFTokenizer:
             whole, ctx = next(whole_ids), next(ctx_ids)
             out.append((ctx, whole[len(ctx):]))
         return out
-
-    def encode_pair(self, context: str, continuation: str) -> tuple[list[int], list[int]]:
-        """``TemplateLM._encode_pair``: trailing context whitespace moves to the continuation."""
-        n_spaces = len(context) - len(context.rstrip())
-        if n_spaces > 0:
-            continuation = context[-n_spaces:] + continuation
-            context = context[:-n_spaces]
-        whole = self.encode(context + continuation)
-        ctx = self.encode(context)
-        return ctx, whole[len(ctx):]
-
-    def encode_request(self, context: str, continuation: str) -> tuple[list[int], list[int]]:
-        """``TemplateLM.loglikelihood``'s encoding, including the empty-context rule."""
-        if context == "":
-            cont = self.encode(continuation, add_special_tokens=False)
-            if cont and cont[0] == self.prefix_token_id:
-                return cont[:1], cont[1:]
-            return [self.prefix_token_id], cont
-        return self.encode_pair(context, continuation)
 
     def batch_encode_left(self, texts: Sequence[str],
                           left_truncate_len: int | None) -> tuple[torch.Tensor, torch.Tensor]:
