@@ -55,6 +55,19 @@ def pooled_client(client_cls: type, num_concurrent: int, timeout_s: float,
     return client_cls(limits=limits, timeout=httpx.Timeout(timeout_s), verify=verify)
 
 
+def openai_client(args: Any) -> Any:
+    """The official ``openai`` SDK's async client for a remote backend's ``ApiArgs``: no SDK
+    retries (ours count and report them), the backend's timeout, headers and TLS check, and a
+    pool of ``num_concurrent`` connections."""
+    import openai
+
+    return openai.AsyncOpenAI(
+        api_key=args.api_key or "", base_url=args.base_url, max_retries=0,
+        timeout=args.timeout, default_headers=args.header or None,
+        http_client=pooled_client(openai.DefaultAsyncHttpxClient, args.num_concurrent,
+                                  args.timeout, args.verify))
+
+
 @dataclass(frozen=True)
 class Failure:
     """An HTTP attempt that failed: its status (0 for no response), whether to retry, and how

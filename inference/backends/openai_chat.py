@@ -20,7 +20,7 @@ from typing import Any, ClassVar
 
 from evalfleet.common.logging import get_logger
 from evalfleet.inference.backends.api_args import parse_api_args
-from evalfleet.inference.backends.api_http import pooled_client
+from evalfleet.inference.backends.api_http import openai_client
 from evalfleet.inference.backends.api_template import (
     NONE_ANSWER,
     RemoteBackend,
@@ -93,13 +93,7 @@ class LocalChatBackend(RemoteBackend):
         return cls(args, load_api_tokenizer(args))
 
     def make_client(self) -> Any:
-        import openai
-
-        return openai.AsyncOpenAI(
-            api_key=self.args.api_key or "", base_url=self.args.base_url, max_retries=0,
-            timeout=self.args.timeout, default_headers=self.args.header or None,
-            http_client=pooled_client(openai.DefaultAsyncHttpxClient, self.args.num_concurrent,
-                                      self.args.timeout, self.args.verify))
+        return openai_client(self.args)
 
     def capabilities(self) -> Capabilities:
         return Capabilities(

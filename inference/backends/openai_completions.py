@@ -32,7 +32,7 @@ import numpy as np
 from evalfleet.common.errors import UnavailableError
 from evalfleet.common.logging import get_logger
 from evalfleet.inference.backends.api_args import ApiArgs, parse_api_args
-from evalfleet.inference.backends.api_http import RetryError, pooled_client
+from evalfleet.inference.backends.api_http import RetryError, openai_client
 from evalfleet.inference.backends.api_template import (
     NONE_ANSWER,
     RemoteBackend,
@@ -134,13 +134,7 @@ class LocalCompletionsBackend(RemoteBackend):
         return cls(args, load_api_tokenizer(args))
 
     def make_client(self) -> Any:
-        import openai
-
-        return openai.AsyncOpenAI(
-            api_key=self.args.api_key or "", base_url=self.args.base_url, max_retries=0,
-            timeout=self.args.timeout, default_headers=self.args.header or None,
-            http_client=pooled_client(openai.DefaultAsyncHttpxClient, self.args.num_concurrent,
-                                      self.args.timeout, self.args.verify))
+        return openai_client(self.args)
 
     # ------------------------------------------------------------------ the probe
     async def start(self) -> None:
