@@ -30,7 +30,7 @@ def gated_worker(background_loop, tiny_model_dir):
     real = backend._score  # the compute step, which runs under the compute lock
 
     def gated(prepared):
-        computed.append(len(prepared))
+        computed.append(len(prepared.reqs))  # a planned batch (HFBackend._plan)
         started.set()
         gate.wait(60)
         return real(prepared)
