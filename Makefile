@@ -79,7 +79,8 @@ test:
 
 # The reference tests at the issues' full sizes (tens of minutes; not part of CI's suite).
 test-acceptance:
-	EVALFLEET_ACCEPTANCE=1 EVALFLEET_DATA_DIR=$(DATA_DIR) $(VENV)/bin/pytest -q -m reference
+	EVALFLEET_ACCEPTANCE=1 EVALFLEET_DATA_DIR=$(DATA_DIR) $(VENV)/bin/pytest -q \
+		-m "reference or acceptance"
 
 demo:
 	EVALFLEET_DATA_DIR=$(DATA_DIR) $(VENV)/bin/evalfleet eval --model hf \

@@ -2,7 +2,8 @@
 ``lm_eval`` replaced by ``evalfleet eval`` and the model by a local one.
 
 What is run here, honestly: eight of the guide's twenty ``--model hf`` commands (one per distinct
-flag combination; read from the guide itself), with the **tiny** model and ``--limit 1`` (added
+flag combination; read from the guide itself; all twenty with the real SmolLM2 in the acceptance
+tier, ``make test-acceptance``), with the **tiny** model (there: SmolLM2) and ``--limit 1`` (added
 where the guide has no ``--limit``, and replacing its ``--limit 100`` in one command); outputs
 go to a temp folder. The data mirror has no HellaSwag validation split in HF's schema, so the
 hellaswag commands must end in the one-line data error that names the path searched. Commands
@@ -22,7 +23,7 @@ import shlex
 from pathlib import Path
 
 import pytest
-from conftest import DATA_DIR, REPO_ROOT
+from conftest import ACCEPTANCE, DATA_DIR, REPO_ROOT
 
 GUIDE = REPO_ROOT.parent / "shared" / "notes" / "user-guide-examples.md"
 
@@ -92,7 +93,9 @@ HF = [(s, a) for s, a in COMMANDS if _flag(a, "--model") == "hf"]
 #: cuda:0), 5 (load_in_8bit), 17 (gsm8k 5-shot generation; arc 25-shot),
 #: 18 (humaneval), 20 (--limit, .json output path), 28 (--cache_requests), 29 (--log_samples
 #: without --output_path, --verbosity).
-RUN = [HF[i] for i in (0, 2, 5, 6, 7, 9, 15, 16)]
+DEFAULT_RUN = [HF[i] for i in (0, 2, 5, 6, 7, 9, 15, 16)]
+#: The acceptance tier (`make test-acceptance`) runs all twenty with the real SmolLM2.
+RUN = HF if ACCEPTANCE else DEFAULT_RUN
 
 
 def _expected_error(argv: list[str]) -> str | None:
@@ -110,19 +113,21 @@ def _expected_error(argv: list[str]) -> str | None:
 
 def test_the_guide_has_the_commands_we_expect():
     assert len(COMMANDS) == 30 and len(HF) == 20
-    assert [s for s, _ in RUN] == ["4", "5", "17", "17", "18", "20", "28", "29"]
+    assert [s for s, _ in DEFAULT_RUN] == ["4", "5", "17", "17", "18", "20", "28", "29"]
     assert {_flag(a, "--model") for _, a in COMMANDS} == {
         "hf", "vllm", "openai", "anthropic", "openai-chat-completions", "openai-completions"}
 
 
+@pytest.mark.acceptance
 @pytest.mark.parametrize("section,argv", RUN, ids=[f"s{s}-{i}" for i, (s, _) in enumerate(RUN)])
-def test_guide_hf_command_runs(section, argv, tiny_model_dir, tmp_path, monkeypatch, capsys):
+def test_guide_hf_command_runs(section, argv, request, tmp_path, monkeypatch, capsys):
+    model_dir = request.getfixturevalue("real_model_dir" if ACCEPTANCE else "tiny_model_dir")
     monkeypatch.setenv("EVALFLEET_DATA_DIR", str(DATA_DIR))
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_DIR", str(tmp_path))
     monkeypatch.setenv("WANDB_SILENT", "true")
     monkeypatch.setenv("EVALFLEET_STRICT_SINKS", "1")
-    code, error = run_evalfleet_eval(adapt(argv, tiny_model_dir, tmp_path))
+    code, error = run_evalfleet_eval(adapt(argv, model_dir, tmp_path))
     expected = _expected_error(argv)
     if expected is not None:
         assert code == 2 and expected in error, (code, error)
