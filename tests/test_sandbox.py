@@ -122,7 +122,11 @@ def test_socket_cannot_reach_the_host():
 def test_write_outside_its_directory_leaves_no_file():
     if not detect().filesystem_readonly:
         pytest.skip(f"no read-only file system view here ({detect().describe()})")
-    target = Path(__file__).resolve().parent / f".escape-{uuid.uuid4().hex}"  # host-writable
+    # a host-writable folder the sandbox shows read-only (a checkout under /tmp is hidden
+    # behind its private /tmp instead, so the user's home stands in for it there)
+    here = Path(__file__).resolve().parent
+    folder = Path.home() if str(here).startswith("/tmp/") else here
+    target = folder / f".escape-{uuid.uuid4().hex}"
     tmp_target = Path("/tmp") / f"evalfleet-escape-{uuid.uuid4().hex}"
     passed, status = _check(
         f"open({str(target)!r}, 'w').write('x')\n"
