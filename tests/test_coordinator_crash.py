@@ -150,6 +150,21 @@ def _store(url: str):
     return open_store(url)
 
 
+def _ready_fingerprint(coordinator: Coordinator, n_workers: int) -> str:
+    """The model fingerprint, once the coordinator's registry has every worker READY (a
+    coordinator serves before its registry has fetched the workers' model info)."""
+    deadline = time.monotonic() + 60
+    with grpc.insecure_channel(coordinator.address) as channel:
+        while True:
+            listed = coordinator.stub(channel).ListWorkers(cpb.ListWorkersRequest(),
+                                                           timeout=10).workers
+            ready = [w for w in listed if w.state == cpb.WORKER_STATE_READY and w.fingerprint]
+            if len(ready) == n_workers:
+                return ready[0].fingerprint
+            assert time.monotonic() < deadline, f"workers not ready: {listed}"
+            time.sleep(0.1)
+
+
 def _job_and_answers(background_loop, store, fingerprint: str):
     jobs = background_loop.run(store.list_jobs())
     return jobs, background_loop.run(store.count_answers(fingerprint))
@@ -158,9 +173,7 @@ def _job_and_answers(background_loop, store, fingerprint: str):
 def _kill_restart_and_follow(background_loop, store_url, workers, tiny_model_dir, tmp_path,
                              undisturbed):
     first = Coordinator(store_url, workers, tmp_path / "coord1.log").start()
-    with grpc.insecure_channel(first.address) as channel:
-        fingerprint = first.stub(channel).ListWorkers(
-            cpb.ListWorkersRequest(), timeout=10).workers[0].fingerprint
+    fingerprint = _ready_fingerprint(first, len(workers))
     client = _client(first.address, tiny_model_dir, tmp_path / "out", tmp_path / "client.log")
     store = _store(store_url)
     second = None
