@@ -11,6 +11,7 @@ from typing import Any
 
 import torch
 
+from evalfleet.inference.backends.arg_types import as_bool, as_int
 from evalfleet.inference.backends.base import BackendArgumentError
 
 _DTYPE_NAMES = ("auto",)
@@ -61,38 +62,14 @@ class HFArgs:
         return isinstance(self.batch_size, str)
 
 
-def _bool(name: str, v: Any) -> bool:
-    if isinstance(v, bool):
-        return v
-    if isinstance(v, str) and v.lower() in ("true", "false", "1", "0", "yes", "no"):
-        return v.lower() in ("true", "1", "yes")
-    if isinstance(v, int) and v in (0, 1):
-        return bool(v)
-    raise BackendArgumentError(name, f"expected true or false, got {v!r}")
-
-
 def _opt_bool(name: str, v: Any) -> bool | None:
     return None if v is None or (isinstance(v, str) and v.lower() in ("none", "null")) \
-        else _bool(name, v)
-
-
-def _int(name: str, v: Any, minimum: int | None = None) -> int:
-    if isinstance(v, bool) or not isinstance(v, (int, str, float)):
-        raise BackendArgumentError(name, f"expected an integer, got {v!r}")
-    try:
-        out = int(v) if not isinstance(v, float) or v.is_integer() else None
-    except ValueError:
-        out = None
-    if out is None:
-        raise BackendArgumentError(name, f"expected an integer, got {v!r}")
-    if minimum is not None and out < minimum:
-        raise BackendArgumentError(name, f"must be >= {minimum}, got {out}")
-    return out
+        else as_bool(name, v)
 
 
 def _opt_int(name: str, v: Any, minimum: int | None = None) -> int | None:
     return None if v is None or (isinstance(v, str) and v.lower() in ("none", "null")) \
-        else _int(name, v, minimum)
+        else as_int(name, v, minimum)
 
 
 def _str(name: str, v: Any) -> str:
@@ -130,7 +107,7 @@ def parse_batch_size(v: Any) -> int | str:
             except ValueError:
                 raise BackendArgumentError("batch_size", f"bad auto schedule in {v!r}") from None
         return v
-    return _int("batch_size", v, minimum=1)
+    return as_int("batch_size", v, minimum=1)
 
 
 def parse_hf_args(model_args: dict[str, Any], batch_size: int | str = 1) -> HFArgs:
@@ -152,7 +129,7 @@ def parse_hf_args(model_args: dict[str, Any], batch_size: int | str = 1) -> HFAr
     if out.backend not in ("default", "causal"):
         raise BackendArgumentError("backend", f"only causal models are supported, got "
                                               f"{out.backend!r}")
-    out.truncation = _bool("truncation", a.pop("truncation", False))
+    out.truncation = as_bool("truncation", a.pop("truncation", False))
     out.max_length = _opt_int("max_length", a.pop("max_length", None), minimum=1)
     device = _opt_str("device", a.pop("device", None))
     if device is not None:
@@ -165,9 +142,9 @@ def parse_hf_args(model_args: dict[str, Any], batch_size: int | str = 1) -> HFAr
     out.softmax_dtype = _dtype("softmax_dtype", a.pop("softmax_dtype", None), allow_auto=False)
     out.mixed_precision_dtype = _dtype(
         "mixed_precision_dtype", a.pop("mixed_precision_dtype", None), allow_auto=False)
-    out.max_batch_size = _int("max_batch_size", a.pop("max_batch_size", 64), minimum=1)
-    out.trust_remote_code = _bool("trust_remote_code", a.pop("trust_remote_code", False))
-    out.use_fast_tokenizer = _bool("use_fast_tokenizer", a.pop("use_fast_tokenizer", True))
+    out.max_batch_size = as_int("max_batch_size", a.pop("max_batch_size", 64), minimum=1)
+    out.trust_remote_code = as_bool("trust_remote_code", a.pop("trust_remote_code", False))
+    out.use_fast_tokenizer = as_bool("use_fast_tokenizer", a.pop("use_fast_tokenizer", True))
     out.add_bos_token = _opt_bool("add_bos_token", a.pop("add_bos_token", None))
     out.prefix_token_id = _opt_int("prefix_token_id", a.pop("prefix_token_id", None), minimum=0)
     out.gguf_file = _opt_str("gguf_file", a.pop("gguf_file", None))
@@ -196,8 +173,8 @@ def parse_hf_args(model_args: dict[str, Any], batch_size: int | str = 1) -> HFAr
                                        "that ends the model's thinking), as lm-eval requires")
         template_args = {**template_args, "enable_thinking": enable_thinking}
     out.chat_template_args = template_args
-    out.prefix_sharing = _bool("prefix_sharing", a.pop("prefix_sharing", HFArgs.prefix_sharing))
-    out.min_shared_tokens = _int("min_shared_tokens",
+    out.prefix_sharing = as_bool("prefix_sharing", a.pop("prefix_sharing", HFArgs.prefix_sharing))
+    out.min_shared_tokens = as_int("min_shared_tokens",
                                  a.pop("min_shared_tokens", HFArgs.min_shared_tokens), minimum=1)
     max_padding = a.pop("max_padding", HFArgs.max_padding)
     try:
