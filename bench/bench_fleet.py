@@ -88,6 +88,9 @@ class _NullStore:
     async def get_answers(self, fingerprint, request_ids):
         return {}
 
+    async def has_answers(self, fingerprint):
+        return False
+
     async def put_answers(self, fingerprint, answers):
         self.count = getattr(self, "count", 0) + len(answers)
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import time
+from itertools import pairwise
 
 import numpy as np
 
@@ -11,18 +13,23 @@ from evalfleet.server.batching import KindQueue
 from evalfleet.server.job import Job
 from evalfleet.server.scheduler import JobDispatch, Scheduler
 from evalfleet.server.store import JobStore
+from evalfleet.server.workers import WorkItem
 from evalfleet.v1 import inference_pb2 as ipb
 
 log = get_logger("dispatch")
 
 
-def _owners(job: Job) -> dict[str, list[str]]:
-    """answer id -> the tasks that use it."""
-    owners: dict[str, list[str]] = {}
-    for plan in job.plan.tasks:
+def _task_owners(job: Job) -> tuple[dict[str, int], dict[str, list[int]]]:
+    """answer id -> the index of the first task that uses it, and, for the few answers shared
+    by several tasks, the indices of the others."""
+    first: dict[str, int] = {}
+    extra: dict[str, list[int]] = {}
+    for index, plan in enumerate(job.plan.tasks):
+        setdefault = first.setdefault
         for aid in plan.answer_ids:
-            owners.setdefault(aid, []).append(plan.task.name)
-    return owners
+            if setdefault(aid, index) != index:
+                extra.setdefault(aid, []).append(index)
+    return first, extra
 
 
 class TaskOwners:
@@ -56,9 +63,13 @@ def _cost_note(cost: ipb.BatchCost) -> str:
     return f" ({', '.join(notes)})" if notes else ""
 
 
-#: Requests looked up in the store at a time; dispatch starts after the first chunk, so the
-#: look-up of the rest overlaps with the workers' computing.
+#: Requests looked up in the store and encoded for the wire at a time; dispatch starts after
+#: the first chunk, so the preparation of the rest overlaps with the workers' computing.
 LOOKUP_CHUNK = 8192
+FIRST_CHUNK = 1024
+#: Progress events per job while batches return: at most one per this many seconds (a watcher
+#: needs progress, not thousands of events a second), plus every batch with a cost note.
+PROGRESS_INTERVAL_S = 0.25
 
 
 async def compute_missing(job: Job, store: JobStore, scheduler: Scheduler) -> None:
@@ -70,13 +81,10 @@ async def compute_missing(job: Job, store: JobStore, scheduler: Scheduler) -> No
     and reason named. What is left to do is derived from (plan, stored answers) alone.
     """
     fingerprint = job.model_info.fingerprint
-    owners = _owners(job)
     names = [p.task.name for p in job.plan.tasks]
-    index_of = {name: i for i, name in enumerate(names)}
-    first = {rid: index_of[tasks[0]] for rid, tasks in owners.items()}
-    extra = {rid: [index_of[t] for t in tasks[1:]] for rid, tasks in owners.items()
-             if len(tasks) > 1}
+    first, extra = _task_owners(job)
     tasks_of: dict[int, TaskOwners] = {}
+    progress = _ProgressEvents(job)
 
     async def on_answers(queue: KindQueue, indices: np.ndarray,
                          answers: list[tuple[str, bytes]], worker: str,
@@ -88,38 +96,80 @@ async def compute_missing(job: Job, store: JobStore, scheduler: Scheduler) -> No
         for name, n in zip(names, counts.tolist(), strict=True):
             if n:
                 job.done[name] = job.done.get(name, 0) + n
-        job.publish(f"batch of {len(answers)} done on {worker}{_cost_note(cost)}")
+        progress.batch(len(answers), worker, _cost_note(cost))
 
     dispatch = JobDispatch.build(job.id, (job.model_info.backend, fingerprint), [],
                                  on_answers, config=scheduler.config, allowed=job.allowed,
                                  describe=job.plan.describe, notify=job.publish, sealed=False)
     job.dispatch = dispatch
     running = asyncio.create_task(scheduler.run(dispatch))
+
+    def add(items: list[WorkItem]) -> None:
+        for queue in dispatch.add(items):
+            tasks_of[id(queue)] = TaskOwners(queue.ids, first, extra)
+        scheduler.wake()
+
     try:
         work = job.plan.work
         ids = list(work)
+        stored = await store.has_answers(fingerprint)  # none: no look-up at all
         cached_total = 0
-        for start in range(0, len(ids), LOOKUP_CHUNK):
+        # A small first chunk: the first batches go out within milliseconds.
+        bounds = [0, *range(min(FIRST_CHUNK, len(ids)), len(ids), LOOKUP_CHUNK), len(ids)]
+        for start, end in pairwise(bounds):
             if running.done():
                 break  # the job failed (or was stopped) meanwhile
-            chunk = ids[start:start + LOOKUP_CHUNK]
-            cached = await store.get_answers(fingerprint, chunk)
+            chunk = ids[start:end]
+            cached = await store.get_answers(fingerprint, chunk) if stored else {}
             cached_total += len(cached)
             for aid in cached:
-                for task_name in owners.get(aid, ()):
-                    job.done[task_name] = job.done.get(task_name, 0) + 1
-            added = dispatch.add([work[aid] for aid in chunk if aid not in cached])
-            for queue in added:
-                tasks_of[id(queue)] = TaskOwners(queue.ids, first, extra)
-            scheduler.wake()
-        missing = len(ids) - cached_total
+                for index in (first[aid], *extra.get(aid, ())):
+                    job.done[names[index]] = job.done.get(names[index], 0) + 1
+            add([work[aid] for aid in chunk if aid not in cached])
+            # Let the scheduler send the first batches while the rest is prepared.
+            await asyncio.sleep(0)
+        missing = len(work) - cached_total
         job.publish(f"{cached_total} answers from the store, {missing} to compute")
         log.info("job_dispatch", job=job.id, cached=cached_total, to_compute=missing)
         dispatch.seal()
     except BaseException:
         running.cancel()
         raise
-    await running
+    try:
+        await running
+    finally:
+        progress.flush()
+
+
+class _ProgressEvents:
+    """A job's "batch done" events, coalesced to one per ``PROGRESS_INTERVAL_S``."""
+
+    def __init__(self, job: Job) -> None:
+        self.job = job
+        self.last = 0.0
+        self.batches = 0
+        self.answers = 0
+        self.workers: set[str] = set()
+
+    def batch(self, answers: int, worker: str, note: str) -> None:
+        self.batches += 1
+        self.answers += answers
+        self.workers.add(worker)
+        now = time.monotonic()
+        if note or now - self.last >= PROGRESS_INTERVAL_S:
+            self.last = now
+            self.flush(note)
+
+    def flush(self, note: str = "") -> None:
+        """Publish what returned since the last event, if anything."""
+        if not self.batches:
+            return
+        on = ", ".join(sorted(self.workers))
+        what = (f"batch of {self.answers}" if self.batches == 1
+                else f"{self.batches} batches ({self.answers} requests)")
+        self.job.publish(f"{what} done on {on}{note}")
+        self.batches = self.answers = 0
+        self.workers.clear()
 
 
 def _merge_cost(job: Job, cost: ipb.BatchCost) -> None:

@@ -474,7 +474,8 @@ class WorkerRegistry:
                      allowed: set[str] | None, wait_s: float) -> list[Worker]:
         """The READY workers a new job runs on; they all serve one (backend, fingerprint).
 
-        Waits up to ``wait_s`` while candidate workers are still connecting. UNAVAILABLE when
+        Waits up to ``wait_s`` while candidate workers are still connecting (a job is never
+        placed on part of the fleet while the rest is still unknown). UNAVAILABLE when
         no worker is up; FAILED_PRECONDITION when none serves the model asked for, or several
         models match (then name one with spec.model_fingerprint).
         """
@@ -492,7 +493,10 @@ class WorkerRegistry:
                     f"workers of several models match the job: {detail}. Name one with "
                     "spec.model_fingerprint (--model_fingerprint), or give model_args "
                     "pretrained=NAME")
-            if matched:
+            # A worker still connecting may serve the model too (or another that matches):
+            # decide once every candidate has answered, or at the deadline.
+            connecting = any(w.state == CONNECTING for w in candidates)
+            if matched and (not connecting or time.monotonic() >= deadline):
                 return matched
             if time.monotonic() >= deadline or (
                     candidates and all(w.state == READY for w in candidates)):

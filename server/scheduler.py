@@ -97,6 +97,7 @@ class JobDispatch:
     sealed: bool = True  # every request has been added (see add / seal)
     served_s: float = 0.0
     in_flight: int = 0
+    in_flight_items: int = 0
     batches_sent: int = 0
     remaining: int = 0
     stopped: bool = False
@@ -304,9 +305,14 @@ class Scheduler:
                 if last is not None:
                     size = min(size, int(last * cfg.growth))
             size = max(1, min(size, cfg.max_batch_items))
-            # The tail: spread what is left over the workers that can take it.
-            sharing = len(self.registry.serving(job.model_key, job.allowed)) or 1
-            size = max(1, min(size, math.ceil(job.pending / sharing)))
+            if job.sealed:
+                # The tail: spread what is left (handed out or not) over the workers that can
+                # take it. Counting the batches in flight keeps the shares equal: counting only
+                # the requests not handed out would give each next worker a smaller share than
+                # the last, and a tail of ever smaller batches.
+                sharing = len(self.registry.serving(job.model_key, job.allowed)) or 1
+                outstanding = job.pending + job.in_flight_items
+                size = max(1, min(size, math.ceil(outstanding / sharing)))
             batch = queue.take(size)
             if batch is not None:
                 return batch, (spi * len(batch) if spi is not None else None)
@@ -324,12 +330,14 @@ class Scheduler:
         worker.in_flight += 1
         worker.jobs_in_flight[job.job_id] = worker.jobs_in_flight.get(job.job_id, 0) + 1
         job.in_flight += 1
+        job.in_flight_items += len(batch)
         job.batches_sent += 1
         task = asyncio.create_task(self._run_batch(worker, job, batch, deadline))
         self._batches.add(task)
         task.add_done_callback(self._batches.discard)
 
-    def _release(self, worker: Worker, job: JobDispatch) -> None:
+    def _release(self, worker: Worker, job: JobDispatch, batch: Batch) -> None:
+        job.in_flight_items -= len(batch)
         worker.in_flight -= 1
         worker.jobs_in_flight[job.job_id] -= 1
         if worker.jobs_in_flight[job.job_id] <= 0:
@@ -346,18 +354,18 @@ class Scheduler:
             try:
                 response = await worker.client.call(batch.request_type, batch.payload, deadline)
             except grpc.aio.AioRpcError as exc:
-                self._release(worker, job)
+                self._release(worker, job, batch)
                 released = True
                 self._batch_failed(worker, job, batch, exc.code(),
                                    f"{exc.code().name}: {exc.details()}")
                 return
             wall = time.monotonic() - started
-            self._release(worker, job)
+            self._release(worker, job, batch)
             released = True
             await self._batch_answered(worker, job, batch, response, wall)
         except asyncio.CancelledError:
             if not released:
-                self._release(worker, job)
+                self._release(worker, job, batch)
             batch.queue.requeue(list(batch.indices))
             raise
         except EvalfleetError as exc:

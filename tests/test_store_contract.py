@@ -391,7 +391,9 @@ def test_answers_are_shared_by_every_job_on_a_model(store_url):
     async def scenario():
         async with open_store(store_url) as store, open_store(store_url) as other:
             fp, fp2 = "sha256:" + "a" * 64, "sha256:" + "b" * 64
+            assert not await store.has_answers(fp)
             assert await store.put_answers(fp, [("r1", b"one"), ("r2", b"\x00two")]) == 2
+            assert await other.has_answers(fp) and not await other.has_answers(fp2)
             # Another coordinator (or job) asks for the same requests: answered from the table.
             assert await other.get_answers(fp, ["r2", "r1", "r3"]) == {
                 "r1": b"one", "r2": b"\x00two"}
@@ -474,19 +476,40 @@ def test_sqlite_file_of_the_first_layout_is_migrated(tmp_path):
             INSERT INTO jobs VALUES ('old', x'00', 2, '', 1.0, 2.0, NULL, NULL);
             INSERT INTO answers VALUES ('fp', 'r', x'01');
         """)
+        # Content ids (and the repeats of a sampled request) as every layout before 3 kept them.
+        conn.executemany("INSERT INTO answers VALUES (?, ?, ?)",
+                         [("fp", "ab" * 32, b"\x02"), ("fp", "ab" * 32 + "#1", b"\x03"),
+                          ("fp2", "AB" * 32, b"\x04")])
 
     async def scenario():
         async with SqliteJobStore(path) as store:
             old = await store.get_job("old")
             assert (old.state, old.owner, old.lease_until, old.attempts) == (RUNNING, "", 0, 0)
             assert await store.get_answers("fp", ["r"]) == {"r": b"\x01"}
+            assert await store.get_answers("fp", ["ab" * 32, "ab" * 32 + "#1", "AB" * 32]) == {
+                "ab" * 32: b"\x02", "ab" * 32 + "#1": b"\x03"}
+            assert await store.get_answers("fp2", ["AB" * 32, "ab" * 32]) == {"AB" * 32: b"\x04"}
+            assert await store.count_answers("fp") == 3 and await store.has_answers("fp2")
             assert [j.id for j in await store.list_claimable()] == ["old"]
             assert (await store.claim_job("old", "A", 60)).owner == "A"
 
     run(scenario())
     with sqlite3.connect(path) as conn:
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-        assert [v for (v,) in conn.execute("SELECT version FROM schema_version")] == [1, 2]
+        assert [v for (v,) in conn.execute("SELECT version FROM schema_version")] == [1, 2, 3]
+
+
+def test_sqlite_request_keys_are_compact_and_one_to_one():
+    """Content ids take 33 bytes; no two ids share a key (upper case, spaces, short ids)."""
+    from evalfleet.server.store.sqlite import request_key
+
+    content = "0f" * 32
+    ids = [content, content + "#0", content + "#12", content.upper(), "r1", "", "0f" * 31,
+           "0f " * 21 + "0", "x" * 64, "0f" * 33]
+    keys = [request_key(i) for i in ids]
+    assert len(set(keys)) == len(ids)
+    assert len(keys[0]) == 33 and keys[1] == keys[0] + b"#0"
+    assert keys[3] == b"\x00" + content.upper().encode()  # not lowercase hex: kept as text
 
 
 def test_sqlite_store_runs_off_the_event_loop(tmp_path):

@@ -215,6 +215,11 @@ class JobStore(ABC):
     async def count_answers(self, fingerprint: str) -> int:
         """How many answers are stored for the model ``fingerprint``."""
 
+    @abstractmethod
+    async def has_answers(self, fingerprint: str) -> bool:
+        """Whether any answer is stored for the model ``fingerprint`` (a job on a model with
+        none skips the look-up of its requests)."""
+
 
 def lease_now(now: float | None) -> float:
     """``now``, or this host's clock."""

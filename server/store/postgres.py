@@ -370,6 +370,11 @@ class PostgresJobStore(JobStore):
             f"SELECT COUNT(*) FROM {SCHEMA}.answers WHERE fingerprint = %s", (fingerprint,))
         return int(row[0])
 
+    async def has_answers(self, fingerprint: str) -> bool:
+        row = await self._fetchone(
+            f"SELECT 1 FROM {SCHEMA}.answers WHERE fingerprint = %s LIMIT 1", (fingerprint,))
+        return row is not None
+
 
 def _job_values(job: JobRecord) -> tuple:
     return tuple(getattr(job, c) for c in JOB_COLUMNS)
