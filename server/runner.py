@@ -50,6 +50,8 @@ from evalfleet.v1 import inference_pb2 as ipb
 
 log = get_logger("jobs")
 
+#: The error of a job cancelled by a coordinator that did not run it.
+CANCELLED_ELSEWHERE = "cancelled (by a request to another coordinator of its store)"
 #: Seconds a coordinator's claim on a job lasts without renewal (see ``server/store``).
 DEFAULT_LEASE_S = 30.0
 
@@ -338,19 +340,26 @@ class JobRunner:
                     log.exception("job_lease_renewal_failed", job=job_id, owner=self.owner)
                     continue
                 if not kept and job_id in self.held:
-                    self._lose(job_id)
+                    record = await self.store.get_job(job_id)
+                    self._lose(job_id, record)
 
-    def _lose(self, job_id: str) -> None:
-        """The store refused to renew the job's lease: stop it, write nothing more."""
+    def _lose(self, job_id: str, record: JobRecord | None = None) -> None:
+        """The store refused to renew the job's lease: stop it, write nothing more. When it
+        was cancelled (through another coordinator), its watchers here see it end so."""
         self.held.discard(job_id)
         job = self.jobs.get(job_id)
         if job is None or job.state in TERMINAL:
             return  # it ended meanwhile (or is still being resumed: that notices by itself)
-        log.warning("job_lease_lost", job=job_id, owner=self.owner)
         job.lost = True
         self.scheduler.stop(job_id)
         if job.runner is not None:
             job.runner.cancel()
+        if record is not None and record.state == cpb.EVALUATION_STATE_CANCELLED:
+            log.info("job_cancelled_elsewhere", job=job_id, owner=self.owner)
+            job.state, job.error = record.state, record.error
+            job.publish("cancelled")
+            return
+        log.warning("job_lease_lost", job=job_id, owner=self.owner)
         job.publish("lease lost: another coordinator runs this job now")
 
     # -- following -----------------------------------------------------------------------
@@ -404,9 +413,21 @@ class JobRunner:
         finally:
             job.subscribers.remove(queue)
 
-    async def cancel(self, job_id: str) -> Job:
-        """Stop the job: no batch of it is sent once this returns."""
-        job = self.get(job_id)
+    async def cancel(self, job_id: str) -> Job | JobRecord:
+        """Stop the job: no batch of it is sent once this returns.
+
+        A job this process does not run (another coordinator's, on a shared store, or one
+        waiting to be claimed) is marked CANCELLED in the store; its holder stops it at its
+        next lease renewal (within ``lease_s / 3``). Returns the job, or its stored record.
+        """
+        job = self.jobs.get(job_id)
+        if job is None or job.lost:
+            record = await self.store.cancel_job(job_id, CANCELLED_ELSEWHERE)
+            if record is None:
+                record = await self.store.get_job(job_id)
+            if record is None:
+                raise NotFoundError(f"evaluation '{job_id}' not found")
+            return record
         self.scheduler.stop(job_id)
         if job.state not in TERMINAL and job.runner is not None:
             job.runner.cancel()

@@ -13,6 +13,7 @@ from evalfleet.common.logging import get_logger
 from evalfleet.common.rpc import RunningServer, Service, start_server
 from evalfleet.common.security import ClientSecurity, ServerSecurity
 from evalfleet.server.access import AccessPolicy
+from evalfleet.server.job import Job
 from evalfleet.server.registry import WorkerRegistry
 from evalfleet.server.runner import DEFAULT_LEASE_S, JobRunner
 from evalfleet.server.scheduler import Scheduler, SchedulerConfig
@@ -54,7 +55,7 @@ class EvaluationServicer(cpb_grpc.EvaluationServiceServicer):
     async def CancelEvaluation(self, request: cpb.CancelEvaluationRequest, context
                                ) -> cpb.Evaluation:
         job = await self.runner.cancel(request.id)
-        return job.to_proto()
+        return job.to_proto() if isinstance(job, Job) else _stored_evaluation(job)
 
     async def ListEvaluations(self, request: cpb.ListEvaluationsRequest, context
                               ) -> cpb.ListEvaluationsResponse:

@@ -44,12 +44,14 @@ class Fleet:
         from evalfleet.server.scheduler import SchedulerConfig
         from evalfleet.server.service import CoordinatorOptions, start_coordinator
 
+        store = scheduler.pop("store", None)
         options = CoordinatorOptions(
             workers=list(workers), data_dir=self.data_dir, health_interval_s=0.2,
             lease_s=scheduler.pop("lease_s", 15.0),
+            job_lease_s=scheduler.pop("job_lease_s", 30.0),
             policy=AccessPolicy(allow_spec_workers=True), worker_wait_s=5.0,
             scheduler=SchedulerConfig(**{"batch_seconds": 0.3, **scheduler}))
-        server, runner = self.loop.run(start_coordinator(options=options))
+        server, runner = self.loop.run(start_coordinator(store=store, options=options))
         self.servers.append(server)
         channel = grpc.insecure_channel(server.address)
         return cpb_grpc.EvaluationServiceStub(channel), runner, server
@@ -343,3 +345,38 @@ async def _start(registration) -> None:
 
 async def _drain(registry, address: str) -> None:
     registry.drain(address, "forgotten")
+
+
+def test_cancel_through_another_coordinator_of_the_store_stops_the_job(fleet, tmp_path):
+    """Cancelling a job that another coordinator of a shared store runs used to answer
+    NOT_FOUND. The job is now marked CANCELLED in the store; its holder stops at its next lease
+    renewal, sends no further batch, and its watchers see the job end cancelled."""
+    from evalfleet.server.store import SqliteJobStore
+
+    (server, sim), = [fleet.worker(Script(item_delay=0.02))]
+    path = tmp_path / "shared.db"
+    runs, running, _ = fleet.coordinator([server.address], store=SqliteJobStore(path),
+                                         job_lease_s=1.5)
+    other, _, _ = fleet.coordinator([server.address], store=SqliteJobStore(path))
+    job_id = runs.CreateEvaluation(cpb.CreateEvaluationRequest(spec=_spec(100)), timeout=60).id
+    events = runs.WatchEvaluation(cpb.WatchEvaluationRequest(id=job_id), timeout=60)
+    deadline = time.monotonic() + 30
+    while not sim.script.batches:
+        assert time.monotonic() < deadline, "the job never started"
+        time.sleep(0.05)
+    cancelled = other.CancelEvaluation(cpb.CancelEvaluationRequest(id=job_id), timeout=10)
+    assert cancelled.state == cpb.EVALUATION_STATE_CANCELLED
+    assert "another coordinator" in cancelled.error
+    last = list(events)[-1]  # the holder's watchers see it end
+    assert last.state == cpb.EVALUATION_STATE_CANCELLED and "cancelled" in last.message
+    sent = len(sim.script.batches)
+    time.sleep(1.0)
+    assert len(sim.script.batches) == sent  # nothing sent once the holder noticed
+    assert running.jobs[job_id].state == cpb.EVALUATION_STATE_CANCELLED
+    for stub in (runs, other):
+        shown = stub.GetEvaluation(cpb.GetEvaluationRequest(id=job_id), timeout=10)
+        assert shown.state == cpb.EVALUATION_STATE_CANCELLED
+    # A job neither coordinator knows is still NOT_FOUND.
+    with pytest.raises(grpc.RpcError) as err:
+        other.CancelEvaluation(cpb.CancelEvaluationRequest(id="no-such-job"), timeout=10)
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND

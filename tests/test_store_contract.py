@@ -144,6 +144,23 @@ def test_transition_is_compare_and_set(store_url):
     run(scenario())
 
 
+def test_cancel_job_whoever_holds_it(store_url):
+    async def scenario():
+        async with open_store(store_url) as store:
+            await store.create_job(job("j", owner="A", lease_until=time.time() + 60))
+            assert await store.transition("j", "A", [QUEUED], RUNNING) is not None
+            cancelled = await store.cancel_job("j", "stopped by B")
+            assert (cancelled.state, cancelled.error, cancelled.lease_until) == (
+                CANCELLED, "stopped by B", 0)
+            assert not await store.renew_lease("j", "A", 30)  # the holder learns it so
+            assert await store.transition("j", "A", ACTIVE, SUCCEEDED) is None
+            assert await store.cancel_job("j", "again") is None  # already finished
+            assert await store.cancel_job("missing", "x") is None
+            assert (await store.get_job("j")).error == "stopped by B"
+
+    run(scenario())
+
+
 def test_release_hands_the_job_over_at_once(store_url):
     async def scenario():
         async with open_store(store_url) as store:

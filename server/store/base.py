@@ -166,6 +166,12 @@ class JobStore(ABC):
         """
 
     @abstractmethod
+    async def cancel_job(self, job_id: str, error: str) -> JobRecord | None:
+        """Mark an unfinished job CANCELLED whoever holds it (a client may ask any coordinator
+        of a shared store). Its holder's next lease renewal is refused, and it stops. Returns
+        the updated record, or None when the job is unknown or already finished."""
+
+    @abstractmethod
     async def put_results(self, job_id: str, owner: str, results: bytes,
                           results_json: str) -> bool:
         """Store the job's results (typed bytes and lm-eval's JSON) before it ends; only by

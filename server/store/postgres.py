@@ -33,6 +33,7 @@ from typing import Any
 
 from evalfleet.server.store.base import (
     ACTIVE_STATES,
+    CANCELLED,
     JOB_COLUMNS,
     TERMINAL_STATES,
     JobRecord,
@@ -285,6 +286,13 @@ class PostgresJobStore(JobStore):
             {"to": int(to_state), "error": error, "results": results,
              "results_json": results_json, "ends": to_state in TERMINAL_STATES, "id": job_id,
              "owner": owner, "froms": [int(s) for s in from_states]})
+        return job_from_row(row) if row else None
+
+    async def cancel_job(self, job_id: str, error: str) -> JobRecord | None:
+        row = await self._fetchone(
+            f"UPDATE {SCHEMA}.jobs SET state = %s, error = %s, updated_at = {_SERVER_NOW}, "
+            f"lease_until = 0 WHERE id = %s AND state = ANY({_ACTIVE}) RETURNING {_COLS}",
+            (int(CANCELLED), error, job_id))
         return job_from_row(row) if row else None
 
     async def put_results(self, job_id: str, owner: str, results: bytes,

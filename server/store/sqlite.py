@@ -27,6 +27,7 @@ from typing import Any, TypeVar
 
 from evalfleet.server.store.base import (
     ACTIVE_STATES,
+    CANCELLED,
     JOB_COLUMNS,
     TERMINAL_STATES,
     JobRecord,
@@ -275,6 +276,16 @@ class SqliteJobStore(JobStore):
                 f"RETURNING {_COLS}",
                 (int(to_state), error, time.time(), results, results_json, ends, job_id, owner,
                  *froms)).fetchone()
+            return job_from_row(row) if row else None
+
+        return await self._run(lambda c: _transaction(c, update))
+
+    async def cancel_job(self, job_id: str, error: str) -> JobRecord | None:
+        def update(c: sqlite3.Connection) -> JobRecord | None:
+            row = c.execute(
+                f"UPDATE jobs SET state=?, error=?, updated_at=?, lease_until=0 "
+                f"WHERE id=? AND state IN ({_ACTIVE}) RETURNING {_COLS}",
+                (int(CANCELLED), error, time.time(), job_id)).fetchone()
             return job_from_row(row) if row else None
 
         return await self._run(lambda c: _transaction(c, update))
