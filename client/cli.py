@@ -133,7 +133,9 @@ def _add_eval_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data_dir", default=None,
                    help="local dataset mirror (default: $EVALFLEET_DATA_DIR)")
     p.add_argument("--coordinator", default=None,
-                   help="host:port of a running coordinator (default: embedded services)")
+                   help="host:port of a running coordinator, or several comma-separated "
+                        "(coordinators of one shared store: the client fails over between "
+                        "them) (default: embedded services)")
     p.add_argument("--model_fingerprint", default="",
                    help="run on the coordinator's workers of this model fingerprint (see "
                         "`evalfleet workers`)")

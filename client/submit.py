@@ -46,14 +46,18 @@ RECONNECT_PATIENCE_S = 120.0
 class Connection:
     """A channel to the coordinator that is reopened when the coordinator goes away.
 
-    ``reconnect`` is called on UNAVAILABLE: it closes the channel, says so on the console,
-    waits (growing back-off) and opens a fresh one (so gRPC's own reconnect back-off never
-    delays us), until ``patience_s`` have passed without reaching the coordinator.
+    ``address`` is one ``host:port`` or several, comma-separated: coordinators of one shared
+    store, any of which can serve a job (one that does not run it follows it from the store,
+    and takes it over once its coordinator's lease runs out). ``reconnect`` is called on
+    UNAVAILABLE: it closes the channel, says so on the console, waits (growing back-off) and
+    opens a fresh one to the next address (so gRPC's own reconnect back-off never delays us),
+    until ``patience_s`` have passed without reaching a coordinator.
     """
 
     def __init__(self, address: str, security: ClientSecurity, console: Console,
                  patience_s: float = RECONNECT_PATIENCE_S) -> None:
-        self.address = address
+        self.addresses = [a.strip() for a in address.split(",") if a.strip()] or [address]
+        self._index = 0
         self.security = security
         self.console = console
         self.patience_s = patience_s
@@ -63,6 +67,11 @@ class Connection:
         self._lost_at: float | None = None
         self._attempt = 0
         self.clock: Callable[[], float] = time.monotonic
+
+    @property
+    def address(self) -> str:
+        """The coordinator this connection uses now."""
+        return self.addresses[self._index]
 
     @property
     def stub(self) -> cpb_grpc.EvaluationServiceStub:
@@ -86,9 +95,14 @@ class Connection:
         if now - self._lost_at >= self.patience_s:
             raise RemoteError(exc, self.address) from exc
         self._attempt += 1
-        delay = min(5.0, 0.5 * 2 ** (self._attempt - 1))
-        self.console.print(f"coordinator {self.address} unreachable ({exc.details()}); "
-                           f"reconnecting in {delay:g} s to keep following {what}")
+        lost = self.address
+        self._index = (self._index + 1) % len(self.addresses)
+        # The next address at once; a growing back-off before each new round of them all.
+        rounds = (self._attempt - 1) // len(self.addresses)
+        delay = 0.0 if self._index else min(5.0, 0.5 * 2 ** rounds)
+        self.console.print(f"coordinator {lost} unreachable ({exc.details()}); "
+                           f"reconnecting in {delay:g} s to {self.address} to keep following "
+                           f"{what}")
         await self.close()
         await asyncio.sleep(delay)
 
@@ -125,11 +139,7 @@ async def run_job(
     conn = Connection(address, security or ClientSecurity(), console, patience_s)
     md = conn.metadata
     try:
-        try:
-            evaluation = await conn.stub.CreateEvaluation(
-                cpb.CreateEvaluationRequest(spec=spec), timeout=600, metadata=md)
-        except grpc.aio.AioRpcError as exc:
-            raise RemoteError(exc, address) from exc
+        evaluation = await _create(conn, spec)
         what = f"evaluation {evaluation.id}"
         state = await _follow(conn, evaluation, console, show_progress)
         if state.state != cpb.EVALUATION_STATE_SUCCEEDED:
@@ -153,6 +163,22 @@ async def run_job(
         return results, samples
     finally:
         await conn.close()
+
+
+async def _create(conn: Connection, spec: cpb.EvaluationSpec) -> cpb.Evaluation:
+    """CreateEvaluation on the first coordinator that can be reached (one try each)."""
+    while True:
+        try:
+            return await conn.stub.CreateEvaluation(
+                cpb.CreateEvaluationRequest(spec=spec), timeout=600, metadata=conn.metadata)
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() != grpc.StatusCode.UNAVAILABLE or \
+                    conn.address == conn.addresses[-1]:
+                raise RemoteError(exc, conn.address) from exc
+            conn.console.print(f"coordinator {conn.address} unreachable ({exc.details()}); "
+                               "trying the next one")
+            await conn.close()
+            conn._index += 1
 
 
 async def fetch_results(address: str, evaluation_id: str,

@@ -99,3 +99,34 @@ _real_sleep = asyncio.sleep
 
 async def _no_sleep(delay, *args, **kwargs):
     await _real_sleep(0)
+
+
+def test_several_coordinators_are_tried_in_turn(monkeypatch):
+    """With --coordinator A,B the client moves to the next coordinator of the store at once,
+    and backs off only after trying them all."""
+    delays = []
+
+    async def record_sleep(delay, *args, **kwargs):
+        delays.append(delay)
+        await _real_sleep(0)
+
+    monkeypatch.setattr(asyncio, "sleep", record_sleep)
+    stub = ScriptedStub([[_unavailable()], [_unavailable()], [_unavailable()],
+                         [_event("succeeded", 4, cpb.EVALUATION_STATE_SUCCEEDED)]])
+    out = io.StringIO()
+    console = Console(file=out, width=300)
+    conn = submit.Connection("10.0.0.1:50051, 10.0.0.2:50051", ClientSecurity(), console, 60)
+    conn._stub = stub
+    used = []
+
+    async def close():
+        used.append(conn.address)
+        conn._stub = stub
+    conn.close = close
+    last = asyncio.run(submit._follow(conn, cpb.Evaluation(id="job1"), console, False))
+    assert last.state == cpb.EVALUATION_STATE_SUCCEEDED
+    assert conn.addresses == ["10.0.0.1:50051", "10.0.0.2:50051"]
+    assert used == ["10.0.0.2:50051", "10.0.0.1:50051", "10.0.0.2:50051"]
+    assert delays == [0.0, 0.5, 0.0]
+    assert "coordinator 10.0.0.1:50051 unreachable" in out.getvalue()
+    assert "reconnecting in 0 s to 10.0.0.2:50051" in out.getvalue()

@@ -295,3 +295,43 @@ def test_two_coordinators_one_killed_every_job_once(background_loop, workers, tm
                  if e["state"] == "EVALUATION_STATE_SUCCEEDED"]
     assert sorted(succeeded) == sorted(ids)
     assert sorted(e["job"] for e in b.log_events("job_claimed")) == sorted(taken)
+
+
+def test_client_fails_over_to_another_coordinator_of_the_store(background_loop, workers,
+                                                               tiny_model_dir, tmp_path,
+                                                               undisturbed):
+    """``eval --coordinator A,B``: A is killed mid-job and not restarted; the client moves to B,
+    which follows the job from the store, takes it over when A's lease runs out and finishes it;
+    the client writes results identical to an undisturbed run."""
+    url = str(tmp_path / "shared.db")
+    a = Coordinator(url, workers, tmp_path / "a.log").start()
+    b = Coordinator(url, workers, tmp_path / "b.log").start()
+    fingerprint = _ready_fingerprint(a, len(workers))
+    client = _client(f"{a.address},{b.address}", tiny_model_dir, tmp_path / "out",
+                     tmp_path / "client.log")
+    store = _store(url)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert time.monotonic() < deadline, "the job never had answers stored mid-run"
+            jobs, stored = _job_and_answers(background_loop, store, fingerprint)
+            if jobs and stored > 0:
+                a.kill9()
+                break
+            time.sleep(0.02)
+        (job,) = background_loop.run(store.list_jobs())
+        assert job.state == cpb.EVALUATION_STATE_RUNNING, "the job ended before the kill"
+        assert client.wait(timeout=300) == 0, (tmp_path / "client.log").read_text()[-3000:]
+    finally:
+        if client.poll() is None:
+            client.kill()
+        a.stop()
+        b.stop()
+        background_loop.run(store.close())
+    client_log = " ".join((tmp_path / "client.log").read_text().split())
+    assert f"coordinator {a.address} unreachable" in client_log
+    assert f"to {b.address}" in client_log
+    record = background_loop.run(_read_job(url, job.id))
+    assert record.state == cpb.EVALUATION_STATE_SUCCEEDED and record.attempts == 1
+    assert [e["job"] for e in b.log_events("job_claimed")] == [job.id]
+    _assert_identical(_samples(tmp_path / "out"), undisturbed)
