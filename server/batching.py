@@ -82,9 +82,11 @@ class KindQueue:
         prompts = [w.arguments[0] for w in self.items]
         starts = np.ones(n + 1, dtype=bool)
         if n > 1:
-            # shares_prefix, inlined: the first half of the shorter prompt is common.
+            # shares_prefix, inlined: the first half of the shorter prompt is common (at once
+            # for the choices of one document, which share the context object).
             starts[1:n] = [
-                (h := (min(len(a), len(b)) + 1) // 2) == 0 or a[:h] != b[:h]
+                (a is not b or not a)
+                and ((h := (min(len(a), len(b)) + 1) // 2) == 0 or a[:h] != b[:h])
                 for a, b in pairwise(prompts)]
         # next_start[i]: the first group start at or after i (n at the end).
         positions = np.flatnonzero(starts)

@@ -52,11 +52,16 @@ def encode_loglikelihood_many(items) -> list[bytes]:
     small, slow = _SMALL_VARINTS, _varint
     out = []
     append = out.append
+    last_context, context_field = None, b""
     for rid, context, continuation in items:
-        r, c, k = rid.encode(), context.encode(), continuation.encode()
-        lr, lc, lk = len(r), len(c), len(k)
-        body = b"".join((b"\x0a", small[lr] if lr < 0x4000 else slow(lr), r,
-                         b"\x12", small[lc] if lc < 0x4000 else slow(lc), c,
+        if context is not last_context:  # the choices of a document share one context object
+            c = context.encode()
+            lc = len(c)
+            context_field = b"\x12" + (small[lc] if lc < 0x4000 else slow(lc)) + c
+            last_context = context
+        r, k = rid.encode(), continuation.encode()
+        lr, lk = len(r), len(k)
+        body = b"".join((b"\x0a", small[lr] if lr < 0x4000 else slow(lr), r, context_field,
                          b"\x1a", small[lk] if lk < 0x4000 else slow(lk), k))
         lb = len(body)
         append(b"\x0a" + (small[lb] if lb < 0x4000 else slow(lb)) + body)

@@ -38,6 +38,19 @@ def test_full_batch_grows_to_keep_a_shared_prefix_group_together():
     assert [len(b) for b in _drain(queue, 4)] == [6, 3]
 
 
+def test_group_starts_are_shares_prefix_of_neighbours():
+    """The queue's inlined test (with its shortcut for a context object shared by a
+    document's choices) agrees with shares_prefix on every neighbouring pair."""
+    shared = "Question: which?\nAnswer:"
+    contexts = [shared, shared, shared, "", "", "x", "Question: which?\nAnswer: no",
+                "Question: which?\nAnswer:", "other", "other"]
+    items = [_ll(i, c) for i, c in enumerate(contexts)]
+    (queue,) = kind_queues(items)
+    starts = [i for i in range(1, len(items)) if queue._next_start[i] == i]
+    assert starts == [i for i in range(1, len(items))
+                      if not shares_prefix(contexts[i - 1], contexts[i])]
+
+
 def test_stretch_caps_a_long_group():
     shots = "shared few-shot block " * 20
     (queue,) = kind_queues([_ll(i, shots + str(i)) for i in range(10)], stretch=2)
