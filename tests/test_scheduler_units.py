@@ -80,3 +80,29 @@ def test_tail_batches_share_what_is_left_equally():
         await scheduler.close()
 
     asyncio.run(main())
+
+
+def test_batch_events_are_coalesced_but_never_lost(monkeypatch):
+    """A job with thousands of small batches used to publish an event (with the progress of
+    every task) per batch; now one per PROGRESS_INTERVAL_S, every cost note, and the rest at
+    the end."""
+    from evalfleet.server import dispatch
+
+    published: list[str] = []
+
+    class FakeJob:
+        def publish(self, message: str) -> None:
+            published.append(message)
+
+    clock = iter([100.0, 100.01, 100.02, 100.03, 100.5])
+    monkeypatch.setattr(dispatch.time, "monotonic", lambda: next(clock))
+    events = dispatch._ProgressEvents(FakeJob())
+    events.batch(10, "w:1", "")  # first: published at once
+    events.batch(20, "w:2", "")  # within the interval: held
+    events.batch(30, "w:1", "")
+    events.batch(5, "w:2", " (2 HTTP retries)")  # a cost note: published at once, with the held
+    events.batch(7, "w:1", "")  # 0.47 s later: published
+    events.flush()  # nothing left
+    assert published == ["batch of 10 done on w:1",
+                         "3 batches (55 requests) done on w:1, w:2 (2 HTTP retries)",
+                         "batch of 7 done on w:1"]
