@@ -50,6 +50,9 @@ from evalfleet.v1 import inference_pb2 as ipb
 
 log = get_logger("registry")
 
+#: Seconds a worker may take to answer GetModelInfo when a job starts (a remote backend may
+#: re-probe its server's logprobs first, in at most 5 s).
+MODEL_INFO_TIMEOUT_S = 15.0
 CONNECTING = cpb.WORKER_STATE_CONNECTING
 READY = cpb.WORKER_STATE_READY
 DOWN = cpb.WORKER_STATE_DOWN
@@ -516,6 +519,21 @@ class WorkerRegistry:
         if not any(w.state == READY for w in candidates):
             raise UnavailableError(f"no worker is up for {want}: {listing}")
         raise FailedPreconditionError(f"no worker serves {want}: {listing}")
+
+    async def refresh_info(self, workers: list[Worker]) -> None:
+        """Fetch the workers' model info again (GetModelInfo; a remote backend re-probes its
+        server there when its last probe is old). A worker that does not answer is DOWN."""
+        async def one(worker: Worker) -> None:
+            try:
+                info = await worker.client.model_info(max(self.health_timeout_s,
+                                                          MODEL_INFO_TIMEOUT_S))
+            except UnavailableError as exc:
+                self._set_state(worker, DOWN, exc.message)
+                return
+            worker.info = info
+            self.changed()
+
+        await asyncio.gather(*(one(w) for w in workers))
 
     def list(self) -> list[cpb.WorkerStatus]:
         return [w.to_proto() for w in sorted(self.workers.values(), key=lambda w: w.address)]

@@ -16,7 +16,7 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -174,9 +174,16 @@ class JobRunner:
 
     async def _select(self, spec: cpb.EvaluationSpec, parsed: ParsedSpec,
                       allowed: set[str] | None, wait_s: float) -> list[Worker]:
-        return await self.registry.select(
-            backend=spec.model, model_args=parsed.model_args,
-            fingerprint=spec.model_fingerprint, allowed=allowed, wait_s=wait_s)
+        """The job's workers, with what they can answer now: their model info is fetched
+        again (a remote backend re-probes its server's logprobs when its last probe is
+        ``probe_interval_s`` old), then the choice is made on the fresh answers."""
+        def choose(wait: float) -> Awaitable[list[Worker]]:
+            return self.registry.select(
+                backend=spec.model, model_args=parsed.model_args,
+                fingerprint=spec.model_fingerprint, allowed=allowed, wait_s=wait)
+
+        await self.registry.refresh_info(await choose(wait_s))
+        return await choose(wait_s)
 
     async def _plan(self, spec: cpb.EvaluationSpec, parsed: ParsedSpec,
                     workers: list[Worker]) -> JobPlan:

@@ -15,6 +15,7 @@ One server for the module; everything runs through real gRPC workers and coordin
 from __future__ import annotations
 
 import json
+import time
 from collections import Counter
 
 import pytest
@@ -207,6 +208,15 @@ def test_a_server_that_turns_bad_is_refused_when_the_next_job_is_created(
     backend = load_backend("local-completions", model_args)
     address = worker_and_coordinator(backend, model_args)
     assert backend.model_info().capabilities.loglikelihood  # passed at start
+    # The coordinator has the worker's model info (READY) before the server turns bad: the
+    # job's creation itself must fetch it again (this passed only by a race before).
+    with grpc.insecure_channel(address) as channel:
+        stub = cpb_grpc.EvaluationServiceStub(channel)
+        deadline = time.monotonic() + 60
+        while not [w for w in stub.ListWorkers(cpb.ListWorkersRequest(), timeout=10).workers
+                   if w.state == cpb.WORKER_STATE_READY]:
+            assert time.monotonic() < deadline, "the worker never became READY"
+            time.sleep(0.1)
     _set_shifted(server, True)
     try:
         with grpc.insecure_channel(address) as channel:
