@@ -344,14 +344,15 @@ class SqliteJobStore(JobStore):
 
     async def get_answers(self, fingerprint: str, request_ids: Iterable[str]
                           ) -> dict[str, bytes]:
-        by_key = {request_key(rid): rid for rid in request_ids}
-        keys = list(by_key)
+        ids = list(request_ids)
 
         def select(c: sqlite3.Connection) -> dict[str, bytes]:
             model = self._model_id(c, fingerprint, create=False)
             found: dict[str, bytes] = {}
             if model is None:
                 return found
+            by_key = {request_key(rid): rid for rid in ids}  # here, off the loop
+            keys = list(by_key)
             for start in range(0, len(keys), _LOOKUP_CHUNK):
                 chunk = keys[start:start + _LOOKUP_CHUNK]
                 found.update((by_key[key], answer) for key, answer in c.execute(
@@ -359,25 +360,26 @@ class SqliteJobStore(JobStore):
                     f"AND request IN ({','.join('?' * len(chunk))})", (model, *chunk)))
             return found
 
-        return await self._run(select) if keys else {}
+        return await self._run(select) if ids else {}
 
     async def put_answers(self, fingerprint: str, answers: Iterable[tuple[str, bytes]]
                           ) -> int:
-        pairs = [(request_key(rid), blob) for rid, blob in answers]
+        given = answers if isinstance(answers, list) else list(answers)
 
         def insert(c: sqlite3.Connection) -> int:
             # The model's row is committed first (autocommit), so a number cached here always
             # names a row every process sees.
             model = self._model_id(c, fingerprint, create=True)
+            rows = [(request_key(rid), blob) for rid, blob in given]  # here, off the loop
 
             def write(c: sqlite3.Connection) -> int:
                 before = c.total_changes
-                c.executemany(f"INSERT OR IGNORE INTO answers VALUES ({model},?,?)", pairs)
+                c.executemany(f"INSERT OR IGNORE INTO answers VALUES ({model},?,?)", rows)
                 return c.total_changes - before
 
             return _transaction(c, write)
 
-        return await self._run(insert) if pairs else 0
+        return await self._run(insert) if given else 0
 
     async def count_answers(self, fingerprint: str) -> int:
         def count(c: sqlite3.Connection) -> int:
@@ -406,17 +408,17 @@ def request_key(request_id: str) -> bytes:
     Content ids (64 lowercase hex digits of sha256, and ``#n`` for the repeats of a sampled
     request) become a tag byte and their 32 bytes (then the suffix); any other id a tag byte
     and its UTF-8. Half the key's size makes the table's pages hold twice the rows: a file
-    store writes answers about three times faster.
+    store writes answers about 1.7 times faster.
     """
-    if len(request_id) >= 64:
-        head = request_id[:64]
-        try:
-            raw = bytes.fromhex(head)
-        except ValueError:
-            raw = b""
-        if raw and raw.hex() == head:
-            return b"\x01" + raw + request_id[64:].encode()
+    head = request_id[:64]
+    if len(head) == 64 and not head.strip(_HEX_DIGITS):
+        if len(request_id) == 64:
+            return b"\x01" + bytes.fromhex(head)
+        return b"\x01" + bytes.fromhex(head) + request_id[64:].encode()
     return b"\x00" + request_id.encode()
+
+
+_HEX_DIGITS = "0123456789abcdef"
 
 
 def _compact_answer_keys(c: sqlite3.Connection) -> None:
