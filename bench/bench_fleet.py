@@ -114,6 +114,8 @@ async def dispatch_once(parsed, plan, addresses: list[str], *, max_batch_items: 
     scheduler = Scheduler(registry, SchedulerConfig(max_batch_items=max_batch_items))
     scheduler.start()
     store = _NullStore() if null_store else SqliteJobStore(":memory:")
+    if not null_store:
+        await store.open()  # a coordinator opens its store when it starts, not per job
     try:
         info = next(iter(registry.workers.values())).info
         job = Job(id="bench", parsed=parsed, plan=plan, model_info=info)
