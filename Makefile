@@ -13,9 +13,14 @@ LLAMA_CPP_PYTHON := llama-cpp-python[server]==0.3.36
 LLAMA_CMAKE_ARGS := -DLLAVA_BUILD=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF \
 	-DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_SERVER=OFF -DGGML_OPENMP=OFF
 
-.PHONY: install system-deps chromium sandbox-tools build-tools proto test test-acceptance test-all lint demo bench clean
+.PHONY: install system-deps chromium sandbox-tools build-tools kernels proto test test-acceptance test-all lint demo bench clean
 
-install: system-deps chromium sandbox-tools $(VENV)/.installed $(MODELS)/smollm2-135m/model.safetensors
+install: system-deps chromium sandbox-tools $(VENV)/.installed $(MODELS)/smollm2-135m/model.safetensors kernels
+
+# Compile the Numba kernels into the user's kernel cache ($EVALFLEET_CACHE_DIR/numba) now, so
+# that no evaluation pays for it (a no-op, loading only, when they are already there).
+kernels: $(VENV)/.installed
+	$(VENV)/bin/evalfleet warmup
 
 # PostgreSQL's server binaries (Debian's postgresql package) for the store tests, which start a
 # throw-away server of their own: a no-op when /usr/lib/postgresql/*/bin/initdb exists. No

@@ -6,6 +6,7 @@
 - ``evalfleet results ID``: a finished evaluation's results, from a coordinator or a store.
 - ``evalfleet tasks list|show``: what can be evaluated.
 - ``evalfleet results show|compare|plot|report``: read, compare, chart and browse results files.
+- ``evalfleet warmup``: compile the Numba kernels into the cache ahead of the first evaluation.
 
 User errors print one line to stderr and exit non-zero; no tracebacks.
 """
@@ -268,6 +269,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_serve_parser(sub)
     _add_workers_parser(sub)
     _add_tasks_parser(sub)
+    sub.add_parser("warmup", help="compile the scoring kernels into the cache directory "
+                   "($EVALFLEET_CACHE_DIR) ahead of the first evaluation (an install step)")
     _add_results_parser(sub)
     return parser
 
@@ -306,6 +309,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             from evalfleet.client.workers_command import run_workers
 
             return asyncio.run(run_workers(args))
+        if args.command == "warmup":
+            return _warmup()
         return _tasks(args)
     except EvalfleetError as exc:
         print(f"error: {exc.message}", file=sys.stderr)
@@ -319,6 +324,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:  # e.g. `evalfleet eval --tasks list | head`
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+
+
+def _warmup() -> int:
+    """Compile every Numba kernel (scoring and the wire scan) into the kernel cache."""
+    import time
+
+    from evalfleet.scoring._cache import kernel_cache_dir
+    from evalfleet.scoring.precompile import compile_kernels
+    from evalfleet.server import wire
+
+    started = time.perf_counter()
+    compile_kernels()
+    wire.compile_kernels()
+    print(f"kernels ready in {kernel_cache_dir()} ({time.perf_counter() - started:.1f} s)")
+    return 0
 
 
 async def _wait_for_signal() -> None:

@@ -211,6 +211,11 @@ class MalformedResponseError(ValueError):
     """The worker's answers do not match the batch (count, order or ids)."""
 
 
+def compile_kernels() -> None:
+    """Compile (or load from the cache) the response scan, as ``split_response`` calls it."""
+    split_response(b"", "loglikelihood", ExpectedIds([]), np.zeros(0, dtype=np.int64))
+
+
 def split_response(raw: bytes, kind: str, expected: ExpectedIds,
                    indices: np.ndarray) -> SplitResponse:
     """Split a raw response to a batch of ``indices`` (into ``expected``)."""

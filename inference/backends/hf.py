@@ -122,6 +122,7 @@ class HFBackend(Backend):
             autocast_dtype=(getattr(torch, args.mixed_precision_dtype)
                             if args.mixed_precision_dtype else None),
             min_shared_tokens=args.min_shared_tokens, max_padding=args.max_padding,
+            prefix_cache_bytes=args.prefix_cache_mb << 20,
         )
         self._gen_positions = 0
 

@@ -50,6 +50,8 @@ class HFArgs:
     # separate forward whose children could no longer be packed with their siblings
     min_shared_tokens: int = 32
     max_padding: float = 0.1  # padding a row may take, as a fraction of the batch's width
+    # memory for the KV of shared prompt prefixes kept across batches (0: none kept)
+    prefix_cache_mb: int = 256
     batch_size: int | str = 1
     # keyword arguments for the tokenizer's apply_chat_template (lm-eval's chat_template_args,
     # with enable_thinking merged in when given)
@@ -184,6 +186,8 @@ def parse_hf_args(model_args: dict[str, Any], batch_size: int | str = 1) -> HFAr
             from None
     if not 0.0 <= out.max_padding <= 1.0:
         raise BackendArgumentError("max_padding", f"must be within [0, 1], got {max_padding}")
+    out.prefix_cache_mb = as_int("prefix_cache_mb",
+                                 a.pop("prefix_cache_mb", HFArgs.prefix_cache_mb), minimum=0)
     out.batch_size = parse_batch_size(a.pop("batch_size", batch_size))
     out.extra = a
     return out

@@ -20,7 +20,9 @@ Two plans:
   below it. Short jobs after the same cached context are packed into one row with a mask that
   keeps them apart (no padding, one copy of the context per row). Rows whose cached contexts
   differ share one forward: contexts are right-padded in the cache and masked, with explicit
-  position ids.
+  position ids. The KV of a batch's leading shared prefixes is kept across batches
+  (:mod:`prefix_cache`): a later batch whose inputs start with a kept prefix reads it instead of
+  computing it again.
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ from evalfleet.inference.backends.prefix import (
     build_trie,
     subtree_inputs,
 )
+from evalfleet.inference.backends.prefix_cache import PrefixEntry, PrefixKVCache
 
 BatchLimit = Callable[[int], int]  # padded row length -> max rows per forward
 # A row may always take this much padding: below it, a separate forward costs more than padding.
@@ -80,6 +83,8 @@ class ChunkPlan:
     score_slot: np.ndarray  # [S] int64
     produce: list[tuple[int, int, int, int]] = field(default_factory=list)  # (seg, row, lo, hi)
     release: list[int] = field(default_factory=list)  # segments no later chunk reads
+    # prefixes kept across batches: (cache entry, segments whose concatenation is its KV)
+    remember: list[tuple[PrefixEntry, tuple[int, ...]]] = field(default_factory=list)
 
     @property
     def rows(self) -> int:
@@ -106,10 +111,19 @@ class ScorePlan:
 
     chunks: list[ChunkPlan]
     offsets: np.ndarray  # [n_requests + 1] int64
+    # segments read from the prefix cache: (segment id, entry, its first ``length`` positions)
+    preload: list[tuple[int, PrefixEntry, int]] = field(default_factory=list)
+    reserved: list[PrefixEntry] = field(default_factory=list)  # entries this plan fills
+    replan: Callable[[], ScorePlan] | None = None  # plans again reading only filled entries
 
     @property
     def positions(self) -> int:
         return sum(c.positions for c in self.chunks)
+
+    @property
+    def reused(self) -> int:
+        """Positions read from the prefix cache instead of computed."""
+        return sum(length for _, _, length in self.preload)
 
     @property
     def n_scored(self) -> int:
@@ -121,7 +135,8 @@ class Scorer:
 
     def __init__(self, model, device: torch.device, *, softmax_dtype: torch.dtype | None,
                  autocast_dtype: torch.dtype | None, min_shared_tokens: int = 32,
-                 max_padding: float = 0.1, packing: bool = True) -> None:
+                 max_padding: float = 0.1, packing: bool = True,
+                 prefix_cache_bytes: int = 0) -> None:
         self.model = model
         self.device = device
         self.softmax_dtype = softmax_dtype
@@ -129,6 +144,7 @@ class Scorer:
         self.min_shared_tokens = min_shared_tokens
         self.max_padding = max_padding
         self.positions = 0
+        self.prefix_cache = PrefixKVCache(prefix_cache_bytes)
         params = inspect.signature(model.forward).parameters
         self._cache_kw = "cache" if "cache" in params else (
             "past_key_values" if "past_key_values" in params else None)
@@ -146,18 +162,22 @@ class Scorer:
         return self.run(plan, reqs), plan.positions
 
     def plan(self, reqs: Sequence[ScoreRequest], limit: BatchLimit, shared: bool,
-             window_batch: int | None = None) -> ScorePlan:
+             window_batch: int | None = None, ready_only: bool = False) -> ScorePlan:
         """Every forward for ``reqs``, decided on the host.
 
         ``window_batch``: without sharing, cut ``reqs`` into consecutive runs of this many
-        before sorting (lm-eval's batching of rolling windows).
+        before sorting (lm-eval's batching of rolling windows). With sharing, the plan may read
+        prefixes of the prefix cache, also ones a plan made before it fills when it runs
+        (``ready_only``: only those already filled).
         """
         contlens = np.fromiter((r.contlen for r in reqs), dtype=np.int64, count=len(reqs))
         offsets = np.zeros(len(reqs) + 1, dtype=np.int64)
         np.cumsum(contlens, out=offsets[1:])
         seqs = [np.asarray(r.seq, dtype=np.int64) for r in reqs]
         if shared and self.supports_sharing:
-            chunks = _SharedPlanner(self, reqs, seqs, offsets, limit).plan()
+            planner = _SharedPlanner(self, reqs, seqs, offsets, limit, ready_only)
+            return ScorePlan(planner.plan(), offsets, planner.preload, planner.reserved,
+                             replan=lambda: self.plan(reqs, limit, shared, window_batch, True))
         else:
             runs = [range(len(reqs))] if not window_batch else [
                 range(i, min(len(reqs), i + window_batch))
@@ -195,8 +215,28 @@ class Scorer:
 
     # ================================================================ running
     def run(self, plan: ScorePlan, reqs: Sequence[ScoreRequest]) -> list[TokenScores]:
-        """Run ``plan``'s forwards; scores of ``reqs`` (the planned requests) in input order."""
+        """Run ``plan``'s forwards; scores of ``reqs`` (the planned requests) in input order.
+
+        A plan reading a cached prefix that was never filled (the batch that was to compute it
+        failed or has not run) is planned again from the filled entries only."""
+        if any(not entry.ready for _, entry, _ in plan.preload):
+            for entry in plan.reserved:
+                self.prefix_cache.discard(entry)
+            assert plan.replan is not None
+            plan = plan.replan()
+        try:
+            return self._run(plan)
+        finally:
+            for entry in plan.reserved:  # not filled: a forward failed
+                if not entry.ready:
+                    self.prefix_cache.discard(entry)
+
+    def _run(self, plan: ScorePlan) -> list[TokenScores]:
         store: dict[int, torch.Tensor] = {}  # KV segment id -> [2 * layers, heads, len, dim]
+        for seg, entry, length in plan.preload:
+            assert entry.kv is not None
+            store[seg] = entry.kv[:, :, :length]
+            self.prefix_cache.note_hit(length)
         out_vals: torch.Tensor | None = None
         out_greedy = torch.zeros(plan.n_scored, dtype=torch.bool, device=self.device)
         for ch in plan.chunks:
@@ -218,6 +258,9 @@ class Scorer:
                 store[seg] = torch.stack([t for layer in new_cache.layers for t in (
                     layer.keys[row, :, lo:hi], layer.values[row, :, lo:hi])])
             del new_cache
+            for entry, segs in ch.remember:
+                self.prefix_cache.fill(entry, store[segs[0]] if len(segs) == 1
+                                       else torch.cat([store[s] for s in segs], dim=2))
             for seg in ch.release:
                 store.pop(seg, None)
             self.positions += ch.positions
@@ -404,6 +447,7 @@ class Job:
     req_ids: list[int]
     node: TrieNode | None
     seg: int = -1
+    remember: PrefixEntry | None = None  # keep the KV of the whole path to ``node`` here
 
 
 @dataclass(eq=False)
@@ -435,7 +479,7 @@ class _SharedPlanner:
     children run right after it, so its KV segment is freed early)."""
 
     def __init__(self, scorer: Scorer, reqs: Sequence[ScoreRequest], seqs: list[np.ndarray],
-                 offsets: np.ndarray, limit: BatchLimit) -> None:
+                 offsets: np.ndarray, limit: BatchLimit, ready_only: bool = False) -> None:
         self.scorer = scorer
         self.reqs, self.seqs, self.offsets, self.limit = reqs, seqs, offsets, limit
         groups: dict[tuple[int, ...], list[int]] = {}
@@ -445,9 +489,16 @@ class _SharedPlanner:
         self.members = [groups[k] for k in self.keys]
         self.chunks: list[ChunkPlan] = []
         self._segs = itertools.count()
+        self.cache = scorer.prefix_cache
+        self.ready_only = ready_only
+        self.preload: list[tuple[int, PrefixEntry, int]] = []
+        self.reserved: list[PrefixEntry] = []
 
     def plan(self) -> list[ChunkPlan]:
-        self._run(self._children(build_trie(self.keys), (), 0))
+        jobs: list[Job] = []
+        for child in build_trie(self.keys).children:
+            self._root_edge(child, jobs)
+        self._run(jobs)
         last_use: dict[int, int] = {}
         for c, ch in enumerate(self.chunks):
             for seg, *_ in ch.produce:
@@ -462,6 +513,37 @@ class _SharedPlanner:
     def _req_ids(self, input_ids: Sequence[int]) -> list[int]:
         return [r for g in input_ids for r in self.members[g]]
 
+    def _root_edge(self, child: TrieNode, jobs: list[Job]) -> None:
+        """Plan a leading edge of the trie, reading its first positions from the prefix cache
+        when a kept prefix covers at least ``min_shared_tokens`` of them. Only context is read
+        so: the cached part ends before every scored position below the edge."""
+        inputs = subtree_inputs(child)
+        if self.cache.enabled:
+            first_scored = min(self.reqs[r].first_scored for g in inputs
+                               for r in self.members[g])
+            path = self.keys[inputs[0]][: min(child.end, first_scored)]
+            entry, length = self.cache.match(path)
+            if entry is not None and not (self.ready_only and not entry.ready) \
+                    and length >= self.scorer.min_shared_tokens:
+                seg = next(self._segs)
+                self.preload.append((seg, entry, length))
+                if length < len(child.tokens):  # the rest of the edge runs after the cached part
+                    rest = TrieNode(length, child.tokens[length:], child.children, child.inputs,
+                                    child.n_paths)
+                    self._expand(rest, [], [], (seg,), length, jobs, root=True)
+                else:  # the whole edge (no input ends on it: it ends before a scored position)
+                    for grandchild in child.children:
+                        self._expand(grandchild, [], [], (seg,), length, jobs)
+                return
+        self._expand(child, [], [], (), 0, jobs, root=True)
+
+    def _remember(self, job: Job, input_id: int) -> None:
+        """Reserve a cache entry for the path from the first position to ``job``'s end."""
+        entry = self.cache.reserve(self.keys[input_id][: job.node.end])
+        if entry is not None:
+            job.remember = entry
+            self.reserved.append(entry)
+
     def _children(self, node: TrieNode, ctx: tuple[int, ...], ctx_len: int) -> list[Job]:
         jobs: list[Job] = []
         for child in node.children:
@@ -469,18 +551,24 @@ class _SharedPlanner:
         return jobs
 
     def _expand(self, child: TrieNode, carried: list[int], carried_ids: list[int],
-                ctx: tuple[int, ...], ctx_len: int, jobs: list[Job]) -> None:
-        """Plan ``child`` with ``carried`` (an edge too short to share) prepended."""
+                ctx: tuple[int, ...], ctx_len: int, jobs: list[Job], root: bool = False) -> None:
+        """Plan ``child`` with ``carried`` (an edge too short to share) prepended. ``root``:
+        the path starts at the first position (or right after a cached prefix): a shared edge
+        there is kept in the prefix cache."""
         tokens, ids = carried + child.tokens, carried_ids + child.inputs
         if not child.children:
             jobs.append(Job(ctx, ctx_len, tokens, self._req_ids(ids), None))
         elif (child.n_paths >= 2
               and (child.n_paths - 1) * len(tokens) >= self.scorer.min_shared_tokens):
-            jobs.append(Job(ctx, ctx_len, tokens,
-                            self._req_ids(carried_ids + subtree_inputs(child)), child))
+            below = carried_ids + subtree_inputs(child)
+            job = Job(ctx, ctx_len, tokens, self._req_ids(below), child)
+            if root and self.cache.enabled:
+                self._remember(job, below[0])
+            jobs.append(job)
         else:  # not worth its own forward: each path below repeats it
             for k, grandchild in enumerate(child.children):
-                self._expand(grandchild, tokens, ids if k == 0 else [], ctx, ctx_len, jobs)
+                self._expand(grandchild, tokens, ids if k == 0 else [], ctx, ctx_len, jobs,
+                             root)
 
     def _run(self, jobs: list[Job]) -> None:
         rows = self._pack(jobs)
@@ -544,6 +632,7 @@ class _SharedPlanner:
             position_ids = ctx_lens[:, None] + np.arange(width, dtype=np.int64)[None, :]
         needed: list[np.ndarray] = []
         produce: list[tuple[int, int, int, int]] = []
+        remember: list[tuple[PrefixEntry, tuple[int, ...]]] = []
         for i, row in enumerate(chunk):
             for job, at in row.placed():
                 length = len(job.tokens)
@@ -560,6 +649,8 @@ class _SharedPlanner:
                         needed.append(np.arange(at + lo - job.ctx_len, at + hi - job.ctx_len))
                 if job.node is not None:
                     produce.append((job.seg, i, ctx_max + at, ctx_max + at + length))
+                if job.remember is not None:
+                    remember.append((job.remember, (*job.ctx, job.seg)))
         keep = np.unique(np.concatenate(needed)).astype(np.int64) if needed \
             else np.zeros(1, np.int64)
         scored = _ScoredTokens()
@@ -570,4 +661,4 @@ class _SharedPlanner:
                                job.ctx_len, at, len(job.tokens), keep)
         return ChunkPlan(ids=ids, ctx=[r.ctx for r in chunk], ctx_lens=ctx_lens, widths=widths,
                          mask=mask, seg_start=seg_start, position_ids=position_ids, keep=keep,
-                         produce=produce, **scored.arrays())
+                         produce=produce, remember=remember, **scored.arrays())
