@@ -170,6 +170,23 @@ def _job_and_answers(background_loop, store, fingerprint: str):
     return jobs, background_loop.run(store.count_answers(fingerprint))
 
 
+def _kill_mid_job(background_loop, store, fingerprint: str, coordinator: Coordinator):
+    """``kill -9`` the coordinator once some answers are stored and its job still runs;
+    returns the job and the answers stored at the kill."""
+    deadline = time.monotonic() + 120
+    while True:
+        assert time.monotonic() < deadline, "the job never had answers stored mid-run"
+        jobs, stored = _job_and_answers(background_loop, store, fingerprint)
+        if jobs and stored > 0:
+            coordinator.kill9()
+            break
+        time.sleep(0.02)
+    jobs, stored_at_kill = _job_and_answers(background_loop, store, fingerprint)
+    (job,) = jobs
+    assert job.state == cpb.EVALUATION_STATE_RUNNING, "the job ended before the kill"
+    return job, stored_at_kill
+
+
 def _kill_restart_and_follow(background_loop, store_url, workers, tiny_model_dir, tmp_path,
                              undisturbed):
     first = Coordinator(store_url, workers, tmp_path / "coord1.log").start()
@@ -178,18 +195,7 @@ def _kill_restart_and_follow(background_loop, store_url, workers, tiny_model_dir
     store = _store(store_url)
     second = None
     try:
-        # Kill the coordinator once some answers are stored and the job is still running.
-        deadline = time.monotonic() + 120
-        while True:
-            assert time.monotonic() < deadline, "the job never had answers stored mid-run"
-            jobs, stored = _job_and_answers(background_loop, store, fingerprint)
-            if jobs and stored > 0:
-                first.kill9()
-                break
-            time.sleep(0.02)
-        jobs, stored_at_kill = _job_and_answers(background_loop, store, fingerprint)
-        (job,) = jobs
-        assert job.state == cpb.EVALUATION_STATE_RUNNING, "the job ended before the kill"
+        job, stored_at_kill = _kill_mid_job(background_loop, store, fingerprint, first)
         # Restart on the same store and port; the client reconnects by itself.
         second = Coordinator(store_url, workers, tmp_path / "coord2.log", first.port).start()
         assert client.wait(timeout=300) == 0, (tmp_path / "client.log").read_text()[-3000:]
@@ -311,16 +317,7 @@ def test_client_fails_over_to_another_coordinator_of_the_store(background_loop, 
                      tmp_path / "client.log")
     store = _store(url)
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            assert time.monotonic() < deadline, "the job never had answers stored mid-run"
-            jobs, stored = _job_and_answers(background_loop, store, fingerprint)
-            if jobs and stored > 0:
-                a.kill9()
-                break
-            time.sleep(0.02)
-        (job,) = background_loop.run(store.list_jobs())
-        assert job.state == cpb.EVALUATION_STATE_RUNNING, "the job ended before the kill"
+        job, _ = _kill_mid_job(background_loop, store, fingerprint, a)
         assert client.wait(timeout=300) == 0, (tmp_path / "client.log").read_text()[-3000:]
     finally:
         if client.poll() is None:
