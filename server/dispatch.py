@@ -103,11 +103,12 @@ async def compute_missing(job: Job, store: JobStore, scheduler: Scheduler) -> No
                                  describe=job.plan.describe, notify=job.publish, sealed=False)
     job.dispatch = dispatch
     running = asyncio.create_task(scheduler.run(dispatch))
+    await asyncio.sleep(0)  # the job registers with the scheduler
 
     def add(items: list[WorkItem]) -> None:
         for queue in dispatch.add(items):
             tasks_of[id(queue)] = TaskOwners(queue.ids, first, extra)
-        scheduler.wake()
+        scheduler.pump()  # the first batches leave before the next chunk is prepared
 
     try:
         work = job.plan.work

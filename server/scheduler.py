@@ -202,6 +202,15 @@ class Scheduler:
     def wake(self) -> None:
         self._wake.set()
 
+    def pump(self) -> None:
+        """Hand out batches now (new requests were added): the loop would only after a few
+        turns of the event loop, which a caller preparing more work may not give it."""
+        try:
+            self._pump()
+        except Exception:  # noqa: BLE001 - as in the loop: the jobs get their errors
+            log.exception("scheduler_pump_crashed")
+        self.wake()
+
     def start(self) -> None:
         if self._loop_task is None:
             self._loop_task = asyncio.create_task(self._run(), name="scheduler")
