@@ -73,6 +73,12 @@ class Connection:
         """The coordinator this connection uses now."""
         return self.addresses[self._index]
 
+    def next_address(self) -> str:
+        """Move to the next coordinator (round robin); returns the one left."""
+        left = self.address
+        self._index = (self._index + 1) % len(self.addresses)
+        return left
+
     @property
     def stub(self) -> cpb_grpc.EvaluationServiceStub:
         if self._stub is None:
@@ -95,8 +101,7 @@ class Connection:
         if now - self._lost_at >= self.patience_s:
             raise RemoteError(exc, self.address) from exc
         self._attempt += 1
-        lost = self.address
-        self._index = (self._index + 1) % len(self.addresses)
+        lost = self.next_address()
         # The next address at once; a growing back-off before each new round of them all.
         rounds = (self._attempt - 1) // len(self.addresses)
         delay = 0.0 if self._index else min(5.0, 0.5 * 2 ** rounds)
@@ -178,7 +183,7 @@ async def _create(conn: Connection, spec: cpb.EvaluationSpec) -> cpb.Evaluation:
             conn.console.print(f"coordinator {conn.address} unreachable ({exc.details()}); "
                                "trying the next one")
             await conn.close()
-            conn._index += 1
+            conn.next_address()
 
 
 async def fetch_results(address: str, evaluation_id: str,

@@ -24,8 +24,8 @@ def _task_owners(job: Job) -> tuple[dict[str, int], dict[str, list[int]]]:
     by several tasks, the indices of the others."""
     first: dict[str, int] = {}
     extra: dict[str, list[int]] = {}
+    setdefault = first.setdefault
     for index, plan in enumerate(job.plan.tasks):
-        setdefault = first.setdefault
         for aid in plan.answer_ids:
             if setdefault(aid, index) != index:
                 extra.setdefault(aid, []).append(index)

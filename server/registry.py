@@ -424,12 +424,17 @@ class WorkerRegistry:
             return
         if worker.state == READY:
             return
+        if await self._fetch_info(worker, self.health_timeout_s):
+            self._set_state(worker, READY, "")
+
+    async def _fetch_info(self, worker: Worker, timeout_s: float) -> bool:
+        """GetModelInfo into ``worker.info``; a worker that does not answer is DOWN (False)."""
         try:
-            worker.info = await worker.client.model_info(self.health_timeout_s)
+            worker.info = await worker.client.model_info(timeout_s)
         except UnavailableError as exc:
             self._set_state(worker, DOWN, exc.message)
-            return
-        self._set_state(worker, READY, "")
+            return False
+        return True
 
     async def _monitor(self, worker: Worker) -> None:
         while not self._closed:
@@ -523,17 +528,9 @@ class WorkerRegistry:
     async def refresh_info(self, workers: list[Worker]) -> None:
         """Fetch the workers' model info again (GetModelInfo; a remote backend re-probes its
         server there when its last probe is old). A worker that does not answer is DOWN."""
-        async def one(worker: Worker) -> None:
-            try:
-                info = await worker.client.model_info(max(self.health_timeout_s,
-                                                          MODEL_INFO_TIMEOUT_S))
-            except UnavailableError as exc:
-                self._set_state(worker, DOWN, exc.message)
-                return
-            worker.info = info
-            self.changed()
-
-        await asyncio.gather(*(one(w) for w in workers))
+        timeout_s = max(self.health_timeout_s, MODEL_INFO_TIMEOUT_S)
+        await asyncio.gather(*(self._fetch_info(w, timeout_s) for w in workers))
+        self.changed()
 
     def list(self) -> list[cpb.WorkerStatus]:
         return [w.to_proto() for w in sorted(self.workers.values(), key=lambda w: w.address)]
