@@ -111,6 +111,24 @@ def _chat_messages(index: int, text: str) -> list[dict[str, str]]:
     return messages
 
 
+def _loglikelihood_arguments(items) -> list[tuple[str, str]]:
+    """(context, continuation) of each item, an item with ``same_context`` taking the previous
+    item's context (the very same string object)."""
+    arguments: list[tuple[str, str]] = []
+    context = ""
+    for index, item in enumerate(items):
+        if item.same_context:
+            if not index or item.context:
+                raise InvalidArgumentError(
+                    f"items[{index}].same_context: set on "
+                    f"{'the first item' if not index else 'an item with its own context'}; "
+                    "it means 'the previous item's context', with context left empty")
+        else:
+            context = item.context
+        arguments.append((context, item.continuation))
+    return arguments
+
+
 class InferenceServicer(pb_grpc.InferenceServiceServicer):
     """Serves one backend."""
 
@@ -149,7 +167,7 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
                             ) -> pb.LoglikelihoodResponse:
         results, cost = await self._scores(
             "loglikelihood", self._backend.loglikelihood,
-            [(item.context, item.continuation) for item in request.items],
+            _loglikelihood_arguments(request.items),
             [item.request_id for item in request.items])
         return pb.LoglikelihoodResponse(results=results, cost=cost)
 

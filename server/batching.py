@@ -13,7 +13,6 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from itertools import pairwise
 
 import numpy as np
 
@@ -58,6 +57,9 @@ class KindQueue:
     max_bytes: int = 8 * 1024 * 1024
     stretch: int = 4
     encoded: list[bytes] = field(init=False)
+    # same_context[i]: encoded[i] leaves its context out (it is item i - 1's), so it is sent
+    # as is only right after item i - 1; elsewhere in a batch, whole (see payload).
+    same_context: np.ndarray = field(init=False)
     ids: list[str] = field(init=False)
     cursor: int = 0
     retry: deque[list[int]] = field(default_factory=deque)
@@ -66,12 +68,13 @@ class KindQueue:
     expected: ExpectedIds = field(init=False)
 
     def __post_init__(self) -> None:
+        self.ids = [w.request_id for w in self.items]
+        arguments = [w.arguments for w in self.items]
         if self.kind == "loglikelihood":
-            self.encoded = encode_loglikelihood_many(
-                (w.request_id, w.arguments[0], w.arguments[1]) for w in self.items)
+            self.encoded, self.same_context = encode_loglikelihood_many(self.ids, arguments)
         else:
             self.encoded = [encode_item(w) for w in self.items]
-        self.ids = [w.request_id for w in self.items]
+            self.same_context = np.zeros(len(self.items), dtype=bool)
         self.expected = ExpectedIds(self.ids)
         n = len(self.items)
         self.attempts = np.zeros(n, dtype=np.int16)
@@ -79,15 +82,17 @@ class KindQueue:
         sizes = np.fromiter(map(len, self.encoded), dtype=np.int64, count=n)
         self._cum = np.concatenate(([0], np.cumsum(sizes)))
         # starts[i]: item i begins a new prefix group (a batch may be cut just before it).
-        prompts = [w.arguments[0] for w in self.items]
+        prompts = [a[0] for a in arguments]
         starts = np.ones(n + 1, dtype=bool)
         if n > 1:
-            # shares_prefix, inlined: the first half of the shorter prompt is common (at once
-            # for the choices of one document, which share the context object).
-            starts[1:n] = [
-                (a is not b or not a)
-                and ((h := (min(len(a), len(b)) + 1) // 2) == 0 or a[:h] != b[:h])
-                for a, b in pairwise(prompts)]
+            # The choices of one document (same_context) share it whole; the others are
+            # compared: shares_prefix, inlined.
+            starts[1:n] = False
+            compared = np.flatnonzero(~self.same_context[1:]) + 1
+            starts[compared] = [
+                (h := (min(len(a), len(b)) + 1) // 2) == 0 or a[:h] != b[:h]
+                for a, b in zip([prompts[i - 1] for i in compared.tolist()],
+                                [prompts[i] for i in compared.tolist()], strict=True)]
         # next_start[i]: the first group start at or after i (n at the end).
         positions = np.flatnonzero(starts)
         self._next_start = positions[np.searchsorted(positions, np.arange(n + 1))]
@@ -122,13 +127,27 @@ class KindQueue:
             if len(indices) > size:
                 self.retry.appendleft(indices[size:])
                 indices = indices[:size]
-            return Batch(self, indices, b"".join([self.encoded[i] for i in indices]))
+            return Batch(self, indices, self.payload(indices))
         if self.cursor >= len(self.items):
             return None
         start = self.cursor
         end = self._cut(start, size)
         self.cursor = end
-        return Batch(self, range(start, end), b"".join(self.encoded[start:end]))
+        parts = self.encoded[start:end]
+        if self.same_context[start]:
+            parts[0] = encode_item(self.items[start])
+        return Batch(self, range(start, end), b"".join(parts))
+
+    def payload(self, indices: Sequence[int]) -> bytes:
+        """The batch's request message body: ``items`` entries in the order of ``indices``."""
+        shared, encoded = self.same_context, self.encoded
+        previous = -2
+        parts = []
+        for i in indices:
+            parts.append(encoded[i] if not shared[i] or i == previous + 1
+                         else encode_item(self.items[i]))
+            previous = i
+        return b"".join(parts)
 
     def requeue(self, indices: Sequence[int], *, split: bool = False) -> None:
         """Put requests back at the front (in halves with ``split``, to isolate a bad one)."""
@@ -144,8 +163,12 @@ class KindQueue:
 def kind_queues(items: Sequence[WorkItem], *, max_bytes: int = 8 * 1024 * 1024,
                 stretch: int = 4) -> list[KindQueue]:
     """One queue per request kind, each keeping the planned order."""
-    by_kind: dict[str, list[WorkItem]] = {}
-    for item in items:
-        by_kind.setdefault(item.request_type, []).append(item)
+    kinds = {item.request_type for item in items}
+    if len(kinds) == 1:
+        by_kind = {kinds.pop(): list(items)}
+    else:
+        by_kind = {}
+        for item in items:
+            by_kind.setdefault(item.request_type, []).append(item)
     return [KindQueue(kind, kind_items, max_bytes=max_bytes, stretch=stretch)
             for kind, kind_items in by_kind.items()]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from itertools import pairwise
+from itertools import pairwise, repeat
 
 import numpy as np
 
@@ -12,7 +12,7 @@ from evalfleet.common.logging import get_logger
 from evalfleet.server.batching import KindQueue
 from evalfleet.server.job import Job
 from evalfleet.server.scheduler import JobDispatch, Scheduler
-from evalfleet.server.store import JobStore
+from evalfleet.server.store import AnswerSlices, JobStore
 from evalfleet.server.workers import WorkItem
 from evalfleet.v1 import inference_pb2 as ipb
 
@@ -22,13 +22,19 @@ log = get_logger("dispatch")
 def _task_owners(job: Job) -> tuple[dict[str, int], dict[str, list[int]]]:
     """answer id -> the index of the first task that uses it, and, for the few answers shared
     by several tasks, the indices of the others."""
+    tasks = job.plan.tasks
     first: dict[str, int] = {}
+    for index in reversed(range(len(tasks))):  # the first task's index written last
+        first.update(dict.fromkeys(tasks[index].answer_ids, index))
     extra: dict[str, list[int]] = {}
-    setdefault = first.setdefault
-    for index, plan in enumerate(job.plan.tasks):
-        for aid in plan.answer_ids:
-            if setdefault(aid, index) != index:
+    if sum(len(set(plan.answer_ids)) for plan in tasks) == len(first):
+        return first, extra  # no answer shared by two tasks (the usual case)
+    seen: set[str] = set()
+    for index, plan in enumerate(tasks):
+        for aid in dict.fromkeys(plan.answer_ids):
+            if aid in seen:
                 extra.setdefault(aid, []).append(index)
+            seen.add(aid)
     return first, extra
 
 
@@ -37,8 +43,8 @@ class TaskOwners:
 
     def __init__(self, ids: list[str], first: dict[str, int],
                  extra: dict[str, list[int]]) -> None:
-        get = first.get
-        self.first = np.fromiter((get(rid, -1) for rid in ids), dtype=np.int64, count=len(ids))
+        self.first = np.fromiter(map(first.get, ids, repeat(-1)), dtype=np.int64,
+                                 count=len(ids))
         self.extra = {i: extra[rid] for i, rid in enumerate(ids) if rid in extra} \
             if extra else {}
         self.has_extra = np.zeros(len(ids), dtype=bool)
@@ -67,6 +73,8 @@ def _cost_note(cost: ipb.BatchCost) -> str:
 #: the first chunk, so the preparation of the rest overlaps with the workers' computing.
 LOOKUP_CHUNK = 8192
 FIRST_CHUNK = 1024
+#: The pause after each chunk, in which the loop handles what returned meanwhile.
+CHUNK_YIELD_S = 0.0005
 #: Progress events per job while batches return: at most one per this many seconds (a watcher
 #: needs progress, not thousands of events a second), plus every batch with a cost note.
 PROGRESS_INTERVAL_S = 0.25
@@ -86,10 +94,9 @@ async def compute_missing(job: Job, store: JobStore, scheduler: Scheduler) -> No
     tasks_of: dict[int, TaskOwners] = {}
     progress = _ProgressEvents(job)
 
-    async def on_answers(queue: KindQueue, indices: np.ndarray,
-                         answers: list[tuple[str, bytes]], worker: str,
-                         cost: ipb.BatchCost) -> None:
-        await store.put_answers(fingerprint, answers)
+    async def on_answers(queue: KindQueue, indices: np.ndarray, answers: AnswerSlices,
+                         worker: str, cost: ipb.BatchCost) -> None:
+        await store.put_answer_slices(fingerprint, answers)
         _merge_cost(job, cost)
         job.served_by.add(worker)
         counts = tasks_of[id(queue)].count(indices, len(names))
@@ -126,9 +133,11 @@ async def compute_missing(job: Job, store: JobStore, scheduler: Scheduler) -> No
             for aid in cached:
                 for index in (first[aid], *extra.get(aid, ())):
                     job.done[names[index]] = job.done.get(names[index], 0) + 1
-            add([work[aid] for aid in chunk if aid not in cached])
-            # Let the scheduler send the first batches while the rest is prepared.
-            await asyncio.sleep(0)
+            add([work[aid] for aid in chunk if aid not in cached] if cached
+                else list(map(work.__getitem__, chunk)))
+            # Let the batches returned meanwhile be handled (a response takes several turns
+            # of the loop) and new ones be sent, while the rest is prepared.
+            await asyncio.sleep(CHUNK_YIELD_S)
         missing = len(work) - cached_total
         job.publish(f"{cached_total} answers from the store, {missing} to compute")
         log.info("job_dispatch", job=job.id, cached=cached_total, to_compute=missing)

@@ -44,6 +44,7 @@ from evalfleet.common.errors import EvalfleetError, FailedPreconditionError, Una
 from evalfleet.common.logging import get_logger
 from evalfleet.server.batching import Batch, KindQueue, kind_queues
 from evalfleet.server.registry import Worker, WorkerRegistry, describe_worker
+from evalfleet.server.store.base import AnswerSlices
 from evalfleet.server.wire import MalformedResponseError, split_response
 from evalfleet.server.workers import RequestFailedError, WorkItem
 from evalfleet.v1 import inference_pb2 as ipb
@@ -75,10 +76,10 @@ class SchedulerConfig:
     no_worker_timeout_s: float = 600.0
 
 
-#: Called with a batch's answers: (kind queue, indices answered (an int64 array), (request id,
-#: serialized answer) pairs, worker, cost). It stores them; the batch's requests count as done
+#: Called with a batch's answers: (kind queue, indices answered (an int64 array), the answers
+#: as spans of the response, worker, cost). It stores them; the batch's requests count as done
 #: when it returns.
-AnswerSink = Callable[[KindQueue, np.ndarray, list[tuple[str, bytes]], str, ipb.BatchCost],
+AnswerSink = Callable[[KindQueue, np.ndarray, AnswerSlices, str, ipb.BatchCost],
                       Awaitable[None]]
 
 
@@ -439,11 +440,12 @@ class Scheduler:
         seconds = cost.compute_seconds if cost.compute_seconds > 0 else wall
         self.speed.record(worker, job, queue.kind, len(index), seconds)
         self.registry.mark_succeeded(worker, len(split.answered))
-        if split.answers:
+        if len(split.answered):
             answered = index if not split.errors else index[split.answered]
             ids = queue.ids
-            pairs = list(zip([ids[i] for i in answered.tolist()], split.answers, strict=True))
-            await job.on_answers(queue, answered, pairs, worker.address, cost)
+            answers = AnswerSlices([ids[i] for i in answered.tolist()], raw, split.starts,
+                                   split.ends)
+            await job.on_answers(queue, answered, answers, worker.address, cost)
             fresh = ~queue.done[answered]
             queue.done[answered] = True
             job.remaining -= int(fresh.sum())

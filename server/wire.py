@@ -47,25 +47,35 @@ def _varint(n: int) -> bytes:
 _SMALL_VARINTS = [_varint(n) for n in range(0x4000)]
 
 
-def encode_loglikelihood_many(items) -> list[bytes]:
-    """``encode_loglikelihood`` of many (request id, context, continuation) triples."""
+def encode_loglikelihood_many(request_ids: list[str], arguments: list[tuple[str, str]]
+                              ) -> tuple[list[bytes], np.ndarray]:
+    """Requests (ids and (context, continuation) pairs) as ``items`` entries, and which of
+    them are encoded with ``same_context`` (their context equals the previous request's, and
+    is left out: such an entry is sent only right after its predecessor; see
+    ``encode_loglikelihood`` for one alone)."""
     small, slow = _SMALL_VARINTS, _varint
     out = []
     append = out.append
-    last_context, context_field = None, b""
-    for rid, context, continuation in items:
-        if context is not last_context:  # the choices of a document share one context object
-            c = context.encode()
-            lc = len(c)
-            context_field = b"\x12" + (small[lc] if lc < 0x4000 else slow(lc)) + c
-            last_context = context
+    shared = np.zeros(len(request_ids), dtype=bool)
+    last_context = None
+    for index, (rid, (context, continuation)) in enumerate(zip(request_ids, arguments,
+                                                               strict=True)):
         r, k = rid.encode(), continuation.encode()
         lr, lk = len(r), len(k)
-        body = b"".join((b"\x0a", small[lr] if lr < 0x4000 else slow(lr), r, context_field,
-                         b"\x1a", small[lk] if lk < 0x4000 else slow(lk), k))
+        if context and context == last_context:  # a document's choices: the context once
+            shared[index] = True
+            body = b"".join((b"\x0a", small[lr] if lr < 0x4000 else slow(lr), r,
+                             b"\x1a", small[lk] if lk < 0x4000 else slow(lk), k, b"\x20\x01"))
+        else:
+            c = context.encode()
+            lc = len(c)
+            last_context = context
+            body = b"".join((b"\x0a", small[lr] if lr < 0x4000 else slow(lr), r,
+                             b"\x12", small[lc] if lc < 0x4000 else slow(lc), c,
+                             b"\x1a", small[lk] if lk < 0x4000 else slow(lk), k))
         lb = len(body)
         append(b"\x0a" + (small[lb] if lb < 0x4000 else slow(lb)) + body)
-    return out
+    return out, shared
 
 
 def _string_field(tag: bytes, text: str) -> bytes:
@@ -191,20 +201,33 @@ class ExpectedIds:
     """The request ids of a queue, packed for the scan."""
 
     def __init__(self, ids: list[str]) -> None:
-        encoded = [i.encode() for i in ids]
-        self.buffer = np.frombuffer(b"".join(encoded) or b"\0", dtype=np.uint8)
-        lengths = np.fromiter(map(len, encoded), dtype=np.int64, count=len(encoded))
+        joined = "".join(ids)
+        if joined.isascii():  # a character is a byte: one encode for all
+            encoded, sized = joined.encode(), ids
+        else:
+            sized = [i.encode() for i in ids]
+            encoded = b"".join(sized)
+        self.buffer = np.frombuffer(encoded or b"\0", dtype=np.uint8)
+        lengths = np.fromiter(map(len, sized), dtype=np.int64, count=len(ids))
         self.offsets = np.concatenate(([0], np.cumsum(lengths)))
 
 
 @dataclass
 class SplitResponse:
-    """A response split into entries: answers as stored bytes, errors parsed."""
+    """A response split into entries: answers as spans of the raw bytes, errors parsed."""
 
-    answered: list[int]  # positions in the batch
-    answers: list[bytes]
+    answered: np.ndarray  # positions in the batch (int64)
+    raw: bytes
+    starts: np.ndarray  # answer i is raw[starts[i]:ends[i]]
+    ends: np.ndarray
     errors: list[tuple[int, pb.ItemError]]  # (position in the batch, error)
     cost: pb.BatchCost
+
+    @property
+    def answers(self) -> list[bytes]:
+        """The answers as stored bytes (one object each)."""
+        raw = self.raw
+        return [raw[a:b] for a, b in zip(self.starts.tolist(), self.ends.tolist(), strict=True)]
 
 
 class MalformedResponseError(ValueError):
@@ -228,17 +251,11 @@ def split_response(raw: bytes, kind: str, expected: ExpectedIds,
             "mismatched answer")
     cost = pb.BatchCost.FromString(raw[cost_start:cost_end]) if cost_start >= 0 \
         else pb.BatchCost()
-    starts_l, ends_l = starts[:count].tolist(), ends[:count].tolist()
-    if not errors[:count].any():
-        return SplitResponse(list(range(count)), [raw[a:b] for a, b in zip(starts_l, ends_l,
-                                                                            strict=True)],
-                             [], cost)
+    starts, ends, errors = starts[:count], ends[:count], errors[:count]
+    if not errors.any():
+        return SplitResponse(np.arange(count), raw, starts, ends, [], cost)
     message = ANSWER_MESSAGE[kind]
-    answered, answers, failed = [], [], []
-    for j, (a, b) in enumerate(zip(starts_l, ends_l, strict=True)):
-        if errors[j]:
-            failed.append((j, message.FromString(raw[a:b]).error))
-        else:
-            answered.append(j)
-            answers.append(raw[a:b])
-    return SplitResponse(answered, answers, failed, cost)
+    failed = [(j, message.FromString(raw[starts[j]:ends[j]]).error)
+              for j in np.flatnonzero(errors).tolist()]
+    ok = ~errors
+    return SplitResponse(np.flatnonzero(ok), raw, starts[ok], ends[ok], failed, cost)

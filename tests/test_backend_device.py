@@ -257,7 +257,7 @@ def test_the_backend_total_survives_the_wire_scan():
     (queue,) = kind_queues([WorkItem(rid, "loglikelihood", ("ctx", " x")) for rid in "ab"])
     batch = queue.take(2)
     split = split_response(raw, "loglikelihood", queue.expected, batch.index_array())
-    assert split.answered == [0, 1] and not split.errors
+    assert split.answered.tolist() == [0, 1] and not split.errors
     _, _, _, totals = _decode_scores(split.answers)
     assert totals[0] == -3.7 and np.isnan(totals[1])
 

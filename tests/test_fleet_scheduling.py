@@ -15,6 +15,7 @@ from conftest import REPO_ROOT
 
 from evalfleet.v1 import coordinator_pb2 as cpb
 from evalfleet.v1 import coordinator_pb2_grpc as cpb_grpc
+from evalfleet.v1 import inference_pb2 as ipb
 
 sys.path.insert(0, str(REPO_ROOT / "bench"))
 from simworker import Script, sim_fingerprint, start_simulated_worker  # noqa: E402
@@ -380,3 +381,24 @@ def test_cancel_through_another_coordinator_of_the_store_stops_the_job(fleet, tm
     with pytest.raises(grpc.RpcError) as err:
         other.CancelEvaluation(cpb.CancelEvaluationRequest(id="no-such-job"), timeout=10)
     assert err.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+def test_simulated_workers_fast_answers_equal_its_parsed_ones():
+    """bench_fleet's instant workers answer from the request's bytes (a Numba scan); the
+    answers are byte for byte those built from the parsed message, and anything unusual
+    (an id that does not start with hex digits) takes the parsed path."""
+    import hashlib
+
+    import numpy as np
+    from simworker import _scores_entry, _scores_from_raw
+
+    ids = [hashlib.sha256(str(i).encode()).hexdigest() for i in range(200)] + ["ABCDEF12-x"]
+    request = ipb.LoglikelihoodRequest(items=[
+        ipb.LoglikelihoodItem(request_id=rid, context="" if k % 3 else "ctx " * k,
+                              continuation=" c", same_context=bool(k % 3))
+        for k, rid in enumerate(ids)]).SerializeToString()
+    answers, ok = _scores_from_raw(np.frombuffer(request, dtype=np.uint8))
+    assert ok and answers.tobytes() == b"".join(_scores_entry(rid) for rid in ids)
+    odd = ipb.LoglikelihoodRequest(items=[ipb.LoglikelihoodItem(request_id="not-hex-id")])
+    assert not _scores_from_raw(np.frombuffer(odd.SerializeToString(), dtype=np.uint8))[1]
+

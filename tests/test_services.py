@@ -86,6 +86,27 @@ def test_worker_scores_batches(tiny_worker):
     assert response.cost.positions_computed > 0
 
 
+def test_worker_reads_same_context_as_the_previous_items_context(tiny_worker):
+    """A choice sent with ``same_context`` scores as the same choice sent whole; the flag on
+    the first item is refused with INVALID_ARGUMENT naming the field."""
+    context = "Question: 2+2?\nAnswer:"
+    whole = [ipb.LoglikelihoodItem(request_id=c, context=context, continuation=c)
+             for c in (" four", " five")]
+    short = [whole[0], ipb.LoglikelihoodItem(request_id=" five", continuation=" five",
+                                             same_context=True)]
+    with grpc.insecure_channel(tiny_worker.address) as channel:
+        stub = ipb_grpc.InferenceServiceStub(channel)
+        a = stub.Loglikelihood(ipb.LoglikelihoodRequest(items=whole), timeout=60)
+        b = stub.Loglikelihood(ipb.LoglikelihoodRequest(items=short), timeout=60)
+        with pytest.raises(grpc.RpcError) as err:
+            stub.Loglikelihood(ipb.LoglikelihoodRequest(items=short[1:]), timeout=60)
+    assert [r.request_id for r in b.results] == [" four", " five"]
+    assert [lp for r in a.results for lp in r.logprobs] == pytest.approx(
+        [lp for r in b.results for lp in r.logprobs], abs=1e-5)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "items[0].same_context" in err.value.details()
+
+
 @pytest.fixture()
 def fresh_stub(background_loop, tiny_worker, data_dir):
     """A coordinator with an empty store, so that every answer is computed by the worker."""

@@ -8,16 +8,19 @@ before the terminal state, and samples.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import sqlite3
 import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 
 from evalfleet.common.errors import InvalidArgumentError
 from evalfleet.server.store import (
+    AnswerSlices,
     JobRecord,
     PostgresJobStore,
     SqliteJobStore,
@@ -445,6 +448,64 @@ def test_concurrent_overlapping_answer_writes(store_url):
     run(scenario())
 
 
+def _slices(pairs: list[tuple[str, bytes]], gap: bytes = b"\x0a\x07") -> AnswerSlices:
+    """``pairs`` as spans of one buffer, with bytes between them (as in a response)."""
+    raw, starts, ends = b"", [], []
+    for _, answer in pairs:
+        raw += gap
+        starts.append(len(raw))
+        raw += answer
+        ends.append(len(raw))
+    return AnswerSlices([rid for rid, _ in pairs], raw + gap, np.array(starts, np.int64),
+                        np.array(ends, np.int64))
+
+
+def test_answer_slices_are_stored_as_their_pairs(store_url):
+    """A batch's answers written as spans of its response (content ids and other ids, batches
+    written at once and grouped) read back as written; the first answer still wins."""
+    async def scenario():
+        async with open_store(store_url) as store, open_store(store_url) as other:
+            fp = "sha256:" + "c" * 64
+            content = [(hashlib.sha256(str(i).encode()).hexdigest(), f"a{i}".encode() * (i % 5))
+                       for i in range(3000)]
+            batches = [content[k::7] for k in range(7)]
+            await asyncio.gather(*(store.put_answer_slices(fp, _slices(b)) for b in batches))
+            assert await other.get_answers(fp, [rid for rid, _ in content]) == dict(content)
+            # Other ids (keys of several widths), a repeat, and an answer already stored.
+            mixed = [("r1", b"one"), ("AB" * 32, b"upper"), (content[0][0] + "#1", b"rep"),
+                     (content[1][0], b"changed")]
+            await other.put_answer_slices(fp, _slices(mixed))
+            await other.put_answer_slices(fp, _slices([]))
+            got = await store.get_answers(fp, [rid for rid, _ in mixed])
+            assert got == {**dict(mixed[:3]), content[1][0]: content[1][1]}
+            assert await store.count_answers(fp) == 3003
+
+    run(scenario())
+
+
+def test_sqlite_close_waits_for_answer_writes(tmp_path):
+    """Answers handed to the store before it closes are on disk when it has closed."""
+    pairs = [(hashlib.sha256(str(i).encode()).hexdigest(), b"x%d" % i) for i in range(500)]
+
+    async def write():
+        store = SqliteJobStore(tmp_path / "s.db")
+        await store.open()
+        writes = [asyncio.ensure_future(store.put_answer_slices("fp", _slices(pairs[k::5])))
+                  for k in range(5)]
+        await asyncio.sleep(0)  # the writes are under way, none awaited
+        await store.close()
+        await asyncio.gather(*writes)
+        with pytest.raises(StoreUnavailableError, match="closed"):
+            await store.put_answer_slices("fp", _slices(pairs[:1]))
+
+    async def read():
+        async with SqliteJobStore(tmp_path / "s.db") as store:
+            return await store.get_answers("fp", [rid for rid, _ in pairs])
+
+    run(write())
+    assert run(read()) == dict(pairs)
+
+
 # -- opening, persistence, schema ---------------------------------------------------------------
 
 def test_reopened_store_keeps_everything(store_url):
@@ -527,6 +588,21 @@ def test_sqlite_request_keys_are_compact_and_one_to_one():
     assert len(set(keys)) == len(ids)
     assert len(keys[0]) == 33 and keys[1] == keys[0] + b"#0"
     assert keys[3] == b"\x00" + content.upper().encode()  # not lowercase hex: kept as text
+
+
+@pytest.mark.parametrize("ids", [
+    ["0f" * 32, "a1" * 32, "9" * 64],  # content ids: converted in one call
+    ["0f" * 32, "0F" * 32], ["0f" * 32, "0f " * 21 + "0"], ["0f" * 32, "0f" * 31 + "\u00e9a"],
+    ["x" * 64, "y" * 64], ["0f" * 32 + "#1", "0f" * 32 + "#2"], ["0f" * 32, "0f" * 32 + "#1"],
+])
+def test_sqlite_packed_request_keys_are_the_request_keys(ids):
+    """The one-call conversion gives each id's request_key, or None when widths differ."""
+    from evalfleet.server.store.sqlite import packed_request_keys, request_key
+
+    keys = [request_key(i) for i in ids]
+    widths = {len(k) for k in keys}
+    expected = (b"".join(keys), widths.pop()) if len(widths) == 1 else None
+    assert packed_request_keys(ids) == expected
 
 
 def test_sqlite_store_runs_off_the_event_loop(tmp_path):

@@ -92,6 +92,55 @@ def test_payload_is_the_request_message_protobuf_builds():
     assert parsed.items[0].params.max_gen_toks == 7 and parsed.items[0].chat_messages
 
 
+def _resolved(payload: bytes) -> list[tuple[str, str, str]]:
+    """(id, context, continuation) of each item, as the worker reads the message."""
+    from evalfleet.inference.server import _loglikelihood_arguments
+
+    items = pb.LoglikelihoodRequest.FromString(payload).items
+    return [(item.request_id, *args)
+            for item, args in zip(items, _loglikelihood_arguments(items), strict=True)]
+
+
+def test_a_documents_choices_carry_their_context_once():
+    """Choices after the first leave the shared context out (same_context); a batch that
+    starts inside a document, fresh or retried, or skips one of its choices, sends the
+    context whole where the previous choice is not right before it."""
+    contexts = ["doc A"] * 4 + ["doc B"] * 3 + ["", ""]
+    items = [_ll(i, c) for i, c in enumerate(contexts)]
+    expected = [(w.request_id, *w.arguments) for w in items]
+    (queue,) = kind_queues(items, stretch=1)
+    assert queue.same_context.tolist() == [False, True, True, True, False, True, True,
+                                           False, False]
+    whole = pb.LoglikelihoodRequest.FromString(kind_queues(items)[0].take(20).payload)
+    assert [i.same_context for i in whole.items] == queue.same_context.tolist()
+    assert [i.context for i in whole.items] == ["doc A", "", "", "", "doc B", "", "", "", ""]
+    # Cut inside a document (stretch 1): the next batch starts with its context.
+    first, second = queue.take(3), queue.take(3)
+    assert list(second.indices) == [3, 4, 5]
+    assert _resolved(first.payload) == expected[:3] and _resolved(second.payload) == expected[3:6]
+    assert not pb.LoglikelihoodRequest.FromString(second.payload).items[0].same_context
+    # A retry of scattered requests: each is whole unless its predecessor comes just before.
+    queue.requeue([1, 2, 5, 8])
+    retry = queue.take(10)
+    assert _resolved(retry.payload) == [expected[i] for i in (1, 2, 5, 8)]
+    assert [i.same_context for i in pb.LoglikelihoodRequest.FromString(retry.payload).items] \
+        == [False, True, False, False]
+
+
+def test_worker_refuses_same_context_without_a_previous_context():
+    from evalfleet.common.errors import InvalidArgumentError
+    from evalfleet.inference.server import _loglikelihood_arguments
+
+    first = [pb.LoglikelihoodItem(request_id="a", continuation=" x", same_context=True)]
+    with pytest.raises(InvalidArgumentError, match=r"items\[0\]\.same_context.*first item"):
+        _loglikelihood_arguments(first)
+    both = [pb.LoglikelihoodItem(request_id="a", context="c", continuation=" x"),
+            pb.LoglikelihoodItem(request_id="b", context="c", continuation=" y",
+                                 same_context=True)]
+    with pytest.raises(InvalidArgumentError, match=r"items\[1\]\.same_context.*own context"):
+        _loglikelihood_arguments(both)
+
+
 def test_shares_prefix():
     assert shares_prefix("abcdef", "abcxyz")
     assert not shares_prefix("abcdef", "xbcdef")
@@ -120,13 +169,13 @@ def test_split_response_keeps_answer_bytes_and_parses_errors():
     batch = queue.take(4)  # id0..id3
     raw, results = _response(["id0", "id1", "id2", "id3"], error_at=2)
     split = split_response(raw, "loglikelihood", queue.expected, batch.index_array())
-    assert split.answered == [0, 1, 3]
+    assert split.answered.tolist() == [0, 1, 3]
     assert split.answers == [results[j].SerializeToString() for j in (0, 1, 3)]
     assert [(j, e.message, e.retryable) for j, e in split.errors] == [(2, "too long", False)]
     assert split.cost.positions_computed == 7
     retry = np.array([4, 5])
     raw, _ = _response(["id4", "id5"])
-    assert split_response(raw, "loglikelihood", queue.expected, retry).answered == [0, 1]
+    assert split_response(raw, "loglikelihood", queue.expected, retry).answered.tolist() == [0, 1]
 
 
 @pytest.mark.parametrize("ids", [["id0", "id1", "id9"], ["id0", "id2", "id1"], ["id0", "id1"],

@@ -45,6 +45,7 @@ from evalfleet.common.errors import InvalidArgumentError
 from evalfleet.server.store.base import (
     ACTIVE_STATES,
     TERMINAL_STATES,
+    AnswerSlices,
     JobRecord,
     JobStore,
     StoreSchemaError,
@@ -58,6 +59,7 @@ if TYPE_CHECKING:
 __all__ = [
     "ACTIVE_STATES",
     "TERMINAL_STATES",
+    "AnswerSlices",
     "JobRecord",
     "JobStore",
     "PostgresJobStore",

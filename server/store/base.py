@@ -11,6 +11,8 @@ from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass
 
+import numpy as np
+
 from evalfleet.common.errors import UnavailableError
 from evalfleet.v1 import coordinator_pb2 as cpb
 
@@ -59,6 +61,27 @@ def job_from_row(row: Sequence) -> JobRecord:
                      created_at=row[4], updated_at=row[5], results_json=row[6],
                      results=bytes(row[7]) if row[7] is not None else None, owner=row[8],
                      lease_until=row[9], attempts=row[10])
+
+
+@dataclass(frozen=True)
+class AnswerSlices:
+    """Answers that lie in one buffer, as a worker's response holds them: the answer to
+    ``ids[i]`` is ``raw[starts[i]:ends[i]]``. A store may write them without making a bytes
+    object per answer (``JobStore.put_answer_slices``)."""
+
+    ids: list[str]
+    raw: bytes
+    starts: np.ndarray  # int64 offsets into raw
+    ends: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def pairs(self) -> list[tuple[str, bytes]]:
+        """``(request id, answer)`` pairs."""
+        raw = self.raw
+        return [(rid, raw[a:b]) for rid, a, b in zip(self.ids, self.starts.tolist(),
+                                                     self.ends.tolist(), strict=True)]
 
 
 class StoreUnavailableError(UnavailableError):
@@ -216,6 +239,12 @@ class JobStore(ABC):
                           ) -> int:
         """Store ``(request id, answer)`` pairs; an answer already stored is kept (the first
         one wins). Returns how many were new. Shared by every job on that model."""
+
+    async def put_answer_slices(self, fingerprint: str, answers: AnswerSlices) -> None:
+        """``put_answers`` for answers cut from one buffer (a batch's response); returns when
+        they are stored. A store overrides it when it can write them in bulk."""
+        if len(answers):
+            await self.put_answers(fingerprint, answers.pairs())
 
     @abstractmethod
     async def count_answers(self, fingerprint: str) -> int:

@@ -135,14 +135,16 @@ class BatchCost(_message.Message):
     def __init__(self, positions_computed: _Optional[int] = ..., prompt_tokens: _Optional[int] = ..., completion_tokens: _Optional[int] = ..., http_requests: _Optional[int] = ..., retries: _Optional[int] = ..., throttled_seconds: _Optional[float] = ..., compute_seconds: _Optional[float] = ...) -> None: ...
 
 class LoglikelihoodItem(_message.Message):
-    __slots__ = ("request_id", "context", "continuation")
+    __slots__ = ("request_id", "context", "continuation", "same_context")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     CONTEXT_FIELD_NUMBER: _ClassVar[int]
     CONTINUATION_FIELD_NUMBER: _ClassVar[int]
+    SAME_CONTEXT_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     context: str
     continuation: str
-    def __init__(self, request_id: _Optional[str] = ..., context: _Optional[str] = ..., continuation: _Optional[str] = ...) -> None: ...
+    same_context: bool
+    def __init__(self, request_id: _Optional[str] = ..., context: _Optional[str] = ..., continuation: _Optional[str] = ..., same_context: _Optional[bool] = ...) -> None: ...
 
 class LoglikelihoodRequest(_message.Message):
     __slots__ = ("items",)
