@@ -21,7 +21,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from evalfleet.server.store import JobStore, PostgresJobStore, SqliteJobStore
+import numpy as np
+
+from evalfleet.server.store import AnswerSlices, JobStore, PostgresJobStore, SqliteJobStore
+from evalfleet.server.wire import _varint
 from evalfleet.v1 import inference_pb2 as ipb
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
@@ -62,10 +65,39 @@ async def _time_store(store: JobStore, answers: list[tuple[str, bytes]], batch: 
     await asyncio.gather(*(writer() for _ in range(writers)))
     concurrent_s = time.perf_counter() - start
     assert await store.count_answers(fp2) == len(answers)
+    # The dispatch's path: each batch's answers as spans of its response, several workers'
+    # batches returning at once.
+    fp3 = fp + "-slices"
+    sliced = [_response_slices(b) for b in batches]
+
+    async def slice_writer() -> None:
+        while sliced:
+            await store.put_answer_slices(fp3, sliced.pop())
+
+    start = time.perf_counter()
+    await asyncio.gather(*(slice_writer() for _ in range(writers)))
+    slices_s = time.perf_counter() - start
+    assert await store.count_answers(fp3) == len(answers)
     await store.close()
     n = len(answers)
     return {"put_per_s": n / put_s, "get_per_s": n / get_s,
-            f"put_{writers}_writers_per_s": n / concurrent_s}
+            f"put_{writers}_writers_per_s": n / concurrent_s,
+            f"put_slices_{writers}_writers_per_s": n / slices_s}
+
+
+def _response_slices(batch: list[tuple[str, bytes]]) -> AnswerSlices:
+    """A batch's answers as a worker's response holds them (``results`` entries)."""
+    response = ipb.LoglikelihoodResponse(
+        results=[ipb.TokenScores.FromString(answer) for _, answer in batch]).SerializeToString()
+    starts, ends, pos = [], [], 0
+    for _, answer in batch:
+        pos += 1 + len(_varint(len(answer)))
+        starts.append(pos)
+        pos += len(answer)
+        ends.append(pos)
+    assert all(response[a:b] == answer for (_, answer), a, b in zip(batch, starts, ends,
+                                                                   strict=True))
+    return AnswerSlices([rid for rid, _ in batch], response, np.array(starts), np.array(ends))
 
 
 def _time_lmeval_cache(path: Path, answers: list[tuple[str, bytes]]) -> dict[str, float]:
