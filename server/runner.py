@@ -177,13 +177,16 @@ class JobRunner:
         """The job's workers, with what they can answer now: their model info is fetched
         again (a remote backend re-probes its server's logprobs when its last probe is
         ``probe_interval_s`` old), then the choice is made on the fresh answers."""
-        def choose(wait: float) -> Awaitable[list[Worker]]:
+        deadline = time.monotonic() + wait_s  # one wait in all, not one per choice
+
+        def choose() -> Awaitable[list[Worker]]:
             return self.registry.select(
                 backend=spec.model, model_args=parsed.model_args,
-                fingerprint=spec.model_fingerprint, allowed=allowed, wait_s=wait)
+                fingerprint=spec.model_fingerprint, allowed=allowed,
+                wait_s=max(0.0, deadline - time.monotonic()))
 
-        await self.registry.refresh_info(await choose(wait_s))
-        return await choose(wait_s)
+        await self.registry.refresh_info(await choose())
+        return await choose()
 
     async def _plan(self, spec: cpb.EvaluationSpec, parsed: ParsedSpec,
                     workers: list[Worker]) -> JobPlan:

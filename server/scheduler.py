@@ -206,10 +206,7 @@ class Scheduler:
     def pump(self) -> None:
         """Hand out batches now (new requests were added): the loop would only after a few
         turns of the event loop, which a caller preparing more work may not give it."""
-        try:
-            self._pump()
-        except Exception:  # noqa: BLE001 - as in the loop: the jobs get their errors
-            log.exception("scheduler_pump_crashed")
+        self._pump_safely()
         self.wake()
 
     def start(self) -> None:
@@ -269,13 +266,18 @@ class Scheduler:
     async def _run(self) -> None:
         while not self._closed:
             self._wake.clear()
-            try:
-                self._pump()
-                self._check_starving()
-            except Exception:  # noqa: BLE001 - the loop must survive; the job gets the error
-                log.exception("scheduler_pump_crashed")
+            self._pump_safely()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), 1.0)
+
+    def _pump_safely(self) -> None:
+        """Hand out batches and fail starving jobs; an error is logged, never raised (the
+        loop must survive; the jobs get their errors)."""
+        try:
+            self._pump()
+            self._check_starving()
+        except Exception:  # noqa: BLE001
+            log.exception("scheduler_pump_crashed")
 
     def _pump(self) -> None:
         """Fill every free worker slot with the batch of the least-served eligible job."""

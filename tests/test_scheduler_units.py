@@ -106,3 +106,27 @@ def test_batch_events_are_coalesced_but_never_lost(monkeypatch):
     assert published == ["batch of 10 done on w:1",
                          "3 batches (55 requests) done on w:1, w:2 (2 HTTP retries)",
                          "batch of 7 done on w:1"]
+
+
+def test_choosing_a_jobs_workers_waits_once_in_all():
+    """The choice is made twice (before and after the workers' model info is fetched again);
+    the second may only wait what is left of ``wait_s``, not ``wait_s`` again."""
+    from types import SimpleNamespace
+
+    from evalfleet.server.runner import JobRunner
+    from evalfleet.v1 import coordinator_pb2 as cpb
+
+    waits: list[float] = []
+
+    async def select(*, wait_s, **_):
+        waits.append(wait_s)
+        await asyncio.sleep(0.3)  # the first choice waited for a worker that was connecting
+        return []
+
+    async def refresh_info(workers):
+        pass
+
+    runner = SimpleNamespace(registry=SimpleNamespace(select=select, refresh_info=refresh_info))
+    parsed = SimpleNamespace(model_args={})
+    asyncio.run(JobRunner._select(runner, cpb.EvaluationSpec(model="sim"), parsed, None, 1.0))
+    assert waits[0] == pytest.approx(1.0, abs=0.05) and waits[1] <= 0.75
