@@ -167,3 +167,20 @@ def test_embedded_eval_prints_table_and_writes_files(tiny_model_dir, tmp_path: P
     [folder] = list(tmp_path.iterdir())
     assert len(list(folder.glob("results_*.json"))) == 1
     assert len(list(folder.glob("samples_arc_easy_*.jsonl"))) == 1
+
+
+def test_the_command_exits_with_mains_code_after_freezing_its_objects(monkeypatch):
+    """The installed ``evalfleet`` command is ``console_main``: main's exit code, with every
+    object frozen out of the interpreter's last collection (about 2 s after a model run)."""
+    import tomllib
+
+    from evalfleet.client import cli
+
+    scripts = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]["scripts"]
+    assert scripts["evalfleet"] == "evalfleet.client.cli:console_main"
+    calls: list[str] = []
+    monkeypatch.setattr(cli, "main", lambda: calls.append("main") or 3)
+    monkeypatch.setattr(cli.gc, "freeze", lambda: calls.append("freeze"))
+    with pytest.raises(SystemExit) as exited:
+        cli.console_main()
+    assert exited.value.code == 3 and calls == ["main", "freeze"]
