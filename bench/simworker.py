@@ -156,7 +156,8 @@ class SimulatedWorker:
             model_args={"pretrained": model_name},
             capabilities=pb.Capabilities(
                 loglikelihood=True, loglikelihood_rolling=True, generate_until=True,
-                chat_template=pb.CHAT_TEMPLATE_SUPPORT_NONE, max_concurrent_batches=1),
+                chat_template=pb.CHAT_TEMPLATE_SUPPORT_NONE, max_concurrent_batches=1,
+                same_context=True),
             library_versions={"simworker": "1"})
         self._lock = asyncio.Lock()
 

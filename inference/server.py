@@ -50,7 +50,8 @@ def capabilities_pb(caps: Capabilities) -> pb.Capabilities:
         logprobs_remedy=caps.logprobs_remedy, chat_only=caps.chat_only,
         chat_template=_CHAT_SUPPORT[caps.chat_template],
         max_context_tokens=caps.max_context_tokens, prefix_sharing=caps.prefix_sharing,
-        max_concurrent_batches=caps.max_concurrent_batches)
+        max_concurrent_batches=caps.max_concurrent_batches,
+        same_context=True)  # the servicer resolves it for every backend
     if caps.probe is not None:
         msg.logprob_probe.CopyFrom(pb.LogprobProbe(ran=True, passed=caps.probe.passed,
                                                    findings=list(caps.probe.findings)))

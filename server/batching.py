@@ -120,31 +120,38 @@ class KindQueue:
             return grown
         return end
 
-    def take(self, size: int) -> Batch | None:
-        """The next batch of about ``size`` requests: retries first, then fresh ones."""
+    def take(self, size: int, *, same_context: bool = True) -> Batch | None:
+        """The next batch of about ``size`` requests: retries first, then fresh ones.
+
+        ``same_context`` False (a worker that does not read it) sends every item whole."""
         if self.retry:
             indices = self.retry.popleft()
             if len(indices) > size:
                 self.retry.appendleft(indices[size:])
                 indices = indices[:size]
-            return Batch(self, indices, self.payload(indices))
+            return Batch(self, indices, self.payload(indices, same_context=same_context))
         if self.cursor >= len(self.items):
             return None
         start = self.cursor
         end = self._cut(start, size)
         self.cursor = end
+        if not same_context and self.same_context[start:end].any():
+            return Batch(self, range(start, end),
+                         self.payload(range(start, end), same_context=False))
         parts = self.encoded[start:end]
         if self.same_context[start]:
             parts[0] = encode_item(self.items[start])
         return Batch(self, range(start, end), b"".join(parts))
 
-    def payload(self, indices: Sequence[int]) -> bytes:
-        """The batch's request message body: ``items`` entries in the order of ``indices``."""
+    def payload(self, indices: Sequence[int], *, same_context: bool = True) -> bytes:
+        """The batch's request message body: ``items`` entries in the order of ``indices``,
+        an item leaving its context out only right after its predecessor (and never with
+        ``same_context`` False)."""
         shared, encoded = self.same_context, self.encoded
         previous = -2
         parts = []
         for i in indices:
-            parts.append(encoded[i] if not shared[i] or i == previous + 1
+            parts.append(encoded[i] if not shared[i] or (same_context and i == previous + 1)
                          else encode_item(self.items[i]))
             previous = i
         return b"".join(parts)

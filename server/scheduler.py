@@ -325,7 +325,8 @@ class Scheduler:
                 sharing = len(self.registry.serving(job.model_key, job.allowed)) or 1
                 outstanding = job.pending + job.in_flight_items
                 size = max(1, min(size, math.ceil(outstanding / sharing)))
-            batch = queue.take(size)
+            batch = queue.take(size, same_context=worker.info is not None
+                               and worker.info.capabilities.same_context)
             if batch is not None:
                 return batch, (spi * len(batch) if spi is not None else None)
         return None, None

@@ -130,3 +130,35 @@ def test_choosing_a_jobs_workers_waits_once_in_all():
     parsed = SimpleNamespace(model_args={})
     asyncio.run(JobRunner._select(runner, cpb.EvaluationSpec(model="sim"), parsed, None, 1.0))
     assert waits[0] == pytest.approx(1.0, abs=0.05) and waits[1] <= 0.75
+
+
+def test_a_worker_that_does_not_read_same_context_gets_whole_items():
+    """A document's choices leave their shared context out only for workers whose
+    capabilities say they read ``same_context``; an older worker would score them against an
+    empty context."""
+    async def main():
+        registry = WorkerRegistry()
+        old, new = _worker(registry, "old:1", "m"), _worker(registry, "new:1", "m")
+        new.info.capabilities.same_context = True
+        config = SchedulerConfig(max_batch_items=8)
+        scheduler = Scheduler(registry, config)
+        items = [WorkItem(f"{i:064x}", "loglikelihood", (f"doc {i // 4}: which one?", f" {i % 4}"))
+                 for i in range(16)]
+
+        async def on_answers(*_):
+            return None
+
+        job = JobDispatch.build("job", ("sim", "sha256:m"), items, on_answers, config=config)
+        for worker in (old, new):
+            scheduler.speed.record(worker, job, "loglikelihood", 100, 0.001)
+        sent = {}
+        for worker in (old, new):
+            batch, _ = scheduler._take(worker, job)
+            sent[worker.address] = ipb.LoglikelihoodRequest.FromString(batch.payload).items
+        assert [i.context for i in sent["old:1"]] == [f"doc {i // 4}: which one?"
+                                                      for i in range(8)]
+        assert not any(i.same_context for i in sent["old:1"])
+        assert [i.same_context for i in sent["new:1"]] == [False, True, True, True]
+        await scheduler.close()
+
+    asyncio.run(main())

@@ -73,6 +73,7 @@ def test_worker_scores_batches(tiny_worker):
         assert info.backend == "hf"
         assert info.fingerprint.startswith("sha256:") and len(info.fingerprint) == 71
         assert info.capabilities.loglikelihood and info.capabilities.generate_until
+        assert info.capabilities.same_context  # the coordinator sends a context once per doc
         response = stub.Loglikelihood(ipb.LoglikelihoodRequest(items=[
             ipb.LoglikelihoodItem(request_id="a", context="The capital of France is",
                                   continuation=" Paris"),

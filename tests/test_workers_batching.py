@@ -125,6 +125,14 @@ def test_a_documents_choices_carry_their_context_once():
     assert _resolved(retry.payload) == [expected[i] for i in (1, 2, 5, 8)]
     assert [i.same_context for i in pb.LoglikelihoodRequest.FromString(retry.payload).items] \
         == [False, True, False, False]
+    # For a worker that does not read same_context, every item is whole.
+    (queue,) = kind_queues(items)
+    plain = pb.LoglikelihoodRequest.FromString(queue.take(20, same_context=False).payload)
+    assert [(i.request_id, i.context, i.continuation) for i in plain.items] == expected
+    assert not any(i.same_context for i in plain.items)
+    queue.requeue([1, 2])
+    plain = pb.LoglikelihoodRequest.FromString(queue.take(20, same_context=False).payload)
+    assert [i.context for i in plain.items] == ["doc A", "doc A"]
 
 
 def test_worker_refuses_same_context_without_a_previous_context():

@@ -83,7 +83,7 @@ class LogprobProbe(_message.Message):
     def __init__(self, ran: _Optional[bool] = ..., passed: _Optional[bool] = ..., findings: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class Capabilities(_message.Message):
-    __slots__ = ("loglikelihood", "loglikelihood_rolling", "generate_until", "logprobs_unavailable_reason", "logprobs_remedy", "chat_only", "chat_template", "max_context_tokens", "prefix_sharing", "max_concurrent_batches", "logprob_probe")
+    __slots__ = ("loglikelihood", "loglikelihood_rolling", "generate_until", "logprobs_unavailable_reason", "logprobs_remedy", "chat_only", "chat_template", "max_context_tokens", "prefix_sharing", "max_concurrent_batches", "logprob_probe", "same_context")
     LOGLIKELIHOOD_FIELD_NUMBER: _ClassVar[int]
     LOGLIKELIHOOD_ROLLING_FIELD_NUMBER: _ClassVar[int]
     GENERATE_UNTIL_FIELD_NUMBER: _ClassVar[int]
@@ -95,6 +95,7 @@ class Capabilities(_message.Message):
     PREFIX_SHARING_FIELD_NUMBER: _ClassVar[int]
     MAX_CONCURRENT_BATCHES_FIELD_NUMBER: _ClassVar[int]
     LOGPROB_PROBE_FIELD_NUMBER: _ClassVar[int]
+    SAME_CONTEXT_FIELD_NUMBER: _ClassVar[int]
     loglikelihood: bool
     loglikelihood_rolling: bool
     generate_until: bool
@@ -106,7 +107,8 @@ class Capabilities(_message.Message):
     prefix_sharing: bool
     max_concurrent_batches: int
     logprob_probe: LogprobProbe
-    def __init__(self, loglikelihood: _Optional[bool] = ..., loglikelihood_rolling: _Optional[bool] = ..., generate_until: _Optional[bool] = ..., logprobs_unavailable_reason: _Optional[str] = ..., logprobs_remedy: _Optional[str] = ..., chat_only: _Optional[bool] = ..., chat_template: _Optional[_Union[ChatTemplateSupport, str]] = ..., max_context_tokens: _Optional[int] = ..., prefix_sharing: _Optional[bool] = ..., max_concurrent_batches: _Optional[int] = ..., logprob_probe: _Optional[_Union[LogprobProbe, _Mapping]] = ...) -> None: ...
+    same_context: bool
+    def __init__(self, loglikelihood: _Optional[bool] = ..., loglikelihood_rolling: _Optional[bool] = ..., generate_until: _Optional[bool] = ..., logprobs_unavailable_reason: _Optional[str] = ..., logprobs_remedy: _Optional[str] = ..., chat_only: _Optional[bool] = ..., chat_template: _Optional[_Union[ChatTemplateSupport, str]] = ..., max_context_tokens: _Optional[int] = ..., prefix_sharing: _Optional[bool] = ..., max_concurrent_batches: _Optional[int] = ..., logprob_probe: _Optional[_Union[LogprobProbe, _Mapping]] = ..., same_context: _Optional[bool] = ...) -> None: ...
 
 class ItemError(_message.Message):
     __slots__ = ("message", "retryable")
