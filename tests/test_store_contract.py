@@ -506,6 +506,32 @@ def test_sqlite_close_waits_for_answer_writes(tmp_path):
     assert run(read()) == dict(pairs)
 
 
+def test_sqlite_answer_writers_are_told_when_the_grouped_write_is_cancelled(tmp_path):
+    """Batches waiting for a grouped write that is cancelled (the loop shutting down) get an
+    error instead of waiting for ever."""
+    pairs = [(hashlib.sha256(str(i).encode()).hexdigest(), b"x") for i in range(10)]
+
+    async def scenario():
+        async with SqliteJobStore(tmp_path / "s.db") as store:
+            stuck = asyncio.Event()
+
+            async def never(fn, *args):
+                await stuck.wait()
+
+            store._run = never
+            first = asyncio.ensure_future(store.put_answer_slices("fp", _slices(pairs[:5])))
+            await asyncio.sleep(0)  # the grouped write has started and waits
+            second = asyncio.ensure_future(store.put_answer_slices("fp2", _slices(pairs[5:])))
+            await asyncio.sleep(0)
+            store._slice_writer.cancel()
+            for waiting in (first, second):
+                with pytest.raises(StoreUnavailableError, match="interrupted"):
+                    await asyncio.wait_for(waiting, 5)
+            del store._run
+
+    run(scenario())
+
+
 # -- opening, persistence, schema ---------------------------------------------------------------
 
 def test_reopened_store_keeps_everything(store_url):

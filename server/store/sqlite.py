@@ -431,16 +431,16 @@ class SqliteJobStore(JobStore):
 
                 try:
                     await self._run(insert)
-                except BaseException as exc:
-                    for p in parts:
-                        if not p.written.done():
-                            p.written.set_exception(exc)
-                    if not isinstance(exc, Exception):
-                        raise
+                except Exception as exc:  # noqa: BLE001 - its writers get it
+                    _settle(parts, exc)
+                except BaseException:  # cancelled: no writer may wait for ever
+                    for waiting in [*groups.values(), *self._slices.values()]:
+                        _settle(waiting, StoreUnavailableError(
+                            f"store {self.address}: answer write interrupted"))
+                    self._slices = {}
+                    raise
                 else:
-                    for p in parts:
-                        if not p.written.done():
-                            p.written.set_result(None)
+                    _settle(parts, None)
 
     async def count_answers(self, fingerprint: str) -> int:
         def count(c: sqlite3.Connection) -> int:
@@ -468,6 +468,16 @@ class _Slices:
     starts: np.ndarray
     lengths: np.ndarray
     written: asyncio.Future
+
+
+def _settle(parts: list[_Slices], error: BaseException | None) -> None:
+    """Tell the writers of ``parts`` how their write ended."""
+    for part in parts:
+        if not part.written.done():
+            if error is None:
+                part.written.set_result(None)
+            else:
+                part.written.set_exception(error)
 
 
 #: Request keys per look-up statement (SQLite allows 32,766 parameters).
