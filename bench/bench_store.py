@@ -55,34 +55,32 @@ async def _time_store(store: JobStore, answers: list[tuple[str, bytes]], batch: 
     assert len(got) == len(answers)
     # Several jobs (or workers' batches) writing at once, fresh keys.
     fp2 = fp + "-concurrent"
-    queue = list(batches)
-
-    async def writer() -> None:
-        while queue:
-            await store.put_answers(fp2, queue.pop())
-
-    start = time.perf_counter()
-    await asyncio.gather(*(writer() for _ in range(writers)))
-    concurrent_s = time.perf_counter() - start
+    concurrent_s = await _write_at_once(store.put_answers, fp2, batches, writers)
     assert await store.count_answers(fp2) == len(answers)
     # The dispatch's path: each batch's answers as spans of its response, several workers'
     # batches returning at once.
     fp3 = fp + "-slices"
-    sliced = [_response_slices(b) for b in batches]
-
-    async def slice_writer() -> None:
-        while sliced:
-            await store.put_answer_slices(fp3, sliced.pop())
-
-    start = time.perf_counter()
-    await asyncio.gather(*(slice_writer() for _ in range(writers)))
-    slices_s = time.perf_counter() - start
+    slices_s = await _write_at_once(store.put_answer_slices, fp3,
+                                    [_response_slices(b) for b in batches], writers)
     assert await store.count_answers(fp3) == len(answers)
     await store.close()
     n = len(answers)
     return {"put_per_s": n / put_s, "get_per_s": n / get_s,
             f"put_{writers}_writers_per_s": n / concurrent_s,
             f"put_slices_{writers}_writers_per_s": n / slices_s}
+
+
+async def _write_at_once(put, fp: str, batches: list, writers: int) -> float:
+    """Seconds for ``writers`` concurrent writers to ``put`` every batch under ``fp``."""
+    queue = list(batches)
+
+    async def writer() -> None:
+        while queue:
+            await put(fp, queue.pop())
+
+    start = time.perf_counter()
+    await asyncio.gather(*(writer() for _ in range(writers)))
+    return time.perf_counter() - start
 
 
 def _response_slices(batch: list[tuple[str, bytes]]) -> AnswerSlices:

@@ -25,6 +25,7 @@ import numpy as np
 
 from evalfleet.common.rpc import RunningServer, Service, start_server
 from evalfleet.common.security import ServerSecurity
+from evalfleet.server.wire import _read_varint  # the coordinator's scan reads them so too
 from evalfleet.v1 import inference_pb2 as pb
 
 SERVICE = "evalfleet.v1.InferenceService"
@@ -84,16 +85,7 @@ def _scores_from_raw(buf):
     while pos < n:
         if buf[pos] != 0x0A:  # only items (field 1, length-delimited) at the top level
             return out[:0], False
-        pos += 1
-        length = 0
-        shift = 0
-        while True:
-            b = buf[pos]
-            pos += 1
-            length |= (b & 0x7F) << shift
-            shift += 7
-            if b < 0x80:
-                break
+        length, pos = _read_varint(buf, pos + 1)
         end = pos + length
         if end > n or length < 2 or buf[pos] != 0x0A or buf[pos + 1] >= 0x80:
             return out[:0], False

@@ -60,19 +60,18 @@ def encode_loglikelihood_many(request_ids: list[str], arguments: list[tuple[str,
     last_context = None
     for index, (rid, (context, continuation)) in enumerate(zip(request_ids, arguments,
                                                                strict=True)):
-        r, k = rid.encode(), continuation.encode()
-        lr, lk = len(r), len(k)
         if context and context == last_context:  # a document's choices: the context once
             shared[index] = True
-            body = b"".join((b"\x0a", small[lr] if lr < 0x4000 else slow(lr), r,
-                             b"\x1a", small[lk] if lk < 0x4000 else slow(lk), k, b"\x20\x01"))
+            context_field, flag = b"", b"\x20\x01"
         else:
             c = context.encode()
             lc = len(c)
+            context_field, flag = b"\x12" + (small[lc] if lc < 0x4000 else slow(lc)) + c, b""
             last_context = context
-            body = b"".join((b"\x0a", small[lr] if lr < 0x4000 else slow(lr), r,
-                             b"\x12", small[lc] if lc < 0x4000 else slow(lc), c,
-                             b"\x1a", small[lk] if lk < 0x4000 else slow(lk), k))
+        r, k = rid.encode(), continuation.encode()
+        lr, lk = len(r), len(k)
+        body = b"".join((b"\x0a", small[lr] if lr < 0x4000 else slow(lr), r, context_field,
+                         b"\x1a", small[lk] if lk < 0x4000 else slow(lk), k, flag))
         lb = len(body)
         append(b"\x0a" + (small[lb] if lb < 0x4000 else slow(lb)) + body)
     return out, shared

@@ -94,10 +94,13 @@ class SqliteJobStore(JobStore):
 
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
         """Run ``fn(conn, *args)`` on the store's thread."""
-        if self._closed:
-            raise StoreUnavailableError(f"store {self.address} is closed")
+        self._check_open()
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor, self._with_conn, fn, args)
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise StoreUnavailableError(f"store {self.address} is closed")
 
     def _with_conn(self, fn: Callable[..., T], args: tuple) -> T:
         if self._conn is None:
@@ -402,8 +405,7 @@ class SqliteJobStore(JobStore):
         lengths = answers.ends - answers.starts
         if packed is None or int(lengths.max(initial=0)) >= _SLICE_LENGTH_LIMIT:
             return await super().put_answer_slices(fingerprint, answers)
-        if self._closed:
-            raise StoreUnavailableError(f"store {self.address} is closed")
+        self._check_open()
         keys, width = packed
         written = asyncio.get_running_loop().create_future()
         self._slices.setdefault((fingerprint, width), []).append(
