@@ -82,7 +82,7 @@ def test_registry_resolves_names_and_suggests():
     ({"prefix_token_id": 1.5}, "prefix_token_id"),
     ({"parallelize": True}, "parallelize"),
     ({"batch_size": "lots"}, "batch_size"),
-    ({"max_padding": 2}, "max_padding"),
+    ({"forward_cost": -1}, "forward_cost"),
     ({"foo_bar": 1}, "foo_bar"),
     ({"pretrained": "models/no-such-model"}, "pretrained"),
 ])

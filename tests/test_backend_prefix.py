@@ -153,8 +153,8 @@ def test_packed_rows_give_the_values_of_separate_rows(tiny_model_dir, mixed_requ
     real = backend.scorer._mask
 
     def spy(chunk):
-        if chunk.mask == "4d":  # jobs per row: distinct job starts among its used positions
-            packed_forwards.append(max(len(np.unique(chunk.seg_start[i, :w]))
+        if chunk.mask == "4d":  # pieces per row (jobs, or edges of a tree job)
+            packed_forwards.append(max(len(np.unique(chunk.piece[i, :w]))
                                        for i, w in enumerate(chunk.widths)))
         return real(chunk)
 
@@ -166,3 +166,57 @@ def test_packed_rows_give_the_values_of_separate_rows(tiny_model_dir, mixed_requ
     for a, b in zip(packed, separate, strict=True):
         np.testing.assert_allclose(a.logprobs, b.logprobs, atol=1e-5, rtol=0)
         assert (a.greedy == b.greedy).all()
+
+
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+def test_a_subtree_is_one_forward_under_a_tree_mask(tiny_model_dir, attn, monkeypatch):
+    """A context with answers that share their first tokens (three levels of the trie) is
+    one job: every edge once, one forward, each edge attending only to the edges above it."""
+    backend = _backend(tiny_model_dir, 8, attn_implementation=attn, prefix_cache_mb=0)
+    context = [5, *range(100, 140)]
+    answers_ = [[7, 8, 9], [7, 8, 10, 11], [7, 12], [13], [7, 8, 9, 14]]
+    reqs = [make_score_request(context, a, backend.max_length) for a in answers_]
+    # a second document after another context, in the same row
+    reqs += [make_score_request([5, *range(200, 220)], a, backend.max_length)
+             for a in ([7, 8], [7, 9])]
+    chunks = []
+    real = backend.scorer._mask
+    monkeypatch.setattr(backend.scorer, "_mask", lambda ch: chunks.append(ch) or real(ch))
+    with torch.inference_mode():
+        shared, positions = backend.scorer.score(reqs, lambda _: 8, shared=True)
+    floor = count_nodes(build_trie(list({r.seq[:-1] for r in reqs})))
+    assert positions == floor  # no edge computed twice
+    assert len(chunks) == 1 and chunks[0].mask == "4d"
+    ancestors = chunks[0].ancestors
+    assert ancestors is not None and ancestors.sum() > ancestors.shape[0] // 2  # levels
+    with torch.inference_mode():
+        plain, _ = backend.scorer.score(reqs, lambda _: 1, shared=False)
+    for a, b in zip(shared, plain, strict=True):
+        np.testing.assert_allclose(a.logprobs, b.logprobs, atol=1e-5, rtol=0)
+        assert (a.greedy == b.greedy).all()
+
+
+def test_rows_are_cut_into_forwards_at_the_least_cost():
+    """Positions computed (padding included) plus ``forward_cost`` per forward, least; never
+    more rows than the limit allows for the padded length (the longest context counts)."""
+    from types import SimpleNamespace
+
+    from evalfleet.inference.backends.hf_score import Job, Row, _SharedPlanner
+
+    def rows(*shapes: tuple[int, int]) -> list[Row]:
+        return [Row((), ctx, [Job((), ctx, [1] * width, [], None)]) for width, ctx in shapes]
+
+    def cut(forward_cost: int, limit, shapes) -> list[list[int]]:
+        planner = SimpleNamespace(scorer=SimpleNamespace(forward_cost=forward_cost),
+                                  limit=limit)
+        return [[r.width for r in chunk]
+                for chunk in _SharedPlanner._partition(planner, rows(*shapes))]
+
+    shapes = [(100, 0), (90, 0), (20, 0), (20, 0), (20, 0)]
+    assert cut(64, lambda _: 8, shapes) == [[100, 90], [20, 20, 20]]
+    assert cut(1000, lambda _: 8, shapes) == [[100, 90, 20, 20, 20]]
+    assert sum(len(c) * c[0] for c in cut(0, lambda _: 8, shapes)) == 250  # no padding
+    assert max(len(c) for c in cut(1000, lambda _: 2, shapes)) == 2
+    # together the padded length is 100 + 200 (the second row's context): one row each
+    assert cut(1000, lambda length: 1 if length > 250 else 8, [(100, 0), (90, 200)]) == [
+        [100], [90]]

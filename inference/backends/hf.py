@@ -121,7 +121,7 @@ class HFBackend(Backend):
             softmax_dtype=getattr(torch, args.softmax_dtype) if args.softmax_dtype else None,
             autocast_dtype=(getattr(torch, args.mixed_precision_dtype)
                             if args.mixed_precision_dtype else None),
-            min_shared_tokens=args.min_shared_tokens, max_padding=args.max_padding,
+            min_shared_tokens=args.min_shared_tokens, forward_cost=args.forward_cost,
             prefix_cache_bytes=args.prefix_cache_mb << 20,
         )
         self._gen_positions = 0

@@ -49,7 +49,10 @@ class HFArgs:
     # share an edge only if it saves this many positions: below, recomputing is cheaper than a
     # separate forward whose children could no longer be packed with their siblings
     min_shared_tokens: int = 32
-    max_padding: float = 0.1  # padding a row may take, as a fraction of the batch's width
+    # what one more forward costs, in positions computed (None: by device, see hf_score):
+    # rows are cut into forwards so that positions (padding included) plus this per forward
+    # are least
+    forward_cost: int | None = None
     # memory for the KV of shared prompt prefixes kept across batches (0: none kept)
     prefix_cache_mb: int = 256
     batch_size: int | str = 1
@@ -178,14 +181,8 @@ def parse_hf_args(model_args: dict[str, Any], batch_size: int | str = 1) -> HFAr
     out.prefix_sharing = as_bool("prefix_sharing", a.pop("prefix_sharing", HFArgs.prefix_sharing))
     out.min_shared_tokens = as_int("min_shared_tokens",
                                  a.pop("min_shared_tokens", HFArgs.min_shared_tokens), minimum=1)
-    max_padding = a.pop("max_padding", HFArgs.max_padding)
-    try:
-        out.max_padding = float(max_padding)
-    except (TypeError, ValueError):
-        raise BackendArgumentError("max_padding", f"expected a number, got {max_padding!r}") \
-            from None
-    if not 0.0 <= out.max_padding <= 1.0:
-        raise BackendArgumentError("max_padding", f"must be within [0, 1], got {max_padding}")
+    if "forward_cost" in a:
+        out.forward_cost = as_int("forward_cost", a.pop("forward_cost"), minimum=0)
     out.prefix_cache_mb = as_int("prefix_cache_mb",
                                  a.pop("prefix_cache_mb", HFArgs.prefix_cache_mb), minimum=0)
     out.batch_size = parse_batch_size(a.pop("batch_size", batch_size))

@@ -48,10 +48,21 @@ from evalfleet.inference.backends.prefix import (
 from evalfleet.inference.backends.prefix_cache import PrefixEntry, PrefixKVCache
 
 BatchLimit = Callable[[int], int]  # padded row length -> max rows per forward
-# A row may always take this much padding: below it, a separate forward costs more than padding.
-SHORT_ROW_PADDING = 16
+#: What one more forward costs, in positions computed, by device type (the default of
+#: ``forward_cost``). A forward streams every weight once whatever its size: on this CPU
+#: (SmolLM2-135M, float32, 2 cores) a 1 x 8 forward takes ~170 ms and each further position
+#: ~3 ms, so a forward is worth ~64 positions of padding; a GPU forward at these sizes is bound
+#: by its kernel launches, and padding is cheaper still.
+FORWARD_COST_POSITIONS = {"cpu": 64, "default": 512}
+# The children of several forwards are planned together (so that they fill forwards of their
+# own) until their parents' KV, kept until the children have run, reaches this many positions.
+LEVEL_KV_POSITIONS = 4096
 # Jobs after one cached context are packed into rows of up to this many positions.
 PACK_WIDTH = 512
+# A subtree of up to this many tokens is one job (its edges under a tree mask), not one forward
+# per level. Wider trees lose more to the mask than they save in forwards: on CPU an mmlu batch
+# as one 936-token tree row ran at 216 positions/s, as three plain forwards at ~300.
+TREE_WIDTH = 512
 # Scored positions are log-softmaxed in blocks of at most this many bytes (full-vocabulary rows).
 LOG_SOFTMAX_BLOCK_BYTES = 1 << 30
 # Log-probabilities in these dtypes are summed in that dtype by lm-eval (``float(t.sum())``).
@@ -74,7 +85,11 @@ class ChunkPlan:
     ctx_lens: np.ndarray  # [rows] int64
     widths: np.ndarray  # [rows] int64: positions used by each row
     mask: str | None  # None (plain causal), "2d" (padded contexts) or "4d" (packed rows)
-    seg_start: np.ndarray | None  # [rows, width]: first row position of each position's job
+    # "4d": the piece (a run of one job's tokens, see Piece) of each row position (-1:
+    # padding); a position attends to its row's context, its own piece up to itself and the
+    # pieces ``ancestors[piece]`` names (None: no piece has any)
+    piece: np.ndarray | None  # [rows, width] int64
+    ancestors: np.ndarray | None  # [pieces, pieces] bool: [a, b] when b is a proper ancestor
     position_ids: np.ndarray | None  # [rows, width]
     keep: np.ndarray | None  # row positions whose logits are kept (None: all)
     flat_pos: np.ndarray  # [P] int64
@@ -135,14 +150,15 @@ class Scorer:
 
     def __init__(self, model, device: torch.device, *, softmax_dtype: torch.dtype | None,
                  autocast_dtype: torch.dtype | None, min_shared_tokens: int = 32,
-                 max_padding: float = 0.1, packing: bool = True,
+                 forward_cost: int | None = None, packing: bool = True,
                  prefix_cache_bytes: int = 0) -> None:
         self.model = model
         self.device = device
         self.softmax_dtype = softmax_dtype
         self.autocast_dtype = autocast_dtype
         self.min_shared_tokens = min_shared_tokens
-        self.max_padding = max_padding
+        self.forward_cost = forward_cost if forward_cost is not None else \
+            FORWARD_COST_POSITIONS.get(device.type, FORWARD_COST_POSITIONS["default"])
         self.positions = 0
         self.prefix_cache = PrefixKVCache(prefix_cache_bytes)
         params = inspect.signature(model.forward).parameters
@@ -209,7 +225,8 @@ class Scorer:
             widths = np.fromiter((len(k) for k in rows), dtype=np.int64, count=len(rows))
             chunks.append(ChunkPlan(
                 ids=ids_arr, ctx=[() for _ in rows], ctx_lens=np.zeros(len(rows), np.int64),
-                widths=widths, mask=None, seg_start=None, position_ids=None, keep=None,
+                widths=widths, mask=None, piece=None, ancestors=None, position_ids=None,
+                keep=None,
                 **scored.arrays()))
         return chunks
 
@@ -343,15 +360,20 @@ class Scorer:
             mask = (k[None, :] < ctx_lens[:, None]) | (
                 (k[None, :] >= ctx_max) & (k[None, :] < ctx_max + widths[:, None]))
             return mask.long(), position_ids
-        # packed rows: [rows, 1, width, ctx_max + width]. Each job attends to its row's cached
-        # context and causally to itself, never to the other jobs of its row. Padding attends to
-        # the context and itself.
-        seg_start = self._dev(ch.seg_start)
+        # packed rows: [rows, 1, width, ctx_max + width]. Each position attends to its row's
+        # cached context, causally to its own piece and to the pieces above it in its job's
+        # tree, never to the other jobs of its row. Padding attends to the context and padding.
+        piece = self._dev(ch.piece)
         q = torch.arange(width, device=dev)
-        allowed = (k[None, None, :] < ctx_lens[:, None, None]) | (
-            (k[None, None, :] >= (seg_start + ctx_max)[:, :, None])
-            & (k[None, None, :] <= (q + ctx_max)[None, :, None]))
-        allowed = allowed.unsqueeze(1)
+        row = (piece[:, :, None] == piece[:, None, :]) & (q[None, None, :] <= q[None, :, None])
+        if ch.ancestors is not None:
+            ancestors = self._dev(ch.ancestors)
+            n_pieces = ancestors.shape[0]
+            index = torch.where(piece < 0, n_pieces, piece)  # padding: a piece of its own
+            ancestors = F.pad(ancestors, (0, 1, 0, 1))
+            row |= ancestors[index[:, :, None], index[:, None, :]]
+        context = (k[None, :ctx_max] < ctx_lens[:, None])[:, None, :].expand(-1, width, -1)
+        allowed = torch.cat([context, row], dim=-1).unsqueeze(1)
         if self._attn_impl == "sdpa":
             return allowed, position_ids
         additive = torch.zeros(allowed.shape, dtype=self.model.dtype, device=dev)
@@ -434,11 +456,26 @@ class _ScoredTokens:
 
 # ==================================================================== planning: prefix sharing
 @dataclass(eq=False)
+class Piece:
+    """A run of a job's tokens: ``length`` of them from ``offset`` in the job, the input
+    positions ``[base, base + length)`` of the requests ``req_ids``, continuing the piece
+    ``parent`` of the same job (-1: the job's cached context)."""
+
+    offset: int
+    length: int
+    base: int
+    parent: int
+    req_ids: list[int]
+
+
+@dataclass(eq=False)
 class Job:
     """Forward ``tokens`` after the cached context ``ctx`` (segment ids, ``ctx_len`` positions).
 
     ``node`` is set when the job computes a shared trie edge whose children run next; its KV
-    becomes segment ``seg``.
+    becomes segment ``seg``. ``pieces`` is set when the job is a whole subtree of the trie in
+    one forward: its edges one after the other (depth first), each attending to the edges above
+    it (a tree mask), so that no edge is computed twice and no level waits for another.
     """
 
     ctx: tuple[int, ...]
@@ -448,6 +485,13 @@ class Job:
     node: TrieNode | None
     seg: int = -1
     remember: PrefixEntry | None = None  # keep the KV of the whole path to ``node`` here
+    pieces: list[Piece] | None = None
+
+    def piece_list(self) -> list[Piece]:
+        """The job's pieces (one for a job without a tree)."""
+        if self.pieces is not None:
+            return self.pieces
+        return [Piece(0, len(self.tokens), self.ctx_len, -1, self.req_ids)]
 
 
 @dataclass(eq=False)
@@ -537,9 +581,10 @@ class _SharedPlanner:
                 return
         self._expand(child, [], [], (), 0, jobs, root=True)
 
-    def _remember(self, job: Job, input_id: int) -> None:
-        """Reserve a cache entry for the path from the first position to ``job``'s end."""
-        entry = self.cache.reserve(self.keys[input_id][: job.node.end])
+    def _remember(self, job: Job, input_id: int, end: int) -> None:
+        """Reserve a cache entry for the path from the first position to ``end``, the end of
+        ``job``'s tokens (of its first piece, for a tree job)."""
+        entry = self.cache.reserve(self.keys[input_id][:end])
         if entry is not None:
             job.remember = entry
             self.reserved.append(entry)
@@ -558,43 +603,88 @@ class _SharedPlanner:
         tokens, ids = carried + child.tokens, carried_ids + child.inputs
         if not child.children:
             jobs.append(Job(ctx, ctx_len, tokens, self._req_ids(ids), None))
-        elif (child.n_paths >= 2
-              and (child.n_paths - 1) * len(tokens) >= self.scorer.min_shared_tokens):
-            below = carried_ids + subtree_inputs(child)
-            job = Job(ctx, ctx_len, tokens, self._req_ids(below), child)
-            if root and self.cache.enabled:
-                self._remember(job, below[0])
-            jobs.append(job)
+            return
+        shared = (child.n_paths >= 2
+                  and (child.n_paths - 1) * len(tokens) >= self.scorer.min_shared_tokens)
+        if self.scorer.packing and \
+                _subtree_size(child, TREE_WIDTH) <= TREE_WIDTH - len(carried):
+            job = self._tree_job(child, carried, carried_ids, ctx, ctx_len)
+        elif shared:
+            job = Job(ctx, ctx_len, tokens, self._req_ids(carried_ids + subtree_inputs(child)),
+                      child)
         else:  # not worth its own forward: each path below repeats it
             for k, grandchild in enumerate(child.children):
                 self._expand(grandchild, tokens, ids if k == 0 else [], ctx, ctx_len, jobs,
                              root)
+            return
+        if shared and root and self.cache.enabled:
+            self._remember(job, subtree_inputs(child)[0], child.end)
+        jobs.append(job)
+
+    def _tree_job(self, node: TrieNode, carried: list[int], carried_ids: list[int],
+                  ctx: tuple[int, ...], ctx_len: int) -> Job:
+        """One job for ``node``'s whole subtree (``carried`` prepended): its edges depth first."""
+        tokens: list[int] = []
+        pieces: list[Piece] = []
+
+        def add(n: TrieNode, head: list[int], head_ids: list[int], parent: int) -> None:
+            index = len(pieces)
+            pieces.append(Piece(len(tokens), len(head) + len(n.tokens), n.start - len(head),
+                                parent, self._req_ids(head_ids + subtree_inputs(n))))
+            tokens.extend(head)
+            tokens.extend(n.tokens)
+            for c in n.children:
+                add(c, [], [], index)
+
+        add(node, carried, carried_ids, -1)
+        return Job(ctx, ctx_len, tokens, pieces[0].req_ids, None, pieces=pieces)
 
     def _run(self, jobs: list[Job]) -> None:
         rows = self._pack(jobs)
         rows.sort(key=lambda r: (-r.width, -r.ctx_len))
-        pos = 0
-        while pos < len(rows):
-            n = max(1, self.limit(rows[pos].ctx_len + rows[pos].width))
-            width = rows[pos].width
-            slack = max(self.scorer.max_padding * width, SHORT_ROW_PADDING)
-            end = pos + 1
-            while end < min(len(rows), pos + n) and width - rows[end].width <= slack:
-                end += 1
-            chunk = rows[pos: end]
-            pos = end
+        children: list[Job] = []
+        kept = 0  # positions of KV these children read that no forward has released yet
+        for chunk in self._partition(rows):
             for row in chunk:
                 for job in row.jobs:
-                    if job.node is not None:
+                    if job.node is not None or job.remember is not None:
                         job.seg = next(self._segs)
             self.chunks.append(self._chunk(chunk))
-            children: list[Job] = []
             for row in chunk:
                 for job in row.jobs:
                     if job.node is not None:
                         children.extend(self._children(job.node, (*job.ctx, job.seg),
                                                        job.node.end))
+                        kept += len(job.tokens)
+            if kept >= LEVEL_KV_POSITIONS:
+                self._run(children)
+                children, kept = [], 0
+        if children:
             self._run(children)
+
+    def _partition(self, rows: list[Row]) -> list[list[Row]]:
+        """``rows`` (by decreasing width) cut into consecutive forwards, each within the batch
+        limit for its padded length (the longest cached context plus the widest row), so that
+        the positions computed (padding included) plus ``forward_cost`` per forward are least.
+        """
+        n, cost = len(rows), self.scorer.forward_cost
+        best = [0] * (n + 1)  # best[i]: the least cost of rows[i:]
+        cut = [n] * (n + 1)  # rows[i:cut[i]] is the first forward of that best
+        for i in range(n - 1, -1, -1):
+            width, ctx_max = rows[i].width, 0
+            best[i] = -1
+            for j in range(i, n):
+                ctx_max = max(ctx_max, rows[j].ctx_len)
+                if j > i and j - i + 1 > self.limit(ctx_max + width):
+                    break
+                total = cost + (j - i + 1) * width + best[j + 1]
+                if best[i] < 0 or total < best[i]:
+                    best[i], cut[i] = total, j + 1
+        out, i = [], 0
+        while i < n:
+            out.append(rows[i: cut[i]])
+            i = cut[i]
+        return out
 
     def _pack(self, jobs: list[Job]) -> list[Row]:
         """Rows of jobs: short jobs after the same cached context share a row (first fit by
@@ -624,12 +714,13 @@ class _SharedPlanner:
         widths = np.fromiter((r.width for r in chunk), dtype=np.int64, count=n)
         ctx_max = int(ctx_lens.max())
         ids = np.zeros((n, width), dtype=np.int64)
-        packed = any(len(r.jobs) > 1 for r in chunk)
+        packed = any(len(r.jobs) > 1 or r.jobs[0].pieces is not None for r in chunk)
         mask = "4d" if packed else ("2d" if (ctx_lens != ctx_max).any() else None)
-        seg_start = position_ids = None
+        piece = position_ids = ancestors = None
         if mask is not None:
-            seg_start = np.broadcast_to(np.arange(width, dtype=np.int64), (n, width)).copy()
+            piece = np.full((n, width), -1, dtype=np.int64)
             position_ids = ctx_lens[:, None] + np.arange(width, dtype=np.int64)[None, :]
+        parents: list[int] = []  # chunk-wide piece index -> its parent's (-1: none)
         needed: list[np.ndarray] = []
         produce: list[tuple[int, int, int, int]] = []
         remember: list[tuple[PrefixEntry, tuple[int, ...]]] = []
@@ -637,28 +728,51 @@ class _SharedPlanner:
             for job, at in row.placed():
                 length = len(job.tokens)
                 ids[i, at: at + length] = job.tokens
-                if mask is not None:
-                    seg_start[i, at: at + length] = at
-                    position_ids[i, at: at + length] = np.arange(row.ctx_len,
-                                                                 row.ctx_len + length)
-                for r in job.req_ids:
-                    req = self.reqs[r]
-                    lo = max(req.first_scored, job.ctx_len)
-                    hi = min(req.n_inputs, job.ctx_len + length)
-                    if lo < hi:
-                        needed.append(np.arange(at + lo - job.ctx_len, at + hi - job.ctx_len))
-                if job.node is not None:
-                    produce.append((job.seg, i, ctx_max + at, ctx_max + at + length))
+                first = len(parents)
+                for p in job.piece_list():
+                    start = at + p.offset
+                    if mask is not None:
+                        piece[i, start: start + p.length] = len(parents)
+                        position_ids[i, start: start + p.length] = np.arange(
+                            p.base, p.base + p.length)
+                    parents.append(first + p.parent if p.parent >= 0 else -1)
+                    for r in p.req_ids:
+                        req = self.reqs[r]
+                        lo = max(req.first_scored, p.base)
+                        hi = min(req.n_inputs, p.base + p.length)
+                        if lo < hi:
+                            needed.append(np.arange(start + lo - p.base, start + hi - p.base))
+                if job.seg >= 0:  # its KV (a tree job's: its first piece's) is read later
+                    kept = length if job.pieces is None else job.pieces[0].length
+                    produce.append((job.seg, i, ctx_max + at, ctx_max + at + kept))
                 if job.remember is not None:
                     remember.append((job.remember, (*job.ctx, job.seg)))
+        if mask == "4d" and any(p >= 0 for p in parents):
+            ancestors = np.zeros((len(parents), len(parents)), dtype=bool)
+            for a, p in enumerate(parents):
+                if p >= 0:
+                    ancestors[a] = ancestors[p]
+                    ancestors[a, p] = True
         keep = np.unique(np.concatenate(needed)).astype(np.int64) if needed \
             else np.zeros(1, np.int64)
         scored = _ScoredTokens()
         for i, row in enumerate(chunk):
             for job, at in row.placed():
-                for r in job.req_ids:
-                    scored.add(self.reqs[r], self.seqs[r], self.offsets[r], i * len(keep),
-                               job.ctx_len, at, len(job.tokens), keep)
+                for p in job.piece_list():
+                    for r in p.req_ids:
+                        scored.add(self.reqs[r], self.seqs[r], self.offsets[r], i * len(keep),
+                                   p.base, at + p.offset, p.length, keep)
         return ChunkPlan(ids=ids, ctx=[r.ctx for r in chunk], ctx_lens=ctx_lens, widths=widths,
-                         mask=mask, seg_start=seg_start, position_ids=position_ids, keep=keep,
-                         produce=produce, remember=remember, **scored.arrays())
+                         mask=mask, piece=piece, ancestors=ancestors,
+                         position_ids=position_ids, keep=keep, produce=produce,
+                         remember=remember, **scored.arrays())
+
+
+def _subtree_size(node: TrieNode, limit: int) -> int:
+    """The tokens of ``node``'s subtree, counted up to a little past ``limit``."""
+    total = len(node.tokens)
+    for child in node.children:
+        if total > limit:
+            break
+        total += _subtree_size(child, limit - total)
+    return total
