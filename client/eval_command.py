@@ -33,6 +33,13 @@ LIST_COMMANDS = {
 }
 DEFAULT_SEEDS = ("0", "1234", "1234", "1234")
 log = get_logger("cli")
+#: Worker seconds per batch of an embedded run (a fleet coordinator's default is 2 s). Its one
+#: worker serves one job, so there is no other job to share with and no tail to spread; each
+#: batch costs the worker forwards that no other batch shares (the levels of its prefix tree
+#: below the cached prompt, each in as few forwards as its rows allow), so fewer, larger batches
+#: compute faster where a batch holds only a few documents (a CPU worker). Answers still reach
+#: the store at least every ~10 s of compute.
+EMBEDDED_BATCH_SECONDS = 10.0
 
 
 def parse_seeds(text: str) -> cpb.Seeds:
@@ -296,6 +303,8 @@ def resolve_device(device: str, console: Console) -> str:
     """lm-eval's HFLM rule for ``--device``: a device this machine has (``cuda``, ``cpu``,
     ``cuda:N`` for an existing GPU N, ``mps``) is used; any other falls back to ``cuda`` when
     a GPU is available, else ``cpu``."""
+    if device == "cpu":  # needs no torch: the model load imports it, in its own thread
+        return device
     import torch
 
     gpus = torch.cuda.device_count()
@@ -317,6 +326,7 @@ async def _start_embedded(args: argparse.Namespace, data_dir: str | None,
     from evalfleet.inference.server import load_backend, start_worker
     from evalfleet.server.access import AccessPolicy
     from evalfleet.server.planning import load_tasks
+    from evalfleet.server.scheduler import SchedulerConfig
     from evalfleet.server.service import CoordinatorOptions, start_coordinator
     from evalfleet.server.spec import parse_spec
     from evalfleet.server.store import open_store, redact_url
@@ -342,7 +352,7 @@ async def _start_embedded(args: argparse.Namespace, data_dir: str | None,
     stack.push_async_callback(store.close)
     # What the coordinator needs only after the model (scoring kernels, the data loader) gets
     # ready in a thread while the model loads and runs.
-    warm = asyncio.ensure_future(asyncio.to_thread(_warm_coordinator))
+    warm = asyncio.ensure_future(asyncio.to_thread(_import_data_loader))
     stack.push_async_callback(_settle, warm)
 
     worker_args = dict(model_args)
@@ -351,12 +361,17 @@ async def _start_embedded(args: argparse.Namespace, data_dir: str | None,
     with console.status(f"loading {args.model} model {model_args.get('pretrained', '')}"):
         batch_size = int(args.batch_size) if str(args.batch_size).isdigit() else args.batch_size
         backend = await asyncio.to_thread(load_backend, args.model, worker_args, batch_size)
+    # The scoring kernels are needed only when answers come back: readied while the worker
+    # computes its first batch, whose forwards mostly run outside the GIL.
+    kernels = asyncio.ensure_future(asyncio.to_thread(_warm_kernels))
+    stack.push_async_callback(_settle, kernels)
     worker = await start_worker(backend, model_args=model_args)
     stack.push_async_callback(worker.stop, 1.0)
     coordinator, runner = await start_coordinator(
         workers=[worker.address], store=store, data_dir=data_dir,
         include_paths=args.include_path, confirm_run_unsafe_code=args.confirm_run_unsafe_code,
-        options=CoordinatorOptions(policy=AccessPolicy.local()))
+        options=CoordinatorOptions(policy=AccessPolicy.local(),
+                                   scheduler=SchedulerConfig(batch_seconds=EMBEDDED_BATCH_SECONDS)))
     stack.push_async_callback(coordinator.stop, 1.0)
     # Interrupted (Ctrl-C): the job is cancelled and recorded so while the store is still open;
     # its answers so far are stored and the same command resumes from them.
@@ -366,15 +381,21 @@ async def _start_embedded(args: argparse.Namespace, data_dir: str | None,
     return coordinator.address, worker.address
 
 
-def _warm_coordinator() -> None:
-    """Load the scoring kernels' modules and Numba's CPU target, and the task data loader.
+def _import_data_loader() -> None:
+    """Import the task data loader (``tasks/dataset.py`` loads the mirror's splits with
+    ``datasets``) while the model loads. Only a head start: a failure here recurs on use."""
+    try:
+        import datasets  # noqa: F401
+    except Exception as exc:  # noqa: BLE001
+        log.debug("warm_up_failed", error=str(exc))
 
-    Only a head start: whatever fails or is not done yet here happens again on first use."""
+
+def _warm_kernels() -> None:
+    """Load the scoring kernels' modules and ready Numba's CPU target. Only a head start."""
     try:
         from evalfleet import scoring
 
         scoring.warm_up()
-        import datasets  # noqa: F401 - tasks/dataset.py loads the mirror's splits with it
     except Exception as exc:  # noqa: BLE001
         log.debug("warm_up_failed", error=str(exc))
 

@@ -184,3 +184,15 @@ def test_the_command_exits_with_mains_code_after_freezing_its_objects(monkeypatc
     with pytest.raises(SystemExit) as exited:
         cli.console_main()
     assert exited.value.code == 3 and calls == ["main", "freeze"]
+
+
+def test_resolving_the_cpu_device_leaves_torch_to_the_model_load():
+    """``--device cpu`` is resolved without importing torch: the model load imports it in its
+    own thread, beside the task loading, instead of before it."""
+    code = ("import sys; from rich.console import Console\n"
+            "from evalfleet.client.eval_command import resolve_device\n"
+            "assert resolve_device('cpu', Console(stderr=True)) == 'cpu'\n"
+            "print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout.strip()
+    assert out == "False"
