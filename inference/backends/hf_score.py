@@ -420,6 +420,11 @@ def _collect(offsets: np.ndarray, vals: torch.Tensor, greedy: torch.Tensor) -> l
     return out
 
 
+def _scored_range(req: ScoreRequest, base: int, length: int) -> tuple[int, int]:
+    """The input positions of ``req`` scored among ``[base, base + length)`` (empty: lo >= hi)."""
+    return max(req.first_scored, base), min(req.n_inputs, base + length)
+
+
 class _ScoredTokens:
     """Collects the scored tokens of one chunk and turns them into its index arrays."""
 
@@ -432,7 +437,7 @@ class _ScoredTokens:
             at: int, length: int, keep: np.ndarray | None = None) -> None:
         """Scored tokens of ``req`` among the positions ``[base, base + length)`` of its input,
         which sit at ``at`` in a row whose first flat logits index is ``row_base``."""
-        lo, hi = max(req.first_scored, base), min(req.n_inputs, base + length)
+        lo, hi = _scored_range(req, base, length)
         if lo >= hi:
             return
         pos = np.arange(at + lo - base, at + hi - base, dtype=np.int64)
@@ -738,8 +743,7 @@ class _SharedPlanner:
                     parents.append(first + p.parent if p.parent >= 0 else -1)
                     for r in p.req_ids:
                         req = self.reqs[r]
-                        lo = max(req.first_scored, p.base)
-                        hi = min(req.n_inputs, p.base + p.length)
+                        lo, hi = _scored_range(req, p.base, p.length)
                         if lo < hi:
                             needed.append(np.arange(start + lo - p.base, start + hi - p.base))
                 if job.seg >= 0:  # its KV (a tree job's: its first piece's) is read later
