@@ -10,6 +10,7 @@ import json
 import os
 import shlex
 import sys
+from collections.abc import Callable
 from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any
@@ -352,8 +353,7 @@ async def _start_embedded(args: argparse.Namespace, data_dir: str | None,
     stack.push_async_callback(store.close)
     # What the coordinator needs only after the model (scoring kernels, the data loader) gets
     # ready in a thread while the model loads and runs.
-    warm = asyncio.ensure_future(asyncio.to_thread(_import_data_loader))
-    stack.push_async_callback(_settle, warm)
+    _head_start(stack, _import_data_loader)
 
     worker_args = dict(model_args)
     if args.max_batch_size is not None:
@@ -363,8 +363,7 @@ async def _start_embedded(args: argparse.Namespace, data_dir: str | None,
         backend = await asyncio.to_thread(load_backend, args.model, worker_args, batch_size)
     # The scoring kernels are needed only when answers come back: readied while the worker
     # computes its first batch, whose forwards mostly run outside the GIL.
-    kernels = asyncio.ensure_future(asyncio.to_thread(_warm_kernels))
-    stack.push_async_callback(_settle, kernels)
+    _head_start(stack, _warm_kernels)
     worker = await start_worker(backend, model_args=model_args)
     stack.push_async_callback(worker.stop, 1.0)
     coordinator, runner = await start_coordinator(
@@ -383,21 +382,28 @@ async def _start_embedded(args: argparse.Namespace, data_dir: str | None,
 
 def _import_data_loader() -> None:
     """Import the task data loader (``tasks/dataset.py`` loads the mirror's splits with
-    ``datasets``) while the model loads. Only a head start: a failure here recurs on use."""
-    try:
-        import datasets  # noqa: F401
-    except Exception as exc:  # noqa: BLE001
-        log.debug("warm_up_failed", error=str(exc))
+    ``datasets``) while the model loads."""
+    import datasets  # noqa: F401
 
 
 def _warm_kernels() -> None:
-    """Load the scoring kernels' modules and ready Numba's CPU target. Only a head start."""
-    try:
-        from evalfleet import scoring
+    """Load the scoring kernels' modules and ready Numba's CPU target."""
+    from evalfleet import scoring
 
-        scoring.warm_up()
-    except Exception as exc:  # noqa: BLE001
-        log.debug("warm_up_failed", error=str(exc))
+    scoring.warm_up()
+
+
+def _head_start(stack: AsyncExitStack, work: Callable[[], None]) -> None:
+    """Run ``work`` in a thread, waited for when ``stack`` closes. Only a head start: what
+    fails or is not done yet there happens again on first use."""
+
+    def logged() -> None:
+        try:
+            work()
+        except Exception as exc:  # noqa: BLE001
+            log.debug("warm_up_failed", step=work.__name__, error=str(exc))
+
+    stack.push_async_callback(_settle, asyncio.ensure_future(asyncio.to_thread(logged)))
 
 
 async def _settle(task: asyncio.Future) -> None:
