@@ -1,0 +1,47 @@
+"""The collector policy of a process's start-up (``common/heap.py``), run in child processes so
+that the test process's own collector is never changed."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+PROBE = """
+import gc, json
+from evalfleet.common import heap
+{before}
+made_at_startup = [object()]  # tracked: a list
+disabled_during_startup = not gc.isenabled()
+heap.end_startup({end_args})
+print(json.dumps({{"disabled_during_startup": disabled_during_startup,
+                  "enabled_after": gc.isenabled(), "frozen": gc.get_freeze_count()}}))
+"""
+
+
+def _probe(before: str, end_args: str = "") -> dict:
+    import json
+
+    code = PROBE.format(before=before, end_args=end_args)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout
+    return json.loads(out)
+
+
+@pytest.mark.parametrize("end_args", ["", "collect=True"])
+def test_a_deferred_startup_is_frozen_and_collected_as_usual_after(end_args):
+    seen = _probe("heap.defer_collection()", end_args)
+    assert seen["disabled_during_startup"] and seen["enabled_after"]
+    assert seen["frozen"] > 1000  # the interpreter's and the probe's objects
+
+
+def test_ending_a_startup_that_was_not_deferred_changes_nothing():
+    """``main`` called as a library (the tests) never has its objects frozen."""
+    seen = _probe("")
+    assert seen == {"disabled_during_startup": False, "enabled_after": True, "frozen": 0}
+
+
+def test_a_collector_already_off_is_left_off():
+    seen = _probe("gc.disable(); heap.defer_collection()")
+    assert seen == {"disabled_during_startup": True, "enabled_after": False, "frozen": 0}
