@@ -30,7 +30,7 @@ from evalfleet.client.serve import (
     registration,
     worker_security,
 )
-from evalfleet.common import heap
+from evalfleet.common import lifecycle
 from evalfleet.common.args import parse_kv_args
 from evalfleet.common.errors import EvalfleetError
 from evalfleet.common.logging import configure_logging
@@ -379,7 +379,7 @@ async def _serve(args: argparse.Namespace) -> int:
         # Jobs of a coordinator that died (this one before a restart, or another one on the
         # same store) are claimed by the runner's claim loop once their lease has expired.
         print(f"coordinator {runner.owner}, job lease {runner.lease_s:g} s", file=sys.stderr)
-    heap.end_startup(collect=True)  # a long-running service frees start-up's garbage too
+    lifecycle.end_startup(collect=True)  # a long-running service frees start-up's garbage too
     print(f"listening on {args.host}:{server.port}", flush=True)
     await _wait_for_signal()
     await server.stop()
@@ -425,15 +425,13 @@ def console_main() -> None:
     """The ``evalfleet`` command: ``main``, then the process's exit.
 
     The commands that load a model or serve (``eval``, ``serve``) run their start-up with the
-    garbage collector deferred (``common/heap.py``). Everything the run made is then frozen out
-    of the interpreter's last collection, which otherwise walks every object of torch,
-    transformers and the tasks for about 2 s after a model has run (measured on an mmlu run:
-    2.5 s from ``main`` returning to the process ending, 0.5 s frozen)."""
+    garbage collector deferred (``common/lifecycle.py``), which keeps seven full collections
+    over torch's and transformers' objects out of a model load. The process then ends with
+    ``main``'s code once the ``atexit`` handlers have run, without the interpreter's
+    finalization, which only frees those objects one by one (0.5 s after a model has run)."""
     if sys.argv[1:2] in (["eval"], ["serve"]):
-        heap.defer_collection()
-    code = main()
-    heap.skip_exit_collection()
-    sys.exit(code)
+        lifecycle.defer_collection()
+    lifecycle.exit_process(main())
 
 
 if __name__ == "__main__":

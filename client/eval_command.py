@@ -19,7 +19,7 @@ from rich.console import Console
 
 from evalfleet.client.connect import client_security
 from evalfleet.client.submit import run_job, write_outputs
-from evalfleet.common import heap
+from evalfleet.common import lifecycle
 from evalfleet.common.args import format_kv_args, parse_kv_args
 from evalfleet.common.errors import EvalfleetError, InvalidArgumentError
 from evalfleet.common.logging import get_logger
@@ -227,7 +227,7 @@ async def run_eval(args: argparse.Namespace) -> int:
         else:
             address, _ = await _start_embedded(args, data_dir, stack, console, store_url)
             spec = build_spec(args)
-        heap.end_startup()  # services are up: the job's own objects are collected as usual
+        lifecycle.end_startup()  # services are up: the job's own objects are collected
         results, samples = await run_job(address, spec, console=console,
                                          show_progress=not args.no_progress,
                                          security=security)

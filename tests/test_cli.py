@@ -172,11 +172,10 @@ def test_embedded_eval_prints_table_and_writes_files(tiny_model_dir, tmp_path: P
 @pytest.mark.parametrize(("argv", "deferred"), [(["eval", "--tasks", "x"], True),
                                                 (["serve", "worker"], True),
                                                 (["tasks", "list"], False)])
-def test_the_command_exits_with_mains_code_after_freezing_its_objects(monkeypatch, argv,
+def test_the_command_exits_with_mains_code_after_a_deferred_startup(monkeypatch, argv,
                                                                       deferred):
-    """The installed ``evalfleet`` command is ``console_main``: main's exit code, with every
-    object frozen out of the interpreter's last collection (about 2 s after a model run), and
-    collection deferred through the start-up of the commands that load a model or serve."""
+    """The installed ``evalfleet`` command is ``console_main``: main's exit code, with the
+    collector deferred through the start-up of the commands that load a model or serve."""
     import tomllib
 
     from evalfleet.client import cli
@@ -186,12 +185,10 @@ def test_the_command_exits_with_mains_code_after_freezing_its_objects(monkeypatc
     calls: list[str] = []
     monkeypatch.setattr(sys, "argv", ["evalfleet", *argv])
     monkeypatch.setattr(cli, "main", lambda: calls.append("main") or 3)
-    monkeypatch.setattr(cli.heap, "defer_collection", lambda: calls.append("defer"))
-    monkeypatch.setattr(cli.heap, "skip_exit_collection", lambda: calls.append("freeze"))
-    with pytest.raises(SystemExit) as exited:
-        cli.console_main()
-    assert exited.value.code == 3
-    assert calls == (["defer"] if deferred else []) + ["main", "freeze"]
+    monkeypatch.setattr(cli.lifecycle, "defer_collection", lambda: calls.append("defer"))
+    monkeypatch.setattr(cli.lifecycle, "exit_process", lambda code: calls.append(f"exit {code}"))
+    cli.console_main()
+    assert calls == (["defer"] if deferred else []) + ["main", "exit 3"]
 
 
 def test_resolving_the_cpu_device_leaves_torch_to_the_model_load():

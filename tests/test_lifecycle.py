@@ -1,4 +1,4 @@
-"""The collector policy of a process's start-up (``common/heap.py``), run in child processes so
+"""The collector policy of a process's start-up (``common/lifecycle.py``), run in child processes so
 that the test process's own collector is never changed."""
 
 from __future__ import annotations
@@ -10,11 +10,11 @@ import pytest
 
 PROBE = """
 import gc, json
-from evalfleet.common import heap
+from evalfleet.common import lifecycle
 {before}
 made_at_startup = [object()]  # tracked: a list
 disabled_during_startup = not gc.isenabled()
-heap.end_startup({end_args})
+lifecycle.end_startup({end_args})
 print(json.dumps({{"disabled_during_startup": disabled_during_startup,
                   "enabled_after": gc.isenabled(), "frozen": gc.get_freeze_count()}}))
 """
@@ -31,7 +31,7 @@ def _probe(before: str, end_args: str = "") -> dict:
 
 @pytest.mark.parametrize("end_args", ["", "collect=True"])
 def test_a_deferred_startup_is_frozen_and_collected_as_usual_after(end_args):
-    seen = _probe("heap.defer_collection()", end_args)
+    seen = _probe("lifecycle.defer_collection()", end_args)
     assert seen["disabled_during_startup"] and seen["enabled_after"]
     assert seen["frozen"] > 1000  # the interpreter's and the probe's objects
 
@@ -43,5 +43,17 @@ def test_ending_a_startup_that_was_not_deferred_changes_nothing():
 
 
 def test_a_collector_already_off_is_left_off():
-    seen = _probe("gc.disable(); heap.defer_collection()")
+    seen = _probe("gc.disable(); lifecycle.defer_collection()")
     assert seen == {"disabled_during_startup": True, "enabled_after": False, "frozen": 0}
+
+
+def test_the_process_exits_with_its_code_after_the_atexit_handlers_and_flushed_output(tmp_path):
+    """``exit_process`` skips finalization only: ``atexit`` handlers run (a file written by
+    one is complete) and what was printed without a newline still reaches the pipe."""
+    marker = tmp_path / "atexit.txt"
+    code = (f"import atexit, pathlib\nfrom evalfleet.common import lifecycle\n"
+            f"atexit.register(lambda: pathlib.Path({str(marker)!r}).write_text('ran'))\n"
+            "print('unflushed', end='')\nlifecycle.exit_process(7)\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert (done.returncode, done.stdout) == (7, "unflushed")
+    assert marker.read_text() == "ran"
