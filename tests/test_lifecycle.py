@@ -47,13 +47,22 @@ def test_a_collector_already_off_is_left_off():
     assert seen == {"disabled_during_startup": True, "enabled_after": False, "frozen": 0}
 
 
-def test_the_process_exits_with_its_code_after_the_atexit_handlers_and_flushed_output(tmp_path):
-    """``exit_process`` skips finalization only: ``atexit`` handlers run (a file written by
-    one is complete) and what was printed without a newline still reaches the pipe."""
-    marker = tmp_path / "atexit.txt"
-    code = (f"import atexit, pathlib\nfrom evalfleet.common import lifecycle\n"
-            f"atexit.register(lambda: pathlib.Path({str(marker)!r}).write_text('ran'))\n"
+def test_the_process_exits_with_its_code_after_its_threads_atexit_handlers_and_output(
+        tmp_path):
+    """``exit_process`` skips finalization only: work queued on a thread pool finishes, a
+    non-daemon thread is waited for, ``atexit`` handlers run, and what was printed without a
+    newline still reaches the pipe."""
+    done_dir = tmp_path
+    code = (f"import atexit, pathlib, threading, time\n"
+            "from concurrent.futures import ThreadPoolExecutor\n"
+            "from evalfleet.common import lifecycle\n"
+            f"d = pathlib.Path({str(done_dir)!r})\n"
+            "def late(name):\n"
+            "    time.sleep(0.5); (d / name).write_text('done')\n"
+            "ThreadPoolExecutor(1).submit(late, 'pool')\n"
+            "threading.Thread(target=late, args=('thread',)).start()\n"
+            "atexit.register(lambda: (d / 'atexit').write_text('done'))\n"
             "print('unflushed', end='')\nlifecycle.exit_process(7)\n")
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    assert (done.returncode, done.stdout) == (7, "unflushed")
-    assert marker.read_text() == "ran"
+    ran = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert (ran.returncode, ran.stdout) == (7, "unflushed"), ran.stderr
+    assert sorted(p.name for p in done_dir.iterdir()) == ["atexit", "pool", "thread"]
