@@ -363,8 +363,9 @@ async def _start_embedded(args: argparse.Namespace, data_dir: str | None,
     with console.status(f"loading {args.model} model {model_args.get('pretrained', '')}"):
         batch_size = int(args.batch_size) if str(args.batch_size).isdigit() else args.batch_size
         backend = await asyncio.to_thread(load_backend, args.model, worker_args, batch_size)
-    # The scoring kernels are needed only when answers come back: readied while the worker
-    # computes its first batch, whose forwards mostly run outside the GIL.
+    # The scoring kernels are needed only when answers come back: readied once the model is
+    # loaded, beside the job's planning and its first batch (whose forwards mostly run
+    # outside the GIL), not beside the load itself.
     _head_start(stack, _warm_kernels)
     worker = await start_worker(backend, model_args=model_args)
     stack.push_async_callback(worker.stop, 1.0)

@@ -367,10 +367,10 @@ class Scorer:
         q = torch.arange(width, device=dev)
         row = (piece[:, :, None] == piece[:, None, :]) & (q[None, None, :] <= q[None, :, None])
         if ch.ancestors is not None:
-            ancestors = self._dev(ch.ancestors)
-            n_pieces = ancestors.shape[0]
-            index = torch.where(piece < 0, n_pieces, piece)  # padding: a piece of its own
-            ancestors = F.pad(ancestors, (0, 1, 0, 1))
+            n_pieces = ch.ancestors.shape[0]
+            # padding: a piece of its own, with no ancestors (padded on the host, a small array)
+            ancestors = self._dev(np.pad(ch.ancestors, ((0, 1), (0, 1))))
+            index = torch.where(piece < 0, n_pieces, piece)
             row |= ancestors[index[:, :, None], index[:, None, :]]
         context = (k[None, :ctx_max] < ctx_lens[:, None])[:, None, :].expand(-1, width, -1)
         allowed = torch.cat([context, row], dim=-1).unsqueeze(1)
