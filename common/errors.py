@@ -67,3 +67,16 @@ def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str]:
     if isinstance(code, grpc.StatusCode):
         return code, str(exc)
     return grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}: {exc}"
+
+
+def error_for_status(code_name: str, message: str) -> EvalfleetError:
+    """The error of gRPC status ``code_name`` (a ``grpc.StatusCode`` name) with ``message``: the
+    inverse of ``status_for``, for an error that crossed a process boundary."""
+    code = getattr(grpc.StatusCode, code_name, grpc.StatusCode.INTERNAL)
+    for cls in (InvalidArgumentError, NotFoundError, UnavailableError, FailedPreconditionError,
+                PermissionDeniedError, ResourceExhaustedError):
+        if cls.code == code:
+            return cls(message)
+    error = EvalfleetError(message)
+    error.code = code
+    return error

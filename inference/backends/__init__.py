@@ -47,16 +47,22 @@ def backend_names() -> list[str]:
     return sorted([*_REGISTRY, *_ALIASES])
 
 
-def get_backend(name: str) -> type[Backend]:
-    """The backend class registered as ``name`` (or one of its aliases)."""
+def canonical_backend_name(name: str) -> str:
+    """The registered name ``name`` stands for (itself or the name it is an alias of); raises
+    ``UnknownBackendError`` with the closest names. Imports no backend."""
     canonical = _ALIASES.get(name, name)
-    target = _REGISTRY.get(canonical)
-    if target is None:
+    if canonical not in _REGISTRY:
         close = difflib.get_close_matches(name, backend_names(), n=3, cutoff=0.5)
         hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
         raise UnknownBackendError(
             f"unknown backend {name!r}{hint} (registered: {', '.join(backend_names())})"
         )
+    return canonical
+
+
+def get_backend(name: str) -> type[Backend]:
+    """The backend class registered as ``name`` (or one of its aliases)."""
+    target = _REGISTRY[canonical_backend_name(name)]
     module_name, _, class_name = target.partition(":")
     try:
         module = importlib.import_module(module_name)
@@ -67,4 +73,4 @@ def get_backend(name: str) -> type[Backend]:
     return getattr(module, class_name)
 
 
-__all__ = ["UnknownBackendError", "backend_names", "get_backend"]
+__all__ = ["UnknownBackendError", "backend_names", "canonical_backend_name", "get_backend"]
