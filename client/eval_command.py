@@ -13,18 +13,20 @@ import sys
 from collections.abc import Callable
 from contextlib import AsyncExitStack
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 
 from evalfleet.client.connect import client_security
-from evalfleet.client.submit import run_job, write_outputs
 from evalfleet.common import lifecycle
 from evalfleet.common.args import format_kv_args, parse_kv_args
 from evalfleet.common.errors import EvalfleetError, InvalidArgumentError
 from evalfleet.common.logging import get_logger
 from evalfleet.common.paths import default_store_path
 from evalfleet.v1 import coordinator_pb2 as cpb
+
+if TYPE_CHECKING:
+    from evalfleet.client.embedded_worker import EmbeddedWorker
 
 #: ``--tasks`` values that list instead of evaluating (lm-eval's legacy CLI).
 LIST_COMMANDS = {
@@ -212,8 +214,12 @@ async def run_eval(args: argparse.Namespace) -> int:
     # --use_cache PATH: the answer store at PATH (lm-eval's model-answer cache).
     store_url = args.use_cache or args.store
     store_url = store_url if store_url is not None else str(default_store_path())
-    sinks = client_sinks(args)
     async with AsyncExitStack() as stack:
+        # The embedded worker's process starts first: its model loads while the rest starts.
+        worker = None if args.coordinator else await _start_worker_process(args, stack)
+        from evalfleet.client.submit import run_job, write_outputs  # (after the worker's start)
+
+        sinks = client_sinks(args)
         security = None
         if args.coordinator:
             address = args.coordinator
@@ -225,12 +231,14 @@ async def run_eval(args: argparse.Namespace) -> int:
             if args.write_out:
                 write_out(spec, data_dir, include_paths)
         else:
-            address, _ = await _start_embedded(args, data_dir, stack, console, store_url)
+            assert worker is not None
+            address = await _start_embedded(args, data_dir, stack, console, store_url, worker)
             spec = build_spec(args)
         lifecycle.end_startup()  # services are up: the job's own objects are collected
-        results, samples = await run_job(address, spec, console=console,
-                                         show_progress=not args.no_progress,
-                                         security=security)
+        job = run_job(address, spec, console=console, show_progress=not args.no_progress,
+                      security=security)
+        results, samples = await (job if worker is None else worker.watch(
+            job, kept=_kept_answers(store_url)))
     doc = json.loads(results.results_json)
     doc["config"]["use_cache"] = args.use_cache
     results.results_json = json.dumps(doc)
@@ -302,31 +310,31 @@ def client_sinks(args: argparse.Namespace) -> list[Any]:
     return sinks
 
 
-def resolve_device(device: str, console: Console) -> str:
-    """lm-eval's HFLM rule for ``--device``: a device this machine has (``cuda``, ``cpu``,
-    ``cuda:N`` for an existing GPU N, ``mps``) is used; any other falls back to ``cuda`` when
-    a GPU is available, else ``cpu``."""
-    if device == "cpu":  # needs no torch: the model load imports it, in its own thread
-        return device
-    import torch
+async def _start_worker_process(args: argparse.Namespace, stack: AsyncExitStack
+                                ) -> EmbeddedWorker:
+    """Start the embedded worker's process (stopped when ``stack`` closes); the flags it needs
+    are checked first."""
+    from evalfleet.client.embedded_worker import EmbeddedWorker
+    from evalfleet.inference.backends import canonical_backend_name
+    from evalfleet.inference.embedded import WorkerSettings
 
-    gpus = torch.cuda.device_count()
-    known = {"cuda", "cpu", "mps", "mps:0", *(f"{kind}:{i}" for i in range(gpus)
-                                             for kind in ("cuda", "npu", "xpu", "hpu"))}
-    if device in known:
-        return device
-    fallback = "cuda" if torch.cuda.is_available() else "cpu"
-    console.print(f"note: --device {device} is not available here; using {fallback} "
-                  "(as lm-eval does)")
-    return fallback
+    canonical_backend_name(args.model)
+    batch_size = int(args.batch_size) if str(args.batch_size).isdigit() else args.batch_size
+    worker = await EmbeddedWorker.start(WorkerSettings(
+        backend=args.model,
+        model_args=parse_kv_args(model_args_text(args), field="--model_args"),
+        batch_size=batch_size, max_batch_size=args.max_batch_size, device=args.device,
+        log_level=str(args.verbosity or args.log_level).upper()))
+    stack.push_async_callback(worker.stop)
+    return worker
 
 
 async def _start_embedded(args: argparse.Namespace, data_dir: str | None,
-                          stack: AsyncExitStack, console: Console, store_url: str
-                          ) -> tuple[str, str]:
-    """Start one worker and a coordinator on loopback ephemeral ports for this run, the
-    coordinator on the store ``store_url`` (answers already there are not computed again)."""
-    from evalfleet.inference.server import load_backend, start_worker
+                          stack: AsyncExitStack, console: Console, store_url: str,
+                          worker: EmbeddedWorker) -> str:
+    """Start a coordinator on a loopback ephemeral port for this run, on the store
+    ``store_url`` (answers already there are not computed again), with ``worker`` (started,
+    loading its model) as its one worker; the coordinator's address."""
     from evalfleet.server.access import AccessPolicy
     from evalfleet.server.planning import load_tasks
     from evalfleet.server.scheduler import SchedulerConfig
@@ -334,43 +342,33 @@ async def _start_embedded(args: argparse.Namespace, data_dir: str | None,
     from evalfleet.server.spec import parse_spec
     from evalfleet.server.store import open_store, redact_url
 
-    # Check the spec and the tasks before paying for the model load. Spec fields are named
-    # after the flags, so errors are reported with the flag the user typed.
+    # Spec fields are named after the flags, so errors are reported with the flag the user
+    # typed. The tasks and the store are checked while the worker loads its model.
     try:
-        parse_spec(build_spec(args))
+        spec = parse_spec(build_spec(args))
     except InvalidArgumentError as exc:
         raise InvalidArgumentError(exc.message.replace("spec.", "--", 1)) from exc
-    model_args = parse_kv_args(model_args_text(args), field="--model_args")
-    if args.device:
-        args.device = resolve_device(args.device, console)
-        model_args.setdefault("device", args.device)
+    await asyncio.to_thread(load_tasks, spec, data_dir, args.include_path)
+    if args.write_out:
+        write_out(build_spec(args), data_dir, args.include_path)
+    store = open_store(store_url, flag="--use_cache" if args.use_cache else "--store")
+    await store.open()
+    stack.push_async_callback(store.close)
+    # What the coordinator needs only after the model (the data loader, the scoring kernels)
+    # gets ready in a thread meanwhile.
+    _head_start(stack, _ready_coordinator_modules)
+
+    pretrained = parse_kv_args(args.model_args, field="--model_args").get("pretrained", "")
+    with console.status(f"loading {args.model} model {pretrained}"):
+        serving = await worker.ready()
+    if args.device:  # the spec records the device the worker resolved --device to
+        if serving.note:
+            console.print(f"note: {serving.note}")
+        args.device = serving.device
         args.model_args = format_kv_args(
             {**parse_kv_args(args.model_args, field="--model_args"), "device": args.device})
-    spec = build_spec(args)
-    await asyncio.to_thread(load_tasks, parse_spec(spec), data_dir, args.include_path)
-    if args.write_out:
-        write_out(spec, data_dir, args.include_path)
-    store = open_store(store_url, flag="--use_cache" if args.use_cache else "--store")
-    await store.open()  # a bad --store is reported before the model loads
-    stack.push_async_callback(store.close)
-    # What the coordinator needs only after the model (scoring kernels, the data loader) gets
-    # ready in a thread while the model loads and runs.
-    _head_start(stack, _import_data_loader)
-
-    worker_args = dict(model_args)
-    if args.max_batch_size is not None:
-        worker_args["max_batch_size"] = args.max_batch_size
-    with console.status(f"loading {args.model} model {model_args.get('pretrained', '')}"):
-        batch_size = int(args.batch_size) if str(args.batch_size).isdigit() else args.batch_size
-        backend = await asyncio.to_thread(load_backend, args.model, worker_args, batch_size)
-    # The scoring kernels are needed only when answers come back: readied once the model is
-    # loaded, beside the job's planning and its first batch (whose forwards mostly run
-    # outside the GIL), not beside the load itself.
-    _head_start(stack, _warm_kernels)
-    worker = await start_worker(backend, model_args=model_args)
-    stack.push_async_callback(worker.stop, 1.0)
     coordinator, runner = await start_coordinator(
-        workers=[worker.address], store=store, data_dir=data_dir,
+        workers=[serving.address], store=store, data_dir=data_dir,
         include_paths=args.include_path, confirm_run_unsafe_code=args.confirm_run_unsafe_code,
         options=CoordinatorOptions(policy=AccessPolicy.local(),
                                    scheduler=SchedulerConfig(batch_seconds=EMBEDDED_BATCH_SECONDS)))
@@ -378,19 +376,26 @@ async def _start_embedded(args: argparse.Namespace, data_dir: str | None,
     # Interrupted (Ctrl-C): the job is cancelled and recorded so while the store is still open;
     # its answers so far are stored and the same command resumes from them.
     stack.push_async_callback(_cancel_jobs, runner)
-    print(f"embedded coordinator {coordinator.address}, worker {worker.address}, "
-          f"store {redact_url(store_url)}", file=sys.stderr)
-    return coordinator.address, worker.address
+    print(f"embedded coordinator {coordinator.address}, worker {serving.address} "
+          f"(pid {worker.pid}), store {redact_url(store_url)}", file=sys.stderr)
+    return coordinator.address
 
 
-def _import_data_loader() -> None:
+def _kept_answers(store_url: str) -> str:
+    """What became of the answers computed so far, for an error that ends the run."""
+    from evalfleet.server.store import redact_url
+
+    if store_url.strip() in (":memory:", "sqlite:///:memory:"):
+        return "the store was :memory:, so its answers were not kept"
+    store = shlex.quote(redact_url(store_url))
+    return f"the answers computed so far are kept in the store {store}: rerun to resume"
+
+
+def _ready_coordinator_modules() -> None:
     """Import the task data loader (``tasks/dataset.py`` loads the mirror's splits with
-    ``datasets``) while the model loads."""
+    ``datasets``) and ready the scoring kernels (their modules and Numba's CPU target)."""
     import datasets  # noqa: F401
 
-
-def _warm_kernels() -> None:
-    """Load the scoring kernels' modules and ready Numba's CPU target."""
     from evalfleet import scoring
 
     scoring.warm_up()

@@ -189,15 +189,3 @@ def test_the_command_exits_with_mains_code_after_a_deferred_startup(monkeypatch,
     monkeypatch.setattr(cli.lifecycle, "exit_process", lambda code: calls.append(f"exit {code}"))
     cli.console_main()
     assert calls == (["defer"] if deferred else []) + ["main", "exit 3"]
-
-
-def test_resolving_the_cpu_device_leaves_torch_to_the_model_load():
-    """``--device cpu`` is resolved without importing torch: the model load imports it in its
-    own thread, beside the task loading, instead of before it."""
-    code = ("import sys; from rich.console import Console\n"
-            "from evalfleet.client.eval_command import resolve_device\n"
-            "assert resolve_device('cpu', Console(stderr=True)) == 'cpu'\n"
-            "print('torch' in sys.modules)")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         check=True).stdout.strip()
-    assert out == "False"
