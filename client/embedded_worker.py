@@ -14,7 +14,7 @@ import asyncio
 import contextlib
 import json
 import sys
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -46,10 +46,16 @@ class EmbeddedWorker:
 
     def __init__(self, proc: asyncio.subprocess.Process) -> None:
         self._proc = proc
+        self._serving = False
 
     @property
     def pid(self) -> int:
         return self._proc.pid
+
+    @property
+    def returncode(self) -> int | None:
+        """The process's exit code once it has ended (negative: the signal that ended it)."""
+        return self._proc.returncode
 
     @classmethod
     async def start(cls, settings: WorkerSettings) -> EmbeddedWorker:
@@ -78,6 +84,7 @@ class EmbeddedWorker:
         report = json.loads(line)
         if "error" in report:
             raise error_for_status(report["error"]["code"], report["error"]["message"])
+        self._serving = True
         return ServingWorker(report["address"], report.get("device"), report.get("note"))
 
     async def watch(self, work: Awaitable[T], *, kept: str) -> T:
@@ -103,16 +110,22 @@ class EmbeddedWorker:
             f"is the signal that killed it, -9 often the out-of-memory killer); {kept}")
 
     async def stop(self, timeout: float = 10.0) -> None:
-        """Close the worker's stdin (it stops serving and exits); terminate it if it has not
-        exited after ``timeout`` seconds, kill it after as long again."""
-        if self._proc.returncode is None and self._proc.stdin is not None:
-            self._proc.stdin.close()
+        """Stop the worker: a serving one by closing its stdin (it stops serving and exits), one
+        still loading its model (the command failed meanwhile) at once by SIGTERM. Escalates
+        (terminate, then kill) after ``timeout`` seconds without an exit."""
+        if self._proc.returncode is None:
+            if self._serving and self._proc.stdin is not None:
+                self._proc.stdin.close()
+            else:
+                self._signal(self._proc.terminate)
         for escalate in (self._proc.terminate, self._proc.kill):
             try:
                 await asyncio.wait_for(self._proc.wait(), timeout)
                 return
             except TimeoutError:
-                with contextlib.suppress(ProcessLookupError):
-                    escalate()
+                self._signal(escalate)
         await self._proc.wait()
 
+    def _signal(self, send: Callable[[], None]) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            send()

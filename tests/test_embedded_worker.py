@@ -4,6 +4,7 @@ torch, the worker's errors arrive as they were, and neither process outlives the
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import signal
@@ -153,3 +154,42 @@ def test_an_unexpected_error_keeps_its_status():
     code, message = errors.status_for(ValueError("boom"))
     again = errors.error_for_status(code.name, message)
     assert again.code == grpc.StatusCode.INTERNAL and "ValueError: boom" in again.message
+
+
+def test_a_worker_still_loading_is_stopped_at_once(tiny_model_dir):
+    """A command that fails while its worker loads (an unknown task, a bad store) stops the
+    worker by SIGTERM instead of waiting for a model it will not use."""
+    from evalfleet.client.embedded_worker import EmbeddedWorker
+    from evalfleet.inference.embedded import WorkerSettings
+
+    async def start_and_stop() -> int:
+        worker = await EmbeddedWorker.start(WorkerSettings(
+            backend="hf", model_args={"pretrained": str(tiny_model_dir), "device": "cpu"}))
+        await worker.stop()
+        return worker.returncode
+
+    assert asyncio.run(start_and_stop()) == -signal.SIGTERM
+
+
+def test_a_serving_worker_stops_when_its_stdin_closes(tiny_model_dir):
+    """The end of a run: the served worker exits by itself (code 0) once told."""
+    from evalfleet.client.embedded_worker import EmbeddedWorker
+    from evalfleet.inference.embedded import WorkerSettings
+
+    async def serve_and_stop() -> tuple[str, int]:
+        worker = await EmbeddedWorker.start(WorkerSettings(
+            backend="hf", model_args={"pretrained": str(tiny_model_dir), "device": "cpu"},
+            device="cuda:99"))
+        serving = await worker.ready()
+        await worker.stop()
+        return serving, worker.returncode
+
+    serving, code = asyncio.run(serve_and_stop())
+    assert code == 0
+    assert serving.address.startswith("127.0.0.1:")
+    # lm-eval's --device rule, applied where torch is: a GPU this machine lacks falls back
+    import torch
+
+    fallback = "cuda" if torch.cuda.is_available() else "cpu"
+    assert (serving.device, serving.note) == (
+        fallback, f"--device cuda:99 is not available here; using {fallback} (as lm-eval does)")
