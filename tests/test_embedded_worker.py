@@ -193,3 +193,25 @@ def test_a_serving_worker_stops_when_its_stdin_closes(tiny_model_dir):
     fallback = "cuda" if torch.cuda.is_available() else "cpu"
     assert (serving.device, serving.note) == (
         fallback, f"--device cuda:99 is not available here; using {fallback} (as lm-eval does)")
+
+
+def test_a_data_error_met_while_the_model_loads_is_reported_by_the_plan(
+        tiny_model_dir, tmp_path, capsys):
+    """The command loads one task's documents while its worker loads the model (a head start
+    for the data loader); an error there is not the command's: the coordinator's plan meets
+    it again and the command fails with the data error, naming the file searched."""
+    from evalfleet.client.cli import main
+
+    (tmp_path / "nosplit.yaml").write_text(
+        "task: nosplit\ndataset_path: allenai/ai2_arc\ndataset_name: ARC-Easy\n"
+        "output_type: multiple_choice\ntest_split: nosuch\n"
+        'doc_to_text: "Question: {{question}}\\nAnswer:"\n'
+        'doc_to_target: "{{choices.label.index(answerKey)}}"\n'
+        'doc_to_choice: "{{choices.text}}"\n')
+    argv = _eval_argv(tiny_model_dir, "--tasks", "nosplit", "--include_path", str(tmp_path),
+                      "--limit", "1")
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "split 'nosuch' of task 'nosplit' not found" in err
+    assert "ARC-Easy/nosuch.jsonl" in err
+    assert "Traceback" not in err
