@@ -204,6 +204,7 @@ async def run_eval(args: argparse.Namespace) -> int:
     include_paths = [os.path.abspath(p) for p in args.include_path]
     args.include_path = include_paths
     if args.tasks in LIST_COMMANDS:
+        lifecycle.end_startup()  # no model, no services: the listing collects as usual
         print_task_listing(args, data_dir)
         return 0
     check_flags(args)

@@ -66,3 +66,29 @@ def test_the_process_exits_with_its_code_after_its_threads_atexit_handlers_and_o
     ran = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert (ran.returncode, ran.stdout) == (7, "unflushed"), ran.stderr
     assert sorted(p.name for p in done_dir.iterdir()) == ["atexit", "pool", "thread"]
+
+
+def test_a_task_listing_runs_with_the_collector_on():
+    """``evalfleet eval --tasks list`` starts as an evaluation (collection deferred) but loads
+    no model and starts no service: the listing itself runs with the collector on."""
+    code = """
+import gc, json, sys
+from evalfleet.common import lifecycle
+lifecycle.defer_collection()
+import evalfleet.client.eval_command as eval_command
+seen = {}
+listing = eval_command.print_task_listing
+def spy(*args):
+    seen["enabled_while_listing"] = gc.isenabled()
+    return listing(*args)
+eval_command.print_task_listing = spy
+from evalfleet.client.cli import main
+code = main(["eval", "--tasks", "list_groups"])
+print(json.dumps({"code": code, **seen}))
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout
+    import json
+
+    assert json.loads(out.strip().splitlines()[-1]) == {"code": 0,
+                                                        "enabled_while_listing": True}
