@@ -143,6 +143,29 @@ def test_a_short_shared_edge_does_not_hide_a_long_one_below(tiny_model_dir):
         np.testing.assert_allclose(a.logprobs, b.logprobs, atol=1e-5, rtol=0)
 
 
+def test_an_edge_is_shared_by_the_jobs_below_it_not_by_its_paths(tiny_model_dir, monkeypatch):
+    """Regression: ten long contexts (four choices each) open with the same two tokens. Left
+    unshared those two tokens ride in the ten context jobs (18 positions more), shared they
+    cost a forward of their own: the rule counted the 40 paths below (78 positions saved,
+    over ``min_shared_tokens``) instead of the 10 jobs, and ran a 1 x 2 forward first."""
+    backend = _backend(tiny_model_dir, 8, prefix_cache_mb=0)
+    contexts = [[5, 6, *range(1000 + 700 * k, 1600 + 700 * k)] for k in range(10)]
+    reqs = [make_score_request(ctx, [7 + c, 8], backend.max_length)
+            for ctx in contexts for c in range(4)]
+    chunks = []
+    real = backend.scorer._mask
+    monkeypatch.setattr(backend.scorer, "_mask", lambda ch: chunks.append(ch) or real(ch))
+    with torch.inference_mode():
+        shared, positions = backend.scorer.score(reqs, lambda _: 16, shared=True)
+    floor = count_nodes(build_trie(list({r.seq[:-1] for r in reqs})))
+    assert positions == floor + 9 * 2  # the two tokens once per context job
+    assert min(ch.ids.shape[1] for ch in chunks) > 2  # no forward of the two tokens alone
+    with torch.inference_mode():
+        plain, _ = backend.scorer.score(reqs, lambda _: 8, shared=False)
+    for a, b in zip(shared, plain, strict=True):
+        np.testing.assert_allclose(a.logprobs, b.logprobs, atol=1e-5, rtol=0)
+
+
 @pytest.mark.parametrize("attn", ["sdpa", "eager"])
 def test_packed_rows_give_the_values_of_separate_rows(tiny_model_dir, mixed_requests, attn,
                                                       monkeypatch):

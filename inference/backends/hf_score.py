@@ -542,6 +542,8 @@ class _SharedPlanner:
         self.ready_only = ready_only
         self.preload: list[tuple[int, PrefixEntry, int]] = []
         self.reserved: list[PrefixEntry] = []
+        # (id(node), carried length) -> (node, kept alive so that its id stays its own; shared)
+        self._worth: dict[tuple[int, int], tuple[TrieNode, bool]] = {}
 
     def plan(self) -> list[ChunkPlan]:
         jobs: list[Job] = []
@@ -609,10 +611,8 @@ class _SharedPlanner:
         if not child.children:
             jobs.append(Job(ctx, ctx_len, tokens, self._req_ids(ids), None))
             return
-        shared = (child.n_paths >= 2
-                  and (child.n_paths - 1) * len(tokens) >= self.scorer.min_shared_tokens)
-        if self.scorer.packing and \
-                _subtree_size(child, TREE_WIDTH) <= TREE_WIDTH - len(carried):
+        shared = self._worth_sharing(child, len(carried))
+        if self._as_tree(child, len(carried)):
             job = self._tree_job(child, carried, carried_ids, ctx, ctx_len)
         elif shared:
             job = Job(ctx, ctx_len, tokens, self._req_ids(carried_ids + subtree_inputs(child)),
@@ -625,6 +625,32 @@ class _SharedPlanner:
         if shared and root and self.cache.enabled:
             self._remember(job, subtree_inputs(child)[0], child.end)
         jobs.append(job)
+
+    def _as_tree(self, node: TrieNode, carried_len: int) -> bool:
+        """Whether ``node``'s subtree (``carried_len`` tokens prepended) is one tree job."""
+        return self.scorer.packing and \
+            _subtree_size(node, TREE_WIDTH) <= TREE_WIDTH - carried_len
+
+    def _worth_sharing(self, node: TrieNode, carried_len: int) -> bool:
+        """Whether ``node``'s edge (``carried_len`` tokens prepended) is worth a job of its own:
+        left unshared, its tokens are repeated in every job planned below it, so sharing saves
+        ``(copies - 1) * length`` positions, which must reach ``min_shared_tokens``."""
+        key = (id(node), carried_len)
+        if key not in self._worth:
+            length = carried_len + len(node.tokens)
+            copies = sum(self._copies(c, length) for c in node.children)
+            self._worth[key] = (node, copies >= 2 and
+                                (copies - 1) * length >= self.scorer.min_shared_tokens)
+        return self._worth[key][1]
+
+    def _copies(self, node: TrieNode, carried_len: int) -> int:
+        """How many jobs ``_expand`` plans for ``node`` with ``carried_len`` tokens carried
+        (each repeats them)."""
+        if not node.children or self._as_tree(node, carried_len) \
+                or self._worth_sharing(node, carried_len):
+            return 1
+        length = carried_len + len(node.tokens)
+        return sum(self._copies(c, length) for c in node.children)
 
     def _tree_job(self, node: TrieNode, carried: list[int], carried_ids: list[int],
                   ctx: tuple[int, ...], ctx_len: int) -> Job:
