@@ -45,6 +45,14 @@ def _backend(model_dir: Path, batch_size: int | str, **kw) -> HFBackend:
                                      batch_size=batch_size)
 
 
+def _record_forwards(backend: HFBackend, monkeypatch) -> list:
+    """The plan of every forward the backend's scorer runs from now on (appended as run)."""
+    chunks: list = []
+    real = backend.scorer._mask
+    monkeypatch.setattr(backend.scorer, "_mask", lambda ch: chunks.append(ch) or real(ch))
+    return chunks
+
+
 @pytest.fixture(scope="module")
 def mixed_requests(data_dir) -> list[tuple[str, str]]:
     mmlu, _ = _mmlu_requests(data_dir, 4)
@@ -152,9 +160,7 @@ def test_an_edge_is_shared_by_the_jobs_below_it_not_by_its_paths(tiny_model_dir,
     contexts = [[5, 6, *range(1000 + 700 * k, 1600 + 700 * k)] for k in range(10)]
     reqs = [make_score_request(ctx, [7 + c, 8], backend.max_length)
             for ctx in contexts for c in range(4)]
-    chunks = []
-    real = backend.scorer._mask
-    monkeypatch.setattr(backend.scorer, "_mask", lambda ch: chunks.append(ch) or real(ch))
+    chunks = _record_forwards(backend, monkeypatch)
     with torch.inference_mode():
         shared, positions = backend.scorer.score(reqs, lambda _: 16, shared=True)
     floor = count_nodes(build_trie(list({r.seq[:-1] for r in reqs})))
@@ -202,9 +208,7 @@ def test_a_subtree_is_one_forward_under_a_tree_mask(tiny_model_dir, attn, monkey
     # a second document after another context, in the same row
     reqs += [make_score_request([5, *range(200, 220)], a, backend.max_length)
              for a in ([7, 8], [7, 9])]
-    chunks = []
-    real = backend.scorer._mask
-    monkeypatch.setattr(backend.scorer, "_mask", lambda ch: chunks.append(ch) or real(ch))
+    chunks = _record_forwards(backend, monkeypatch)
     with torch.inference_mode():
         shared, positions = backend.scorer.score(reqs, lambda _: 8, shared=True)
     floor = count_nodes(build_trie(list({r.seq[:-1] for r in reqs})))
