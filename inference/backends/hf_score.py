@@ -542,8 +542,8 @@ class _SharedPlanner:
         self.ready_only = ready_only
         self.preload: list[tuple[int, PrefixEntry, int]] = []
         self.reserved: list[PrefixEntry] = []
-        # (id(node), carried length) -> (node, kept alive so that its id stays its own; shared)
-        self._worth: dict[tuple[int, int], tuple[TrieNode, bool]] = {}
+        # (node, carried length) -> the jobs planned below the node (see _copies_below)
+        self._below: dict[tuple[TrieNode, int], int] = {}
 
     def plan(self) -> list[ChunkPlan]:
         jobs: list[Job] = []
@@ -635,13 +635,9 @@ class _SharedPlanner:
         """Whether ``node``'s edge (``carried_len`` tokens prepended) is worth a job of its own:
         left unshared, its tokens are repeated in every job planned below it, so sharing saves
         ``(copies - 1) * length`` positions, which must reach ``min_shared_tokens``."""
-        key = (id(node), carried_len)
-        if key not in self._worth:
-            length = carried_len + len(node.tokens)
-            copies = sum(self._copies(c, length) for c in node.children)
-            self._worth[key] = (node, copies >= 2 and
-                                (copies - 1) * length >= self.scorer.min_shared_tokens)
-        return self._worth[key][1]
+        copies = self._copies_below(node, carried_len)
+        return copies >= 2 and \
+            (copies - 1) * (carried_len + len(node.tokens)) >= self.scorer.min_shared_tokens
 
     def _copies(self, node: TrieNode, carried_len: int) -> int:
         """How many jobs ``_expand`` plans for ``node`` with ``carried_len`` tokens carried
@@ -649,8 +645,17 @@ class _SharedPlanner:
         if not node.children or self._as_tree(node, carried_len) \
                 or self._worth_sharing(node, carried_len):
             return 1
-        length = carried_len + len(node.tokens)
-        return sum(self._copies(c, length) for c in node.children)
+        return self._copies_below(node, carried_len)
+
+    def _copies_below(self, node: TrieNode, carried_len: int) -> int:
+        """How many jobs ``_expand`` plans for ``node``'s children when ``node`` is not shared
+        (``carried_len`` tokens carried into it); memoised, so that a trie is walked once per
+        carried length and not once per ancestor's question."""
+        key = (node, carried_len)
+        if key not in self._below:
+            length = carried_len + len(node.tokens)
+            self._below[key] = sum(self._copies(c, length) for c in node.children)
+        return self._below[key]
 
     def _tree_job(self, node: TrieNode, carried: list[int], carried_ids: list[int],
                   ctx: tuple[int, ...], ctx_len: int) -> Job:

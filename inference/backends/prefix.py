@@ -10,9 +10,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 
-@dataclass
+@dataclass(eq=False)
 class TrieNode:
-    """An edge of ``tokens`` at absolute positions ``[start, start + len(tokens))``."""
+    """An edge of ``tokens`` at absolute positions ``[start, start + len(tokens))`` (compared
+    and hashed by identity: an edge is itself, not its tokens)."""
 
     start: int
     tokens: list[int]
