@@ -27,6 +27,7 @@ from evalfleet.v1 import coordinator_pb2 as cpb
 
 if TYPE_CHECKING:
     from evalfleet.client.embedded_worker import EmbeddedWorker
+    from evalfleet.tasks.manager import TaskTree
 
 #: ``--tasks`` values that list instead of evaluating (lm-eval's legacy CLI).
 LIST_COMMANDS = {
@@ -395,7 +396,7 @@ def _kept_answers(store_url: str) -> str:
     return f"the answers computed so far are kept in the store {store}: rerun to resume"
 
 
-def _ready_coordinator_modules(tree: Any) -> None:
+def _ready_coordinator_modules(tree: TaskTree) -> None:
     """Ready the data loader and the scoring kernels (their modules, Numba's CPU target).
 
     The data loader is readied by loading the documents of one of the job's tasks: a process's
