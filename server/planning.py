@@ -119,6 +119,16 @@ def load_tasks(parsed: ParsedSpec, data_dir: str | Path | None,
         raise InvalidArgumentError(f"task file error: {exc}") from exc
 
 
+def check_data(tree: Any, parsed: ParsedSpec) -> None:
+    """NOT_FOUND, in a second and naming the task, the folder searched and how to point at a
+    mirror, when a split one of the job's tasks reads cannot be had; reads no documents."""
+    for task in tree.tasks.values():
+        try:
+            task.require_data(parsed.num_fewshot)
+        except DataNotFoundError as exc:
+            raise NotFoundError(str(exc)) from exc
+
+
 def _work_items(req: Request, rid: str, parsed: ParsedSpec, chat: ChatRenderer | None
                 ) -> list[WorkItem]:
     """One work item per repeat of a request (repeats of a sampled request differ by seed)."""
@@ -146,6 +156,7 @@ def build_plan(parsed: ParsedSpec, data_dir: str | Path | None, include_paths: S
         raise InvalidArgumentError("spec.apply_chat_template: no chat template renderer")
     job_hooks.start_planning(parsed.spec)
     tree = tree if tree is not None else load_tasks(parsed, data_dir, include_paths)
+    check_data(tree, parsed)
     plans: list[TaskPlan] = []
     work: dict[str, WorkItem] = {}
     names = list(tree.tasks.keys())

@@ -168,6 +168,9 @@ class ClassTask:
         return None
 
     # ------------------------------------------------------------------ docs
+    def require_data(self, num_fewshot: int | None) -> None:
+        """Nothing to check ahead: the class reads its own documents."""
+
     def all_eval_docs(self) -> list:
         if self._docs is None:
             self._docs = list(self._call("eval_docs", lambda: self.obj.eval_docs))

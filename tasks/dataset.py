@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import os
+import socket
+import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import structlog
 
@@ -15,6 +19,13 @@ log = structlog.get_logger(__name__)
 
 DATA_DIR_ENV = "EVALFLEET_DATA_DIR"
 _SUFFIXES = (".jsonl", ".jsonl.gz")
+#: How to point evalfleet at a mirror, said by every error about data it cannot find.
+POINT_AT_MIRROR = ("point --data_dir (or EVALFLEET_DATA_DIR) at a mirror laid out as "
+                   "<org>/<name>/<config or default>/<split>.jsonl")
+#: Seconds a hub reachability answer is reused (a long-running coordinator asks again later).
+_HUB_CHECK_TTL_S = 60.0
+_HUB_CONNECT_TIMEOUT_S = 3.0
+_hub_checked: tuple[float, str | None] | None = None
 
 
 def default_data_dir() -> Path | None:
@@ -37,6 +48,69 @@ def mirror_split_file(folder: Path, split: str) -> Path | None:
         if candidate.is_file():
             return candidate
     return None
+
+
+def splits_read(cfg: Mapping[str, Any], num_fewshot: int) -> list[tuple[str, str]]:
+    """The ``(key, split)`` pairs a task reads, in a task config's own keys: its evaluated
+    split, and with ``num_fewshot > 0`` the split few-shot examples are drawn from (lm-eval's
+    order: ``fewshot_config.split``/``fewshot_split``, else ``training_split``, else
+    ``validation_split``; none when the examples are given inline)."""
+    out: list[tuple[str, str]] = []
+    for key in ("test_split", "validation_split"):
+        if cfg.get(key):
+            out.append((key, str(cfg[key])))
+            break
+    if num_fewshot > 0:
+        fewshot = cfg.get("fewshot_config") or {}
+        split = fewshot.get("split") or cfg.get("fewshot_split")
+        if split:
+            out.append(("fewshot_split", str(split)))
+        elif fewshot.get("samples") is None:
+            for key in ("training_split", "validation_split"):
+                if cfg.get(key):
+                    out.append((key, str(cfg[key])))
+                    break
+    return list(dict.fromkeys(out))
+
+
+def missing_splits(folder: Path | None, splits: list[tuple[str, str]]) -> list[str]:
+    """The splits a mirror folder lacks (every one when the folder is absent)."""
+    if folder is None or not folder.is_dir():
+        return [split for _, split in splits]
+    return [split for _, split in splits if mirror_split_file(folder, split) is None]
+
+
+def _held_splits(folder: Path) -> str:
+    names = sorted({f.name.split(".", 1)[0] for f in folder.iterdir()
+                    if f.name.endswith(_SUFFIXES)})
+    return ", ".join(names) or "nothing"
+
+
+def hub_unreachable() -> str | None:
+    """Why the Hugging Face hub cannot serve a dataset now, or None when it may.
+
+    Offline by setting (``HF_HUB_OFFLINE``/``HF_DATASETS_OFFLINE``), or a first connection to
+    the hub's endpoint refused or timed out: ``datasets`` would otherwise retry for most of a
+    minute before failing. Remembered for a minute."""
+    global _hub_checked
+    for name in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"):
+        if os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on"):
+            return f"{name} is set"
+    now = time.monotonic()
+    if _hub_checked is not None and now - _hub_checked[0] < _HUB_CHECK_TTL_S:
+        return _hub_checked[1]
+    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co").rstrip("/")
+    parts = urlsplit(endpoint)
+    port = parts.port or (80 if parts.scheme == "http" else 443)
+    reason = None
+    try:
+        with socket.create_connection((parts.hostname or "", port),
+                                      timeout=_HUB_CONNECT_TIMEOUT_S):
+            pass
+    except OSError as exc:
+        reason = f"{endpoint} cannot be reached: {exc.strerror or exc}"
+    _hub_checked = (now, reason)
+    return reason
 
 
 def _load_json_split(file: Path, split: str) -> Any:
@@ -65,6 +139,50 @@ class DatasetSource:
         folder = self.folder
         return folder is not None and folder.is_dir()
 
+    def _from_hub(self) -> bool:
+        """Whether data not in the mirror would come from the hub (not a local builder, data
+        files or folder, nor a ``custom_dataset``)."""
+        cfg = self.cfg
+        return (cfg.custom_dataset is None and bool(cfg.dataset_path)
+                and "data_files" not in (cfg.dataset_kwargs or {})
+                and not Path(str(cfg.dataset_path)).exists())
+
+    def require(self, splits: list[tuple[str, str]]) -> None:
+        """Fail at once (``DataNotFoundError``, one line saying what to do) when ``splits``
+        cannot be read: the mirror folder lacks one, or the dataset is not in the mirror and
+        the hub cannot be reached. Reads nothing."""
+        if self.in_mirror():
+            assert self.folder is not None
+            for key, split in splits:
+                if mirror_split_file(self.folder, split) is None:
+                    raise self._missing_split(key, split)
+        elif self._from_hub():
+            reason = hub_unreachable()
+            if reason is not None:
+                raise self._not_in_mirror(reason)
+
+    def _missing_split(self, key: str, split: str) -> DataNotFoundError:
+        assert self.folder is not None
+        searched = [self.folder / f"{split}{s}" for s in _SUFFIXES]
+        return DataNotFoundError(
+            f"{self.cfg.source}: key '{key}' split {split!r} of task {self.cfg.task!r} not "
+            f"found; searched {searched[0]}[.gz] (that folder holds: "
+            f"{_held_splits(self.folder)}); add the split there, or {POINT_AT_MIRROR} that "
+            "has it", searched)
+
+    def _not_in_mirror(self, reason: str) -> DataNotFoundError:
+        cfg = self.cfg
+        dataset = "/".join(x for x in (cfg.dataset_path, cfg.dataset_name) if x)
+        if self.data_dir is None:
+            where = "no data folder is set (--data_dir, EVALFLEET_DATA_DIR)"
+        else:
+            where = f"it is not in the data folder {self.data_dir} (looked in {self.folder})"
+        return DataNotFoundError(
+            f"task {cfg.task!r} ({cfg.source}) reads dataset {dataset}: {where}, and the "
+            "Hugging Face hub "
+            f"cannot serve it ({reason}); {POINT_AT_MIRROR}",
+            [str(self.folder)] if self.folder else [])
+
     def split(self, name: str) -> Any:
         """The raw split (a ``datasets.Dataset`` or a list of dicts)."""
         if name not in self._splits:
@@ -77,12 +195,7 @@ class DatasetSource:
             assert self.folder is not None
             file = mirror_split_file(self.folder, name)
             if file is None:
-                searched = [self.folder / f"{name}{s}" for s in _SUFFIXES]
-                raise DataNotFoundError(
-                    f"{cfg.source}: key '{_split_key(cfg, name)}' split {name!r} of task "
-                    f"{cfg.task!r} not found; searched {searched[0]}[.gz]",
-                    searched,
-                )
+                raise self._missing_split(_split_key(cfg, name), name)
             log.debug("loading split from mirror", task=cfg.task, file=str(file))
             return _load_json_split(file, name)
         whole = self._load_whole()
@@ -111,6 +224,9 @@ class DatasetSource:
         if cfg.custom_dataset is not None:
             self._whole = cfg.custom_dataset(**{**(cfg.metadata or {}), **self.metadata}, **kwargs)
             return self._whole
+        reason = hub_unreachable() if self._from_hub() else None
+        if reason is not None:  # fail now, not after datasets' retries (most of a minute)
+            raise self._not_in_mirror(reason)
         import datasets
 
         if "data_files" in kwargs:
@@ -125,7 +241,7 @@ class DatasetSource:
             raise DataNotFoundError(
                 f"{cfg.source}: key 'dataset_path' cannot load {self._describe_remote()} for "
                 f"task {cfg.task!r}: not in the mirror ({searched[0] if searched else 'no mirror'})"
-                f" and datasets.load_dataset failed: {msg}",
+                f" and datasets.load_dataset failed: {msg}; {POINT_AT_MIRROR}",
                 searched + [self._describe_remote()],
             ) from None
         return self._whole

@@ -17,6 +17,7 @@ def render_task_listing(manager: TaskManager) -> list[dict[str, Any]]:
             "dataset_path": e.dataset_path,
             "dataset_name": e.dataset_name,
             "in_mirror": e.in_mirror,
+            "missing_splits": e.missing_splits,
             "output_type": e.output_type,
             "members": e.members,
         }

@@ -12,7 +12,7 @@ from typing import Any
 import structlog
 
 from evalfleet.tasks.config import build_config
-from evalfleet.tasks.dataset import default_data_dir, mirror_folder
+from evalfleet.tasks.dataset import default_data_dir, mirror_folder, missing_splits, splits_read
 from evalfleet.tasks.errors import TaskError, TaskNotFoundError, config_error
 from evalfleet.tasks.group import GROUP_KEYS, GroupSpec, make_group_spec
 from evalfleet.tasks.index import IndexEntry, build_index, index_file
@@ -32,7 +32,8 @@ class TaskEntry:
     yaml_path: Path | None
     dataset_path: str | None = None
     dataset_name: str | None = None
-    in_mirror: bool = False
+    in_mirror: bool = False  # the mirror holds every split the task reads (as configured)
+    missing_splits: list[str] = field(default_factory=list)  # those it lacks
     output_type: str | None = None  # a task's lm-eval output type
     members: list[str] = field(default_factory=list)  # a tag's tasks / a group's children
 
@@ -90,7 +91,10 @@ class TaskManager:
                 entry.dataset_path = cfg.get("dataset_path")
                 entry.dataset_name = cfg.get("dataset_name")
                 folder = mirror_folder(self.data_dir, entry.dataset_path, entry.dataset_name)
-                entry.in_mirror = bool(folder and folder.is_dir())
+                shots = cfg.get("num_fewshot")
+                splits = splits_read(cfg, shots if isinstance(shots, int) else 0)
+                entry.missing_splits = missing_splits(folder, splits)
+                entry.in_mirror = bool(folder and folder.is_dir()) and not entry.missing_splits
                 entry.output_type = cfg.get("output_type")
             elif e.kind == "tag":
                 entry.members = sorted(e.members)

@@ -16,7 +16,7 @@ import structlog
 from jinja2 import TemplateError
 
 from evalfleet.tasks.config import TaskConfig
-from evalfleet.tasks.dataset import DatasetSource
+from evalfleet.tasks.dataset import DatasetSource, splits_read
 from evalfleet.tasks.errors import SampleIndexError, TaskError, config_error
 from evalfleet.tasks.filters import FilterPipeline, get_filter
 from evalfleet.tasks.metric_config import MetricConfig, parse_metric_list
@@ -115,6 +115,15 @@ class Task:
                 self.cfg.source, "test_split", "task has no test or validation split"
             )
         return split
+
+    def require_data(self, num_fewshot: int | None) -> None:
+        """Fail at once (``DataNotFoundError``) when a split this task reads with
+        ``num_fewshot`` (the job's override) cannot be had; reads no documents."""
+        cfg, fs = self.cfg, self.cfg.fewshot
+        keys = {"test_split": cfg.test_split, "validation_split": cfg.validation_split,
+                "training_split": cfg.training_split, "fewshot_split": fs.split,
+                "fewshot_config": {"samples": fs.samples} if cfg.fewshot_config else None}
+        self.source.require(splits_read(keys, self.resolve_num_fewshot(num_fewshot)))
 
     def _processed(self, split: str, process_docs: Callable | None) -> Any:
         raw = self.source.split(split)
