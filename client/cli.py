@@ -226,10 +226,15 @@ def _add_results_parser(sub: argparse._SubParsersAction) -> None:
     _log_level_flag(compare)
     compare.add_argument("baseline", help="run A (the baseline)")
     compare.add_argument("candidate", help="run B (the candidate)")
-    compare.add_argument("--fail-if-worse", dest="fail_if_worse", action="append", default=[],
-                         metavar="METRIC=DELTA",
+    compare.add_argument("--fail-if-worse", "--fail_if_worse", dest="fail_if_worse",
+                         action="append", default=[], metavar="METRIC=DELTA",
                          help="exit 1 when B is worse than A on METRIC by more than DELTA "
-                              "and the difference is significant (repeatable)")
+                              "and the difference is significant, or when a task or METRIC is "
+                              "in one run only (repeatable)")
+    compare.add_argument("--allow-missing", "--allow_missing", dest="allow_missing",
+                         action="store_true",
+                         help="with --fail-if-worse: list tasks and metrics that one run lacks "
+                              "but gate only on what both runs have")
     compare.add_argument("--alpha", type=float, default=0.05,
                          help="significance level for --fail-if-worse (default 0.05)")
     compare.add_argument("--json", dest="json_out", default=None, metavar="<path>",
@@ -245,6 +250,10 @@ def _add_results_parser(sub: argparse._SubParsersAction) -> None:
     report.add_argument("path", help="run to report on (needs --log_samples files)")
     report.add_argument("--out", required=True, help="HTML file to write")
     report.add_argument("--title", default=None)
+    for action in (compare, plot, report):
+        action.add_argument("--newest", action="store_true",
+                            help="of a folder's results files whose tasks differ, take the "
+                                 "newest (lm-eval's rule) instead of refusing")
     fetch = actions.add_parser("fetch", help="print (and write) a finished evaluation's results "
                                              "from a coordinator or a store (also: results ID)")
     _log_level_flag(fetch)

@@ -1,6 +1,8 @@
 """Two runs side by side: per task and metric, both values, the difference and its significance.
 
-Run A is the baseline, run B the candidate; differences are ``B - A``. A metric is compared
+Run A is the baseline, run B the candidate; differences are ``B - A``. A task, or a metric of a
+shared task, that only one run has is listed as missing (:func:`missing_entries`), never dropped
+silently: a gate fails on it (:func:`gate_misses`). A metric is compared
 per document (see :mod:`.stats`) when both runs logged samples of the same documents (same
 ``doc_id`` and ``doc_hash``) and the reported value is the mean of the per-document values;
 otherwise from the two reported standard errors.
@@ -104,6 +106,33 @@ def paired_arrays(a: Run, b: Run, task: str, metric: str, filter_name: str,
     return va, vb
 
 
+@dataclass(frozen=True)
+class Missing:
+    """A task (``metric`` None) or a shared task's metric that only one run has."""
+
+    task: str
+    metric: str | None
+    filter: str | None
+    only_in: str  # "A" or "B"
+
+    def name(self) -> str:
+        """``task`` or ``task metric,filter``."""
+        return self.task if self.metric is None else f"{self.task} {self.metric},{self.filter}"
+
+
+def missing_entries(a: Run, b: Run) -> list[Missing]:
+    """Tasks in one run only, then metrics in one run only of the tasks both have."""
+    values = {"A": metric_values(a.results), "B": metric_values(b.results)}
+    tasks = {"A": a.task_names(), "B": b.task_names()}
+    out = [Missing(task, None, None, side) for side, other in (("A", "B"), ("B", "A"))
+           for task in tasks[side] if task not in tasks[other]]
+    for side, other in (("A", "B"), ("B", "A")):
+        out.extend(Missing(task, metric, filter_name, side)
+                   for task, metric, filter_name in values[side]
+                   if task in tasks[other] and (task, metric, filter_name) not in values[other])
+    return out
+
+
 def compare_runs(a: Run, b: Run) -> list[MetricRow]:
     """Every task/metric/filter present in both runs, in run A's order."""
     values_a, values_b = metric_values(a.results), metric_values(b.results)
@@ -130,8 +159,12 @@ class Threshold:
     filter: str | None
     delta: float
 
+    def matches(self, metric: str, filter_name: str | None) -> bool:
+        """Whether this threshold gates ``metric,filter_name``."""
+        return metric == self.metric and (self.filter is None or filter_name == self.filter)
+
     def applies(self, row: MetricRow) -> bool:
-        return row.metric == self.metric and (self.filter is None or row.filter == self.filter)
+        return self.matches(row.metric, row.filter)
 
 
 def parse_thresholds(texts: Iterable[str]) -> list[Threshold]:
@@ -161,6 +194,22 @@ def regressions(rows: Sequence[MetricRow], thresholds: Sequence[Threshold],
             and row.test.p_value is not None and row.test.p_value < alpha]
 
 
+def gate_misses(missing: Sequence[Missing], thresholds: Sequence[Threshold]) -> list[Missing]:
+    """What a ``--fail-if-worse`` gate fails on besides regressions: every task only one run
+    has, and every gated metric only one run has (none when there are no thresholds)."""
+    if not thresholds:
+        return []
+    return [m for m in missing if m.metric is None
+            or any(t.matches(m.metric, m.filter) for t in thresholds)]
+
+
+def format_missing(missing: Sequence[Missing]) -> str:
+    """One line per missing task or metric, saying which run (A or B) has it."""
+    return "\n".join(
+        f"{'task' if m.metric is None else 'metric'} {m.name()}: only in {m.only_in}, "
+        f"missing from {'B' if m.only_in == 'A' else 'A'}" for m in missing)
+
+
 def _fmt(value: float | None, digits: int = 4) -> str:
     return "" if value is None else f"{value:.{digits}f}"
 
@@ -171,20 +220,63 @@ def _fmt_p(value: float | None) -> str:
     return f"{value:.2e}" if value < 1e-4 else f"{value:.4f}"
 
 
-def format_table(rows: Sequence[MetricRow], label_a: str, label_b: str) -> str:
-    """The comparison as a markdown table."""
+#: Columns ``format_table`` leaves out first when a terminal is too narrow for all of them.
+_OPTIONAL_COLUMNS = ("test", "n", "SE(B-A)")
+
+
+def _cells(row: MetricRow) -> dict[str, str]:
+    arrows = {True: "↑", False: "↓", None: ""}
+    return {"Task": row.task, "Metric": row.metric, "Filter": row.filter,
+            "": arrows[row.higher_is_better], "A": _fmt(row.a), "B": _fmt(row.b),
+            "B-A": f"{row.test.diff:+.4f}", "SE(B-A)": _fmt(row.test.se),
+            "p": _fmt_p(row.test.p_value), "test": row.test.method,
+            "n": "" if row.test.n is None else str(row.test.n)}
+
+
+def _markdown(headers: Sequence[str], matrix: Sequence[Sequence[str]]) -> str:
     from pytablewriter import MarkdownTableWriter
     from pytablewriter.typehint import String
 
     writer = MarkdownTableWriter()
-    writer.headers = ["Task", "Metric", "Filter", "", f"A: {label_a}", f"B: {label_b}",
-                      "B-A", "SE(B-A)", "p", "test", "n"]
-    writer.type_hints = [String] * len(writer.headers)  # keep the formatting given here
-    arrows = {True: "↑", False: "↓", None: ""}
-    writer.value_matrix = [
-        [r.task, r.metric, r.filter, arrows[r.higher_is_better], _fmt(r.a), _fmt(r.b),
-         f"{r.test.diff:+.4f}", _fmt(r.test.se), _fmt_p(r.test.p_value), r.test.method,
-         "" if r.test.n is None else str(r.test.n)]
-        for r in rows]
+    writer.headers = list(headers)
+    writer.type_hints = [String] * len(headers)  # keep the formatting given here
+    writer.value_matrix = [list(r) for r in matrix]
     writer.margin = 0
     return writer.dumps()
+
+
+def _records(rows: Sequence[MetricRow]) -> str:
+    """One block per row: its whole name on a line, its numbers on the next."""
+    lines = []
+    for row in rows:
+        c = _cells(row)
+        lines.append(f"{row.task}  {row.metric},{row.filter} {c['']}".rstrip())
+        numbers = f"  A {c['A']}  B {c['B']}  B-A {c['B-A']}  p {c['p']}"
+        lines.append(numbers + (f"  SE {c['SE(B-A)']}" if c["SE(B-A)"] else ""))
+    return "\n".join(lines)
+
+
+def _widest(text: str) -> int:
+    return max((len(line) for line in text.splitlines()), default=0)
+
+
+def format_table(rows: Sequence[MetricRow], label_a: str, label_b: str,
+                 width: int | None = None) -> str:
+    """The comparison as a markdown table, every column and cell whole.
+
+    With ``width`` (a terminal's columns) a table wider than that drops the run labels from
+    its headers, then the optional columns (test, n, stderr), and when even that does not fit
+    prints one block per row: names are never cut.
+    """
+    keys = ["Task", "Metric", "Filter", "", "A", "B", "B-A", "SE(B-A)", "p", "test", "n"]
+    headers = {"A": f"A: {label_a}", "B": f"B: {label_b}"}
+    matrix = [_cells(r) for r in rows]
+    table = _markdown([headers.get(k, k) for k in keys], [[c[k] for k in keys] for c in matrix])
+    if width is None or _widest(table) <= width:
+        return table
+    for drop in range(len(_OPTIONAL_COLUMNS) + 1):
+        shown = [k for k in keys if k not in _OPTIONAL_COLUMNS[:drop]]
+        table = _markdown(shown, [[c[k] for k in shown] for c in matrix])
+        if _widest(table) <= width:
+            return table
+    return _records(rows)

@@ -72,7 +72,7 @@ def test_report_renders_in_chromium_and_filters_to_wrong_answers(two_model_runs,
     out = tmp_path / "report.html"
     code, stdout = _results(capsys, "report", str(two_model_runs["real"].parent), "--out",
                             str(out))
-    assert code == 0 and "(1 tasks, 40 documents)" in stdout
+    assert code == 0 and "(1 task, 40 documents)" in stdout
     html = out.read_text()
     assert "<script src" not in html and "<link" not in html  # self-contained
     samples = load_run(two_model_runs["real"]).samples["arc_easy"]
