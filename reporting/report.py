@@ -104,6 +104,42 @@ def _answer_html(record: dict[str, Any], output_type: str) -> tuple[str, str]:
     return prompt_html, f'<div class="answer">{_e(filtered)}</div>'
 
 
+def human(value: Any) -> str:
+    """A config value as a person writes it: ``30`` not ``30.0``, ``k=v, ...`` not a dict repr,
+    ``none`` not ``None``."""
+    if value is None:
+        return "none"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    if isinstance(value, dict):
+        return ", ".join(f"{k}={human(v)}" for k, v in value.items())
+    if isinstance(value, list | tuple):
+        return ", ".join(human(v) for v in value)
+    return str(value)
+
+
+def _limit_text(limit: Any) -> str:
+    number = _number(limit)
+    if number is None:
+        return "none (all documents)"
+    if number < 1.0:
+        return f"{human(number)} (fraction of each task's documents)"
+    return f"{human(number)} documents per task"
+
+
+def _fewshot_text(run: Run) -> str:
+    given = run.results.get("config", {}).get("num_fewshot")
+    if given is not None:
+        return human(given)
+    shots = {human(run.results.get("n-shot", {}).get(t)) for t in run.leaf_tasks()
+             if t in run.results.get("n-shot", {})}
+    if len(shots) == 1:
+        return f"{shots.pop()} (task default)"
+    return "task defaults (see n-shot)"
+
+
 def _metric_cells(record: dict[str, Any]) -> str:
     parts = []
     for name in record.get("metrics", []):
@@ -112,6 +148,11 @@ def _metric_cells(record: dict[str, Any]) -> str:
         shown = f"{number:.4g}" if number is not None else json.dumps(value)[:60]
         parts.append(f"<div><b>{_e(name)}</b> {_e(shown)}</div>")
     return "".join(parts)
+
+
+#: What lm-eval's filter names mean, for the results table.
+_FILTER_NOTE = ("how lm-eval post-processed the answers before scoring them (e.g. strict-match "
+                "extracts the final number); none means the raw answers, scored as they are")
 
 
 def _results_table(run: Run) -> str:
@@ -130,13 +171,27 @@ def _results_table(run: Run) -> str:
             rows.append(
                 f"<tr><td>{_e(entry.get('alias', task))}</td>"
                 f"<td>{_e(results.get('versions', {}).get(task, ''))}</td>"
-                f"<td>{_e(filter_name)}</td><td>{_e(results.get('n-shot', {}).get(task, ''))}"
+                f"<td>{_e(filter_name)}</td>"
+                f"<td>{_e(human(results.get('n-shot', {}).get(task, '')))}"
                 f"</td><td>{_e(metric)}</td><td>{arrow}</td>"
                 f"<td class=num>{_e(f'{number:.4f}' if number is not None else value)}</td>"
                 f"<td class=num>{_e(f'± {se:.4f}' if se is not None else stderr)}</td></tr>")
-    return ('<table id="results-table"><thead><tr><th>Task</th><th>Version</th><th>Filter</th>'
+    return ('<table id="results-table"><thead><tr><th>Task</th><th>Version</th>'
+            f'<th title="{_FILTER_NOTE}">Filter</th>'
             '<th>n-shot</th><th>Metric</th><th></th><th>Value</th><th>Stderr</th></tr></thead>'
-            f'<tbody>{"".join(rows)}</tbody></table>')
+            f'<tbody>{"".join(rows)}</tbody></table>'
+            f'<p class="meta" id="filter-note">Filter: {_FILTER_NOTE}.</p>')
+
+
+
+def _filter_mark(record: dict[str, Any], filters: Sequence[str]) -> str:
+    """The record's filter under its doc id, only where the task has several (lm-eval's
+    ``none`` filter alone is the raw answer and needs no mark)."""
+    if len(filters) < 2:
+        return ""
+    name = record.get("filter", "none")
+    return (f'<br><small class="filter" title="the filter (answer post-processing) this row '
+            f'scores">filter {_e(name)}</small>')
 
 
 def _task_section(run: Run, task: str, records: list[dict[str, Any]]) -> str:
@@ -144,6 +199,7 @@ def _task_section(run: Run, task: str, records: list[dict[str, Any]]) -> str:
     output_type = str(config.get("output_type", ""))
     rows = []
     counts = {"right": 0, "wrong": 0}
+    filters = list(dict.fromkeys(str(r.get("filter", "none")) for r in records))
     for record in records:
         metric, right = verdict(record)
         status = "na" if right is None else ("right" if right else "wrong")
@@ -155,12 +211,15 @@ def _task_section(run: Run, task: str, records: list[dict[str, Any]]) -> str:
         rows.append(
             f'<tr class="doc" data-task="{_e(task)}" data-status="{status}" '
             f'data-filter="{_e(record.get("filter", "none"))}">'
-            f'<td class="docid">{_e(record.get("doc_id"))}<br><small>'
-            f'{_e(record.get("filter", ""))}</small></td>'
+            f'<td class="docid">{_e(record.get("doc_id"))}{_filter_mark(record, filters)}</td>'
             f"<td>{question}</td><td>{answer}{badge}</td>"
             f"<td class=metrics>{_metric_cells(record)}</td></tr>")
     summary = (f'{len(records)} documents, {counts["wrong"]} wrong' if counts["wrong"] or
                counts["right"] else f"{len(records)} documents")
+    if len(filters) > 1:
+        summary += f" (one row per document and filter: {', '.join(filters)})"
+    elif filters and filters[0] != "none":
+        summary += f", answers through filter {filters[0]}"
     return (f'<section class="task" data-task="{_e(task)}"><h2 id="task-{_e(task)}">{_e(task)}'
             f' <small>{_e(output_type)} · {_e(summary)}</small></h2>'
             '<table class="docs"><thead><tr><th>doc</th><th>prompt and choices / target</th>'
@@ -222,9 +281,10 @@ def render_report(run: Run, *, title: str | None = None) -> str:
     if not tasks:
         sections = ("<p>No per-document samples next to this results file: run "
                     "<code>evalfleet eval</code> with <code>--log_samples</code> to see them.</p>")
-    meta = (f"model <b>{_e(config.get('model', ''))}</b> ({_e(config.get('model_args', ''))}),"
-            f" limit {_e(config.get('limit'))}, num_fewshot {_e(config.get('num_fewshot'))},"
-            f" file {_e(run.path.name)}")
+    meta = (f"model <b>{_e(human(config.get('model', '')))}</b> "
+            f"({_e(human(config.get('model_args', '')))}),"
+            f" limit {_e(_limit_text(config.get('limit')))},"
+            f" num_fewshot {_e(_fewshot_text(run))}, file {_e(run.path.name)}")
     return (
         "<!DOCTYPE html>\n<html lang=en><head><meta charset=utf-8>"
         f"<title>{_e(heading)}</title><style>{_STYLE}</style></head><body>"
