@@ -8,6 +8,21 @@ from typing import Any
 
 from evalfleet.common.errors import InvalidArgumentError
 
+#: How deep a value given in arguments may nest (lists, dicts); deeper is refused.
+MAX_NESTING = 32
+
+
+def _depth(value: Any) -> int:
+    """How deeply ``value`` nests (a scalar is 0), counted without recursion."""
+    deepest, stack = 0, [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        deepest = max(deepest, depth)
+        if depth <= MAX_NESTING and isinstance(item, dict | list | tuple | set):
+            stack.extend((x, depth + 1) for x in (item.values() if isinstance(item, dict)
+                                                  else item))
+    return deepest
+
 
 def _coerce(value: str) -> Any:
     """Turn a string value into bool/int/float/None/list when it reads as one, as lm-eval does."""
@@ -20,7 +35,7 @@ def _coerce(value: str) -> Any:
         return None
     try:
         return ast.literal_eval(value)
-    except (ValueError, SyntaxError):
+    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
         return value
 
 
@@ -39,6 +54,11 @@ def parse_kv_args(text: str | None, *, field: str) -> dict[str, Any]:
             parsed = json.loads(text)
         except json.JSONDecodeError as exc:
             raise InvalidArgumentError(f"{field}: not valid JSON ({exc.msg} at {exc.pos})") from exc
+        except RecursionError:
+            parsed = None  # nested deeper than Python's parser goes: refused below
+        if parsed is None or _depth(parsed) > MAX_NESTING:
+            raise InvalidArgumentError(f"{field}: values nest more than {MAX_NESTING} levels "
+                                       "deep; give a flat object of settings")
         if not isinstance(parsed, dict):
             raise InvalidArgumentError(f"{field}: expected a JSON object")
         return parsed
@@ -53,6 +73,8 @@ def parse_kv_args(text: str | None, *, field: str) -> dict[str, Any]:
                 f"{field}: '{piece}' is not key=value (write e.g. pretrained=models/smollm2-135m)"
             )
         result[key.strip()] = _coerce(value.strip())
+    if _depth(result) > MAX_NESTING:
+        raise InvalidArgumentError(f"{field}: values nest more than {MAX_NESTING} levels deep")
     return result
 
 

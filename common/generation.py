@@ -6,6 +6,7 @@ form) and the workers (which generate with them), so neither imports the other.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -16,6 +17,9 @@ from evalfleet.common.logging import get_logger
 log = get_logger("generation")
 
 DEFAULT_MAX_GEN_TOKS = 256
+#: The wire's bounds (``GenerationParams.max_gen_toks``/``top_k`` are int32, ``seed`` int64).
+INT32_MAX = 2**31 - 1
+INT64_MAX = 2**63 - 1
 # lm-eval's normalize_gen_kwargs: token-limit aliases, highest priority first.
 _MAX_TOKEN_ALIASES = ("max_gen_toks", "max_new_tokens", "max_tokens", "max_completion_tokens")
 
@@ -35,9 +39,19 @@ def _as_int(name: str, value: Any) -> int:
 
 def _as_float(name: str, value: Any) -> float:
     try:
-        return float(value)
+        number = float(value)
     except (TypeError, ValueError):
         raise _bad(name, f"expected a number, got {value!r}") from None
+    if not math.isfinite(number):
+        raise _bad(name, f"expected a finite number, got {value!r}")
+    return number
+
+
+def _in_range(name: str, value: Any, low: float, high: float, what: str) -> Any:
+    """``value`` when ``low <= value <= high``; else INVALID_ARGUMENT saying ``what``."""
+    if not low <= value <= high:
+        raise _bad(name, f"{what}, got {value!r}")
+    return value
 
 
 @dataclass(frozen=True)
@@ -77,9 +91,16 @@ class GenerationParams:
         limits = [(k, kwargs.pop(k)) for k in _MAX_TOKEN_ALIASES if kwargs.get(k) is not None]
         for k in _MAX_TOKEN_ALIASES:
             kwargs.pop(k, None)
-        max_gen_toks = _as_int(f"gen_kwargs.{limits[0][0]}", limits[0][1]) if limits \
-            else default_max_gen_toks
-        temperature = _as_float("gen_kwargs.temperature", kwargs.pop("temperature", 0.0) or 0.0)
+        if limits:
+            name = f"gen_kwargs.{limits[0][0]}"
+            max_gen_toks = _in_range(name, _as_int(name, limits[0][1]), 1, INT32_MAX,
+                                     f"must be a whole number from 1 to {INT32_MAX}")
+        else:
+            max_gen_toks = default_max_gen_toks
+        temperature = _in_range(
+            "gen_kwargs.temperature",
+            _as_float("gen_kwargs.temperature", kwargs.pop("temperature", 0.0) or 0.0),
+            0.0, math.inf, "must be >= 0 (0 decodes greedily)")
         do_sample = kwargs.pop("do_sample", None)
         if do_sample is None:
             do_sample = temperature > 0.0
@@ -93,10 +114,15 @@ class GenerationParams:
         kwargs.pop("max_length", None)  # lm-eval honours it with a warning; we use max_gen_toks
         if kwargs:
             log.warning("gen_kwargs_ignored", keys=sorted(kwargs))
-        return cls(
-            until=until, max_gen_toks=max_gen_toks, temperature=temperature,
-            do_sample=do_sample,
-            top_p=None if top_p is None else _as_float("gen_kwargs.top_p", top_p),
-            top_k=None if top_k is None else _as_int("gen_kwargs.top_k", top_k),
-            seed=None if seed is None else _as_int("gen_kwargs.seed", seed),
-        )
+        if top_p is not None:
+            top_p = _as_float("gen_kwargs.top_p", top_p)
+            if not 0.0 < top_p <= 1.0:
+                raise _bad("gen_kwargs.top_p", f"must be in (0, 1], got {top_p!r}")
+        if top_k is not None:
+            top_k = _in_range("gen_kwargs.top_k", _as_int("gen_kwargs.top_k", top_k), -1,
+                              INT32_MAX, "must be >= 0 (or -1 for no limit)")
+        if seed is not None:
+            seed = _in_range("gen_kwargs.seed", _as_int("gen_kwargs.seed", seed), -INT64_MAX,
+                             INT64_MAX, "must fit in 64 bits")
+        return cls(until=until, max_gen_toks=max_gen_toks, temperature=temperature,
+                   do_sample=do_sample, top_p=top_p, top_k=top_k, seed=seed)

@@ -62,16 +62,45 @@ class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):
         if handler.unary_unary is not None:
             return grpc.unary_unary_rpc_method_handler(
                 _wrap_unary(handler.unary_unary, method),
-                request_deserializer=handler.request_deserializer,
+                request_deserializer=_lenient(handler.request_deserializer),
                 response_serializer=handler.response_serializer,
             )
         if handler.unary_stream is not None:
             return grpc.unary_stream_rpc_method_handler(
                 _wrap_stream(handler.unary_stream, method),
-                request_deserializer=handler.request_deserializer,
+                request_deserializer=_lenient(handler.request_deserializer),
                 response_serializer=handler.response_serializer,
             )
         return handler
+
+
+class _Undecodable:
+    """A request whose bytes are not the method's message (answered INVALID_ARGUMENT by the
+    handler, where gRPC would answer UNKNOWN and log a traceback per call)."""
+
+    def __init__(self, error: str) -> None:
+        self.error = error
+
+
+def _lenient(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+    if deserializer is None:
+        return None
+
+    def parse(data: bytes) -> Any:
+        try:
+            return deserializer(data)
+        except Exception as exc:  # noqa: BLE001 - any parse failure is the client's
+            return _Undecodable(f"{type(exc).__name__}: {exc}")
+
+    return parse
+
+
+async def _refuse_undecodable(request: _Undecodable, context: grpc.aio.ServicerContext,
+                              method: str) -> None:
+    log.info("rpc_undecodable_request", method=method, error=request.error)
+    await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                        f"{method}: the request's bytes are not a valid message for this "
+                        f"method ({request.error[:200]}); send the message from its .proto")
 
 
 #: Longest status message sent (gRPC refuses trailers over 16 KiB; a message quoting a huge
@@ -92,6 +121,8 @@ async def _abort(context: grpc.aio.ServicerContext, exc: Exception, method: str)
 
 def _wrap_unary(inner: Callable, method: str) -> Callable:
     async def handler(request, context):
+        if isinstance(request, _Undecodable):
+            await _refuse_undecodable(request, context, method)
         try:
             return await inner(request, context)
         except grpc.aio.AbortError:
@@ -104,6 +135,8 @@ def _wrap_unary(inner: Callable, method: str) -> Callable:
 
 def _wrap_stream(inner: Callable, method: str) -> Callable:
     async def handler(request, context):
+        if isinstance(request, _Undecodable):
+            await _refuse_undecodable(request, context, method)
         try:
             async for item in inner(request, context):
                 yield item

@@ -185,7 +185,11 @@ def build_plan(parsed: ParsedSpec, data_dir: str | Path | None, include_paths: S
         for req in requests:
             rid = request_id(req.request_type, req.arguments)
             ids.append(rid)
-            for item in _work_items(req, rid, parsed, chat):
+            try:
+                items = _work_items(req, rid, parsed, chat)
+            except InvalidArgumentError as exc:  # the task's generation_kwargs
+                raise InvalidArgumentError(f"task {name}: {exc.message}") from exc
+            for item in items:
                 answer_ids.append(item.request_id)
                 work.setdefault(item.request_id, item)
         plans.append(TaskPlan(task, docs, requests, ids, answer_ids, original))

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
 from evalfleet.common.args import parse_kv_args
 from evalfleet.common.errors import InvalidArgumentError
+from evalfleet.common.generation import GenerationParams
 from evalfleet.v1 import coordinator_pb2 as cpb
 
 DEFAULT_BOOTSTRAP_ITERS = 100_000
@@ -38,8 +40,9 @@ class ParsedSpec:
 def _parse_limit(spec: cpb.EvaluationSpec) -> float | int | None:
     if not spec.HasField("limit"):
         return None
-    if not spec.limit > 0:
-        raise InvalidArgumentError("spec.limit: must be > 0 (a count, or a fraction < 1.0)")
+    if not 0 < spec.limit < math.inf:
+        raise InvalidArgumentError("spec.limit: must be a finite number > 0 (a count, or a "
+                                   "fraction < 1.0)")
     return spec.limit if spec.limit < 1.0 else int(spec.limit)
 
 
@@ -86,6 +89,10 @@ def parse_spec(spec: cpb.EvaluationSpec) -> ParsedSpec:
         raise InvalidArgumentError("spec.tasks: name at least one task, group or tag")
     model_args = parse_kv_args(spec.model_args, field="spec.model_args")
     gen_kwargs = parse_kv_args(spec.gen_kwargs, field="spec.gen_kwargs")
+    try:  # checked here too, so a bad value is refused whatever the job's tasks
+        GenerationParams.from_gen_kwargs(gen_kwargs)
+    except InvalidArgumentError as exc:
+        raise InvalidArgumentError(f"spec.{exc.message}") from exc
     metadata = parse_kv_args(spec.metadata, field="spec.metadata")
     limit = _parse_limit(spec)
     samples = _parse_samples(spec, limit)

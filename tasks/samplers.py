@@ -6,7 +6,14 @@ from collections.abc import Sequence
 from random import Random
 from typing import Any
 
+from evalfleet.tasks.errors import TaskError
+
 Doc = dict[str, Any]
+
+
+def _too_few(n: int, available: int) -> TaskError:
+    return TaskError(f"num_fewshot {n} asks for more examples than the few-shot pool's "
+                     f"{available} documents; give a smaller --num_fewshot")
 
 
 def _without(doc: Doc, pool: Sequence[Doc], n: int | None = None) -> list[Doc]:
@@ -26,13 +33,16 @@ class DefaultSampler:
         if n == 0:
             return []
         if not self.pool:
-            raise ValueError("no documents available for few-shot sampling")
-        if not eval_doc:
-            res = self.rnd.sample(self.pool, n)
-        else:
-            res = _without(eval_doc, self.rnd.sample(self.pool, n + 1), n)
-        if len(res) < n:
-            res = self.rnd.sample([x for x in self.pool if x != eval_doc], n)
+            raise TaskError("no documents available for few-shot sampling")
+        try:  # where lm-eval's draw raises (a pool too small), one line instead
+            if not eval_doc:
+                res = self.rnd.sample(self.pool, n)
+            else:
+                res = _without(eval_doc, self.rnd.sample(self.pool, n + 1), n)
+            if len(res) < n:
+                res = self.rnd.sample([x for x in self.pool if x != eval_doc], n)
+        except ValueError:
+            raise _too_few(n, len(self.pool)) from None
         return res
 
 
@@ -46,7 +56,7 @@ class FirstNSampler:
         """Return ``pool[:n]``."""
         pool = _without(eval_doc, self.pool) if eval_doc is not None else self.pool
         if n > len(pool):
-            raise ValueError(f"{n} few-shot samples requested but only {len(pool)} available")
+            raise _too_few(n, len(pool))
         return pool[:n]
 
 
