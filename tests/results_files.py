@@ -1,11 +1,17 @@
-"""lm-eval 0.4.13 results files (and samples files) written from a few numbers, for the
-``results`` command tests: the schema ``eval`` writes, without running a model."""
+"""For the ``results`` command tests: lm-eval 0.4.13 results files (and samples files) written
+from a few numbers (the schema ``eval`` writes, without running a model), and the command run
+as a user runs it or in the test's process."""
 
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
+
+from conftest import REPO_ROOT
 
 MODEL = "models/tiny-smollm2"
 
@@ -59,3 +65,20 @@ def mc_record(doc_id: int, right: bool, filter_name: str = "none") -> dict[str, 
                                                                         for ll in lls],
             "filter": filter_name, "metrics": ["acc"], "doc_hash": f"h{doc_id}",
             "prompt_hash": "p", "target_hash": "t", "acc": 1.0 if right else 0.0}
+
+
+def results_cli(*args: str) -> subprocess.CompletedProcess:
+    """``evalfleet results ARGS`` as a user runs it (its own process, output piped)."""
+    return subprocess.run([sys.executable, "-m", "evalfleet.client.cli", "results", *args],
+                          capture_output=True, text=True, timeout=300, cwd=REPO_ROOT,
+                          env=os.environ.copy())
+
+
+def results_here(capsys, *args: str) -> tuple[int, str, str]:
+    """``evalfleet results ARGS`` in this process: (exit code, stdout, stderr)."""
+    from evalfleet.client.cli import build_parser
+    from evalfleet.client.results_command import run_results
+
+    code = run_results(build_parser().parse_args(["results", *args]))
+    out = capsys.readouterr()
+    return code, out.out, out.err

@@ -4,34 +4,16 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
-from conftest import REPO_ROOT
+from results_files import results_cli as _cli
+from results_files import results_here as _results
 from scipy import stats
 
 from evalfleet.reporting.compare import compare_runs, parse_thresholds, regressions
 from evalfleet.reporting.runs import Run, find_results_file, load_run
 from evalfleet.reporting.stats import MCNEMAR, PAIRED_T, UNPAIRED, paired_test, unpaired_test
-
-
-def _cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "evalfleet.client.cli", "results", *args],
-                          capture_output=True, text=True, timeout=300, cwd=REPO_ROOT,
-                          env=os.environ.copy())
-
-
-def _results(capsys, *args: str) -> tuple[int, str, str]:
-    """``evalfleet results ARGS`` in-process: (exit code, stdout, stderr)."""
-    from evalfleet.client.cli import build_parser
-    from evalfleet.client.results_command import run_results
-
-    code = run_results(build_parser().parse_args(["results", *args]))
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 def _mcnemar_scipy(a, b) -> float:

@@ -6,36 +6,17 @@ results files written from a few numbers (tests/results_files.py), read by the r
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-from conftest import REPO_ROOT
-from results_files import mc_record, results_doc, write_run
+from results_files import mc_record, results_doc, results_here, write_run
+from results_files import results_cli as _cli
 
 from evalfleet.client.cli import build_parser
 
 ACC = {"acc,none": (0.50, 0.05), "acc_norm,none": (0.55, 0.05)}
 T1 = "2026-12-06T10-00-00.000001"
 T2 = "2026-12-06T11-00-00.000001"
-
-
-def _cli(*args: str) -> subprocess.CompletedProcess:
-    """``evalfleet results ARGS`` as a user runs it (its own process, output piped)."""
-    return subprocess.run([sys.executable, "-m", "evalfleet.client.cli", "results", *args],
-                          capture_output=True, text=True, timeout=120, cwd=REPO_ROOT,
-                          env=os.environ.copy())
-
-
-def _results(capsys, *args: str) -> tuple[int, str, str]:
-    """``evalfleet results ARGS`` in this process: (exit code, stdout, stderr)."""
-    from evalfleet.client.results_command import run_results
-
-    code = run_results(build_parser().parse_args(["results", *args]))
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 @pytest.fixture()
@@ -55,10 +36,10 @@ def test_fail_if_worse_exits_one_naming_a_task_the_candidate_lacks(lacking, caps
     assert "task piqa: only in A" in gate.stdout  # the listing under the table
     assert "Traceback" not in gate.stderr
     # the other way round (a task only the candidate has) fails the same way
-    code, _, err = _results(capsys, "compare", str(b), str(a), "--fail_if_worse", "acc=0.02")
+    code, _, err = results_here(capsys, "compare", str(b), str(a), "--fail_if_worse", "acc=0.02")
     assert code == 1 and "MISSING piqa: in B only" in err
     # an explicit --allow-missing lists it and gates only what both runs have
-    code, _, err = _results(capsys, "compare", str(a), str(b), "--fail-if-worse", "acc=0.02",
+    code, _, err = results_here(capsys, "compare", str(a), str(b), "--fail-if-worse", "acc=0.02",
                             "--allow_missing")
     assert code == 0 and "missing (allowed) piqa" in err and "no significant regression" in err
 
@@ -66,17 +47,17 @@ def test_fail_if_worse_exits_one_naming_a_task_the_candidate_lacks(lacking, caps
 def test_a_gated_metric_one_run_lacks_fails_and_others_are_listed(tmp_path, capsys):
     a = write_run(tmp_path / "a", T1, results_doc({"arc_easy": ACC}))
     b = write_run(tmp_path / "b", T1, results_doc({"arc_easy": {"acc,none": (0.5, 0.05)}}))
-    code, out, err = _results(capsys, "compare", str(a), str(b), "--fail-if-worse",
+    code, out, err = results_here(capsys, "compare", str(a), str(b), "--fail-if-worse",
                               "acc_norm=0.02")
     assert code == 1 and "MISSING arc_easy acc_norm,none: in A only" in err
-    code, out, err = _results(capsys, "compare", str(a), str(b), "--fail-if-worse", "acc=0.02",
+    code, out, err = results_here(capsys, "compare", str(a), str(b), "--fail-if-worse", "acc=0.02",
                               "--json", str(tmp_path / "c.json"))
     assert code == 0 and "no significant regression" in err  # acc_norm is not gated
     assert "metric arc_easy acc_norm,none: only in A" in out
     missing = json.loads((tmp_path / "c.json").read_text())["missing"]
     assert missing == [{"task": "arc_easy", "metric": "acc_norm", "filter": "none",
                         "only_in": "A"}]
-    code, _, err = _results(capsys, "compare", str(a), str(b), "--fail-if-worse", "bleu=0")
+    code, _, err = results_here(capsys, "compare", str(a), str(b), "--fail-if-worse", "bleu=0")
     assert code == 2 and "--fail-if-worse bleu: no such metric in either run" in err
 
 
@@ -111,25 +92,25 @@ def test_a_folder_whose_results_files_differ_in_tasks_is_refused(two_files_one_f
 
 def test_newest_takes_the_newest_and_says_which(two_files_one_folder, capsys, tmp_path):
     out, old, new = two_files_one_folder
-    code, stdout, err = _results(capsys, "compare", str(old), str(out), "--newest",
+    code, stdout, err = results_here(capsys, "compare", str(old), str(out), "--newest",
                                  "--fail-if-worse", "acc=0.02")
     assert code == 1 and f"note: {out}: took {new.name}, the newest of 2" in err
     assert "whose tasks differ" in err and "MISSING piqa" in err
-    code, _, err = _results(capsys, "show", str(out))  # show takes the newest, and says so
+    code, _, err = results_here(capsys, "show", str(out))  # show takes the newest, and says so
     assert code == 0 and f"took {new.name}" in err
     same = tmp_path / "same"
     write_run(same, T1, results_doc({"arc_easy": ACC}))
     newest = write_run(same, T2, results_doc({"arc_easy": ACC}))
-    code, _, err = _results(capsys, "compare", str(same), str(newest))
+    code, _, err = results_here(capsys, "compare", str(same), str(newest))
     assert code == 0 and "(all with the same tasks)" in err
 
 
 def test_report_without_samples_counts_the_tasks(lacking, tmp_path, capsys):
     a, _ = lacking
-    code, out, _ = _results(capsys, "report", str(a), "--out", str(tmp_path / "r.html"))
+    code, out, _ = results_here(capsys, "report", str(a), "--out", str(tmp_path / "r.html"))
     assert code == 0 and "0 tasks" not in out
     assert "(2 tasks, no documents: no samples files beside" in out and "--log_samples" in out
     b = write_run(tmp_path / "s", T1, results_doc({"arc_easy": ACC, "piqa": ACC}),
                   samples={"piqa": [mc_record(i, i % 2 == 0) for i in range(3)]})
-    code, out, _ = _results(capsys, "report", str(b), "--out", str(tmp_path / "s.html"))
+    code, out, _ = results_here(capsys, "report", str(b), "--out", str(tmp_path / "s.html"))
     assert code == 0 and "(2 tasks, 1 with samples: 3 documents)" in out
