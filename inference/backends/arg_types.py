@@ -94,15 +94,19 @@ def as_dict(name: str, v: Any) -> dict[str, Any]:
     return v
 
 
-def reject_unknown(backend: str, args: dict[str, Any], known: Iterable[str]) -> None:
+def reject_unknown(backend: str, args: dict[str, Any], known: Iterable[str], *,
+                   also: Iterable[str] = (), also_named: str = "") -> None:
     """BackendArgumentError for the first key of ``args`` that ``known`` lacks, with close
-    matches (e.g. ``max_tokens`` -> ``max_gen_toks``)."""
+    matches (e.g. ``max_tokens`` -> ``max_gen_toks``). ``also``: more accepted names, matched
+    but not listed in the message (``also_named`` says what they are)."""
     known_list = sorted(set(known))
+    accepted = set(known_list) | set(also)
     for key in args:
-        if key in known_list:
+        if key in accepted:
             continue
-        close = difflib.get_close_matches(key, known_list, n=1, cutoff=0.6)
+        close = difflib.get_close_matches(key, sorted(accepted), n=1, cutoff=0.6)
         hint = f"; did you mean {close[0]}?" if close else ""
+        more = f", and {also_named}" if also_named else ""
         raise BackendArgumentError(
             key, f"not an argument of the {backend} backend{hint} "
-                 f"(accepted: {', '.join(known_list)})")
+                 f"(accepted: {', '.join(known_list)}{more})")

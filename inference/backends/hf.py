@@ -17,6 +17,7 @@ import transformers
 
 from evalfleet.common.logging import get_logger
 from evalfleet.inference.backends.base import (
+    CANCELLED,
     Answers,
     Backend,
     BackendArgumentError,
@@ -40,7 +41,9 @@ from evalfleet.inference.backends.fingerprint import (
 )
 from evalfleet.inference.backends.hf_args import HFArgs, parse_hf_args
 from evalfleet.inference.backends.hf_generate import generate_batch, truncate_at_stops
-from evalfleet.inference.backends.hf_score import ScorePlan, Scorer
+from evalfleet.inference.backends.hf_model_kwargs import reject_unused, split_extra
+from evalfleet.inference.backends.hf_quant import bnb_config, check_prerequisites
+from evalfleet.inference.backends.hf_score import ForwardInterrupted, ScorePlan, Scorer
 from evalfleet.inference.backends.hf_text import HFTokenizer, ScoreRequest, make_score_request
 from evalfleet.inference.backends.threaded import OneAtATime
 from evalfleet.inference.backends.windows import rolling_windows
@@ -135,15 +138,21 @@ class HFBackend(Backend):
         if args.tokenizer:
             _check_local_path("tokenizer", args.tokenizer)
         device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        if args.quant is not None:
+            check_prerequisites(args.quant, device=args.device, cuda=torch.cuda.is_available())
         started = time.perf_counter()
         common = {"revision": args.revision, "trust_remote_code": args.trust_remote_code}
         if args.subfolder:
             common["subfolder"] = args.subfolder
+        loading, config_args = split_extra(args.extra)
         try:
-            config = transformers.AutoConfig.from_pretrained(
-                args.pretrained, gguf_file=args.gguf_file, **common)
+            # the config takes the keys that are its attributes (as from_pretrained sets them)
+            config, unused = transformers.AutoConfig.from_pretrained(
+                args.pretrained, gguf_file=args.gguf_file, return_unused_kwargs=True,
+                **common, **config_args)
         except (OSError, ValueError) as exc:
             raise BackendArgumentError("pretrained", f"cannot load config: {exc}") from exc
+        reject_unused(unused, config.to_dict())
         tok_kwargs = dict(common)
         if not args.tokenizer and args.gguf_file is not None:
             tok_kwargs["gguf_file"] = args.gguf_file
@@ -157,21 +166,30 @@ class HFBackend(Backend):
         except (OSError, ValueError) as exc:
             raise BackendArgumentError("tokenizer", f"cannot load tokenizer: {exc}") from exc
         dtype: Any = args.dtype if args.dtype == "auto" else getattr(torch, args.dtype)
+        if args.quant is not None:
+            # lm-eval places a quantized model whole on its device (a device_map it is given
+            # without parallelize is dropped); bitsandbytes places it while loading
+            loading["quantization_config"] = bnb_config(args.quant)
+            loading["device_map"] = {"": str(device)}
         try:
             model = transformers.AutoModelForCausalLM.from_pretrained(
                 args.pretrained, config=config, dtype=dtype, gguf_file=args.gguf_file,
-                **common, **args.extra)
+                **common, **loading)
         except (TypeError, AttributeError) as exc:
-            named = [k for k in args.extra if k in str(exc)] or list(args.extra) or ["pretrained"]
+            named = [k for k in loading if k in str(exc)] or list(loading) or ["pretrained"]
             raise BackendArgumentError(named[0], f"rejected by from_pretrained: {exc}") from exc
         except (OSError, ValueError) as exc:
             raise BackendArgumentError("pretrained", f"cannot load model: {exc}") from exc
-        model.to(device)
+        if args.quant is None:
+            model.to(device)
         model.eval()
         _configure_pad_token(tokenizer)
         fp = cls._fingerprint_files(args)
+        if args.quant is not None:  # quantized weights answer differently: a key of their own
+            fp = "sha256:" + _sha256(f"{fp} {sorted(args.quant.config_kwargs().items())}")
         log.info("model_loaded", pretrained=args.pretrained, device=str(device),
-                 dtype=str(model.dtype), seconds=round(time.perf_counter() - started, 2))
+                 dtype=str(model.dtype), seconds=round(time.perf_counter() - started, 2),
+                 quantization=args.quant.flag if args.quant else None)
         return cls(args, model, tokenizer, device, fp)
 
     @staticmethod
@@ -247,6 +265,11 @@ class HFBackend(Backend):
         log.info("auto_batch_size", length=length, batch_size=size)
         return size
 
+    def interrupt(self) -> None:
+        """The model's forward in progress ends at its next layer, scoring and generation
+        answer what they finished and ``CANCELLED`` the rest (see ``Backend.interrupt``)."""
+        self.scorer.interrupt()
+
     # ------------------------------------------------------------------ requests
     async def _answer(self, prepare, compute) -> Answers:
         """Prepare outside the compute lock, compute under it; cost from the counters' delta."""
@@ -309,13 +332,19 @@ class HFBackend(Backend):
             else int(self.args.batch_size))
         return self._plan(reqs, window_batch), counts
 
-    def _score_rolling(self, prepared: tuple[_Planned, list[int]]) -> list[TokenScores]:
+    def _score_rolling(self, prepared: tuple[_Planned, list[int]]
+                       ) -> list[TokenScores | ItemError]:
         planned, counts = prepared
         scores = self._score(planned)
-        out, pos = [], 0
+        out: list[TokenScores | ItemError] = []
+        pos = 0
         for n in counts:
             parts = scores[pos: pos + n]
             pos += n
+            cut = next((p for p in parts if isinstance(p, ItemError)), None)
+            if cut is not None:  # a window not scored (interrupted): the text is not
+                out.append(cut)
+                continue
             totals = [p.backend_total for p in parts]
             out.append(TokenScores(
                 np.concatenate([p.logprobs for p in parts]) if parts else np.zeros(0, np.float32),
@@ -358,7 +387,12 @@ class HFBackend(Backend):
                     else int(self.args.batch_size)
                 for pos in range(0, len(order), n):
                     chunk = order[pos: pos + n]
-                    self._generate_chunk(chunk, requests, params, until, max_ctx_len, results)
+                    try:
+                        self._generate_chunk(chunk, requests, params, until, max_ctx_len,
+                                             results)
+                    except ForwardInterrupted:  # the worker stops: this chunk and the rest
+                        for i in chunk:
+                            results[i] = CANCELLED
         return [r if r is not None else "" for r in results]
 
     async def generate_until(self, requests: Sequence[GenerationRequest]) -> Answers[str]:

@@ -1,7 +1,8 @@
 """Validation of lm-eval ``HFLM`` model_args for the hf backend.
 
 Known keys are type-checked (strings such as ``"true"``/``"1024"`` are accepted, as they come
-from ``key=value`` strings); unknown keys are forwarded to ``from_pretrained`` like lm-eval does.
+from ``key=value`` strings); the others are left in ``extra``, for ``from_pretrained`` and the
+model config as lm-eval passes them (``hf_model_kwargs`` refuses those neither takes).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import torch
 
 from evalfleet.inference.backends.arg_types import as_bool, as_int
 from evalfleet.inference.backends.base import BackendArgumentError
+from evalfleet.inference.backends.hf_quant import QuantArgs, pop_quant_args
 
 _DTYPE_NAMES = ("auto",)
 # Accepted by HFLM but meaningless or unsupported here: they must stay at these defaults.
@@ -59,6 +61,9 @@ class HFArgs:
     # keyword arguments for the tokenizer's apply_chat_template (lm-eval's chat_template_args,
     # with enable_thinking merged in when given)
     chat_template_args: dict[str, Any] = field(default_factory=dict)
+    # lm-eval's load_in_8bit / load_in_4bit / bnb_4bit_* (None: not quantized)
+    quant: QuantArgs | None = None
+    # the rest: from_pretrained's own arguments and the model config's attributes
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -186,5 +191,6 @@ def parse_hf_args(model_args: dict[str, Any], batch_size: int | str = 1) -> HFAr
     out.prefix_cache_mb = as_int("prefix_cache_mb",
                                  a.pop("prefix_cache_mb", HFArgs.prefix_cache_mb), minimum=0)
     out.batch_size = parse_batch_size(a.pop("batch_size", batch_size))
+    out.quant = pop_quant_args(a)
     out.extra = a
     return out
