@@ -39,6 +39,7 @@ class ServingWorker:
     address: str
     device: str | None
     note: str | None
+    notes: tuple[str, ...] = ()  # the backend's load notes (e.g. the batch size auto chose)
 
 
 class EmbeddedWorker:
@@ -85,7 +86,8 @@ class EmbeddedWorker:
         if "error" in report:
             raise error_for_status(report["error"]["code"], report["error"]["message"])
         self._serving = True
-        return ServingWorker(report["address"], report.get("device"), report.get("note"))
+        return ServingWorker(report["address"], report.get("device"), report.get("note"),
+                             tuple(report.get("notes", ())))
 
     async def watch(self, work: Awaitable[T], *, kept: str) -> T:
         """``work``'s result, unless the worker's process ends first: then ``work`` is

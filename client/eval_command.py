@@ -371,6 +371,8 @@ async def _start_embedded(args: argparse.Namespace, data_dir: str | None,
     # The coordinator plans the job next, loading datasets: never beside the head start's load
     # (the dataset stack is not thread-safe). On a CPU the model's load is the longer one.
     await _settle(head_start)
+    for line in serving.notes:  # once, one line each (the worker's log has them too)
+        print(f"note: {line}", file=sys.stderr)
     if args.device:  # the spec records the device the worker resolved --device to
         if serving.note:
             console.print(f"note: {serving.note}")

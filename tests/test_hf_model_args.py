@@ -1,6 +1,6 @@
 """The hf backend's model_args as lm-eval users write them: bitsandbytes quantization
 (``load_in_8bit``...), unknown keys refused before the weights load, the keys lm-eval passes to
-``from_pretrained`` still taken."""
+``from_pretrained`` still taken, and what ``--batch_size auto`` chose said once."""
 
 from __future__ import annotations
 
@@ -204,3 +204,16 @@ def test_the_bitsandbytes_package_is_checked_without_importing_it(monkeypatch, s
     else:
         assert problem is not None and problem.field == "load_in_8bit"
         assert needle in problem.message
+
+
+def test_batch_size_auto_says_what_it_chose_once(tiny_model_dir):
+    """The embedded worker reports its choice when it serves; the command prints it once."""
+    done, _ = _cli(
+        "eval", "--model", "hf", "--model_args", f"pretrained={tiny_model_dir}",
+        "--batch_size", "auto", "--max_batch_size", "16", "--device", "cpu",
+        "--tasks", "arc_easy", "--limit", "1", "--store", ":memory:", "--no_progress")
+    assert done.returncode == 0, done.stderr
+    notes = [line for line in done.stderr.splitlines() if "batch size auto" in line]
+    assert notes == ["note: batch size auto: chose 4 rows per forward at max_length 2048 on cpu "
+                     "(at most 8192 positions per forward: shorter rows get more, up to "
+                     "max_batch_size 16)"]

@@ -221,6 +221,11 @@ class Backend(ABC):
         a backend whose capabilities can change brings them up to date here (a remote
         completions backend re-runs its logprob probe when the last one is old)."""
 
+    def load_notes(self) -> list[str]:
+        """What the user should hear once about how the model was loaded (e.g. the batch size
+        ``--batch_size auto`` chose): one line each; none by default."""
+        return []
+
     @abstractmethod
     def model_info(self) -> ModelInfo:
         """Describe the loaded model and what it can answer."""

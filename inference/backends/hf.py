@@ -128,6 +128,7 @@ class HFBackend(Backend):
             prefix_cache_bytes=args.prefix_cache_mb << 20,
         )
         self._gen_positions = 0
+        self._notes: list[str] = []
 
     # ------------------------------------------------------------------ loading
     @classmethod
@@ -190,7 +191,9 @@ class HFBackend(Backend):
         log.info("model_loaded", pretrained=args.pretrained, device=str(device),
                  dtype=str(model.dtype), seconds=round(time.perf_counter() - started, 2),
                  quantization=args.quant.flag if args.quant else None)
-        return cls(args, model, tokenizer, device, fp)
+        backend = cls(args, model, tokenizer, device, fp)
+        backend._announce_batch_size()
+        return backend
 
     @staticmethod
     def _fingerprint_files(args: HFArgs) -> str:
@@ -203,6 +206,24 @@ class HFBackend(Backend):
         if tok_dir is not None and not (args.gguf_file and not args.tokenizer):
             files += tokenizer_files(tok_dir)
         return fingerprint(files, f"{args.pretrained}@{args.revision}")
+
+    def _announce_batch_size(self) -> None:
+        """With ``batch_size=auto``: choose the rows per forward at ``max_length`` now, and say
+        it once, in the worker's log and in :meth:`load_notes`."""
+        if not self.args.batch_auto:
+            return
+        rows, cap = self._batch_limit(self.max_length), self.args.max_batch_size
+        rule = ("the largest that fits in memory; shorter rows are probed when they come"
+                if self.device.type == "cuda" else
+                f"at most {AUTO_CPU_POSITIONS} positions per forward: shorter rows get more")
+        log.info("batch_size_auto", rows=rows, max_length=self.max_length,
+                 device=str(self.device), max_batch_size=cap)
+        self._notes.append(f"batch size auto: chose {rows} rows per forward at max_length "
+                           f"{self.max_length} on {self.device} ({rule}, up to max_batch_size "
+                           f"{cap})")
+
+    def load_notes(self) -> list[str]:
+        return list(self._notes)
 
     def model_info(self) -> ModelInfo:
         tok = self.tok.tok
