@@ -49,6 +49,7 @@ class Job:
     #: This process no longer holds the job's lease (another coordinator took it, or it was
     #: handed back at shutdown): it is stopped and its state is no longer written from here.
     lost: bool = False
+    _groups: dict[str, str] | None = field(default=None, repr=False)
 
     @property
     def positions_computed(self) -> int:
@@ -56,8 +57,24 @@ class Job:
         return self.cost.positions_computed
 
     def progress(self) -> list[cpb.TaskProgress]:
-        return [cpb.TaskProgress(task=p.task.name, done=self.done.get(p.task.name, 0),
-                                 total=len(p.answer_ids)) for p in self.plan.tasks]
+        """Requests and documents done per task, each with the group asked for it folds into."""
+        groups = self._root_groups()
+        out = []
+        for p in self.plan.tasks:
+            name, done, total = p.task.name, self.done.get(p.task.name, 0), len(p.answer_ids)
+            docs = len(p.docs)
+            docs_done = docs if done >= total else done * docs // max(total, 1)
+            out.append(cpb.TaskProgress(task=name, done=done, total=total, docs_total=docs,
+                                        docs_done=docs_done, group=groups.get(name, "")))
+        return out
+
+    def _root_groups(self) -> dict[str, str]:
+        """Leaf task -> the group among the job's roots that holds it (computed once)."""
+        if self._groups is None:
+            by_name = {g.name: g for g in self.plan.groups}
+            self._groups = {leaf: root for root in reversed(self.plan.roots)
+                            if root in by_name for leaf in by_name[root].leaves}
+        return self._groups
 
     def to_proto(self) -> cpb.Evaluation:
         return cpb.Evaluation(id=self.id, state=self.state, spec=self.parsed.spec,

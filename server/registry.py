@@ -97,6 +97,7 @@ class Worker:
     info: ipb.ModelInfo | None = None
     state_since: float = field(default_factory=time.time)
     last_error: str = ""
+    last_error_at: float | None = None  # wall clock of last_error
     in_flight: int = 0
     jobs_in_flight: dict[str, int] = field(default_factory=dict)
     requests_answered: int = 0
@@ -146,6 +147,8 @@ class Worker:
             batches_failed=self.batches_failed, last_error=self.last_error,
             evaluations=sorted(j for j, n in self.jobs_in_flight.items() if n > 0))
         status.state_since.FromNanoseconds(int(self.state_since * 1e9))
+        if self.last_error_at is not None:
+            status.last_error_at.FromNanoseconds(int(self.last_error_at * 1e9))
         if self.info is not None:
             status.backend = self.info.backend
             status.model_name = self.info.model_name
@@ -391,6 +394,7 @@ class WorkerRegistry:
             worker.state_since = time.time()
         if state in (DOWN, DRAINING):
             worker.last_error = error
+            worker.last_error_at = time.time()
         self.changed()
 
     def mark_failed(self, worker: Worker, reason: str) -> None:

@@ -135,14 +135,20 @@ class Seeds(_message.Message):
     def __init__(self, random_seed: _Optional[int] = ..., numpy_seed: _Optional[int] = ..., torch_seed: _Optional[int] = ..., fewshot_seed: _Optional[int] = ...) -> None: ...
 
 class TaskProgress(_message.Message):
-    __slots__ = ("task", "done", "total")
+    __slots__ = ("task", "done", "total", "docs_total", "docs_done", "group")
     TASK_FIELD_NUMBER: _ClassVar[int]
     DONE_FIELD_NUMBER: _ClassVar[int]
     TOTAL_FIELD_NUMBER: _ClassVar[int]
+    DOCS_TOTAL_FIELD_NUMBER: _ClassVar[int]
+    DOCS_DONE_FIELD_NUMBER: _ClassVar[int]
+    GROUP_FIELD_NUMBER: _ClassVar[int]
     task: str
     done: int
     total: int
-    def __init__(self, task: _Optional[str] = ..., done: _Optional[int] = ..., total: _Optional[int] = ...) -> None: ...
+    docs_total: int
+    docs_done: int
+    group: str
+    def __init__(self, task: _Optional[str] = ..., done: _Optional[int] = ..., total: _Optional[int] = ..., docs_total: _Optional[int] = ..., docs_done: _Optional[int] = ..., group: _Optional[str] = ...) -> None: ...
 
 class Evaluation(_message.Message):
     __slots__ = ("id", "state", "spec", "progress", "error", "created_at", "updated_at", "unique_requests")
@@ -333,7 +339,7 @@ class ListWorkersRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class WorkerStatus(_message.Message):
-    __slots__ = ("address", "source", "state", "backend", "model_name", "fingerprint", "in_flight_batches", "max_in_flight_batches", "requests_per_second", "requests_answered", "batches_done", "batches_failed", "last_error", "lease_expires_at", "evaluations", "state_since")
+    __slots__ = ("address", "source", "state", "backend", "model_name", "fingerprint", "in_flight_batches", "max_in_flight_batches", "requests_per_second", "requests_answered", "batches_done", "batches_failed", "last_error", "lease_expires_at", "evaluations", "state_since", "last_error_at")
     ADDRESS_FIELD_NUMBER: _ClassVar[int]
     SOURCE_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
@@ -350,6 +356,7 @@ class WorkerStatus(_message.Message):
     LEASE_EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
     EVALUATIONS_FIELD_NUMBER: _ClassVar[int]
     STATE_SINCE_FIELD_NUMBER: _ClassVar[int]
+    LAST_ERROR_AT_FIELD_NUMBER: _ClassVar[int]
     address: str
     source: str
     state: WorkerState
@@ -366,7 +373,8 @@ class WorkerStatus(_message.Message):
     lease_expires_at: _timestamp_pb2.Timestamp
     evaluations: _containers.RepeatedScalarFieldContainer[str]
     state_since: _timestamp_pb2.Timestamp
-    def __init__(self, address: _Optional[str] = ..., source: _Optional[str] = ..., state: _Optional[_Union[WorkerState, str]] = ..., backend: _Optional[str] = ..., model_name: _Optional[str] = ..., fingerprint: _Optional[str] = ..., in_flight_batches: _Optional[int] = ..., max_in_flight_batches: _Optional[int] = ..., requests_per_second: _Optional[float] = ..., requests_answered: _Optional[int] = ..., batches_done: _Optional[int] = ..., batches_failed: _Optional[int] = ..., last_error: _Optional[str] = ..., lease_expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., evaluations: _Optional[_Iterable[str]] = ..., state_since: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    last_error_at: _timestamp_pb2.Timestamp
+    def __init__(self, address: _Optional[str] = ..., source: _Optional[str] = ..., state: _Optional[_Union[WorkerState, str]] = ..., backend: _Optional[str] = ..., model_name: _Optional[str] = ..., fingerprint: _Optional[str] = ..., in_flight_batches: _Optional[int] = ..., max_in_flight_batches: _Optional[int] = ..., requests_per_second: _Optional[float] = ..., requests_answered: _Optional[int] = ..., batches_done: _Optional[int] = ..., batches_failed: _Optional[int] = ..., last_error: _Optional[str] = ..., lease_expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., evaluations: _Optional[_Iterable[str]] = ..., state_since: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_error_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class ListWorkersResponse(_message.Message):
     __slots__ = ("workers",)
