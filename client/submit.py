@@ -3,17 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 from collections.abc import Awaitable, Callable
 from datetime import datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import grpc
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from evalfleet.client.progress import TERMINAL, ProgressDisplay
 from evalfleet.common.errors import EvalfleetError, FailedPreconditionError, UnavailableError
 from evalfleet.common.security import ClientSecurity
 from evalfleet.server.results import sanitize_model_name
@@ -21,8 +22,6 @@ from evalfleet.v1 import coordinator_pb2 as cpb
 from evalfleet.v1 import coordinator_pb2_grpc as cpb_grpc
 
 T = TypeVar("T")
-TERMINAL = {cpb.EVALUATION_STATE_SUCCEEDED, cpb.EVALUATION_STATE_FAILED,
-            cpb.EVALUATION_STATE_CANCELLED}
 #: The coordinator's event that says how many answers came from its store.
 STORE_REPORT = "answers from the store"
 
@@ -144,7 +143,9 @@ async def run_job(
     conn = Connection(address, security or ClientSecurity(), console, patience_s)
     md = conn.metadata
     try:
-        evaluation = await _create(conn, spec)
+        with console.status("planning the evaluation (tasks, documents, requests)") \
+                if show_progress else contextlib.nullcontext():
+            evaluation = await _create(conn, spec)
         what = f"evaluation {evaluation.id}"
         state = await _follow(conn, evaluation, console, show_progress)
         if state.state != cpb.EVALUATION_STATE_SUCCEEDED:
@@ -213,37 +214,37 @@ async def _follow(conn: Connection, evaluation: cpb.Evaluation, console: Console
     """Follow the evaluation's events to its end, across coordinator restarts: a coordinator
     replays a job's history to every watcher, so events already seen are skipped."""
     last = cpb.EvaluationEvent(id=evaluation.id, state=evaluation.state)
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-               TimeElapsedColumn())
     seen: set[tuple] = set()
     what = f"evaluation {evaluation.id}"
-    with Progress(*columns, console=console, disable=not show_progress,
-                  transient=False) as progress:
-        bars: dict[str, Any] = {}
-        while True:
-            try:
-                async for event in conn.stub.WatchEvaluation(
-                        cpb.WatchEvaluationRequest(id=evaluation.id), metadata=conn.metadata):
-                    conn.reached()
-                    last = event
-                    key = _event_key(event)
-                    if key not in seen:
-                        seen.add(key)
-                        if STORE_REPORT in event.message:  # what a resumed job reuses
-                            console.print(f"evaluation {evaluation.id}: {event.message}")
-                    for p in event.progress:
-                        if p.task not in bars:
-                            bars[p.task] = progress.add_task(p.task, total=p.total)
-                        progress.update(bars[p.task], completed=p.done, total=p.total)
-                    if event.state in TERMINAL:
-                        return last
-            except grpc.aio.AioRpcError as exc:
-                if exc.code() != grpc.StatusCode.UNAVAILABLE:
-                    raise RemoteError(exc, conn.address) from exc
-                await conn.reconnect(exc, what)
-                continue
-            # The stream ended before the job did (the coordinator handed it over): follow on.
-            await asyncio.sleep(0.5)
+    with ProgressDisplay(console, enabled=show_progress) as display:
+        # Outside a terminal, plain lines keep coming while no event does.
+        heartbeat = asyncio.ensure_future(display.heartbeat()) if display.plain else None
+        try:
+            while True:
+                try:
+                    async for event in conn.stub.WatchEvaluation(
+                            cpb.WatchEvaluationRequest(id=evaluation.id),
+                            metadata=conn.metadata):
+                        conn.reached()
+                        last = event
+                        key = _event_key(event)
+                        if key not in seen:
+                            seen.add(key)
+                            if STORE_REPORT in event.message:  # what a resumed job reuses
+                                console.print(f"evaluation {evaluation.id}: {event.message}")
+                        display.update(event.state, event.progress)
+                        if event.state in TERMINAL:
+                            return last
+                except grpc.aio.AioRpcError as exc:
+                    if exc.code() != grpc.StatusCode.UNAVAILABLE:
+                        raise RemoteError(exc, conn.address) from exc
+                    await conn.reconnect(exc, what)
+                    continue
+                # The stream ended before the job did (the coordinator handed it over): follow on.
+                await asyncio.sleep(0.5)
+        finally:
+            if heartbeat is not None:
+                heartbeat.cancel()
 
 
 def write_outputs(output_path: str, results: cpb.EvaluationResults,
