@@ -19,7 +19,10 @@ def config_section(job: Job) -> dict[str, Any]:
     parsed, info = job.parsed, job.model_info
     return {
         "model": parsed.spec.model or info.backend,
-        "model_args": parsed.model_args,
+        # A --coordinator run names no model_args: those its worker was started with (its
+        # secrets redacted) are the ones used.
+        "model_args": parsed.model_args
+        or results_mod.redact_model_args(dict(info.model_args)),
         "model_num_parameters": info.num_parameters,
         "model_dtype": info.dtype,
         "model_revision": info.revision,

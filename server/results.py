@@ -209,12 +209,37 @@ def _depths(group_subtasks: Mapping[str, list[str]]) -> dict[str, int]:
     return depth
 
 
+#: model_args keys whose values are secrets: never printed (``api_key``, ``hf_token``, ...).
+SECRET_KEY = re.compile(r"^(.*_)?(api_?key|password|passwd|secret)$"
+                        r"|^((auth|access|hf|api|bearer|refresh)_)?token$", re.IGNORECASE)
+REDACTED = "***"
+
+
+def redact_model_args(model_args: Any) -> Any:
+    """``model_args`` with the values of secret keys (api_key, token, password, secret)
+    replaced by ``***``; a string of them (``k=v,...``) is redacted piece by piece."""
+    if isinstance(model_args, Mapping):
+        return {k: REDACTED if SECRET_KEY.match(str(k)) and v not in (None, "") else v
+                for k, v in model_args.items()}
+    if isinstance(model_args, str) and model_args.lstrip().startswith("{"):
+        try:
+            return json.dumps(redact_model_args(json.loads(model_args)))
+        except ValueError:
+            return REDACTED
+    if isinstance(model_args, str):
+        return re.sub(r"(^|,)\s*([\w.-]+)\s*=([^,]*)", lambda m: m.group(0) if not
+                      SECRET_KEY.match(m.group(2)) else f"{m.group(1)}{m.group(2)}={REDACTED}",
+                      model_args)
+    return model_args
+
+
 def header_line(config: dict[str, Any]) -> str:
-    """The line lm-eval prints above its table."""
+    """The line lm-eval prints above its table (secret model_args redacted)."""
     batch = config.get("batch_size")
     sizes = config.get("batch_sizes") or []
     suffix = f" ({','.join(map(str, sizes))})" if sizes else ""
-    return (f"{config.get('model')} ({config.get('model_args')}), gen_kwargs: "
+    model_args = redact_model_args(config.get("model_args"))
+    return (f"{config.get('model')} ({model_args}), gen_kwargs: "
             f"({config.get('gen_kwargs')}), limit: {config.get('limit')}, num_fewshot: "
             f"{config.get('num_fewshot')}, batch_size: {batch}{suffix}")
 
