@@ -20,8 +20,6 @@ import signal
 import sys
 from collections.abc import Sequence
 
-from rich.console import Console
-
 from evalfleet.client.connect import add_client_security_flags
 from evalfleet.client.serve import (
     add_coordinator_flags,
@@ -37,6 +35,65 @@ from evalfleet.common.logging import configure_logging
 from evalfleet.tasks.errors import TaskError, TaskNotFoundError
 
 EXIT_USER_ERROR = 2
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, with an unknown flag reported by the subcommand it was given to: that
+    command's usage, and the closest flag it takes (``--limt``: did you mean ``--limit``?)."""
+
+    def parse_args(self, args=None, namespace=None):  # type: ignore[override]
+        namespace, extras = self.parse_known_args(args, namespace)
+        if extras:
+            parser = chosen_parser(self, namespace)
+            parser.error(unrecognized_message(parser, extras))
+        return namespace
+
+
+def chosen_parser(parser: argparse.ArgumentParser, namespace: argparse.Namespace
+                  ) -> argparse.ArgumentParser:
+    """The innermost subcommand's parser that ``namespace`` was parsed with."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            name = getattr(namespace, action.dest, None)
+            if name in action.choices:
+                return chosen_parser(action.choices[name], namespace)
+    return parser
+
+
+def unrecognized_message(parser: argparse.ArgumentParser, extras: Sequence[str]) -> str:
+    """``unrecognized arguments: --limt 5; did you mean --limit?`` (a flag spelled with
+    dashes for underscores gets its lm_eval spelling)."""
+    import difflib
+
+    flags = [f for a in parser._actions for f in a.option_strings
+             if f.startswith("--") and a.help != argparse.SUPPRESS]
+    hints = []
+    for token in extras:
+        typed = token.split("=", 1)[0]
+        if not typed.startswith("--"):
+            continue
+        spelled = "--" + typed[2:].replace("-", "_")
+        match = difflib.get_close_matches(spelled, flags, n=1, cutoff=0.6)
+        if match:
+            hints.append(f"{typed}: did you mean {match[0]}?")
+    message = f"unrecognized arguments: {' '.join(extras)}"
+    if len(hints) == 1:
+        hints = [hints[0].split(": ", 1)[1]]
+    return "; ".join([message, *hints])
+
+
+class _Version(argparse.Action):
+    """``--version``: the installed package's version (read only when asked for)."""
+
+    def __init__(self, option_strings, dest=argparse.SUPPRESS, default=argparse.SUPPRESS,
+                 help="print evalfleet's version and exit"):
+        super().__init__(option_strings, dest=dest, default=default, nargs=0, help=help)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        from importlib.metadata import version
+
+        print(f"evalfleet {version('evalfleet')}")
+        parser.exit()
 
 
 class _JoinValues(argparse.Action):
@@ -208,6 +265,7 @@ def _add_tasks_parser(sub: argparse._SubParsersAction) -> None:
     _log_level_flag(lst)
     lst.add_argument("--include_path", action="append", default=[])
     lst.add_argument("--data_dir", default=None)
+    lst.add_argument("--json", action="store_true", help="one JSON object per task, group, tag")
     show = tasks.add_parser("show", help="render a task's first document")
     _log_level_flag(show)
     show.add_argument("name")
@@ -272,7 +330,8 @@ RESULTS_ACTIONS = ("show", "compare", "plot", "report", "fetch", "-h", "--help")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="evalfleet", description=__doc__.splitlines()[0])
+    parser = _Parser(prog="evalfleet", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action=_Version)
     parser.add_argument("--log_level", default=os.environ.get("EVALFLEET_LOG_LEVEL", "WARNING"))
     sub = parser.add_subparsers(dest="command", required=True)
     _add_eval_parser(sub)
@@ -409,22 +468,36 @@ def task_error_message(exc: TaskError) -> str:
     return str(exc)
 
 
+def _task_columns() -> tuple:
+    from evalfleet.client.tables import Column
+
+    return (Column("name", key=True), Column("kind"), Column("dataset", drop_order=1),
+            Column("data"), Column("output_type", drop_order=2))
+
+
+def _task_row(row: dict) -> list[str]:
+    """A ``tasks list`` row: name, kind, dataset, whether its data is in the mirror, type."""
+    dataset = "/".join(x for x in (row.get("dataset_path"), row.get("dataset_name")) if x)
+    available = row.get("in_mirror") if row["kind"] == "task" else None
+    return [row["name"], row["kind"], dataset,
+            "" if available is None else ("yes" if available else "no"),
+            row.get("output_type") or ""]
+
+
 def _tasks(args: argparse.Namespace) -> int:
     from evalfleet.tasks import TaskManager, render_task_listing, show_task
 
     manager = TaskManager(include_paths=args.include_path, data_dir=args.data_dir)
-    console = Console()
     if args.action == "list":
-        from rich.table import Table
+        listing = render_task_listing(manager)
+        if args.json:
+            import json
 
-        table = Table("name", "kind", "dataset", "data", "output_type")
-        for row in render_task_listing(manager):
-            dataset = "/".join(x for x in (row.get("dataset_path"), row.get("dataset_name")) if x)
-            available = row.get("in_mirror") if row["kind"] == "task" else None
-            table.add_row(row["name"], row["kind"], dataset,
-                          "" if available is None else ("yes" if available else "no"),
-                          row.get("output_type") or "")
-        console.print(table)
+            print("".join(json.dumps(row) + "\n" for row in listing), end="")
+        else:
+            from evalfleet.client.tables import print_table
+
+            print_table(_task_columns(), [_task_row(row) for row in listing])
     else:
         print(show_task(manager, args.name))
     return 0

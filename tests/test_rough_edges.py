@@ -54,8 +54,8 @@ def test_tasks_list_fills_data_and_output_type(capsys, monkeypatch):
     monkeypatch.setenv("COLUMNS", "200")
     args = build_parser().parse_args(["tasks", "list", "--data_dir", str(DATA_DIR)])
     assert _tasks(args) == 0
-    rows = {line.split("│")[1].strip(): [c.strip() for c in line.split("│")[2:-1]]
-            for line in capsys.readouterr().out.splitlines() if line.startswith("│")}
+    rows = {line.split("\t")[0]: line.split("\t")[1:]  # not a terminal: tab-separated
+            for line in capsys.readouterr().out.splitlines()}
     assert rows["arc_easy"][0] == "task" and rows["arc_easy"][2:] == ["yes", "multiple_choice"]
     assert rows["gsm8k"][2:] == ["yes", "generate_until"]
     assert rows["mmlu"][0] == "group" and rows["mmlu"][2:] == ["", ""]
@@ -135,3 +135,18 @@ def test_results_table_failure_keeps_the_results(stub, monkeypatch):
         doc["results"]["arc_easy"]
     assert results.tasks[0].task == "arc_easy"
 
+
+
+def test_results_header_never_prints_secret_model_args():
+    from evalfleet.server.results import header_line
+
+    config = {"model": "local-completions", "gen_kwargs": {}, "limit": None, "num_fewshot": 0,
+              "batch_size": 1, "model_args": {"model": "smol", "api_key": "sk-live-123",
+                                              "hf_token": "hf_abc", "tokenizer": "gpt2",
+                                              "add_bos_token": True}}
+    header = header_line(config)
+    assert header == ("local-completions ({'model': 'smol', 'api_key': '***', 'hf_token': "
+                      "'***', 'tokenizer': 'gpt2', 'add_bos_token': True}), gen_kwargs: ({}), "
+                      "limit: None, num_fewshot: 0, batch_size: 1")
+    config["model_args"] = "pretrained=x,password=hunter2,token=t"  # a file's string form
+    assert "(pretrained=x,password=***,token=***)" in header_line(config)
