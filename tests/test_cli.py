@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -156,17 +157,51 @@ def test_readme_opens_with_the_setup_commands():
     assert "make install" in ci and "make test" in ci
 
 
-def test_embedded_eval_prints_table_and_writes_files(tiny_model_dir, tmp_path: Path):
+@pytest.fixture(scope="module")
+def embedded_run(tiny_model_dir, tmp_path_factory) -> tuple[subprocess.CompletedProcess, Path]:
+    """An embedded ``evalfleet eval --log_level DEBUG`` on a group (kobest: 5 tasks) and a task,
+    its output piped (as in a CI log)."""
+    out = tmp_path_factory.mktemp("embedded")
     result = _cli("eval", "--model", "hf", "--model_args",
-                  f"pretrained={tiny_model_dir},dtype=float32", "--tasks", "arc_easy",
-                  "--limit", "3", "--batch_size", "4", "--output_path", str(tmp_path),
-                  "--log_samples", "--no_progress")
+                  f"pretrained={tiny_model_dir},dtype=float32", "--tasks", "kobest,arc_easy",
+                  "--limit", "2", "--batch_size", "4", "--output_path", str(out),
+                  "--log_samples", "--bootstrap_iters", "0", "--store", ":memory:",
+                  "--log_level", "DEBUG")
     assert result.returncode == 0, result.stderr
+    return result, out
+
+
+def test_embedded_eval_prints_table_and_writes_files(embedded_run):
+    result, out = embedded_run
     assert "embedded coordinator 127.0.0.1:" in result.stderr
     assert "|arc_easy|" in result.stdout.replace(" ", "")
-    [folder] = list(tmp_path.iterdir())
+    [folder] = list(out.iterdir())
     assert len(list(folder.glob("results_*.json"))) == 1
     assert len(list(folder.glob("samples_arc_easy_*.jsonl"))) == 1
+    # The paths written are whole lines, however long (not wrapped at 80 columns).
+    written = [line for line in result.stderr.splitlines() if line.startswith("wrote ")]
+    assert {Path(line.removeprefix("wrote ")).parent for line in written} == {folder}
+
+
+def test_piped_progress_is_plain_lines_of_documents_with_a_group_folded(embedded_run):
+    stderr = embedded_run[0].stderr
+    lines = [line for line in stderr.splitlines() if line.startswith("progress ")]
+    assert lines, stderr
+    assert lines[0].endswith("0/12 docs (0%), first batch computing | kobest 0/10 | arc_easy 0/2")
+    # kobest's 5 tasks are one entry; 2 documents each (not their requests), and the total.
+    assert lines[-1].endswith("12/12 docs (100%), done | kobest 10/10 | arc_easy 2/2")
+    assert "━" not in stderr and not [line for line in lines if "kobest_" in line]
+
+
+def test_debug_logs_of_an_embedded_run_are_one_format(embedded_run):
+    """The CLI and its embedded worker's process share stderr: both log console lines (the
+    worker's were JSON)."""
+    stderr = embedded_run[0].stderr.splitlines()
+    logs = [line for line in stderr
+            if re.match(r"\d{4}-\d\d-\d\dT[\d:.]+Z \[\w+ *\] ", line)]
+    assert not [line for line in stderr if line.startswith("{")]
+    events = {line.split("]", 1)[1].split()[0] for line in logs}
+    assert {"model_loaded", "job_created", "batch_done"} <= events  # worker's and coordinator's
 
 
 @pytest.mark.parametrize(("argv", "deferred"), [(["eval", "--tasks", "x"], True),
