@@ -320,11 +320,16 @@ async def _start_worker_process(args: argparse.Namespace, stack: AsyncExitStack
     from evalfleet.inference.backends import canonical_backend_name
     from evalfleet.inference.embedded import WorkerSettings
 
-    canonical_backend_name(args.model)
+    backend = canonical_backend_name(args.model)
+    model_args = parse_kv_args(model_args_text(args), field="--model_args")
+    if backend == "hf":  # refused before the worker starts
+        from evalfleet.inference.backends.hf_quant import precheck
+
+        precheck(model_args)
     batch_size = int(args.batch_size) if str(args.batch_size).isdigit() else args.batch_size
     worker = await EmbeddedWorker.start(WorkerSettings(
         backend=args.model,
-        model_args=parse_kv_args(model_args_text(args), field="--model_args"),
+        model_args=model_args,
         batch_size=batch_size, max_batch_size=args.max_batch_size, device=args.device,
         log_level=str(args.verbosity or args.log_level).upper()))
     stack.push_async_callback(worker.stop)
@@ -366,6 +371,8 @@ async def _start_embedded(args: argparse.Namespace, data_dir: str | None,
     # The coordinator plans the job next, loading datasets: never beside the head start's load
     # (the dataset stack is not thread-safe). On a CPU the model's load is the longer one.
     await _settle(head_start)
+    for line in serving.notes:  # once, one line each (the worker's log has them too)
+        print(f"note: {line}", file=sys.stderr)
     if args.device:  # the spec records the device the worker resolved --device to
         if serving.note:
             console.print(f"note: {serving.note}")

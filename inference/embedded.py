@@ -8,7 +8,8 @@ parent's side). The protocol, all on the child's standard streams:
 - stdin, first line: the worker's settings as one JSON object (``WorkerSettings``' fields).
 - stdout, one line: ``{"address": "127.0.0.1:PORT", "device": ..., "note": ...}`` once the
   worker serves (``device``: the resolved ``--device``, ``note``: why it differs from the one
-  asked for), or ``{"error": {"code": "INVALID_ARGUMENT", "message": ...}}`` when the backend
+  asked for; ``notes``: the backend's ``load_notes``, for the console), or
+  ``{"error": {"code": "INVALID_ARGUMENT", "message": ...}}`` when the backend
   could not start; the code is the error's gRPC status name. Everything else the child prints
   goes to stderr.
 - stdin's end (the parent closed it, or died) stops the worker. The child has a process group
@@ -84,7 +85,8 @@ async def _serve(settings: WorkerSettings, report: IO[str]) -> int:
         _send(report, {"error": {"code": code.name, "message": message}})
         return 1
     lifecycle.end_startup()
-    _send(report, {"address": server.address, "device": device, "note": note})
+    _send(report, {"address": server.address, "device": device, "note": note,
+                   "notes": backend.load_notes()})
     await _parent_gone()
     await server.stop(1.0)
     return 0
