@@ -64,7 +64,8 @@ def cost_pb(cost: Cost) -> pb.BatchCost:
 
 
 def _item_error_pb(error: ItemError) -> pb.ItemError:
-    return pb.ItemError(message=error.message, retryable=error.retryable)
+    return pb.ItemError(message=error.message, retryable=error.retryable,
+                        cancelled=error.cancelled)
 
 
 def _token_scores_pb(request_id: str, outcome: TokenScores | ItemError) -> pb.TokenScores:

@@ -130,6 +130,7 @@ async def compute_missing(job: Job, store: JobStore, scheduler: Scheduler) -> No
             chunk = ids[start:end]
             cached = await store.get_answers(fingerprint, chunk) if stored else {}
             cached_total += len(cached)
+            dispatch.from_store = cached_total
             for aid in cached:
                 for index in (first[aid], *extra.get(aid, ())):
                     job.done[names[index]] = job.done.get(names[index], 0) + 1

@@ -18,11 +18,14 @@
   unless the worker was simply unreachable; the worker is DOWN until its health check passes.
   Requests answered with a retryable ``ItemError`` are requeued alone. Each request has
   ``max_attempts`` tries; one that fails on every try fails the job, naming the request and the
-  reasons. Answers are keyed by content and each request is in at most one batch at a time, so
-  nothing is lost or counted twice. A job with no READY worker for ``no_worker_timeout_s``
-  fails, naming its workers and their last errors.
+  reasons. Requests a stopping worker answers with a ``cancelled`` ``ItemError`` (it ended the
+  batch early, see ``Backend.interrupt``) are requeued without counting a try, and the worker
+  is out until its health check passes. Answers are keyed by content and each request is in at
+  most one batch at a time, so nothing is lost or counted twice. A job with no READY worker
+  for ``no_worker_timeout_s`` fails, naming its workers and their last errors.
 - **Cancel** removes a job at once: no batch of it is sent after ``cancel`` returns; batches
-  already in flight finish and their answers are still stored.
+  already in flight finish and their answers are still stored (``settle`` waits for them; an
+  interrupted worker returns them early with what it finished).
 
 The dispatch state of a job is only (its plan, the answers stored): every dispatch starts from
 the requests without a stored answer, so a job can be resumed by any coordinator.
@@ -101,6 +104,10 @@ class JobDispatch:
     in_flight_items: int = 0
     batches_sent: int = 0
     remaining: int = 0
+    #: requests whose answer was already stored when they were added (counted by the caller)
+    from_store: int = 0
+    #: requests answered by workers and stored by this dispatch
+    answered: int = 0
     stopped: bool = False
     no_worker_since: float | None = None
     failures: dict[str, list[str]] = field(default_factory=dict)  # request id -> reasons
@@ -140,6 +147,11 @@ class JobDispatch:
     @property
     def pending(self) -> int:
         return sum(q.pending for q in self.queues)
+
+    @property
+    def stored(self) -> int:
+        """Requests of the job with a stored answer: from the store, or answered since."""
+        return self.from_store + self.answered
 
     def eligible(self, worker: Worker) -> bool:
         return (not self.stopped and worker.model_key == self.model_key
@@ -212,6 +224,15 @@ class Scheduler:
     def start(self) -> None:
         if self._loop_task is None:
             self._loop_task = asyncio.create_task(self._run(), name="scheduler")
+
+    async def settle(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds for every batch in flight to return and store its
+        answers (after ``stop``, what interrupted workers finished); False if some did not."""
+        pending = [task for task in self._batches if not task.done()]
+        if not pending:
+            return True
+        _, late = await asyncio.wait(pending, timeout=timeout)
+        return not late
 
     async def close(self) -> None:
         # The flag ends the loop even when a cancel is swallowed by asyncio.wait_for racing
@@ -449,23 +470,33 @@ class Scheduler:
             answers = AnswerSlices([ids[i] for i in answered.tolist()], raw, split.starts,
                                    split.ends)
             await job.on_answers(queue, answered, answers, worker.address, cost)
-            fresh = ~queue.done[answered]
+            fresh = int((~queue.done[answered]).sum())
             queue.done[answered] = True
-            job.remaining -= int(fresh.sum())
+            job.remaining -= fresh
+            job.answered += fresh
+        cancelled = [int(index[j]) for j, error in split.errors if error.cancelled]
+        if cancelled:
+            # The worker stopped before these (it is shutting down): not their fault, so no try
+            # is counted; the worker is out until its health check passes.
+            self.registry.mark_failed(worker, "stopping: it cancelled the rest of a batch")
+            if not job.stopped:
+                queue.requeue(cancelled)
+                self.wake()
         if split.errors and not job.stopped:
-            failed = [(int(index[j]), error) for j, error in split.errors]
+            failed = [(int(index[j]), error) for j, error in split.errors if not error.cancelled]
             fatal = next(((i, e) for i, e in failed if not e.retryable), None)
             if fatal is not None:
                 self._retry(worker, job, queue, [fatal[0]], fatal[1].message, split=False,
                             retryable=False)
                 return
-            reason = failed[0][1].message
-            log.warning("items_failed_requeue", job=job.job_id, worker=worker.address,
-                        items=len(failed), reason=reason)
-            job.notify(f"{len(failed)} requests to retry ({worker.address}: {reason})")
-            self._retry(worker, job, queue, [i for i, _ in failed], reason, split=False)
-            if job.stopped:
-                return
+            if failed:
+                reason = failed[0][1].message
+                log.warning("items_failed_requeue", job=job.job_id, worker=worker.address,
+                            items=len(failed), reason=reason)
+                job.notify(f"{len(failed)} requests to retry ({worker.address}: {reason})")
+                self._retry(worker, job, queue, [i for i, _ in failed], reason, split=False)
+                if job.stopped:
+                    return
         if job.remaining <= 0 and job.sealed:
             self.jobs.pop(job.job_id, None)
             job._finish()

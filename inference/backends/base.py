@@ -25,9 +25,10 @@ from evalfleet.common.errors import InvalidArgumentError
 from evalfleet.common.generation import DEFAULT_MAX_GEN_TOKS, GenerationParams
 
 __all__ = [
-    "DEFAULT_MAX_GEN_TOKS", "Answers", "Backend", "BackendArgumentError", "Capabilities",
-    "ChatRendering", "ChatTemplateSupport", "Conversation", "Cost", "GenerationParams",
-    "GenerationRequest", "ItemError", "ModelInfo", "ProbeResult", "TokenScores",
+    "CANCELLED", "DEFAULT_MAX_GEN_TOKS", "Answers", "Backend", "BackendArgumentError",
+    "Capabilities", "ChatRendering", "ChatTemplateSupport", "Conversation", "Cost",
+    "GenerationParams", "GenerationRequest", "ItemError", "ModelInfo", "ProbeResult",
+    "TokenScores",
 ]
 
 T = TypeVar("T")
@@ -128,10 +129,18 @@ class ItemError:
 
     ``retryable``: another try (here or on another worker) may succeed, e.g. a remote server's
     5xx after the backend's own retries; False when the request can never be answered as asked.
+    ``cancelled``: the backend stopped before it (see :meth:`Backend.interrupt`); not the
+    request's fault, so asking again does not count as a try.
     """
 
     message: str
     retryable: bool = False
+    cancelled: bool = False
+
+
+#: The answer of a request that an interrupted backend did not get to (``Backend.interrupt``).
+CANCELLED = ItemError("cancelled: the worker was told to stop before it answered this request",
+                      retryable=True, cancelled=True)
 
 
 @dataclass
@@ -215,6 +224,12 @@ class Backend(ABC):
 
     async def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections and resources."""
+
+    def interrupt(self) -> None:  # noqa: B027 - optional hook
+        """Stop answering, for a worker about to stop: the batch computing ends after the work
+        in progress (a forward) and answers what it finished, every other request of it and of
+        later batches gets :data:`CANCELLED`. Called from any thread; it stays in effect. A
+        backend without it (a remote API's, whose calls end in seconds) answers as usual."""
 
     async def refresh(self) -> None:  # noqa: B027 - optional hook
         """Called before each GetModelInfo answer (the coordinator asks when a job is created):

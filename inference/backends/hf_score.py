@@ -30,6 +30,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 import itertools
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -38,7 +39,7 @@ import torch
 import torch.nn.functional as F
 from transformers import DynamicCache
 
-from evalfleet.inference.backends.base import TokenScores
+from evalfleet.inference.backends.base import CANCELLED, ItemError, TokenScores
 from evalfleet.inference.backends.hf_text import ScoreRequest
 from evalfleet.inference.backends.prefix import (
     TrieNode,
@@ -169,6 +170,26 @@ class Scorer:
         self._attn_impl = getattr(model.config, "_attn_implementation", None) or "eager"
         # packed rows need a custom 4D mask: sdpa and eager take one, flash kernels do not
         self.packing = packing and self._attn_impl in ("sdpa", "eager")
+        self._stop = threading.Event()
+        self._stopping = threading.Lock()
+
+    def interrupt(self) -> None:
+        """Stop the model (the worker stops), from any thread: the forward in progress ends at
+        its next decoder layer (:class:`ForwardInterrupted`, raised inside the model), so does
+        every later forward; a plan running answers the requests its finished forwards scored,
+        ``CANCELLED`` the others. A forward of several seconds (a CPU's) is not waited for."""
+        with self._stopping:
+            if self._stop.is_set():
+                return
+            self._stop.set()
+            # Hooks only from here on: a forward not interrupted pays nothing for them. Each
+            # module gets one, while its hook table is empty (never iterated by a forward).
+            for module in _interruption_points(self.model):
+                module.register_forward_pre_hook(self._check_stop)
+
+    def _check_stop(self, module: torch.nn.Module, args: tuple) -> None:
+        if self._stop.is_set():
+            raise ForwardInterrupted
 
     # ================================================================ entry points
     def score(self, reqs: Sequence[ScoreRequest], limit: BatchLimit,
@@ -231,8 +252,10 @@ class Scorer:
         return chunks
 
     # ================================================================ running
-    def run(self, plan: ScorePlan, reqs: Sequence[ScoreRequest]) -> list[TokenScores]:
-        """Run ``plan``'s forwards; scores of ``reqs`` (the planned requests) in input order.
+    def run(self, plan: ScorePlan, reqs: Sequence[ScoreRequest]
+            ) -> list[TokenScores | ItemError]:
+        """Run ``plan``'s forwards; scores of ``reqs`` (the planned requests) in input order
+        (``CANCELLED`` for those an ``interrupt`` left unfinished).
 
         A plan reading a cached prefix that was never filled (the batch that was to compute it
         failed or has not run) is planned again from the filled entries only."""
@@ -248,8 +271,9 @@ class Scorer:
                 if not entry.ready:
                     self.prefix_cache.discard(entry)
 
-    def _run(self, plan: ScorePlan) -> list[TokenScores]:
+    def _run(self, plan: ScorePlan) -> list[TokenScores | ItemError]:
         store: dict[int, torch.Tensor] = {}  # KV segment id -> [2 * layers, heads, len, dim]
+        written = np.zeros(plan.n_scored, dtype=bool)  # output slots filled so far
         for seg, entry, length in plan.preload:
             assert entry.kv is not None
             store[seg] = entry.kv[:, :, :length]
@@ -257,11 +281,17 @@ class Scorer:
         out_vals: torch.Tensor | None = None
         out_greedy = torch.zeros(plan.n_scored, dtype=torch.bool, device=self.device)
         for ch in plan.chunks:
-            cache = self._assemble(ch, store) if ch.ctx_max else None
-            mask, position_ids = self._mask(ch)
-            logits, new_cache = self._forward(self._dev(ch.ids), cache, ch.keep,
-                                              want_cache=bool(ch.produce),
-                                              attention_mask=mask, position_ids=position_ids)
+            try:
+                if self._stop.is_set():
+                    raise ForwardInterrupted
+                cache = self._assemble(ch, store) if ch.ctx_max else None
+                mask, position_ids = self._mask(ch)
+                logits, new_cache = self._forward(self._dev(ch.ids), cache, ch.keep,
+                                                  want_cache=bool(ch.produce),
+                                                  attention_mask=mask, position_ids=position_ids)
+            except ForwardInterrupted:  # answer what the forwards so far finished
+                scores = _collect(plan.offsets, self._host(out_vals), out_greedy.cpu())
+                return _finished(scores, plan.offsets, written)
             del cache, mask, position_ids
             if len(ch.score_slot):
                 vals, greedy = self._reduce(logits, ch)
@@ -270,6 +300,7 @@ class Scorer:
                 slots = self._dev(ch.score_slot)
                 out_vals[slots] = vals
                 out_greedy[slots] = greedy
+                written[ch.score_slot] = True
             del logits
             for seg, row, lo, hi in ch.produce:
                 store[seg] = torch.stack([t for layer in new_cache.layers for t in (
@@ -281,9 +312,11 @@ class Scorer:
             for seg in ch.release:
                 store.pop(seg, None)
             self.positions += ch.positions
-        if out_vals is None:  # nothing to score
-            out_vals = torch.zeros(0, dtype=torch.float32)
-        return _collect(plan.offsets, out_vals.cpu(), out_greedy.cpu())
+        return _collect(plan.offsets, self._host(out_vals), out_greedy.cpu())
+
+    def _host(self, out_vals: torch.Tensor | None) -> torch.Tensor:
+        """The output buffer on the host (an empty float32 one when nothing was scored)."""
+        return out_vals.cpu() if out_vals is not None else torch.zeros(0, dtype=torch.float32)
 
     def _dev(self, array: np.ndarray) -> torch.Tensor:
         """A host index array on the model's device (pinned, asynchronous copy on CUDA)."""
@@ -418,6 +451,30 @@ def _collect(offsets: np.ndarray, vals: torch.Tensor, greedy: torch.Tensor) -> l
         total = float(vals[a:b].sum()) if half else None
         out.append(TokenScores(values[a:b], flags[a:b], backend_total=total))
     return out
+
+
+class ForwardInterrupted(Exception):  # noqa: N818 - not an error: the worker is stopping
+    """Raised inside a forward of an interrupted scorer's model (``Scorer.interrupt``)."""
+
+
+def _interruption_points(model: torch.nn.Module) -> list[torch.nn.Module]:
+    """Where a forward checks for an interruption: before each decoder layer (the longest
+    ``ModuleList``) and the output head; the model itself when it has neither."""
+    lists = [m for m in model.modules() if isinstance(m, torch.nn.ModuleList)]
+    points = list(max(lists, key=len)) if lists else []
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if isinstance(head, torch.nn.Module):
+        points.append(head)
+    return points or [model]
+
+
+def _finished(scores: list[TokenScores], offsets: np.ndarray, written: np.ndarray
+              ) -> list[TokenScores | ItemError]:
+    """``scores`` of the requests whose every output slot was ``written``; ``CANCELLED`` for
+    the others."""
+    unwritten = np.concatenate(([0], np.cumsum(~written)))
+    done = unwritten[offsets[1:]] == unwritten[offsets[:-1]]
+    return [s if ok else CANCELLED for s, ok in zip(scores, done.tolist(), strict=True)]
 
 
 def _scored_range(req: ScoreRequest, base: int, length: int) -> tuple[int, int]:

@@ -111,12 +111,14 @@ class Capabilities(_message.Message):
     def __init__(self, loglikelihood: _Optional[bool] = ..., loglikelihood_rolling: _Optional[bool] = ..., generate_until: _Optional[bool] = ..., logprobs_unavailable_reason: _Optional[str] = ..., logprobs_remedy: _Optional[str] = ..., chat_only: _Optional[bool] = ..., chat_template: _Optional[_Union[ChatTemplateSupport, str]] = ..., max_context_tokens: _Optional[int] = ..., prefix_sharing: _Optional[bool] = ..., max_concurrent_batches: _Optional[int] = ..., logprob_probe: _Optional[_Union[LogprobProbe, _Mapping]] = ..., same_context: _Optional[bool] = ...) -> None: ...
 
 class ItemError(_message.Message):
-    __slots__ = ("message", "retryable")
+    __slots__ = ("message", "retryable", "cancelled")
     MESSAGE_FIELD_NUMBER: _ClassVar[int]
     RETRYABLE_FIELD_NUMBER: _ClassVar[int]
+    CANCELLED_FIELD_NUMBER: _ClassVar[int]
     message: str
     retryable: bool
-    def __init__(self, message: _Optional[str] = ..., retryable: _Optional[bool] = ...) -> None: ...
+    cancelled: bool
+    def __init__(self, message: _Optional[str] = ..., retryable: _Optional[bool] = ..., cancelled: _Optional[bool] = ...) -> None: ...
 
 class BatchCost(_message.Message):
     __slots__ = ("positions_computed", "prompt_tokens", "completion_tokens", "http_requests", "retries", "throttled_seconds", "compute_seconds")
