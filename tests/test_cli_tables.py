@@ -56,10 +56,13 @@ def _wait(stub, state: int) -> None:
         time.sleep(0.1)
 
 
-def test_workers_shows_the_age_of_a_ready_workers_last_error(background_loop, tiny_model_dir):
-    """A worker unreachable at first, then started: READY, its old error dated."""
-    from evalfleet.inference.server import load_backend, start_worker
+def test_workers_shows_the_age_of_a_ready_workers_last_error(background_loop):
+    """A worker unreachable at first, then started (a simulated worker: a real gRPC inference
+    server without a model): READY, its old error dated, in the real CLI's output."""
     from evalfleet.server.service import CoordinatorOptions, start_coordinator
+
+    sys.path.insert(0, str(REPO_ROOT / "bench"))
+    from simworker import start_simulated_worker
 
     address = f"127.0.0.1:{free_port()}"
     server, _ = background_loop.run(start_coordinator(options=CoordinatorOptions(
@@ -69,10 +72,8 @@ def test_workers_shows_the_age_of_a_ready_workers_last_error(background_loop, ti
         with grpc.insecure_channel(server.address) as channel:
             stub = cpb_grpc.EvaluationServiceStub(channel)
             _wait(stub, cpb.WORKER_STATE_DOWN)
-            model_args = {"pretrained": str(tiny_model_dir), "dtype": "float32"}
-            worker = background_loop.run(start_worker(
-                load_backend("hf", model_args, batch_size=1), port=int(address.split(":")[1]),
-                model_args=model_args))
+            worker, _ = background_loop.run(start_simulated_worker(
+                port=int(address.split(":")[1])))
             _wait(stub, cpb.WORKER_STATE_READY)
             [status] = _workers(stub)
             assert status.last_error and status.HasField("last_error_at")
