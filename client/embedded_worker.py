@@ -21,7 +21,7 @@ from typing import TypeVar
 import grpc
 
 from evalfleet.common.errors import EvalfleetError, error_for_status
-from evalfleet.inference.embedded import WorkerSettings
+from evalfleet.inference.embedded import INTERRUPT, WorkerSettings
 
 T = TypeVar("T")
 
@@ -43,7 +43,8 @@ class ServingWorker:
 
 
 class EmbeddedWorker:
-    """A worker process of this command's own: ``start``, ``ready``, ``watch``, ``stop``."""
+    """A worker process of this command's own: ``start``, ``ready``, ``watch``, ``interrupt``,
+    ``stop``, ``kill``."""
 
     def __init__(self, proc: asyncio.subprocess.Process) -> None:
         self._proc = proc
@@ -110,6 +111,19 @@ class EmbeddedWorker:
             f"the embedded worker's process (pid {self.pid}) ended with code "
             f"{self._proc.returncode} during the evaluation (its log is above; a negative code "
             f"is the signal that killed it, -9 often the out-of-memory killer); {kept}")
+
+    def interrupt(self) -> None:
+        """Tell a serving worker to stop computing: its batch in flight answers what it
+        finished (after the forward in progress) and cancels the rest, later batches cancel
+        everything (``Backend.interrupt``)."""
+        if self._serving and self._proc.returncode is None and self._proc.stdin is not None:
+            with contextlib.suppress(ConnectionError, RuntimeError):  # it ended meanwhile
+                self._proc.stdin.write(INTERRUPT + b"\n")
+
+    def kill(self) -> None:
+        """End the process at once (SIGKILL), without waiting: for a command that quits now."""
+        if self._proc.returncode is None:
+            self._signal(self._proc.kill)
 
     async def stop(self, timeout: float = 10.0) -> None:
         """Stop the worker: a serving one by closing its stdin (it stops serving and exits), one

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from rich.console import Console
 
 from evalfleet.client.connect import client_security
+from evalfleet.client.interrupt import EXIT_INTERRUPTED, CtrlC
 from evalfleet.common import lifecycle
 from evalfleet.common.args import format_kv_args, parse_kv_args
 from evalfleet.common.errors import EvalfleetError, InvalidArgumentError
@@ -27,6 +28,7 @@ from evalfleet.v1 import coordinator_pb2 as cpb
 
 if TYPE_CHECKING:
     from evalfleet.client.embedded_worker import EmbeddedWorker
+    from evalfleet.server.runner import JobRunner
     from evalfleet.tasks.manager import TaskTree
 
 #: ``--tasks`` values that list instead of evaluating (lm-eval's legacy CLI).
@@ -45,6 +47,9 @@ log = get_logger("cli")
 #: compute faster where a batch holds only a few documents (a CPU worker). Answers still reach
 #: the store at least every ~10 s of compute.
 EMBEDDED_BATCH_SECONDS = 10.0
+#: Seconds a Ctrl-C waits for the batches in flight to return what the worker finished (it
+#: ends them after the forward in progress); a batch later than that is not stored.
+INTERRUPT_SETTLE_S = 1.5
 
 
 def parse_seeds(text: str) -> cpb.Seeds:
@@ -200,6 +205,19 @@ def write_out(spec: cpb.EvaluationSpec, data_dir: str | None, include_paths: lis
 
 
 async def run_eval(args: argparse.Namespace) -> int:
+    """``evalfleet eval``. A Ctrl-C stops the run, keeping every answer its worker computed, and
+    exits 130; a second one quits at once (``client/interrupt.py``)."""
+    with CtrlC() as ctrl_c:
+        try:
+            return await _run_eval(args, ctrl_c)
+        except asyncio.CancelledError:
+            if not ctrl_c.stopped():
+                raise
+    print(ctrl_c.message, file=sys.stderr)
+    return EXIT_INTERRUPTED
+
+
+async def _run_eval(args: argparse.Namespace, ctrl_c: CtrlC) -> int:
     console = Console(stderr=True)
     data_dir = args.data_dir or os.environ.get("EVALFLEET_DATA_DIR")
     include_paths = [os.path.abspath(p) for p in args.include_path]
@@ -219,6 +237,8 @@ async def run_eval(args: argparse.Namespace) -> int:
     async with AsyncExitStack() as stack:
         # The embedded worker's process starts first: its model loads while the rest starts.
         worker = None if args.coordinator else await _start_worker_process(args, stack)
+        if worker is not None:
+            ctrl_c.on_quit(worker.kill)  # a second Ctrl-C quits at once: its worker too
         from evalfleet.client.submit import run_job, write_outputs  # (after the worker's start)
 
         sinks = client_sinks(args)
@@ -234,7 +254,8 @@ async def run_eval(args: argparse.Namespace) -> int:
                 write_out(spec, data_dir, include_paths)
         else:
             assert worker is not None
-            address = await _start_embedded(args, data_dir, stack, console, store_url, worker)
+            address = await _start_embedded(args, data_dir, stack, console, store_url, worker,
+                                            ctrl_c)
             spec = build_spec(args)
         lifecycle.end_startup()  # services are up: the job's own objects are collected
         job = run_job(address, spec, console=console, show_progress=not args.no_progress,
@@ -281,9 +302,38 @@ def _kept_message(args: argparse.Namespace, evaluation_id: str, store_url: str,
             "is computed again)")
 
 
-async def _cancel_jobs(runner: Any) -> None:
+async def _stop_jobs(runner: JobRunner, worker: EmbeddedWorker, ctrl_c: CtrlC,
+                     store_url: str) -> None:
+    """The embedded run's first clean-up, while the store is open: its unfinished jobs are
+    stopped (no batch sent), the worker ends the batch in flight after the forward in progress,
+    what it finished is stored, and the jobs are recorded CANCELLED. On a Ctrl-C, ``ctrl_c``'s
+    message says how many answers are kept."""
+    from evalfleet.server.job import TERMINAL
+
+    live = [job for job in runner.jobs.values() if job.state not in TERMINAL]
+    if live:
+        for job in live:
+            runner.scheduler.stop(job.id)
+        worker.interrupt()
+        await runner.scheduler.settle(INTERRUPT_SETTLE_S)
     for job_id in list(runner.jobs):
         await runner.cancel(job_id)
+    dispatches = [job.dispatch for job in live if job.dispatch is not None]
+    if ctrl_c.interrupted and dispatches:
+        stored = sum(d.stored for d in dispatches)
+        total = sum(len(job.plan.work) for job in live)
+        ctrl_c.message = _interrupted_message(stored, total, store_url)
+
+
+def _interrupted_message(stored: int, total: int, store_url: str) -> str:
+    """The line a Ctrl-C'd embedded run ends with."""
+    from evalfleet.server.store import redact_url
+
+    if store_url.strip() in (":memory:", "sqlite:///:memory:"):
+        return (f"interrupted: stopped; {stored} of {total} answers were computed, but the store "
+                "was :memory:, so none is kept")
+    return (f"interrupted: stopped; {stored} of {total} answers stored in the store "
+            f"{shlex.quote(redact_url(store_url))}; rerun the same command to resume")
 
 
 def _samples_by_task(samples: list[cpb.SampleRecord]) -> dict[str, list[dict[str, Any]]]:
@@ -338,10 +388,11 @@ async def _start_worker_process(args: argparse.Namespace, stack: AsyncExitStack
 
 async def _start_embedded(args: argparse.Namespace, data_dir: str | None,
                           stack: AsyncExitStack, console: Console, store_url: str,
-                          worker: EmbeddedWorker) -> str:
+                          worker: EmbeddedWorker, ctrl_c: CtrlC) -> str:
     """Start a coordinator on a loopback ephemeral port for this run, on the store
     ``store_url`` (answers already there are not computed again), with ``worker`` (started,
-    loading its model) as its one worker; the coordinator's address."""
+    loading its model) as its one worker; the coordinator's address. Its jobs are stopped
+    first when ``stack`` closes (``_stop_jobs``)."""
     from evalfleet.server.access import AccessPolicy
     from evalfleet.server.planning import load_tasks
     from evalfleet.server.scheduler import SchedulerConfig
@@ -387,7 +438,7 @@ async def _start_embedded(args: argparse.Namespace, data_dir: str | None,
     stack.push_async_callback(coordinator.stop, 1.0)
     # Interrupted (Ctrl-C): the job is cancelled and recorded so while the store is still open;
     # its answers so far are stored and the same command resumes from them.
-    stack.push_async_callback(_cancel_jobs, runner)
+    stack.push_async_callback(_stop_jobs, runner, worker, ctrl_c, store_url)
     print(f"embedded coordinator {coordinator.address}, worker {serving.address} "
           f"(pid {worker.pid}), store {redact_url(store_url)}", file=sys.stderr)
     return coordinator.address

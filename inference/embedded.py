@@ -12,8 +12,12 @@ parent's side). The protocol, all on the child's standard streams:
   ``{"error": {"code": "INVALID_ARGUMENT", "message": ...}}`` when the backend
   could not start; the code is the error's gRPC status name. Everything else the child prints
   goes to stderr.
-- stdin's end (the parent closed it, or died) stops the worker. The child has a process group
-  of its own: a Ctrl-C at the terminal interrupts the parent, which stops the child.
+- stdin, later lines: ``interrupt`` (the parent was interrupted): the backend stops computing
+  (``Backend.interrupt``): the batch in flight answers what it finished after the forward in
+  progress, its other requests and those of later batches get a ``cancelled`` ``ItemError``.
+- stdin's end (the parent closed it, or died) or SIGTERM interrupts the backend the same way,
+  then stops the worker. The child has a process group of its own: a Ctrl-C at the terminal
+  interrupts the parent only, which tells the child (or kills it, on a second Ctrl-C).
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import os
 import signal
 import sys
 import threading
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import IO, Any
 
@@ -32,6 +37,8 @@ from evalfleet.common.errors import EvalfleetError, status_for
 from evalfleet.common.logging import configure_logging, get_logger
 
 log = get_logger("embedded_worker")
+#: The line on the child's stdin that interrupts its backend.
+INTERRUPT = b"interrupt"
 
 
 @dataclass
@@ -87,7 +94,7 @@ async def _serve(settings: WorkerSettings, report: IO[str]) -> int:
     lifecycle.end_startup()
     _send(report, {"address": server.address, "device": device, "note": note,
                    "notes": backend.load_notes()})
-    await _parent_gone()
+    await _parent_gone(backend.interrupt)
     await server.stop(1.0)
     return 0
 
@@ -97,14 +104,23 @@ def _send(report: IO[str], message: dict[str, Any]) -> None:
     report.flush()
 
 
-async def _parent_gone() -> None:
-    """Return when stdin ends (the parent closed it or died) or on SIGTERM."""
+async def _parent_gone(interrupt: Callable[[], None]) -> None:
+    """Return when stdin ends (the parent closed it or died) or on SIGTERM, ``interrupt``
+    called first; also called for each ``interrupt`` line (thread-safe: it sets a flag)."""
     loop = asyncio.get_running_loop()
     gone = asyncio.Event()
-    loop.add_signal_handler(signal.SIGTERM, gone.set)
+
+    def stop() -> None:
+        interrupt()
+        gone.set()
+
+    loop.add_signal_handler(signal.SIGTERM, stop)
 
     def watch() -> None:
-        sys.stdin.buffer.read()  # the parent never writes again: this returns at the end
+        for line in sys.stdin.buffer:  # until the end
+            if line.strip() == INTERRUPT:
+                interrupt()
+        interrupt()  # the computing thread ends now, not after its batch
         loop.call_soon_threadsafe(gone.set)
 
     threading.Thread(target=watch, name="parent-watch", daemon=True).start()
