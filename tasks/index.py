@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import importlib.util
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -43,12 +45,14 @@ def _yaml_files(root: Path) -> list[Path]:
     )
 
 
-def index_file(path: Path, out: dict[str, IndexEntry]) -> None:
-    """Add one YAML file's task/group (and its tags) to ``out``; first one wins."""
+def index_file(path: Path, out: dict[str, IndexEntry],
+               roots: Sequence[Path] | None = None) -> None:
+    """Add one YAML file's task/group (and its tags) to ``out``; first one wins. ``roots``: the
+    task folders its ``include:`` may read from."""
     raw = read_yaml(path)
     error = None
     try:
-        cfg = load_config(path)
+        cfg = load_config(path, roots)
     except TaskError as err:
         cfg, error = raw, err
     kind = _kind(cfg)
@@ -68,17 +72,38 @@ def index_file(path: Path, out: dict[str, IndexEntry]) -> None:
                 entry.members.add(name)
 
 
+def folders_of(roots: Iterable[Path]) -> list[Path]:
+    """The task folders an ``include:`` may read: those of ``roots`` (a file root stands for
+    its folder), resolved, and lm-eval's installed task library where lm-eval is installed
+    (task files that extend lm-eval's own include them)."""
+    folders = [(r if r.is_dir() else r.parent).resolve() for r in roots]
+    library = lmeval_task_library()
+    return folders + ([library] if library is not None else [])
+
+
+@lru_cache(maxsize=1)
+def lmeval_task_library() -> Path | None:
+    """lm-eval's installed ``lm_eval/tasks`` folder (found without importing lm-eval)."""
+    spec = importlib.util.find_spec("lm_eval")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    folder = Path(next(iter(spec.submodule_search_locations))) / "tasks"
+    return folder.resolve() if folder.is_dir() else None
+
+
 def build_index(
     roots: Iterable[Path], broken: list[TaskError] | None = None
 ) -> dict[str, IndexEntry]:
     """Index every YAML under ``roots``; later roots override earlier ones."""
     index: dict[str, IndexEntry] = {}
+    roots = list(roots)
+    allowed = folders_of(roots)
     for root in roots:
         local: dict[str, IndexEntry] = {}
         files = [root] if root.is_file() else _yaml_files(root)
         for path in files:
             try:
-                index_file(path, local)
+                index_file(path, local, allowed)
             except TaskError as err:
                 if broken is not None:
                     broken.append(err)

@@ -15,7 +15,7 @@ from evalfleet.tasks.config import build_config
 from evalfleet.tasks.dataset import default_data_dir, mirror_folder, missing_splits, splits_read
 from evalfleet.tasks.errors import TaskError, TaskNotFoundError, config_error
 from evalfleet.tasks.group import GROUP_KEYS, GroupSpec, make_group_spec
-from evalfleet.tasks.index import IndexEntry, build_index, index_file
+from evalfleet.tasks.index import IndexEntry, build_index, folders_of, index_file
 from evalfleet.tasks.task import Task
 from evalfleet.tasks.yaml_loader import resolve_functions
 
@@ -73,6 +73,7 @@ class TaskManager:
             if not root.exists():
                 raise TaskError(f"{root}: include path does not exist")
         self.broken_files: list[TaskError] = []
+        self._roots = roots
         self._index: dict[str, IndexEntry] = build_index(roots, self.broken_files)
 
     # ------------------------------------------------------------------ listing
@@ -127,7 +128,7 @@ class TaskManager:
         path = Path(spec)
         if spec.endswith(".yaml") and path.is_file():
             local: dict[str, IndexEntry] = {}
-            index_file(path.resolve(), local)
+            index_file(path.resolve(), local, folders_of([*self._roots, path]))
             for entry in local.values():
                 if entry.kind != "tag":
                     registry[entry.name] = entry

@@ -217,9 +217,13 @@ class Task:
     def _template(self, key: str, template: str, doc: Doc) -> str:
         try:
             return render_template(template, doc)
-        except TemplateError as err:
+        except TemplateError as err:  # a SecurityError of the sandbox too
             raise config_error(
                 self.cfg.source, key, f"template error ({type(err).__name__}: {err})"
+            ) from None
+        except (ArithmeticError, LookupError, TypeError, ValueError, AttributeError) as err:
+            raise config_error(  # e.g. {{ 1/0 }}: the document's data and the template disagree
+                self.cfg.source, key, f"template failed on document ({type(err).__name__}: {err})"
             ) from None
 
     def _call(self, key: str, fn: Callable, doc: Doc) -> Any:

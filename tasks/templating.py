@@ -1,4 +1,7 @@
-"""Jinja2 rendering configured exactly as lm-eval does (StrictUndefined, trailing newline kept)."""
+"""Jinja2 rendering configured as lm-eval does (StrictUndefined, trailing newline kept), in
+Jinja's sandbox: a task file's template can read a document's fields and call their safe
+methods, never reach Python's internals (``cycler.__init__.__globals__.os``...), which lm-eval's
+plain ``Environment`` allows. ``!function`` hooks stay code, allowed by the operator."""
 
 from __future__ import annotations
 
@@ -6,7 +9,8 @@ import re
 from functools import lru_cache
 from typing import Any
 
-from jinja2 import BaseLoader, Environment, StrictUndefined, Template
+from jinja2 import BaseLoader, StrictUndefined, Template
+from jinja2.sandbox import SandboxedEnvironment
 
 
 def regex_replace(string: str, pattern: str, repl: str, count: int = 0) -> str:
@@ -14,7 +18,8 @@ def regex_replace(string: str, pattern: str, repl: str, count: int = 0) -> str:
     return re.sub(pattern, repl, string, count=count)
 
 
-_ENV = Environment(loader=BaseLoader(), undefined=StrictUndefined, keep_trailing_newline=True)
+_ENV = SandboxedEnvironment(loader=BaseLoader(), undefined=StrictUndefined,
+                            keep_trailing_newline=True)
 _ENV.filters["regex_replace"] = regex_replace
 
 

@@ -7,7 +7,7 @@ import importlib
 import importlib.util
 import inspect
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -100,8 +100,12 @@ def read_yaml(path: Path) -> dict[str, Any]:
     return cfg
 
 
-def load_config(path: str | Path, _seen: frozenset[Path] = frozenset()) -> dict[str, Any]:
-    """Load a task/group YAML, merging ``include:`` files first (local keys win)."""
+def load_config(path: str | Path, roots: Sequence[Path] | None = None,
+                _seen: frozenset[Path] = frozenset()) -> dict[str, Any]:
+    """Load a task/group YAML, merging ``include:`` files first (local keys win).
+
+    ``roots``: the task folders in use; an ``include:`` must name a file inside one of them
+    (a task file cannot make the coordinator read any other file)."""
     path = Path(path).expanduser().resolve()
     if path in _seen:
         raise config_error(path, "include", "include cycle")
@@ -113,10 +117,14 @@ def load_config(path: str | Path, _seen: frozenset[Path] = frozenset()) -> dict[
     for inc in includes if isinstance(includes, list) else [includes]:
         if not isinstance(inc, str):
             raise config_error(path, "include", f"expected a file name, got {inc!r}")
-        inc_path = Path(inc) if Path(inc).is_absolute() else path.parent / inc
+        inc_path = (Path(inc) if Path(inc).is_absolute() else path.parent / inc).resolve()
+        if roots is not None and not any(inc_path.is_relative_to(r) for r in roots):
+            raise config_error(path, "include", f"included file {str(inc_path)!r} is outside "
+                               f"the task folders in use ({', '.join(map(str, roots))}); put "
+                               "it in an --include_path folder")
         if not inc_path.exists():
             raise config_error(path, "include", f"included file {str(inc_path)!r} does not exist")
-        inc_cfg = load_config(inc_path, _seen | {path})
+        inc_cfg = load_config(inc_path, roots, _seen | {path})
         inc_cfg.pop("task_list", None)
         merged.update(inc_cfg)
     merged.update(cfg)
