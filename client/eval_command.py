@@ -184,6 +184,10 @@ def check_flags(args: argparse.Namespace) -> None:
                                    "give one of them")
     if args.max_batch_size is not None and args.max_batch_size < 1:
         raise InvalidArgumentError("--max_batch_size: must be >= 1")
+    for flag in ("wandb_args", "wandb_config_args", "mlflow_args"):  # trackers start later
+        parse_kv_args(getattr(args, flag), field=f"--{flag}")
+    if args.wandb_config_args and not args.wandb_args:
+        raise InvalidArgumentError("--wandb_config_args: needs --wandb_args")
 
 
 def print_task_listing(args: argparse.Namespace, data_dir: str | None) -> None:
@@ -235,13 +239,19 @@ async def _run_eval(args: argparse.Namespace, ctrl_c: CtrlC) -> int:
     store_url = args.use_cache or args.store
     store_url = store_url if store_url is not None else str(default_store_path())
     async with AsyncExitStack() as stack:
-        # The embedded worker's process starts first: its model loads while the rest starts.
+        # The job's tasks and their data are checked before anything slow starts (no model
+        # loads, no tracker run, for a task whose data is missing); the embedded worker's
+        # process starts next: its model loads while the rest starts.
+        tree = None if args.coordinator else _checked_tasks(args, data_dir)
         worker = None if args.coordinator else await _start_worker_process(args, stack)
         if worker is not None:
             ctrl_c.on_quit(worker.kill)  # a second Ctrl-C quits at once: its worker too
         from evalfleet.client.submit import run_job, write_outputs  # (after the worker's start)
 
-        sinks = client_sinks(args)
+        # Trackers start once the job is planned (a job refused at planning starts no run):
+        # the embedded job's tasks and data are checked above, a coordinator's job once it
+        # is created.
+        sinks: list[Any] = [] if args.coordinator else client_sinks(args)
         security = None
         if args.coordinator:
             address = args.coordinator
@@ -255,11 +265,11 @@ async def _run_eval(args: argparse.Namespace, ctrl_c: CtrlC) -> int:
         else:
             assert worker is not None
             address = await _start_embedded(args, data_dir, stack, console, store_url, worker,
-                                            ctrl_c)
+                                            ctrl_c, tree)
             spec = build_spec(args)
         lifecycle.end_startup()  # services are up: the job's own objects are collected
         job = run_job(address, spec, console=console, show_progress=not args.no_progress,
-                      security=security)
+                      security=security, on_created=_start_sinks(args, sinks))
         results, samples = await (job if worker is None else worker.watch(
             job, kept=_kept_answers(store_url)))
     doc = json.loads(results.results_json)
@@ -343,6 +353,14 @@ def _samples_by_task(samples: list[cpb.SampleRecord]) -> dict[str, list[dict[str
     return out
 
 
+def _start_sinks(args: argparse.Namespace, sinks: list[Any]
+                 ) -> Callable[[cpb.Evaluation], None] | None:
+    """For a coordinator's job: start the trackers into ``sinks`` once the job is created."""
+    if not args.coordinator:
+        return None
+    return lambda _evaluation: sinks.extend(client_sinks(args))
+
+
 def client_sinks(args: argparse.Namespace) -> list[Any]:
     """The trackers the flags ask for, started before the run (as lm-eval starts W&B)."""
     sinks: list[Any] = []
@@ -352,8 +370,6 @@ def client_sinks(args: argparse.Namespace) -> list[Any]:
         sinks.append(WandbSink(parse_kv_args(args.wandb_args, field="--wandb_args"),
                                parse_kv_args(args.wandb_config_args,
                                              field="--wandb_config_args")))
-    elif args.wandb_config_args:
-        raise InvalidArgumentError("--wandb_config_args: needs --wandb_args")
     if args.mlflow_args:
         from evalfleet.reporting.sinks.mlflow_sink import MlflowSink
 
@@ -388,25 +404,17 @@ async def _start_worker_process(args: argparse.Namespace, stack: AsyncExitStack
 
 async def _start_embedded(args: argparse.Namespace, data_dir: str | None,
                           stack: AsyncExitStack, console: Console, store_url: str,
-                          worker: EmbeddedWorker, ctrl_c: CtrlC) -> str:
+                          worker: EmbeddedWorker, ctrl_c: CtrlC, tree: TaskTree) -> str:
     """Start a coordinator on a loopback ephemeral port for this run, on the store
     ``store_url`` (answers already there are not computed again), with ``worker`` (started,
     loading its model) as its one worker; the coordinator's address. Its jobs are stopped
     first when ``stack`` closes (``_stop_jobs``)."""
     from evalfleet.server.access import AccessPolicy
-    from evalfleet.server.planning import load_tasks
     from evalfleet.server.scheduler import SchedulerConfig
     from evalfleet.server.service import CoordinatorOptions, start_coordinator
-    from evalfleet.server.spec import parse_spec
     from evalfleet.server.store import open_store, redact_url
 
-    # Spec fields are named after the flags, so errors are reported with the flag the user
-    # typed. The tasks and the store are checked while the worker loads its model.
-    try:
-        spec = parse_spec(build_spec(args))
-    except InvalidArgumentError as exc:
-        raise InvalidArgumentError(exc.message.replace("spec.", "--", 1)) from exc
-    tree = await asyncio.to_thread(load_tasks, spec, data_dir, args.include_path)
+    # The store is checked while the worker loads its model.
     if args.write_out:
         write_out(build_spec(args), data_dir, args.include_path)
     store = open_store(store_url, flag="--use_cache" if args.use_cache else "--store")
@@ -442,6 +450,24 @@ async def _start_embedded(args: argparse.Namespace, data_dir: str | None,
     print(f"embedded coordinator {coordinator.address}, worker {serving.address} "
           f"(pid {worker.pid}), store {redact_url(store_url)}", file=sys.stderr)
     return coordinator.address
+
+
+def _checked_tasks(args: argparse.Namespace, data_dir: str | None) -> TaskTree:
+    """The job's tasks, loaded, with every split they read at hand (a missing split, or a
+    dataset neither in the mirror nor reachable, fails here in a second: NOT_FOUND naming the
+    task, the folder searched, ``--data_dir`` and ``EVALFLEET_DATA_DIR``)."""
+    from evalfleet.server.planning import check_data, load_tasks
+    from evalfleet.server.spec import parse_spec
+
+    # Spec fields are named after the flags, so errors are reported with the flag the user
+    # typed.
+    try:
+        spec = parse_spec(build_spec(args))
+    except InvalidArgumentError as exc:
+        raise InvalidArgumentError(exc.message.replace("spec.", "--", 1)) from exc
+    tree = load_tasks(spec, data_dir, args.include_path)
+    check_data(tree, spec)
+    return tree
 
 
 def _kept_answers(store_url: str) -> str:

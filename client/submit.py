@@ -133,12 +133,14 @@ class Connection:
 async def run_job(
     address: str, spec: cpb.EvaluationSpec, *, console: Console, show_progress: bool = True,
     security: ClientSecurity | None = None, patience_s: float = RECONNECT_PATIENCE_S,
+    on_created: Callable[[cpb.Evaluation], None] | None = None,
 ) -> tuple[cpb.EvaluationResults, list[cpb.SampleRecord]]:
     """Create the evaluation, follow it to the end, and return its results and samples.
 
-    ``security``: the coordinator's token and TLS settings. Once the evaluation is created,
-    losing the coordinator (killed, restarting) is survived for ``patience_s``: the client
-    reconnects and keeps following the same evaluation.
+    ``security``: the coordinator's token and TLS settings. Once the evaluation is created
+    (planned and accepted: ``on_created`` is called then), losing the coordinator (killed,
+    restarting) is survived for ``patience_s``: the client reconnects and keeps following the
+    same evaluation.
     """
     conn = Connection(address, security or ClientSecurity(), console, patience_s)
     md = conn.metadata
@@ -146,6 +148,8 @@ async def run_job(
         with console.status("planning the evaluation (tasks, documents, requests)") \
                 if show_progress else contextlib.nullcontext():
             evaluation = await _create(conn, spec)
+        if on_created is not None:
+            on_created(evaluation)
         what = f"evaluation {evaluation.id}"
         state = await _follow(conn, evaluation, console, show_progress)
         if state.state != cpb.EVALUATION_STATE_SUCCEEDED:
