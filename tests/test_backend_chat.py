@@ -13,7 +13,6 @@ Payloads are compared with lm-eval's ``_create_payload`` for the same conversati
 
 from __future__ import annotations
 
-import asyncio
 import json
 import shutil
 import sys
@@ -100,23 +99,16 @@ def test_completions_endpoint_without_echo_logprobs_fails_the_probe(transformers
     from evalfleet.inference.server import load_backend
 
     args = {"model": transformers_serve.model, "base_url": transformers_serve.base_url,
-            "tokenizer": str(tiny_model_dir), "api_key": "dummy"}
-    # token-id prompts (lm-eval's default) are refused by this server: the probe says so
-    backend = load_backend("local-completions", args)
-
-    async def start_and_close():
-        await backend.start()
-        await backend.close()
-
-    asyncio.run(start_and_close())
-    [finding] = backend.model_info().capabilities.probe.findings
-    assert "refused a prompt-logprobs request" in finding and "tokenized_requests=false" in \
-        finding, finding
-    # text prompts are answered, without the echoed logprobs asked for
-    args["tokenized_requests"] = False
+            "tokenizer": str(tiny_model_dir)}
+    # token-id prompts (lm-eval's default) are refused by this server (HTTP 400): the worker
+    # sends text from then on, says so, and the probe finds no echoed logprobs in the answers
     backend = load_backend("local-completions", args)
     address = worker_and_coordinator(backend, args)
+    note = backend.text_prompts_note
+    assert note and "refuses prompts as token ids (HTTP 400: " in note \
+        and "prompt must be a string" in note, note
     caps = backend.model_info().capabilities
+    assert caps.probe.findings[0] == f"prompts ok: {note}"
     assert not caps.loglikelihood and caps.probe is not None and not caps.probe.passed
     error = _refusal(address, cpb.EvaluationSpec(tasks=["arc_easy"], limit=2))
     assert error.code() == grpc.StatusCode.FAILED_PRECONDITION

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import importlib
+import re
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -55,17 +56,31 @@ def pooled_client(client_cls: type, num_concurrent: int, timeout_s: float,
     return client_cls(limits=limits, timeout=httpx.Timeout(timeout_s), verify=verify)
 
 
+#: The key handed to the ``openai`` client when there is none (it refuses to start without one);
+#: requests carrying it lose their Authorization header before they are sent.
+NO_KEY = "evalfleet-no-api-key"
+
+
+async def _drop_placeholder_auth(request: Any) -> None:
+    """httpx request hook: no key, no Authorization header (a local server has no auth)."""
+    if request.headers.get("authorization") == f"Bearer {NO_KEY}":
+        del request.headers["authorization"]
+
+
 def openai_client(args: Any) -> Any:
     """The official ``openai`` SDK's async client for a remote backend's ``ApiArgs``: no SDK
     retries (ours count and report them), the backend's timeout, headers and TLS check, and a
-    pool of ``num_concurrent`` connections."""
+    pool of ``num_concurrent`` connections. Without ``api_key`` requests carry no
+    Authorization header (lm-eval's local backends need no key)."""
     import openai
 
+    http_client = pooled_client(openai.DefaultAsyncHttpxClient, args.num_concurrent,
+                                args.timeout, args.verify)
+    if not args.api_key:
+        http_client.event_hooks["request"].append(_drop_placeholder_auth)
     return openai.AsyncOpenAI(
-        api_key=args.api_key or "", base_url=args.base_url, max_retries=0,
-        timeout=args.timeout, default_headers=args.header or None,
-        http_client=pooled_client(openai.DefaultAsyncHttpxClient, args.num_concurrent,
-                                  args.timeout, args.verify))
+        api_key=args.api_key or NO_KEY, base_url=args.base_url, max_retries=0,
+        timeout=args.timeout, default_headers=args.header or None, http_client=http_client)
 
 
 @dataclass(frozen=True)
@@ -107,7 +122,7 @@ def classify(exc: BaseException) -> Failure | None:
     status = getattr(exc, "status_code", None)
     if isinstance(status, int):
         body = getattr(exc, "body", None)
-        detail = " ".join((_error_detail(body) or str(exc)).split())
+        detail = condense(" ".join((_error_detail(body) or str(exc)).split()))
         if len(detail) > MAX_DETAIL:
             detail = detail[:MAX_DETAIL] + "..."
         return Failure(status, f"HTTP {status}: {detail}", status in RETRYABLE_STATUS,
@@ -120,11 +135,38 @@ def classify(exc: BaseException) -> Failure | None:
     return None
 
 
+_TOKEN_LIST = re.compile(r"\[+\s*-?\d+(?:\s*,\s*-?\d+){3,}[^\]]*\]+")
+_INPUT_VALUE = re.compile(r"input_value=.*?(?=, input_type=)")
+
+
+_VALIDATION_MSG = re.compile(r"""['"]msg['"]:\s*(?:'([^']*)'|"([^"]*)")""")
+_VALIDATION_HEAD = re.compile(r"^\d+ validation errors?\b")
+_TRACEBACK = re.compile(r"\s*(?:Traceback \(most recent call last\):|File \").*$")
+
+
+def without_token_lists(detail: str) -> str:
+    """A server's error message without the prompt's token ids it may quote (pydantic's
+    ``input_value=[[1, 2, ...]]``): lists of four or more numbers become ``[...]``."""
+    return _TOKEN_LIST.sub("[...]", _INPUT_VALUE.sub("input_value=...", detail))
+
+
+def condense(detail: str) -> str:
+    """A server's error message as one short line: a validation error's distinct messages
+    (llama-cpp-python's server quotes each error's input and a traceback), no traceback, no
+    token ids."""
+    messages = [a or b for a, b in _VALIDATION_MSG.findall(detail)]
+    if messages:
+        head = _VALIDATION_HEAD.match(detail)
+        said = "; ".join(dict.fromkeys(messages))
+        return f"{head.group(0)}: {said}" if head else said
+    return without_token_lists(_TRACEBACK.sub("", detail))
+
+
 def _error_detail(body: Any) -> str:
     if isinstance(body, dict):
         err = body.get("error", body)
-        if isinstance(err, dict):
-            return str(err.get("message") or err)
+        if isinstance(err, dict):  # OpenAI's {"error": {"message"}}, FastAPI's {"detail"}
+            return str(err.get("message") or err.get("detail") or err)
         return str(err)
     return str(body) if body else ""
 

@@ -21,9 +21,10 @@ from collections.abc import Awaitable, Callable, Sequence
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any, ClassVar, TypeVar
 
+from evalfleet.common.errors import EvalfleetError, FailedPreconditionError
 from evalfleet.common.logging import get_logger
 from evalfleet.inference.backends.api_args import ApiArgs
-from evalfleet.inference.backends.api_http import Caller, RetryError
+from evalfleet.inference.backends.api_http import MAX_DETAIL, Caller, RetryError
 from evalfleet.inference.backends.api_tokenizer import ApiTokenizer
 from evalfleet.inference.backends.base import (
     Answers,
@@ -107,7 +108,20 @@ class RemoteBackend(Backend):
 
     async def start(self) -> None:
         if self.client is None:
-            self.client = self.make_client()
+            self.client = self._new_client()
+
+    def _new_client(self) -> Any:
+        """:meth:`make_client`, its SDK's refusals (credentials, certificates) as one line."""
+        try:
+            return self.make_client()
+        except EvalfleetError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - the SDK's own error types vary by version
+            detail = " ".join(str(exc).split())[:MAX_DETAIL]
+            raise FailedPreconditionError(
+                f"the {self.name} backend could not set up its {self.sdk} client "
+                f"({type(exc).__name__}: {detail}); check model_args api_key, base_url, "
+                "verify_certificate and ca_cert_path") from exc
 
     async def close(self) -> None:
         if self.client is not None:
@@ -150,6 +164,9 @@ class RemoteBackend(Backend):
                 outcomes = await make(cost)
             except RetryError as exc:
                 outcomes = [ItemError(f"{what}: {exc}", exc.failure.retryable)] * len(positions)
+            except Exception as exc:  # noqa: BLE001 - an unreadable answer fails its items
+                log.warning("unreadable_answer", what=what, error=unreadable(exc))
+                outcomes = [ItemError(f"{what}: {unreadable(exc)}", True)] * len(positions)
             for pos, outcome in zip(positions, outcomes, strict=True):
                 results[pos] = outcome
 
@@ -160,8 +177,16 @@ class RemoteBackend(Backend):
     async def http(self, make: Callable[[], Awaitable[T]], cost: Cost, what: str) -> T:
         """One SDK call with retries, counted in ``cost``."""
         if self.client is None:
-            self.client = self.make_client()
+            self.client = self._new_client()
         return await self.caller.call(make, cost, what)
+
+
+def unreadable(exc: BaseException) -> str:
+    """One line for an answer that could not be read (not JSON, an unexpected shape, a
+    transport error the SDK did not classify)."""
+    detail = " ".join(str(exc).split())[:MAX_DETAIL] or "no detail"
+    return (f"the server's answer could not be read ({type(exc).__name__}: {detail}); check "
+            "that base_url is the server's API root (e.g. http://host:8000/v1)")
 
 
 def require_api_key(args: ApiArgs, env: str, backend: str) -> str:
@@ -169,5 +194,4 @@ def require_api_key(args: ApiArgs, env: str, backend: str) -> str:
     if args.api_key:
         return args.api_key
     raise BackendArgumentError(
-        "api_key", f"the {backend} backend needs an API key: set {env}, or pass api_key=... "
-                   "(api_key=dummy for local servers without auth)")
+        "api_key", f"the {backend} backend needs an API key: set {env} or pass api_key=...")

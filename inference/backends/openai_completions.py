@@ -13,7 +13,12 @@ Payloads, tokenization, truncation and parsing are lm-eval 0.4.13's:
   "seed", ...}``, the context left-truncated to ``max_length - 1 - max_gen_toks`` tokens; the
   server's text is the answer.
 
-Beyond lm-eval: the server's prompt logprobs must pass the honesty probe
+Beyond lm-eval: without ``api_key`` (nor OPENAI_API_KEY) requests carry no Authorization
+header. A server that refuses token-id prompts but takes text (llama-cpp-python's,
+``transformers serve``, LM Studio answer HTTP 500 "Input should be a valid string") is sent
+text from then on, as with ``tokenized_requests=false``, and the worker says so once (a
+warning in its log, a "prompts ok" finding of the probe); the probe's first request finds out.
+The server's prompt logprobs must pass the honesty probe
 (:mod:`~evalfleet.inference.backends.logprob_probe`) when the worker starts, and again before
 a loglikelihood batch or a new job once the last probe is ``probe_interval_s`` old; a server
 that fails is generation-only. Every echoed answer is checked to hold one logprob per prompt
@@ -24,12 +29,12 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
 
 import numpy as np
 
-from evalfleet.common.errors import UnavailableError
+from evalfleet.common.errors import EvalfleetError, UnavailableError
 from evalfleet.common.logging import get_logger
 from evalfleet.inference.backends.api_args import ApiArgs, parse_api_args
 from evalfleet.inference.backends.api_http import RetryError, openai_client
@@ -39,6 +44,7 @@ from evalfleet.inference.backends.api_template import (
     gen_extras,
     handle_stop_sequences,
     require_api_key,
+    unreadable,
 )
 from evalfleet.inference.backends.api_tokenizer import ApiTokenizer, load_api_tokenizer
 from evalfleet.inference.backends.base import (
@@ -51,6 +57,7 @@ from evalfleet.inference.backends.base import (
     Cost,
     GenerationRequest,
     ItemError,
+    ProbeResult,
     TokenScores,
 )
 from evalfleet.inference.backends.chat_template import render_conversations, select_template
@@ -74,6 +81,10 @@ LOGPROBS_REMEDY = (
     "(e.g. gsm8k)")
 
 _Window = tuple[list[int], int]  # (input ids after truncation, ctxlen)
+
+#: Statuses that are never a refusal of the prompt's form (token ids): the server is down or
+#: busy, the key is refused, the model or URL is wrong.
+_NOT_ABOUT_THE_PROMPT = frozenset({0, 401, 403, 404, 408, 429, 502, 503, 504, 529})
 
 
 def _sort_key(item: tuple[int, list[int]]) -> tuple[int, tuple[int, ...]]:
@@ -118,6 +129,8 @@ class LocalCompletionsBackend(RemoteBackend):
         super().__init__(args, tokenizer)
         self.probe = ProbeState()
         self._probe_lock: asyncio.Lock | None = None
+        #: Set when the server refused token-id prompts and took text: what the user is told.
+        self.text_prompts_note: str | None = None
 
     @classmethod
     def from_model_args(cls, model_args: dict[str, Any], *,
@@ -176,12 +189,15 @@ class LocalCompletionsBackend(RemoteBackend):
             # a re-probe that could not run (server down, ...) keeps the last verdict
             log.exception("logprob_probe_error")
             return
+        if self.text_prompts_note:
+            result = ProbeResult(result.passed,
+                                 (f"prompts ok: {self.text_prompts_note}", *result.findings))
         self.probe.record(result)
 
     async def _probe_request(self, text: str, ids: list[int]) -> dict[str, Any]:
-        prompt = [ids] if self.args.tokenized_requests else text
         try:
-            return await self._post(self._score_payload(prompt), Cost(), "logprob probe")
+            return await self._post_prompt(self._score_payload, [ids], lambda: text, Cost(),
+                                           "logprob probe")
         except RetryError as exc:
             failure = exc.failure
             if failure.status in (0, 429, 503, 529):  # down or overloaded: no verdict yet
@@ -197,14 +213,11 @@ class LocalCompletionsBackend(RemoteBackend):
                     "model", f"{exc} (asked for model {self.args.model!r} at "
                              f"{self.args.base_url}/completions; the API root usually ends "
                              "in /v1)") from exc
-            raise ProbeRequestError(f"{exc}{self._token_ids_hint()}") from exc
-
-    def _token_ids_hint(self) -> str:
-        if not self.args.tokenized_requests:
-            return ""
-        return ("; with tokenized_requests=true (lm-eval's default) prompts are sent as token "
-                "ids, which some servers refuse (llama-cpp-python's, transformers serve): try "
-                "tokenized_requests=false")
+            raise ProbeRequestError(str(exc)) from exc
+        except EvalfleetError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - not JSON, an unexpected shape, ...
+            raise ProbeRequestError(unreadable(exc)) from exc
 
     # ------------------------------------------------------------------ description
     def _logprobs_unavailable(self) -> str:
@@ -250,12 +263,42 @@ class LocalCompletionsBackend(RemoteBackend):
                 "logprobs": 1, "seed": self.args.seed, "echo": True}
 
     def _prompt(self, token_lists: list[list[int]]) -> Any:
-        """lm-eval's ``create_message``: token ids, or the decoded text (a str for one)."""
-        if self.args.tokenized_requests:
-            return token_lists
+        """lm-eval's ``create_message`` with ``tokenized_requests=false``: the decoded text (a
+        str for one)."""
         assert self.tokenizer is not None
         texts = [self.tokenizer.decode(ids) for ids in token_lists]
         return texts[0] if self.args.batch_size <= 1 else texts
+
+    async def _post_prompt(self, build: Callable[[Any], dict[str, Any]], ids_prompt: Any,
+                           text_prompt: Callable[[], Any], cost: Cost, what: str
+                           ) -> dict[str, Any]:
+        """POST ``build(prompt)`` with the prompt as token ids (``tokenized_requests``) or as
+        text. A server that refuses the token ids but answers the text (llama-cpp-python's,
+        ``transformers serve``, LM Studio) is sent text from then on, and the user is told.
+        When both fail, the text's failure is raised (it is what remains to fix)."""
+        if not self.args.tokenized_requests:
+            return await self._post(build(text_prompt()), cost, what)
+        try:
+            return await self._post(build(ids_prompt), cost, what)
+        except RetryError as exc:
+            if exc.failure.status in _NOT_ABOUT_THE_PROMPT:
+                raise
+            refusal = exc
+        data = await self._post(build(text_prompt()), cost, what)
+        self._send_text_from_now_on(refusal)
+        return data
+
+    def _send_text_from_now_on(self, refusal: RetryError) -> None:
+        """The server takes text prompts only: send text (``tokenized_requests=false``)."""
+        if not self.args.tokenized_requests:
+            return
+        self.args.tokenized_requests = False
+        self.text_prompts_note = (
+            f"the server at {self.args.base_url} refuses prompts as token ids "
+            f"({refusal.failure.message}) and takes them as text, so prompts are sent as text "
+            "from now on (as with model_args tokenized_requests=false)")
+        log.warning("text_prompts_only", base_url=self.args.base_url,
+                    message=self.text_prompts_note)
 
     async def _post(self, payload: dict[str, Any], cost: Cost, what: str) -> dict[str, Any]:
         body = dict(payload)
@@ -308,8 +351,9 @@ class LocalCompletionsBackend(RemoteBackend):
 
             async def make(cost: Cost, chunk: list[int] = chunk) -> list:
                 inputs = [windows[i][0] for i in chunk]  # type: ignore[index]
-                data = await self._post(self._score_payload(self._prompt(inputs)), cost,
-                                        "loglikelihood")
+                data = await self._post_prompt(self._score_payload, inputs,
+                                               lambda: self._prompt(inputs), cost,
+                                               "loglikelihood")
                 choices = sorted(data.get("choices") or [], key=lambda c: c.get("index", 0))
                 if len(choices) != len(chunk):
                     return [ItemError(f"the server answered {len(choices)} choices for "
@@ -409,11 +453,12 @@ class LocalCompletionsBackend(RemoteBackend):
                 chunk = order[start:start + size]
 
                 async def make(cost: Cost, chunk: list[int] = chunk) -> list:
-                    batch = [prompts[i] for i in chunk]
-                    prompt = batch if self.args.tokenized_requests or self.args.batch_size > 1 \
-                        else batch[0]
-                    data = await self._post(self._gen_payload(prompt, requests[chunk[0]]),
-                                            cost, "generate_until")
+                    texts = [requests[i].context for i in chunk]
+                    data = await self._post_prompt(
+                        lambda prompt: self._gen_payload(prompt, requests[chunk[0]]),
+                        [prompts[i] for i in chunk],
+                        lambda: texts if self.args.batch_size > 1 else texts[0],
+                        cost, "generate_until")
                     texts: list[Any] = [None] * len(data.get("choices") or [])
                     for choice in data.get("choices") or []:
                         texts[choice["index"]] = choice.get("text")
@@ -424,12 +469,6 @@ class LocalCompletionsBackend(RemoteBackend):
 
                 jobs.append((chunk, make))
         answers = await self.fan_out(jobs, len(requests), "generate_until")
-        hint = self._token_ids_hint()
-        for i, result in enumerate(answers.results):
-            refused = isinstance(result, ItemError) and (
-                "HTTP 4" in result.message or "HTTP 500" in result.message)
-            if refused and hint:
-                answers.results[i] = ItemError(result.message + hint, result.retryable)
         for i, error in refusals.items():
             answers.results[i] = error
         return answers

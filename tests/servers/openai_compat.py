@@ -28,9 +28,13 @@ Greedy decoding only (temperature is ignored: tests and benchmarks ask for 0). `
 sleeps before each answer outside the model lock (a fixed network/queue latency);
 ``--rate-limit-first N`` answers the first N requests 429 with ``Retry-After: 1``; ``--memo``
 answers a repeated request body from memory (for benchmarks of client concurrency).
+``--text-prompts-only`` answers token-id prompts HTTP 500 with pydantic's "Input should be a
+valid string" (quoting the ids and a traceback), as llama-cpp-python's server does.
+``--record`` writes each request's path, body and Authorization header (null when absent).
 ``POST /admin/mode {"shifted": true}`` makes echoed prompt logprobs shifted by one position (each
 token scored from the distribution after it, as llama-cpp-python's server does), for tests of
-the logprob probe; ``{"shifted": false}`` restores them.
+the logprob probe; ``{"shifted": false}`` restores them. ``{"fail": 500}`` answers every
+completion with that status (its message quoting the prompt), ``{"fail": 0}`` stops.
 """
 
 from __future__ import annotations
@@ -53,13 +57,15 @@ class State:
     """Server-wide settings and counters."""
 
     def __init__(self, engine: Engine, name: str, delay: float, rate_limited: int,
-                 record: str | None, memo: bool = False) -> None:
+                 record: str | None, memo: bool = False, text_only: bool = False) -> None:
         self.engine, self.name, self.delay = engine, name, delay
         self.rate_limited_left = rate_limited
         self.record = record
         self.lock = threading.Lock()
         self.memo: dict[str, dict[str, Any]] | None = {} if memo else None
         self.shifted = False  # POST /admin/mode {"shifted": true}: logprobs shifted by one
+        self.text_only = text_only  # --text-prompts-only: token-id prompts get HTTP 500
+        self.fail = 0  # POST /admin/mode {"fail": status}: every completion fails so
 
     def answer(self, handler, body: dict[str, Any]) -> dict[str, Any]:
         """``handler(self, body)``, remembered per request body with ``--memo``."""
@@ -81,10 +87,11 @@ class State:
                 return True
             return False
 
-    def log_request(self, path: str, body: dict[str, Any]) -> None:
+    def log_request(self, path: str, body: dict[str, Any], authorization: str | None) -> None:
         if self.record:
             with self.lock, open(self.record, "a") as fh:
-                fh.write(json.dumps({"path": path, "body": body}) + "\n")
+                fh.write(json.dumps({"path": path, "body": body,
+                                     "authorization": authorization}) + "\n")
 
 
 def _clamp(x: float) -> float:
@@ -220,9 +227,10 @@ class Handler(BaseHTTPRequestHandler):
             return
         if self.path == "/admin/mode":  # tests turn the server bad (and good again) here
             self.state.shifted = bool(body.get("shifted", False))
-            self._send(200, {"shifted": self.state.shifted})
+            self.state.fail = int(body.get("fail", 0))
+            self._send(200, {"shifted": self.state.shifted, "fail": self.state.fail})
             return
-        self.state.log_request(self.path, body)
+        self.state.log_request(self.path, body, self.headers.get("Authorization"))
         if self.state.take_rate_limit():
             self._error(429, "rate limited (test server)", "RateLimitError",
                         {"Retry-After": "1"})
@@ -235,6 +243,22 @@ class Handler(BaseHTTPRequestHandler):
         if body.get("model") != self.state.name:
             self._error(404, f"The model `{body.get('model')}` does not exist.",
                         "NotFoundError")
+            return
+        prompt = body.get("prompt")
+        if self.state.fail:
+            self._error(self.state.fail, f"the engine failed on prompt {prompt!r}",
+                        "InternalServerError")
+            return
+        if self.state.text_only and isinstance(prompt, list) and prompt \
+                and not isinstance(prompt[0], str):
+            # llama-cpp-python 0.3's answer, word for word but for the path
+            self._error(500, "2 validation errors:\n  {'type': 'string_type', 'loc': ('body', "
+                             "'prompt', 'str'), 'msg': 'Input should be a valid string', "
+                             f"'input': {prompt!r}}}\n  {{'type': 'string_type', 'loc': ('body', "
+                             "'prompt', 'list[str]', 0), 'msg': 'Input should be a valid "
+                             f"string', 'input': {prompt[0]!r}}}\n\n  File \"llama_cpp/server/"
+                             "app.py\", line 264, in create_completion\n    POST /v1/completions",
+                             "internal_server_error")
             return
         if self.state.delay:
             time.sleep(self.state.delay)
@@ -252,13 +276,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--delay", type=float, default=0.0, help="seconds before each answer")
     parser.add_argument("--rate-limit-first", type=int, default=0)
     parser.add_argument("--record", default=None, help="append each request body to FILE")
+    parser.add_argument("--text-prompts-only", action="store_true",
+                        help="answer token-id prompts HTTP 500 (llama-cpp-python's server)")
     parser.add_argument("--memo", action="store_true",
                         help="answer a repeated request from memory (benchmarks: the latency "
                              "is then --delay alone)")
     args = parser.parse_args(argv)
     engine = Engine(args.model)
     Handler.state = State(engine, args.served_name or args.model, args.delay,
-                          args.rate_limit_first, args.record, args.memo)
+                          args.rate_limit_first, args.record, args.memo,
+                          args.text_prompts_only)
     server = ThreadingHTTPServer(("127.0.0.1", args.port), Handler)
     server.daemon_threads = True
     print(f"PORT {server.server_address[1]}", flush=True)
