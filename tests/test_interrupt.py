@@ -60,6 +60,12 @@ def _argv(model_dir: Path, store: Path, *extra: str) -> list[str]:
             *extra]
 
 
+def _spawn(argv: list[str]) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "evalfleet.client.cli", *argv],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV,
+                            cwd=REPO_ROOT)
+
+
 def _kill(proc: subprocess.Popen, pid: int | None = None) -> None:
     proc.kill()
     proc.wait()
@@ -120,9 +126,7 @@ def test_ctrl_c_stops_within_2_s_and_the_rerun_reuses_every_answer_computed(
     assert not _alive(pid)
     assert "Traceback" not in err
 
-    rerun = subprocess.Popen([sys.executable, "-m", "evalfleet.client.cli", *argv],
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV,
-                             cwd=REPO_ROOT)
+    rerun = _spawn(argv)
     try:
         assert rerun.stderr is not None
         report = next((line for line in rerun.stderr if "answers from the store" in line), "")
@@ -137,10 +141,7 @@ def test_a_second_ctrl_c_quits_at_once_and_ends_the_worker(tiny_model_dir, tmp_p
     """The first Ctrl-C's clean-up waits for the worker (frozen here, so it cannot end); the
     second ends the command at once and kills the worker. (Sent as soon as the worker's
     process exists: what a second Ctrl-C does is the same at any point of the run.)"""
-    proc = subprocess.Popen([sys.executable, "-m", "evalfleet.client.cli",
-                             *_argv(tiny_model_dir, tmp_path / "answers.db", "--limit", "200")],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV,
-                            cwd=REPO_ROOT)
+    proc = _spawn(_argv(tiny_model_dir, tmp_path / "answers.db", "--limit", "200"))
     pid = None
     try:
         _until(lambda: _worker_pid(proc.pid) is not None, proc, 60)

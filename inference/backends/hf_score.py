@@ -183,7 +183,8 @@ class Scorer:
                 return
             self._stop.set()
             # Hooks only from here on: a forward not interrupted pays nothing for them. Each
-            # module gets one, while its hook table is empty (never iterated by a forward).
+            # module gets one, once; a forward in progress reads a module's hook table only
+            # when it is not empty, so it never iterates one while it is added to.
             for module in _interruption_points(self.model):
                 module.register_forward_pre_hook(self._check_stop)
 
