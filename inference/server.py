@@ -9,11 +9,13 @@ remote backends keep several HTTP calls in flight. Each request gets its own out
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable
 from typing import Any
 
 from evalfleet.common.errors import InvalidArgumentError
 from evalfleet.common.logging import get_logger
+from evalfleet.common.redact import redact_mapping
 from evalfleet.common.rpc import RunningServer, Service, start_server
 from evalfleet.common.security import ServerSecurity
 from evalfleet.inference.backends import get_backend
@@ -86,8 +88,22 @@ def _generation_pb(request_id: str, outcome: str | ItemError) -> pb.Generation:
     return pb.Generation(request_id=request_id, text=outcome)
 
 
-def generation_params_from_pb(params: pb.GenerationParams) -> GenerationParams:
-    """Backend generation parameters from their protobuf form."""
+def generation_params_from_pb(params: pb.GenerationParams, field: str = "params"
+                              ) -> GenerationParams:
+    """Backend generation parameters from their protobuf form; INVALID_ARGUMENT naming
+    ``field`` for values no backend can generate with (the coordinator never sends them: it
+    checks every job's generation arguments when the job is created)."""
+    def bad(name: str, what: str) -> InvalidArgumentError:
+        return InvalidArgumentError(f"{field}.{name}: {what}, got {getattr(params, name)!r}")
+
+    if params.max_gen_toks < 0:
+        raise bad("max_gen_toks", "must be >= 1 (0 means the default, 256)")
+    if not 0.0 <= params.temperature < math.inf:
+        raise bad("temperature", "must be a finite number >= 0")
+    if params.HasField("top_p") and not 0.0 < params.top_p <= 1.0:
+        raise bad("top_p", "must be in (0, 1]")
+    if params.HasField("top_k") and params.top_k < -1:
+        raise bad("top_k", "must be >= 0 (or -1 for no limit)")
     return GenerationParams(
         until=list(params.until),
         max_gen_toks=params.max_gen_toks or 256,
@@ -99,17 +115,26 @@ def generation_params_from_pb(params: pb.GenerationParams) -> GenerationParams:
     )
 
 
+def _generation_context(index: int, item: pb.GenerateItem) -> str | list[dict[str, str]]:
+    if item.chat_messages:
+        return _chat_messages(index, item.context)
+    if not item.context:
+        raise InvalidArgumentError(f"items[{index}].context: empty; a generation needs a "
+                                   "prompt to continue")
+    return item.context
+
+
 def _chat_messages(index: int, text: str) -> list[dict[str, str]]:
     try:
         messages = json.loads(text)
     except json.JSONDecodeError:
         messages = None
-    if not isinstance(messages, list) or not all(
+    if not isinstance(messages, list) or not messages or not all(
             isinstance(m, dict) and isinstance(m.get("role"), str)
             and isinstance(m.get("content"), str) for m in messages):
         raise InvalidArgumentError(
             f"items[{index}].context: chat_messages is set but the context is not a JSON array "
-            'of {"role": ..., "content": ...} messages')
+            'of one or more {"role": ..., "content": ...} messages')
     return messages
 
 
@@ -136,7 +161,8 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
 
     def __init__(self, backend: Backend, model_args: dict[str, Any] | None = None) -> None:
         self._backend = backend
-        self._model_args = {k: str(v) for k, v in (model_args or {}).items()}
+        # what GetModelInfo tells callers: secrets (api_key, ...) never leave the worker
+        self._model_args = {k: str(v) for k, v in redact_mapping(model_args or {}).items()}
 
     @staticmethod
     def _log(kind: str, n: int, answers: Answers) -> None:
@@ -182,9 +208,9 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
 
     async def GenerateUntil(self, request: pb.GenerateUntilRequest, context
                             ) -> pb.GenerateUntilResponse:
-        items = [GenerationRequest(
-            _chat_messages(i, item.context) if item.chat_messages else item.context,
-            generation_params_from_pb(item.params)) for i, item in enumerate(request.items)]
+        items = [GenerationRequest(_generation_context(i, item),
+                                   generation_params_from_pb(item.params, f"items[{i}].params"))
+                 for i, item in enumerate(request.items)]
         answers = await self._backend.generate_until(items)
         self._log("generate_until", len(items), answers)
         return pb.GenerateUntilResponse(
@@ -194,6 +220,10 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
 
     async def ApplyChatTemplate(self, request: pb.ApplyChatTemplateRequest, context
                                 ) -> pb.ApplyChatTemplateResponse:
+        for i, conversation in enumerate(request.conversations):
+            if not conversation.messages:
+                raise InvalidArgumentError(f"conversations[{i}].messages: empty; give one or "
+                                           "more messages to render")
         conversations = [
             Conversation(tuple((m.role, m.content) for m in c.messages), c.add_generation_prompt)
             for c in request.conversations]
