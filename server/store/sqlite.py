@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import sqlite3
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -98,6 +99,27 @@ class SqliteJobStore(JobStore):
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor, self._with_conn, fn, args)
 
+    async def _write(self, fn: Callable[..., T], *args: Any) -> T:
+        """``_run`` for a write: the store's files are checked writable first, since SQLite
+        writing to a WAL index it cannot grow (an immutable or read-only file) dies of SIGBUS
+        instead of returning an error."""
+        return await self._run(self._checked, fn, *args)
+
+    def _checked(self, conn: sqlite3.Connection, fn: Callable[..., T], *args: Any) -> T:
+        if self.path != ":memory:":
+            for suffix in ("", "-wal", "-shm"):
+                file = self.path + suffix
+                try:
+                    os.close(os.open(file, os.O_WRONLY))
+                except FileNotFoundError:
+                    continue
+                except OSError as exc:
+                    raise StoreUnavailableError(
+                        f"store {self.address}: {file} cannot be written ({exc.strerror}); "
+                        "nothing is lost: answers are kept and written once it can be"
+                    ) from exc
+        return fn(conn, *args)
+
     def _check_open(self) -> None:
         if self._closed:
             raise StoreUnavailableError(f"store {self.address} is closed")
@@ -108,11 +130,13 @@ class SqliteJobStore(JobStore):
         try:
             return fn(self._conn, *args)
         except sqlite3.OperationalError as exc:
-            if "locked" not in str(exc) and "busy" not in str(exc):
-                raise
-            raise StoreUnavailableError(
-                f"store {self.address}: still locked by another process after "
-                f"{self.busy_timeout_s:g} s ({exc})") from exc
+            if "locked" in str(exc) or "busy" in str(exc):
+                raise StoreUnavailableError(
+                    f"store {self.address}: still locked by another process after "
+                    f"{self.busy_timeout_s:g} s ({exc})") from exc
+            if any(why in str(exc) for why in _UNWRITABLE):
+                raise StoreUnavailableError(f"store {self.address}: {exc}") from exc
+            raise
 
     def _connect(self) -> sqlite3.Connection:
         try:
@@ -185,11 +209,11 @@ class SqliteJobStore(JobStore):
             return c.execute(f"INSERT OR IGNORE INTO jobs ({_COLS}) VALUES "
                              f"({','.join('?' * len(JOB_COLUMNS))})", _job_values(job)
                              ).rowcount == 1
-        return await self._run(insert)
+        return await self._write(insert)
 
     async def put_job(self, job: JobRecord) -> None:
         updates = ", ".join(f"{c}=excluded.{c}" for c in JOB_COLUMNS[1:])
-        await self._run(lambda c: c.execute(
+        await self._write(lambda c: c.execute(
             f"INSERT INTO jobs ({_COLS}) VALUES ({','.join('?' * len(JOB_COLUMNS))}) "
             f"ON CONFLICT(id) DO UPDATE SET {updates}", _job_values(job)))
 
@@ -228,7 +252,7 @@ class SqliteJobStore(JobStore):
                 (owner, t + lease_s, owner, job_id, owner, t)).fetchone()
             return job_from_row(row) if row else None
 
-        return await self._run(lambda c: _transaction(c, claim))
+        return await self._write(lambda c: _transaction(c, claim))
 
     async def claim_next(self, owner: str, lease_s: float, limit: int = 1, *,
                          now: float | None = None) -> list[JobRecord]:
@@ -244,7 +268,7 @@ class SqliteJobStore(JobStore):
                 f"RETURNING {_COLS}", (owner, t + lease_s, owner, t, int(limit))).fetchall()
             return sorted((job_from_row(r) for r in rows), key=lambda j: (j.created_at, j.id))
 
-        return await self._run(lambda c: _transaction(c, claim))
+        return await self._write(lambda c: _transaction(c, claim))
 
     async def list_claimable(self, now: float | None = None, limit: int = 0
                              ) -> list[JobRecord]:
@@ -267,11 +291,11 @@ class SqliteJobStore(JobStore):
                              f"AND state IN ({_ACTIVE})", (t + lease_s, job_id, owner)
                              ).rowcount == 1
 
-        return await self._run(renew)
+        return await self._write(renew)
 
     async def release(self, job_id: str, owner: str) -> bool:
         _check_owner(owner)
-        return await self._run(lambda c: c.execute(
+        return await self._write(lambda c: c.execute(
             f"UPDATE jobs SET owner='', lease_until=0 WHERE id=? AND owner=? "
             f"AND state IN ({_ACTIVE})", (job_id, owner)).rowcount == 1)
 
@@ -293,7 +317,7 @@ class SqliteJobStore(JobStore):
                  *froms)).fetchone()
             return job_from_row(row) if row else None
 
-        return await self._run(lambda c: _transaction(c, update))
+        return await self._write(lambda c: _transaction(c, update))
 
     async def cancel_job(self, job_id: str, error: str) -> JobRecord | None:
         def update(c: sqlite3.Connection) -> JobRecord | None:
@@ -303,12 +327,12 @@ class SqliteJobStore(JobStore):
                 (int(CANCELLED), error, time.time(), job_id)).fetchone()
             return job_from_row(row) if row else None
 
-        return await self._run(lambda c: _transaction(c, update))
+        return await self._write(lambda c: _transaction(c, update))
 
     async def put_results(self, job_id: str, owner: str, results: bytes,
                           results_json: str) -> bool:
         _check_owner(owner)
-        return await self._run(lambda c: c.execute(
+        return await self._write(lambda c: c.execute(
             f"UPDATE jobs SET results=?, results_json=?, updated_at=? WHERE id=? AND owner=? "
             f"AND state IN ({_ACTIVE})", (results, results_json, time.time(), job_id, owner)
         ).rowcount == 1)
@@ -329,7 +353,7 @@ class SqliteJobStore(JobStore):
             c.executemany("INSERT INTO samples VALUES (?,?,?,?)", rows)
             return True
 
-        return await self._run(lambda c: _transaction(c, write))
+        return await self._write(lambda c: _transaction(c, write))
 
     async def _samples_page(self, job_id: str, after_seq: int, limit: int,
                             tasks: Sequence[str]) -> list[tuple[int, str, str]]:
@@ -394,7 +418,7 @@ class SqliteJobStore(JobStore):
 
             return _transaction(c, write)
 
-        return await self._run(insert) if rows else 0
+        return await self._write(insert) if rows else 0
 
     async def put_answer_slices(self, fingerprint: str, answers: AnswerSlices) -> None:
         # Batches that return while a write runs are written together by the next one (group
@@ -432,7 +456,7 @@ class SqliteJobStore(JobStore):
                     c.execute(_SLICED_INSERT.format(model=model, width=width), args)
 
                 try:
-                    await self._run(insert)
+                    await self._write(insert)
                 except Exception as exc:  # noqa: BLE001 - its writers get it
                     _settle(parts, exc)
                 except BaseException:  # cancelled: no writer may wait for ever
@@ -549,6 +573,11 @@ def _compact_answer_keys(c: sqlite3.Connection) -> None:
         c.executemany("INSERT INTO answers VALUES (?,?,?)",
                       [(models[fp], request_key(rid), blob) for fp, rid, blob in batch])
     c.execute("DROP TABLE answers_v2")
+
+
+#: SQLite's errors for a store it cannot write (answered UNAVAILABLE, never INTERNAL).
+_UNWRITABLE = ("readonly database", "disk I/O error", "database or disk is full",
+               "unable to open database file")
 
 
 def _transaction(conn: sqlite3.Connection, fn: Callable[[sqlite3.Connection], T]) -> T:
