@@ -49,8 +49,10 @@ class CtrlC:
         self._task = asyncio.current_task()
         self._loop = asyncio.get_running_loop()
         # Signal handlers belong to the main thread (a command run from a test's thread keeps
-        # the interpreter's KeyboardInterrupt).
-        if threading.current_thread() is threading.main_thread():
+        # the interpreter's KeyboardInterrupt); an ignored SIGINT (a shell's background job,
+        # nohup) stays ignored.
+        if threading.current_thread() is threading.main_thread() and \
+                signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
             self._previous = signal.signal(signal.SIGINT, self._on_sigint)
             self._installed = True
         return self

@@ -234,3 +234,32 @@ def test_requests_a_stopping_worker_cancelled_are_asked_again_without_counting_a
         await scheduler.close()
 
     asyncio.run(main())
+
+
+def test_ctrl_c_cancels_the_command_once_and_leaves_an_ignored_sigint_ignored():
+    """The first SIGINT cancels the command's task (its clean-up runs), which then reports
+    itself stopped; a SIGINT ignored by whoever started the command (a shell's background job,
+    nohup) stays ignored, as the interpreter itself leaves it."""
+    from evalfleet.client.interrupt import CtrlC
+
+    async def command() -> tuple[bool, bool]:
+        with CtrlC() as ctrl_c:
+            try:
+                os.kill(os.getpid(), signal.SIGINT)
+                await asyncio.sleep(5)
+            except asyncio.CancelledError:
+                return ctrl_c.stopped(), asyncio.current_task().cancelling() == 0
+        return False, False
+
+    previous = signal.getsignal(signal.SIGINT)
+    assert asyncio.run(command()) == (True, True)
+    assert signal.getsignal(signal.SIGINT) is previous
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        async def ignoring() -> object:
+            with CtrlC():
+                return signal.getsignal(signal.SIGINT)
+
+        assert asyncio.run(ignoring()) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, previous)
