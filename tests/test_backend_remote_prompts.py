@@ -134,8 +134,8 @@ def test_no_key_no_authorization_and_text_after_a_token_id_refusal(
 
     args = {"model": "smol", "base_url": text_only_server.base_url,
             "tokenizer": str(tiny_model_dir)}
-    backend = load_backend("local-completions", {**args, "max_retries": 1})
-    assert backend.args.tokenized_requests  # lm-eval's default
+    backend = load_backend("local-completions", args)
+    assert backend.args.tokenized_requests and backend.args.max_retries == 3  # lm-eval's
     raw = {"until": ["Question:"], "do_sample": False, "temperature": 0.0, "max_gen_toks": 4}
     request = GenerationRequest("Question: 2+2?\nAnswer:", GenerationParams.from_gen_kwargs(raw))
     mark = len(_recorded(text_only_server))
@@ -151,7 +151,7 @@ def test_no_key_no_authorization_and_text_after_a_token_id_refusal(
     assert isinstance(answer, str), answer
     sent = _recorded(text_only_server)[mark:]
     assert [r["authorization"] for r in sent] == [None] * len(sent)
-    # the probe's token ids were refused, then everything went as text
+    # the probe's token ids were refused once (not retried), then everything went as text
     assert isinstance(sent[0]["body"]["prompt"][0], list)
     assert all(isinstance(r["body"]["prompt"], str) for r in sent[1:]), sent
     note = backend.text_prompts_note

@@ -197,9 +197,12 @@ class Caller:
         self._sem = asyncio.Semaphore(num_concurrent)
         self._sleep = sleep
 
-    async def call(self, make: Callable[[], Awaitable[T]], cost: Cost, what: str) -> T:
-        """``await make()``, retried; every attempt, retry and throttled second goes to
-        ``cost``. Raises RetryError when it fails for good; other exceptions propagate."""
+    async def call(self, make: Callable[[], Awaitable[T]], cost: Cost, what: str, *,
+                   attempts: int | None = None) -> T:
+        """``await make()``, retried (at most ``attempts`` tries, else ``max_attempts``); every
+        attempt, retry and throttled second goes to ``cost``. Raises RetryError when it fails
+        for good; other exceptions propagate."""
+        limit = self.max_attempts if attempts is None else max(1, attempts)
         attempt = 0
         while True:
             attempt += 1
@@ -211,7 +214,7 @@ class Caller:
                     failure = classify(exc)
                     if failure is None:
                         raise
-            if not failure.retryable or attempt >= self.max_attempts:
+            if not failure.retryable or attempt >= limit:
                 raise RetryError(failure, attempt)
             wait = backoff_seconds(attempt)
             if failure.retry_after_s is not None:

@@ -174,11 +174,12 @@ class RemoteBackend(Backend):
         cost.compute_seconds = time.perf_counter() - started
         return Answers(results, cost)
 
-    async def http(self, make: Callable[[], Awaitable[T]], cost: Cost, what: str) -> T:
-        """One SDK call with retries, counted in ``cost``."""
+    async def http(self, make: Callable[[], Awaitable[T]], cost: Cost, what: str, *,
+                   attempts: int | None = None) -> T:
+        """One SDK call with retries (at most ``attempts`` tries), counted in ``cost``."""
         if self.client is None:
             self.client = self._new_client()
-        return await self.caller.call(make, cost, what)
+        return await self.caller.call(make, cost, what, attempts=attempts)
 
 
 def unreadable(exc: BaseException) -> str:

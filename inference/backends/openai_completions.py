@@ -131,6 +131,7 @@ class LocalCompletionsBackend(RemoteBackend):
         self._probe_lock: asyncio.Lock | None = None
         #: Set when the server refused token-id prompts and took text: what the user is told.
         self.text_prompts_note: str | None = None
+        self._ids_answered = False  # the server has answered a token-id prompt
 
     @classmethod
     def from_model_args(cls, model_args: dict[str, Any], *,
@@ -275,17 +276,26 @@ class LocalCompletionsBackend(RemoteBackend):
         """POST ``build(prompt)`` with the prompt as token ids (``tokenized_requests``) or as
         text. A server that refuses the token ids but answers the text (llama-cpp-python's,
         ``transformers serve``, LM Studio) is sent text from then on, and the user is told.
-        When both fail, the text's failure is raised (it is what remains to fix)."""
+        Until the server has answered token ids, a refusal is not retried (the text is tried
+        instead); when both fail, the text's failure is raised (it is what remains to fix)."""
         if not self.args.tokenized_requests:
             return await self._post(build(text_prompt()), cost, what)
-        try:
-            return await self._post(build(ids_prompt), cost, what)
-        except RetryError as exc:
-            if exc.failure.status in _NOT_ABOUT_THE_PROMPT:
-                raise
-            refusal = exc
-        data = await self._post(build(text_prompt()), cost, what)
-        self._send_text_from_now_on(refusal)
+        if not self._ids_answered:
+            try:
+                data = await self._post(build(ids_prompt), cost, what, attempts=1)
+            except RetryError as exc:
+                if exc.failure.status not in _NOT_ABOUT_THE_PROMPT:
+                    data = await self._post(build(text_prompt()), cost, what)
+                    self._send_text_from_now_on(exc)
+                    return data
+                if not exc.failure.retryable:
+                    raise
+                # busy or unreachable: retried below as any request
+            else:
+                self._ids_answered = True
+                return data
+        data = await self._post(build(ids_prompt), cost, what)
+        self._ids_answered = True
         return data
 
     def _send_text_from_now_on(self, refusal: RetryError) -> None:
@@ -300,7 +310,8 @@ class LocalCompletionsBackend(RemoteBackend):
         log.warning("text_prompts_only", base_url=self.args.base_url,
                     message=self.text_prompts_note)
 
-    async def _post(self, payload: dict[str, Any], cost: Cost, what: str) -> dict[str, Any]:
+    async def _post(self, payload: dict[str, Any], cost: Cost, what: str, *,
+                    attempts: int | None = None) -> dict[str, Any]:
         body = dict(payload)
         model, prompt = body.pop("model"), body.pop("prompt")
 
@@ -308,7 +319,7 @@ class LocalCompletionsBackend(RemoteBackend):
             return await self.client.completions.with_raw_response.create(
                 model=model, prompt=prompt, extra_body=body)
 
-        raw = await self.http(send, cost, what)
+        raw = await self.http(send, cost, what, attempts=attempts)
         data = raw.http_response.json()
         usage = data.get("usage") or {}
         cost.prompt_tokens += int(usage.get("prompt_tokens") or 0)
