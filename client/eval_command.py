@@ -321,6 +321,9 @@ async def _stop_jobs(runner: JobRunner, worker: EmbeddedWorker, ctrl_c: CtrlC,
     from evalfleet.server.job import TERMINAL
 
     live = [job for job in runner.jobs.values() if job.state not in TERMINAL]
+    # Taken first: a job lets go of its plan and dispatch once it has ended (Job.retire).
+    dispatches = [job.dispatch for job in live if job.dispatch is not None]
+    total = sum(len(job.plan.work) for job in live if job.plan is not None)
     if live:
         for job in live:
             runner.scheduler.stop(job.id)
@@ -328,10 +331,8 @@ async def _stop_jobs(runner: JobRunner, worker: EmbeddedWorker, ctrl_c: CtrlC,
         await runner.scheduler.settle(INTERRUPT_SETTLE_S)
     for job_id in list(runner.jobs):
         await runner.cancel(job_id)
-    dispatches = [job.dispatch for job in live if job.dispatch is not None]
     if ctrl_c.interrupted and dispatches:
-        stored = sum(d.stored for d in dispatches)
-        total = sum(len(job.plan.work) for job in live)
+        stored = sum(d.stored for d in dispatches)  # the stopped dispatches still count
         ctrl_c.message = _interrupted_message(stored, total, store_url)
 
 
