@@ -171,6 +171,9 @@ def _add_eval_parser(sub: argparse._SubParsersAction) -> None:
                    help="let the model and datasets run their own code (model_args "
                         "trust_remote_code=True)")
     p.add_argument("--confirm_run_unsafe_code", action="store_true")
+    p.add_argument("--allow_weak_sandbox", action="store_true",
+                   help="run code tasks even without bubblewrap (embedded coordinator; programs "
+                        "can then read, write and kill what you can)")
     p.add_argument("--show_config", action="store_true", help="print the whole results JSON")
     p.add_argument("--write_out", "-w", action="store_true",
                    help="print the prompt and target of each task's first document")

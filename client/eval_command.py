@@ -442,7 +442,8 @@ async def _start_embedded(args: argparse.Namespace, data_dir: str | None,
     coordinator, runner = await start_coordinator(
         workers=[serving.address], store=store, data_dir=data_dir,
         include_paths=args.include_path, confirm_run_unsafe_code=args.confirm_run_unsafe_code,
-        options=CoordinatorOptions(policy=AccessPolicy.local(),
+        options=CoordinatorOptions(policy=AccessPolicy.local(
+                                       allow_weak_sandbox=args.allow_weak_sandbox),
                                    scheduler=SchedulerConfig(batch_seconds=EMBEDDED_BATCH_SECONDS)))
     stack.push_async_callback(coordinator.stop, 1.0)
     # Interrupted (Ctrl-C): the job is cancelled and recorded so while the store is still open;
@@ -457,6 +458,7 @@ def _checked_tasks(args: argparse.Namespace, data_dir: str | None) -> TaskTree:
     """The job's tasks, loaded, with every split they read at hand (a missing split, or a
     dataset neither in the mirror nor reachable, fails here in a second: NOT_FOUND naming the
     task, the folder searched, ``--data_dir`` and ``EVALFLEET_DATA_DIR``)."""
+    from evalfleet.execution.policy import check_unsafe_code
     from evalfleet.server.planning import check_data, load_tasks
     from evalfleet.server.spec import parse_spec
 
@@ -468,6 +470,11 @@ def _checked_tasks(args: argparse.Namespace, data_dir: str | None) -> TaskTree:
         raise InvalidArgumentError(exc.message.replace("spec.", "--", 1)) from exc
     tree = load_tasks(spec, data_dir, args.include_path)
     check_data(tree, spec)
+    # code tasks: refused here, before the model loads, as the embedded coordinator would
+    check_unsafe_code([n for n, t in tree.tasks.items() if t.unsafe_code],
+                      operator_allows=args.confirm_run_unsafe_code,
+                      job_confirms=args.confirm_run_unsafe_code,
+                      allow_weak_sandbox=args.allow_weak_sandbox)
     return tree
 
 

@@ -76,6 +76,9 @@ def add_coordinator_flags(c: argparse.ArgumentParser) -> None:
                    help="let clients name worker addresses (spec.worker_addresses)")
     c.add_argument("--allow_remote_code", action="store_true",
                    help="let clients set trust_remote_code in model_args")
+    c.add_argument("--allow_weak_sandbox", action="store_true",
+                   help="run code tasks even without bubblewrap (under unshare or nothing: "
+                        "programs can then read, write and kill what this user can)")
     c.add_argument("--max_message_bytes", type=int, default=4 * 1024 * 1024,
                    help="largest request message accepted")
     c.add_argument("--max_spec_bytes", type=int, default=1024 * 1024)
@@ -112,6 +115,7 @@ def coordinator_options(args: argparse.Namespace):
         policy=AccessPolicy(allow_include_paths=args.allow_include_paths,
                             allow_spec_workers=args.allow_spec_workers,
                             allow_remote_code=args.allow_remote_code,
+                            allow_weak_sandbox=args.allow_weak_sandbox,
                             max_spec_bytes=args.max_spec_bytes, max_tasks=args.max_tasks,
                             max_limit=args.max_limit, max_requests=args.max_requests),
         security=security, worker_security=worker_security,

@@ -1,9 +1,11 @@
 """evalfleet.execution: run model-generated code safely (pass@k for humaneval, mbpp).
 
 Each program runs in its own subprocess, in a throwaway directory, under rlimits and a
-wall-clock timeout, with no network where the kernel allows it (see ``isolation``); many run in
-parallel across cores, always off the coordinator's event loop. Nothing runs unless both the
-coordinator's operator and the job confirmed it (``policy``).
+wall-clock timeout, in bubblewrap (only the interpreter's folders visible, no network) where the
+machine allows it (see ``isolation``); many run in parallel across cores, always off the
+coordinator's event loop. Nothing runs unless both the coordinator's operator and the job
+confirmed it, and under a sandbox weaker than bubblewrap only if the operator accepted that
+(``policy``).
 """
 
 from evalfleet.execution.code_eval import (
@@ -17,7 +19,9 @@ from evalfleet.execution.code_eval import (
 from evalfleet.execution.isolation import Isolation, detect
 from evalfleet.execution.policy import (
     UnsafeCodeError,
+    WeakSandboxError,
     allow_code_execution,
+    check_sandbox,
     check_unsafe_code,
     require_allowed,
 )
@@ -30,8 +34,10 @@ __all__ = [
     "Isolation",
     "Limits",
     "UnsafeCodeError",
+    "WeakSandboxError",
     "allow_code_execution",
     "check_programs",
+    "check_sandbox",
     "check_unsafe_code",
     "detect",
     "pass_at_1",

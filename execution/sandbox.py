@@ -26,6 +26,8 @@ from evalfleet.execution.isolation import Isolation, bwrap_args, detect
 
 RUNNER = Path(__file__).resolve().parent / "runner.py"
 _ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8"}
+#: Longest status kept from a program's output (its only trace that leaves the sandbox).
+STATUS_CHARS = 200
 
 
 @dataclass(frozen=True)
@@ -134,7 +136,7 @@ def _command(iso: Isolation, workdir: str, program: Path, limits: Limits,
     """The command line, and whether rlimits must be set in a preexec hook instead."""
     cmd = [sys.executable, "-I", "-B", str(RUNNER), str(program), repr(limits.timeout)]
     if iso.method == "bwrap":
-        cmd = [iso.prefix[0], *bwrap_args(workdir), *cmd]
+        cmd = [iso.prefix[0], *bwrap_args(workdir, readonly=[str(RUNNER)]), *cmd]
     elif iso.method == "unshare":
         cmd = [*iso.prefix, *cmd]
     prlimit = _prlimit_prefix(limits)
@@ -150,6 +152,13 @@ def _read_tail(fh, limit: int) -> str:
     size = fh.tell()
     fh.seek(max(0, size - limit))
     return fh.read().decode("utf-8", "replace")
+
+
+def short_status(line: str) -> str:
+    """``line`` (written by the runner, or forged by the program on its stdout) as one short
+    line of printable characters, at most ``STATUS_CHARS`` long."""
+    text = "".join(c if c.isprintable() else " " for c in line).strip()
+    return text if len(text) <= STATUS_CHARS else text[:STATUS_CHARS - 3] + "..."
 
 
 def run_program(program: str, limits: Limits = DEFAULT_LIMITS,
@@ -195,7 +204,7 @@ def run_program(program: str, limits: Limits = DEFAULT_LIMITS,
         elif last == nonce and proc.returncode == 0:
             status = "passed"
         elif last.startswith(("failed:", "timed out")):
-            status = last
+            status = short_status(last)
         elif proc.returncode and proc.returncode < 0:
             status = f"failed: killed by {signal.Signals(-proc.returncode).name}"
         else:

