@@ -16,6 +16,7 @@ from rich.console import Console
 
 from evalfleet.client.progress import TERMINAL, ProgressDisplay
 from evalfleet.common.errors import EvalfleetError, FailedPreconditionError, UnavailableError
+from evalfleet.common.file_names import file_name_part
 from evalfleet.common.security import ClientSecurity
 from evalfleet.server.results import sanitize_model_name
 from evalfleet.v1 import coordinator_pb2 as cpb
@@ -270,7 +271,7 @@ def write_outputs(output_path: str, results: cpb.EvaluationResults,
     for record in samples:
         by_task.setdefault(record.task, []).append(record.json)
     for task, lines in by_task.items():
-        path = folder / f"samples_{task}_{date_id}.jsonl"
+        path = folder / f"samples_{file_name_part(task)}_{date_id}.jsonl"  # stays in folder
         path.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
         written.append(path)
     return written
