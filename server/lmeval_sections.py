@@ -8,6 +8,7 @@ import hashlib
 from importlib.metadata import version
 from typing import Any
 
+from evalfleet.common.redact import redact_model_args
 from evalfleet.server import results as results_mod
 from evalfleet.server.chat import system_instruction_sha
 from evalfleet.server.evaluator import TaskScores
@@ -19,10 +20,10 @@ def config_section(job: Job) -> dict[str, Any]:
     parsed, info = job.parsed, job.model_info
     return {
         "model": parsed.spec.model or info.backend,
-        # A --coordinator run names no model_args: those its worker was started with (its
-        # secrets redacted) are the ones used.
-        "model_args": parsed.model_args
-        or results_mod.redact_model_args(dict(info.model_args)),
+        # A --coordinator run names no model_args: those its worker was started with are the
+        # ones used. Secrets are hidden in both (the spec's are already, when the job is
+        # created; a worker's are by the worker, and again here for an older worker).
+        "model_args": redact_model_args(parsed.model_args or dict(info.model_args)),
         "model_num_parameters": info.num_parameters,
         "model_dtype": info.dtype,
         "model_revision": info.revision,

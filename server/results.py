@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from evalfleet import scoring
+from evalfleet.common.redact import redact_model_args
 from evalfleet.server.evaluator import TaskScores
 from evalfleet.v1 import coordinator_pb2 as cpb
 
@@ -207,30 +208,6 @@ def _depths(group_subtasks: Mapping[str, list[str]]) -> dict[str, int]:
         if root not in children:
             walk(root, 0)
     return depth
-
-
-#: model_args keys whose values are secrets: never printed (``api_key``, ``hf_token``, ...).
-SECRET_KEY = re.compile(r"^(.*_)?(api_?key|password|passwd|secret)$"
-                        r"|^((auth|access|hf|api|bearer|refresh)_)?token$", re.IGNORECASE)
-REDACTED = "***"
-
-
-def redact_model_args(model_args: Any) -> Any:
-    """``model_args`` with the values of secret keys (api_key, token, password, secret)
-    replaced by ``***``; a string of them (``k=v,...``) is redacted piece by piece."""
-    if isinstance(model_args, Mapping):
-        return {k: REDACTED if SECRET_KEY.match(str(k)) and v not in (None, "") else v
-                for k, v in model_args.items()}
-    if isinstance(model_args, str) and model_args.lstrip().startswith("{"):
-        try:
-            return json.dumps(redact_model_args(json.loads(model_args)))
-        except ValueError:
-            return REDACTED
-    if isinstance(model_args, str):
-        return re.sub(r"(^|,)\s*([\w.-]+)\s*=([^,]*)", lambda m: m.group(0) if not
-                      SECRET_KEY.match(m.group(2)) else f"{m.group(1)}{m.group(2)}={REDACTED}",
-                      model_args)
-    return model_args
 
 
 def header_line(config: dict[str, Any]) -> str:

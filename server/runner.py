@@ -26,6 +26,7 @@ from evalfleet.common.errors import (
     NotFoundError,
 )
 from evalfleet.common.logging import get_logger
+from evalfleet.common.redact import redact_mapping, redact_spec
 from evalfleet.execution.policy import check_unsafe_code
 from evalfleet.server import job_hooks, lmeval_sections
 from evalfleet.server import results as results_mod
@@ -170,6 +171,11 @@ class JobRunner:
         job_hooks.prepare_spec(spec, self.sinks)
         parsed = parse_spec(spec)
         self.policy.check_spec(spec, parsed.model_args)
+        # Secrets in model_args/metadata (api_key, ...) are hidden before the spec is stored,
+        # answered or planned with: the workers use their own model_args, never the spec's.
+        redact_spec(spec)
+        parsed.model_args = redact_mapping(parsed.model_args)
+        parsed.metadata = redact_mapping(parsed.metadata)
         return parsed
 
     async def _select(self, spec: cpb.EvaluationSpec, parsed: ParsedSpec,

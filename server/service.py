@@ -10,6 +10,7 @@ from typing import Any
 
 from evalfleet.common.errors import FailedPreconditionError, NotFoundError
 from evalfleet.common.logging import get_logger
+from evalfleet.common.redact import redact_spec
 from evalfleet.common.rpc import RunningServer, Service, start_server
 from evalfleet.common.security import ClientSecurity, ServerSecurity
 from evalfleet.server.access import AccessPolicy
@@ -106,9 +107,11 @@ class EvaluationServicer(cpb_grpc.EvaluationServiceServicer):
 
 
 def _stored_evaluation(record: JobRecord) -> cpb.Evaluation:
-    """An evaluation as the store has it (no progress: this process does not run it)."""
+    """An evaluation as the store has it (no progress: this process does not run it); a spec
+    stored before secrets were hidden at creation is answered with them hidden."""
     return cpb.Evaluation(id=record.id, state=record.state,
-                          spec=cpb.EvaluationSpec.FromString(record.spec), error=record.error)
+                          spec=redact_spec(cpb.EvaluationSpec.FromString(record.spec)),
+                          error=record.error)
 
 
 class WorkerRegistryServicer(cpb_grpc.WorkerRegistryServiceServicer):

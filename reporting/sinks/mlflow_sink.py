@@ -1,8 +1,9 @@
 """MLflow: a run with the evaluation's params, metrics and files, and the registered model
 version it evaluated tagged with its headline metrics.
 
-- **params**: model, model_args (flattened as ``model_args.<key>``), tasks, num_fewshot, limit,
-  batch_size, the four seeds, bootstrap_iters, gen_kwargs, evalfleet's evaluation id;
+- **params**: model, model_args (flattened as ``model_args.<key>``, secrets as ``***``), tasks,
+  num_fewshot, limit, batch_size, the four seeds, bootstrap_iters, gen_kwargs, evalfleet's
+  evaluation id;
 - **metrics**: one per task (or group) and metric, ``<task>/<metric>`` (``/<filter>`` appended
   when the filter is not ``none``), each with ``<task>/<metric>_stderr`` when there is one;
 - **artifacts**: ``results.json`` and, with samples, ``samples/samples_<task>.jsonl``;
@@ -26,6 +27,7 @@ from typing import Any
 from rich.console import Console
 
 from evalfleet.common.errors import FailedPreconditionError, InvalidArgumentError
+from evalfleet.common.redact import redact_results
 from evalfleet.reporting.sinks.wandb_sink import raise_if_strict
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9_\-. /]")
@@ -128,9 +130,12 @@ class MlflowSink:
 
     def log_run(self, results: dict[str, Any],
                 samples: dict[str, list[dict[str, Any]]] | None) -> str:
-        """Create the run, log everything, tag the model version; returns the run id."""
+        """Create the run, log everything, tag the model version; returns the run id. Secrets
+        in model_args are hidden from params and files (``common/redact.py``)."""
         from mlflow.entities import Metric, Param, RunTag
         from mlflow.tracking import MlflowClient
+
+        results = redact_results(results)
 
         client = MlflowClient(tracking_uri=self.tracking_uri)
         experiment = client.get_experiment_by_name(self.experiment)

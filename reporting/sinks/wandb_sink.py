@@ -3,7 +3,7 @@
 - ``wandb.init(**wandb_args)`` (``step`` is taken out and used for every log call) and
   ``run.config.update(wandb_config_args)``;
 - the run config gets ``task_configs`` (the results' ``configs``) and ``cli_configs`` (its
-  ``config``);
+  ``config``), secrets in model_args hidden (``api_key=***``, ``common/redact.py``);
 - every numeric ``<task>/<metric>`` (``,none`` dropped from the name) is logged, so it is in the
   run summary; string values (aliases, ``N/A`` stderrs) go to the summary directly;
 - the results table ``evaluation/eval_results`` (and ``evaluation/group_eval_results``);
@@ -16,14 +16,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import re
+import sys
+from collections.abc import Iterator
 from typing import Any
 
 from rich.console import Console
 
 from evalfleet.common.errors import InvalidArgumentError
+from evalfleet.common.redact import redact_argv, redact_results
 
 _NONE_SUFFIX = re.compile(r",none$")
 
@@ -148,7 +152,8 @@ class WandbSink:
         args = dict(init_args)
         self.step = args.pop("step", None)
         if wandb.run is None or not reuse_active:
-            self.run = wandb.init(**args)
+            with _argv_redacted():  # W&B records the command line: --model_args api_key=...
+                self.run = wandb.init(**args)
             if config_args:
                 self.run.config.update(config_args)
         else:
@@ -156,6 +161,8 @@ class WandbSink:
 
     # -- results ------------------------------------------------------------------------------
     def log_results(self, results: dict[str, Any]) -> None:
+        """The run's config, metrics, tables and results artifact (secrets hidden)."""
+        results = redact_results(results)
         wandb = self.wandb
         self.run.config.update({"task_configs": results.get("configs", {}),
                                 "cli_configs": results.get("config", {})},
@@ -230,6 +237,17 @@ class WandbSink:
 
     def finish(self) -> None:
         self.run.finish()
+
+
+@contextlib.contextmanager
+def _argv_redacted() -> Iterator[None]:
+    """``sys.argv`` with its secrets hidden while W&B reads it (its run metadata)."""
+    argv = sys.argv
+    sys.argv = redact_argv(argv)
+    try:
+        yield
+    finally:
+        sys.argv = argv
 
 
 def raise_if_strict(exc: Exception) -> None:

@@ -42,6 +42,7 @@ import re
 from typing import TYPE_CHECKING, Any
 
 from evalfleet.common.errors import InvalidArgumentError
+from evalfleet.common.redact import redact_url
 from evalfleet.server.store.base import (
     ACTIVE_STATES,
     TERMINAL_STATES,
@@ -102,12 +103,6 @@ def open_store(url: str, *, flag: str = "--store") -> JobStore:
     raise InvalidArgumentError(
         f"{flag}: '{redact_url(text)}' is not a store this evalfleet knows (scheme "
         f"'{name}'); give {STORE_FORMS}")
-
-
-def redact_url(url: str) -> str:
-    """``url`` with any password replaced by ``***`` (for messages and logs)."""
-    url = re.sub(r"^([A-Za-z][A-Za-z0-9+.-]*://[^/@:]*):[^/@]*@", r"\1:***@", url)
-    return re.sub(r"([?&]password=)[^&]*", r"\1***", url)
 
 
 def __getattr__(name: str) -> Any:
