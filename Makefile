@@ -52,13 +52,14 @@ chromium:
 		$$SUDO apt-get update -qq && \
 		DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium; }
 
-# bubblewrap isolates generated code (humaneval, mbpp): read-only host, no network. Installed
+# bubblewrap isolates generated code (humaneval, mbpp): only the interpreter's folders, read-only,
+# no network. Installed
 # from Debian when missing and we are root with apt-get; otherwise the sandbox uses what it finds.
 sandbox-tools:
 	@command -v bwrap >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 \
 		&& { apt-get install -y -qq bubblewrap >/dev/null 2>&1 \
 		     || { apt-get update -qq >/dev/null && apt-get install -y -qq bubblewrap >/dev/null; }; } \
-		|| echo "note: bubblewrap not installed; generated code runs with less isolation (README)"; }
+		|| echo "note: bubblewrap not installed; code tasks are refused unless --allow_weak_sandbox (README)"; }
 
 # A C/C++ toolchain and cmake for llama-cpp-python's build: a no-op when present.
 build-tools:
