@@ -18,7 +18,8 @@ DEPLOY = REPO_ROOT / "deploy"
 KINDS = {("v1", "Namespace"): "V1Namespace", ("v1", "Secret"): "V1Secret",
          ("v1", "Service"): "V1Service", ("apps/v1", "Deployment"): "V1Deployment",
          ("apps/v1", "StatefulSet"): "V1StatefulSet",
-         ("v1", "PersistentVolumeClaim"): "V1PersistentVolumeClaim"}
+         ("v1", "PersistentVolumeClaim"): "V1PersistentVolumeClaim",
+         ("networking.k8s.io/v1", "NetworkPolicy"): "V1NetworkPolicy"}
 
 
 def _documents() -> list[dict]:
@@ -104,6 +105,25 @@ def test_the_pieces_fit_together():
     store = _flag(_container(coordinator)["args"], "db")
     assert store.startswith("postgresql://") and "@postgres:5432/" in store
     _by("Service", "postgres")
+    # PostgreSQL's password reaches both sides as files from one Secret, in two forms.
+    secret = _by("Secret", "evalfleet-postgres")["stringData"]
+    assert secret["pgpass"].split(":") == ["*", "*", "evalfleet", "evalfleet",
+                                           secret["password"]]
+
+
+@pytest.mark.parametrize("kind,name", [("Deployment", "evalfleet-coordinator"),
+                                       ("StatefulSet", "evalfleet-worker")])
+def test_pods_ask_prometheus_to_scrape_them(kind, name):
+    annotations = _by(kind, name)["spec"]["template"]["metadata"]["annotations"]
+    assert {k: v for k, v in annotations.items() if k.startswith("prometheus.io/")} == {
+        "prometheus.io/scrape": "true", "prometheus.io/port": "9090",
+        "prometheus.io/path": "/metrics"}
+    label = _by(kind, name)["spec"]["template"]["metadata"]["labels"]["app"]
+    (policy,) = [d for d in _documents() if d["kind"] == "NetworkPolicy"
+                 and d["spec"]["podSelector"]["matchLabels"]["app"] == label]
+    # The pod's network policy lets Prometheus (from any namespace) reach the port.
+    assert any(rule.get("from") is None and {"port": 9090} in rule["ports"]
+               for rule in policy["spec"]["ingress"])
 
 
 def test_dockerfile_copies_every_package_of_the_distribution():
