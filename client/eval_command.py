@@ -257,6 +257,7 @@ async def _run_eval(args: argparse.Namespace, ctrl_c: CtrlC) -> int:
             address = args.coordinator
             spec = build_spec(args)
             security = client_security(args)
+            _keep_secrets(spec, console)
             if args.max_batch_size is not None:
                 console.print("note: --max_batch_size applies to an embedded worker; the "
                               "coordinator's workers keep their own")
@@ -290,6 +291,18 @@ async def _run_eval(args: argparse.Namespace, ctrl_c: CtrlC) -> int:
     for sink in sinks:
         sink.finish()
     return 0
+
+
+def _keep_secrets(spec: cpb.EvaluationSpec, console: Console) -> None:
+    """A coordinator's job is sent without the secrets of its model_args/metadata (api_key,
+    ...): its workers use their own, so a key would only travel and be dropped there."""
+    from evalfleet.common.redact import redact_spec
+
+    sent = (spec.model_args, spec.metadata)
+    if (redact_spec(spec).model_args, spec.metadata) != sent:
+        console.print("note: secrets in --model_args/--metadata (api_key, token, ...) are not "
+                      "sent to the coordinator: its workers use their own (their --model_args, "
+                      "or OPENAI_API_KEY / ANTHROPIC_API_KEY in their environment)")
 
 
 def _kept_message(args: argparse.Namespace, evaluation_id: str, store_url: str,

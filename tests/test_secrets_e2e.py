@@ -5,12 +5,13 @@ A ``local-completions`` worker started with ``api_key=sk-test-secret`` (in proce
 coordinator with a SQLite store on disk) serves the tiny model through the stand-in
 OpenAI-compatible server (tests/servers/openai_compat.py; a generative task, as the random
 model fails the loglikelihood probe). ``evalfleet eval --coordinator``, run as a user runs it,
-sends the same key in its ``--model_args``, logs samples, writes lm-eval's files and logs to W&B
-(offline); the coordinator logs the job to its MLflow tracker (a local file store). The server
-is sent the key; the secret is then looked for in every place a user, another client or a
-tracker can read: the results and samples files, the CLI's output, the coordinator's and
-worker's log lines, GetEvaluation / ListEvaluations / WatchEvaluation / GetResults /
-StreamSamples answers, the worker's GetModelInfo, the store's files and the trackers' files.
+is given the same key in its ``--model_args`` (it does not send it: the worker has its own),
+logs samples, writes lm-eval's files and logs to W&B (offline); the coordinator logs the job to
+its MLflow tracker (a local file store). The server is sent the key; the secret is then looked
+for in every place a user, another client or a tracker can read: the spec the coordinator
+received, the results and samples files, the CLI's output, the coordinator's and worker's log
+lines, GetEvaluation / ListEvaluations / WatchEvaluation / GetResults / StreamSamples answers,
+the worker's GetModelInfo, the store's files and the trackers' files.
 
 A worker may also take its key from its own environment (OPENAI_API_KEY): a job whose spec names
 no key runs on it, the server receiving the worker's key.
@@ -63,8 +64,16 @@ def _start(background_loop, backend, model_args, store=None, sinks=None):
     from evalfleet.server.service import start_coordinator
 
     worker = background_loop.run(start_worker(backend, model_args=model_args))
-    coordinator, _ = background_loop.run(start_coordinator(
+    coordinator, runner = background_loop.run(start_coordinator(
         workers=[worker.address], store=store, data_dir=DATA_DIR, sinks=sinks))
+    received = coordinator.received = []  # the specs clients sent, as they arrived
+    create = runner.create
+
+    async def recording_create(spec):
+        received.append(spec.SerializeToString())
+        return await create(spec)
+
+    runner.create = recording_create
     return worker, coordinator
 
 
@@ -147,8 +156,11 @@ def test_an_api_key_reaches_the_model_server_and_no_file_log_answer_or_tracker(
     assert list(tmp_path.glob("wandb/offline-run-*")) and (tmp_path / "mlruns").is_dir()
     [param] = list((tmp_path / "mlruns").glob("*/*/params/model_args.api_key"))
     assert param.read_text() == "***"
-    # ... and nowhere else.
+    # ... and nowhere else: the CLI did not even send it (the worker has its own).
+    assert len(coordinator.received) == 1 and SECRET.encode() not in coordinator.received[0]
+    assert "note: secrets in --model_args" in cli.stderr
     assert SECRET not in cli.stdout + cli.stderr
+    assert any(e.get("event") == "job_created" for e in log_lines)  # the logs were seen
     assert SECRET not in repr(log_lines), [e for e in log_lines if SECRET in repr(e)]
     assert SECRET not in caplog.text + "".join(capfd.readouterr())
     assert SECRET not in answers
