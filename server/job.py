@@ -1,4 +1,9 @@
-"""A job in memory: its plan, state, progress and the events its watchers receive."""
+"""A job in memory: its plan, state, progress and the events its watchers receive.
+
+A job whose run ended is *retired* (:meth:`Job.retire`): it lets go of its plan (tasks,
+documents, requests) and dispatch, and keeps only what ``GetEvaluation`` and late watchers
+need (spec, state, final progress, first and latest events); its results are in the store.
+"""
 
 from __future__ import annotations
 
@@ -17,6 +22,11 @@ TERMINAL = {cpb.EVALUATION_STATE_SUCCEEDED, cpb.EVALUATION_STATE_FAILED,
             cpb.EVALUATION_STATE_CANCELLED}
 #: Events kept per job for watchers that subscribe late (the first is always kept).
 MAX_HISTORY = 1000
+#: Events waiting for one watcher that reads slowly (or not at all): beyond this the oldest
+#: waiting ones are dropped (progress is cumulative: the newest events say it all).
+MAX_QUEUED_EVENTS = 256
+#: Events a finished (retired) job keeps for late watchers: its first and its latest ones.
+RETIRED_HISTORY = 32
 
 
 def now() -> Timestamp:
@@ -32,7 +42,7 @@ class Job:
 
     id: str
     parsed: ParsedSpec
-    plan: JobPlan
+    plan: JobPlan | None  # None once retired
     model_info: ipb.ModelInfo
     state: int = cpb.EVALUATION_STATE_QUEUED
     error: str = ""
@@ -50,6 +60,29 @@ class Job:
     #: handed back at shutdown): it is stopped and its state is no longer written from here.
     lost: bool = False
     _groups: dict[str, str] | None = field(default=None, repr=False)
+    #: what a retired job keeps of its plan: its final progress and its unique requests
+    _final_progress: list[cpb.TaskProgress] = field(default_factory=list, repr=False)
+    _unique_requests: int = field(default=0, repr=False)
+
+    @property
+    def unique_requests(self) -> int:
+        """Distinct requests the job asks (kept when it is retired)."""
+        return self._unique_requests if self.plan is None else len(self.plan.work)
+
+    def retire(self) -> None:
+        """Let go of what only a running job needs: its plan (tasks and their documents,
+        requests, chat renderer), its dispatch, and its events but the first and the latest
+        (:data:`RETIRED_HISTORY` in all). Its spec, state, error, counts and final progress
+        stay, for ``GetEvaluation``, ``ListEvaluations`` and late watchers; its results and
+        samples are in the store."""
+        if self.plan is None:
+            return
+        self._final_progress = self.progress()
+        self._unique_requests = len(self.plan.work)
+        self.plan = None
+        self.dispatch = None
+        self._groups = None
+        del self.history[1:max(1, len(self.history) - RETIRED_HISTORY + 1)]
 
     @property
     def positions_computed(self) -> int:
@@ -58,6 +91,8 @@ class Job:
 
     def progress(self) -> list[cpb.TaskProgress]:
         """Requests and documents done per task, each with the group asked for it folds into."""
+        if self.plan is None:
+            return list(self._final_progress)
         groups = self._root_groups()
         out = []
         for p in self.plan.tasks:
@@ -80,7 +115,7 @@ class Job:
         return cpb.Evaluation(id=self.id, state=self.state, spec=self.parsed.spec,
                               progress=self.progress(), error=self.error,
                               created_at=self.created_at, updated_at=self.updated_at,
-                              unique_requests=len(self.plan.work))
+                              unique_requests=self.unique_requests)
 
     def publish(self, message: str) -> None:
         """Record an event and hand it to every watcher."""
@@ -91,4 +126,6 @@ class Job:
         if len(self.history) > MAX_HISTORY:
             del self.history[1:len(self.history) - MAX_HISTORY + 1]
         for queue in self.subscribers:
+            while queue.qsize() >= MAX_QUEUED_EVENTS:
+                queue.get_nowait()
             queue.put_nowait(event)

@@ -55,6 +55,9 @@ log = get_logger("jobs")
 CANCELLED_ELSEWHERE = "cancelled (by a request to another coordinator of its store)"
 #: Seconds a coordinator's claim on a job lasts without renewal (see ``server/store``).
 DEFAULT_LEASE_S = 30.0
+#: Finished jobs kept in memory (retired: spec, state, final progress; a few KB each), newest
+#: first; older ones are answered from the store.
+KEEP_FINISHED_JOBS = 128
 
 #: lm-eval output types and the request kinds they ask for.
 _OUTPUT_KINDS = {"multiple_choice": "loglikelihood", "loglikelihood": "loglikelihood",
@@ -99,7 +102,8 @@ class JobRunner:
                  owner: str | None = None, lease_s: float = DEFAULT_LEASE_S,
                  claim_interval_s: float | None = None, follow_poll_s: float = 1.0,
                  sinks: dict[str, Any] | None = None,
-                 confirm_run_unsafe_code: bool = False) -> None:
+                 confirm_run_unsafe_code: bool = False,
+                 keep_finished: int = KEEP_FINISHED_JOBS) -> None:
         self.store = store
         self.registry = registry
         self.scheduler = scheduler
@@ -117,7 +121,10 @@ class JobRunner:
         self.include_paths = list(include_paths)
         self.policy = policy or AccessPolicy()
         self.worker_wait_s = worker_wait_s
+        #: the jobs this process runs, and its newest ``keep_finished`` finished (retired) ones
         self.jobs: dict[str, Job] = {}
+        self.keep_finished = keep_finished
+        self._finished: dict[str, Job] = {}  # retired jobs still in ``jobs``, oldest first
         #: ids of the jobs whose lease this runner holds (renewed by the heartbeat)
         self.held: set[str] = set()
         self._retry_at: dict[str, float] = {}  # claimed jobs waiting for workers: next try
@@ -246,6 +253,7 @@ class JobRunner:
         return job
 
     def _start_job(self, job: Job) -> None:
+        self._finished.pop(job.id, None)  # an earlier run of it, lost, then claimed again
         self.jobs[job.id] = job
         self.held.add(job.id)
         job.runner = asyncio.create_task(self._run(job), name=f"job-{job.id}")
@@ -330,6 +338,7 @@ class JobRunner:
     async def _fail_claimed(self, job_id: str, error: str) -> None:
         """A claimed job that no retry can run (bad spec or tasks): FAILED, with the reason."""
         self.held.discard(job_id)
+        self._retry_at.pop(job_id, None)
         if await self.store.transition(job_id, self.owner, ACTIVE_STATES,
                                        cpb.EVALUATION_STATE_FAILED, error=error) is not None:
             log.warning("job_failed", job=job_id, error=error, owner=self.owner)
@@ -500,6 +509,22 @@ class JobRunner:
         finally:
             if job.allowed:
                 self.registry.release(job.allowed)
+            self._retire(job)
+
+    def _retire(self, job: Job) -> None:
+        """A job whose run ended keeps only what ``GetEvaluation`` and watchers need (its
+        plan, documents and dispatch are let go); the newest ``keep_finished`` such jobs stay
+        in memory, older ones are forgotten here and answered from the store."""
+        job.retire()
+        if self.jobs.get(job.id) is not job:
+            return  # a newer run of it (claimed again) took its place
+        self._finished.pop(job.id, None)
+        self._finished[job.id] = job
+        while len(self._finished) > self.keep_finished:
+            old_id = next(iter(self._finished))
+            old = self._finished.pop(old_id)
+            if self.jobs.get(old_id) is old:
+                del self.jobs[old_id]
 
     async def _finish(self, job: Job, started: float) -> None:
         fingerprint = job.model_info.fingerprint

@@ -132,20 +132,21 @@ def test_cancel_stops_dispatch_and_keeps_answers(fleet):
     while not sim.script.batches:
         time.sleep(0.05)
     job = runner.jobs[evaluation.id]
+    dispatch, work = job.dispatch, list(job.plan.work)  # a job that ended lets go of them
     cancelled = stub.CancelEvaluation(cpb.CancelEvaluationRequest(id=evaluation.id), timeout=10)
     assert cancelled.state == cpb.EVALUATION_STATE_CANCELLED
-    sent = job.dispatch.batches_sent
+    sent = dispatch.batches_sent
     time.sleep(1.5)
-    assert job.dispatch.batches_sent == sent  # nothing sent after CancelEvaluation returned
+    assert dispatch.batches_sent == sent  # nothing sent after CancelEvaluation returned
     assert len(sim.script.batches) == sent
-    assert sum(len(ids) for _, ids in sim.script.batches) < len(job.plan.work)
+    assert sum(len(ids) for _, ids in sim.script.batches) < len(work)
     # The batches in flight at the cancel still reached the store.
-    answered = fleet.loop.run(_count_answers(runner, job))
+    answered = fleet.loop.run(_count_answers(runner, job, work))
     assert answered == sum(len(ids) for _, ids in sim.script.batches)
 
 
-async def _count_answers(runner, job) -> int:
-    return len(await runner.store.get_answers(job.model_info.fingerprint, list(job.plan.work)))
+async def _count_answers(runner, job, work: list[str]) -> int:
+    return len(await runner.store.get_answers(job.model_info.fingerprint, work))
 
 
 def test_hung_and_vanished_workers_lose_nothing(fleet):
@@ -176,8 +177,8 @@ def test_hung_and_vanished_workers_lose_nothing(fleet):
     assert workers[hung_server.address].batches_failed >= 1
     assert "DEADLINE_EXCEEDED" in workers[hung_server.address].last_error
     assert workers[gone_server.address].state == cpb.WORKER_STATE_DOWN
-    assert workers[ok_server.address].requests_answered == len(runner.jobs[evaluation.id]
-                                                               .plan.work)
+    assert workers[ok_server.address].requests_answered == \
+        runner.jobs[evaluation.id].unique_requests
     hung.script.hang = False
 
 
@@ -220,7 +221,7 @@ def test_batches_are_sized_by_time_not_by_batch_items(fleet):
     # 0.2 s of a 10 ms-per-request worker is about 20 requests; never near 512, and a prefix
     # group may stretch a batch at most 4 times.
     assert sizes[0] == 16 and max(sizes) <= 4 * 25, sizes
-    assert sum(sizes) == len(runner.jobs[evaluation.id].plan.work)
+    assert sum(sizes) == runner.jobs[evaluation.id].unique_requests
 
 
 def test_jobs_choose_workers_by_model(fleet):
