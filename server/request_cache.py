@@ -15,12 +15,18 @@ system instruction, chat-template settings (the template's sha256 and whether pr
 messages), fewshot_as_multiturn, gen_kwargs and the evalfleet version, so a changed
 task file or data mirror is never served stale requests. Only the coordinator's own directory is
 written; a spec picks the mode, never the path.
+
+The cache is bounded: after each write, the files used least recently are deleted until it
+holds at most ``$EVALFLEET_REQUEST_CACHE_MB`` megabytes (default 2048); a file read from the
+cache counts as used.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import math
 import os
 import pickle
 import shutil
@@ -37,6 +43,8 @@ from evalfleet.tasks import Request, Task
 log = get_logger("request_cache")
 MODES = ("", "true", "refresh", "delete")
 _FORMAT = 1
+#: Megabytes the request cache keeps on disk unless ``$EVALFLEET_REQUEST_CACHE_MB`` says.
+DEFAULT_MAX_MB = 2048
 
 
 def cache_root() -> Path:
@@ -45,6 +53,49 @@ def cache_root() -> Path:
     xdg = os.environ.get("XDG_CACHE_HOME")
     base = Path(env) if env else (Path(xdg) if xdg else Path.home() / ".cache") / "evalfleet"
     return base / "requests"
+
+
+def max_bytes() -> int:
+    """The request cache's size bound: ``$EVALFLEET_REQUEST_CACHE_MB`` megabytes (default
+    :data:`DEFAULT_MAX_MB`; a value that is not a number >= 0 is logged and the default used)."""
+    raw = os.environ.get("EVALFLEET_REQUEST_CACHE_MB", "").strip()
+    if raw:
+        try:
+            megabytes = float(raw)
+        except ValueError:
+            megabytes = -1.0
+        if 0 <= megabytes < math.inf:
+            return int(megabytes * 2**20)
+        log.warning("request_cache_limit_invalid", variable="EVALFLEET_REQUEST_CACHE_MB",
+                    value=raw, using_mb=DEFAULT_MAX_MB,
+                    fix="set a number of megabytes >= 0, or unset it")
+    return DEFAULT_MAX_MB * 2**20
+
+
+def prune(root: Path, limit: int, keep: Path | None = None) -> list[Path]:
+    """Delete the cache files used least recently (oldest modification time first) until
+    ``root`` holds at most ``limit`` bytes of them; ``keep`` (the file just written) stays.
+    Returns the files deleted; files that vanish meanwhile (another coordinator) are skipped."""
+    files = []
+    for path in root.glob("*.pkl"):
+        with contextlib.suppress(OSError):
+            stat = path.stat()
+            files.append((stat.st_mtime_ns, stat.st_size, path))
+    total = sum(size for _, size, _ in files)
+    deleted = []
+    for _, size, path in sorted(files):
+        if total <= limit:
+            break
+        if path == keep:
+            continue
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+            deleted.append(path)
+        total -= size
+    if deleted:
+        log.info("request_cache_pruned", files=len(deleted), path=str(root),
+                 kept_bytes=total, limit_bytes=limit)
+    return deleted
 
 
 def check_mode(mode: str) -> None:
@@ -125,6 +176,8 @@ def build_task_requests(task: Task, *, mode: str, limit: float | int | None,
             with path.open("rb") as handle:
                 stored = pickle.load(handle)
             _restore(task, stored["state"])
+            with contextlib.suppress(OSError):  # used now: the last to be pruned
+                os.utime(path)
             if gen_kwargs and task.output_type == "generate_until" and \
                     task.cfg.generation_kwargs is not None:
                 task.cfg.generation_kwargs.update(gen_kwargs)
@@ -141,6 +194,7 @@ def build_task_requests(task: Task, *, mode: str, limit: float | int | None,
                         protocol=pickle.HIGHEST_PROTOCOL)
         tmp.replace(path)
         log.info("requests_cached", task=task.name, path=str(path))
+        prune(path.parent, max_bytes(), keep=path)
     except OSError as exc:  # a read-only cache never fails a job
         log.warning("request_cache_not_written", path=str(path), error=str(exc))
     return built
