@@ -6,6 +6,7 @@
 - ``evalfleet results ID``: a finished evaluation's results, from a coordinator or a store.
 - ``evalfleet tasks list|show``: what can be evaluated.
 - ``evalfleet results show|compare|plot|report``: read, compare, chart and browse results files.
+- ``evalfleet gate --policy gate.yaml A B``: a release gate (exit 0 GO, 1 NO-GO, 3 INCONCLUSIVE).
 - ``evalfleet warmup``: compile the Numba kernels into the cache ahead of the first evaluation.
 
 User errors print one line to stderr and exit non-zero; no tracebacks.
@@ -21,6 +22,7 @@ import sys
 from collections.abc import Sequence
 
 from evalfleet.client.connect import add_client_security_flags
+from evalfleet.client.gate_command import add_gate_parser
 from evalfleet.client.serve import (
     add_coordinator_flags,
     add_worker_flags,
@@ -344,6 +346,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("warmup", help="compile the scoring kernels into the cache directory "
                    "($EVALFLEET_CACHE_DIR) ahead of the first evaluation (an install step)")
     _add_results_parser(sub)
+    add_gate_parser(sub)
     return parser
 
 
@@ -377,6 +380,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from evalfleet.client.results_command import run_results
 
             return run_results(args)
+        if args.command == "gate":
+            from evalfleet.client.gate_command import run_gate
+
+            return run_gate(args)
         if args.command == "workers":
             from evalfleet.client.workers_command import run_workers
 

@@ -14,6 +14,7 @@ from evalfleet.common.redact import redact_spec
 from evalfleet.common.rpc import RunningServer, Service, start_server
 from evalfleet.common.security import ClientSecurity, ServerSecurity
 from evalfleet.server.access import AccessPolicy
+from evalfleet.server.gate_service import evaluate_stored_gate
 from evalfleet.server.job import Job
 from evalfleet.server.registry import WorkerRegistry
 from evalfleet.server.runner import DEFAULT_LEASE_S, JobRunner
@@ -90,6 +91,10 @@ class EvaluationServicer(cpb_grpc.EvaluationServiceServicer):
     async def ListWorkers(self, request: cpb.ListWorkersRequest, context
                           ) -> cpb.ListWorkersResponse:
         return cpb.ListWorkersResponse(workers=self.runner.registry.list())
+
+    async def EvaluateGate(self, request: cpb.EvaluateGateRequest, context
+                           ) -> cpb.EvaluateGateResponse:
+        return await evaluate_stored_gate(self.runner.store, request)
 
     async def ListTasks(self, request: cpb.ListTasksRequest, context) -> cpb.ListTasksResponse:
         self.runner.policy.check_include_paths(list(request.include_paths),

@@ -26,6 +26,13 @@ class WorkerState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     WORKER_STATE_READY: _ClassVar[WorkerState]
     WORKER_STATE_DOWN: _ClassVar[WorkerState]
     WORKER_STATE_DRAINING: _ClassVar[WorkerState]
+
+class GateVerdict(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    GATE_VERDICT_UNSPECIFIED: _ClassVar[GateVerdict]
+    GATE_VERDICT_GO: _ClassVar[GateVerdict]
+    GATE_VERDICT_NO_GO: _ClassVar[GateVerdict]
+    GATE_VERDICT_INCONCLUSIVE: _ClassVar[GateVerdict]
 EVALUATION_STATE_UNSPECIFIED: EvaluationState
 EVALUATION_STATE_QUEUED: EvaluationState
 EVALUATION_STATE_RUNNING: EvaluationState
@@ -37,6 +44,10 @@ WORKER_STATE_CONNECTING: WorkerState
 WORKER_STATE_READY: WorkerState
 WORKER_STATE_DOWN: WorkerState
 WORKER_STATE_DRAINING: WorkerState
+GATE_VERDICT_UNSPECIFIED: GateVerdict
+GATE_VERDICT_GO: GateVerdict
+GATE_VERDICT_NO_GO: GateVerdict
+GATE_VERDICT_INCONCLUSIVE: GateVerdict
 
 class EvaluationSpec(_message.Message):
     __slots__ = ("model", "model_args", "worker_addresses", "tasks", "num_fewshot", "batch_size", "limit", "seeds", "gen_kwargs", "log_samples", "bootstrap_iters", "apply_chat_template", "system_instruction", "include_paths", "metadata", "fewshot_as_multiturn", "confirm_run_unsafe_code", "samples", "chat_template_name", "predict_only", "cache_requests", "sinks", "model_fingerprint")
@@ -417,3 +428,47 @@ class UnregisterWorkerRequest(_message.Message):
 class UnregisterWorkerResponse(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
+
+class EvaluateGateRequest(_message.Message):
+    __slots__ = ("baseline_id", "candidate_id", "policy_yaml", "policy_name")
+    BASELINE_ID_FIELD_NUMBER: _ClassVar[int]
+    CANDIDATE_ID_FIELD_NUMBER: _ClassVar[int]
+    POLICY_YAML_FIELD_NUMBER: _ClassVar[int]
+    POLICY_NAME_FIELD_NUMBER: _ClassVar[int]
+    baseline_id: str
+    candidate_id: str
+    policy_yaml: str
+    policy_name: str
+    def __init__(self, baseline_id: _Optional[str] = ..., candidate_id: _Optional[str] = ..., policy_yaml: _Optional[str] = ..., policy_name: _Optional[str] = ...) -> None: ...
+
+class GateCheck(_message.Message):
+    __slots__ = ("task", "metric", "filter", "kind", "tier", "status", "message")
+    TASK_FIELD_NUMBER: _ClassVar[int]
+    METRIC_FIELD_NUMBER: _ClassVar[int]
+    FILTER_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    TIER_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    task: str
+    metric: str
+    filter: str
+    kind: str
+    tier: str
+    status: str
+    message: str
+    def __init__(self, task: _Optional[str] = ..., metric: _Optional[str] = ..., filter: _Optional[str] = ..., kind: _Optional[str] = ..., tier: _Optional[str] = ..., status: _Optional[str] = ..., message: _Optional[str] = ...) -> None: ...
+
+class EvaluateGateResponse(_message.Message):
+    __slots__ = ("verdict", "verdict_json", "checks", "policy_sha256", "reasons")
+    VERDICT_FIELD_NUMBER: _ClassVar[int]
+    VERDICT_JSON_FIELD_NUMBER: _ClassVar[int]
+    CHECKS_FIELD_NUMBER: _ClassVar[int]
+    POLICY_SHA256_FIELD_NUMBER: _ClassVar[int]
+    REASONS_FIELD_NUMBER: _ClassVar[int]
+    verdict: GateVerdict
+    verdict_json: str
+    checks: _containers.RepeatedCompositeFieldContainer[GateCheck]
+    policy_sha256: str
+    reasons: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, verdict: _Optional[_Union[GateVerdict, str]] = ..., verdict_json: _Optional[str] = ..., checks: _Optional[_Iterable[_Union[GateCheck, _Mapping]]] = ..., policy_sha256: _Optional[str] = ..., reasons: _Optional[_Iterable[str]] = ...) -> None: ...

@@ -80,6 +80,11 @@ class EvaluationServiceStub:
                 request_serializer=evalfleet_dot_v1_dot_coordinator__pb2.ListWorkersRequest.SerializeToString,
                 response_deserializer=evalfleet_dot_v1_dot_coordinator__pb2.ListWorkersResponse.FromString,
                 _registered_method=True)
+        self.EvaluateGate = channel.unary_unary(
+                '/evalfleet.v1.EvaluationService/EvaluateGate',
+                request_serializer=evalfleet_dot_v1_dot_coordinator__pb2.EvaluateGateRequest.SerializeToString,
+                response_deserializer=evalfleet_dot_v1_dot_coordinator__pb2.EvaluateGateResponse.FromString,
+                _registered_method=True)
 
 
 class EvaluationServiceServicer:
@@ -153,6 +158,19 @@ class EvaluationServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def EvaluateGate(self, request, context):
+        """A release gate on two stored evaluations: may the candidate ship, judged against the
+        baseline under a policy (the YAML `evalfleet gate --policy` reads; examples/gate.yaml):
+        required tasks, floors, and maximum regressions judged by the paired tests of `results
+        compare`, with INCONCLUSIVE (and the documents needed) when the test is too weak to tell.
+        Both evaluations must have succeeded; paired tests need both created with log_samples.
+        Errors: INVALID_ARGUMENT naming the policy's key, NOT_FOUND for an unknown id,
+        FAILED_PRECONDITION for an evaluation without results.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_EvaluationServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -200,6 +218,11 @@ def add_EvaluationServiceServicer_to_server(servicer, server):
                     servicer.ListWorkers,
                     request_deserializer=evalfleet_dot_v1_dot_coordinator__pb2.ListWorkersRequest.FromString,
                     response_serializer=evalfleet_dot_v1_dot_coordinator__pb2.ListWorkersResponse.SerializeToString,
+            ),
+            'EvaluateGate': grpc.unary_unary_rpc_method_handler(
+                    servicer.EvaluateGate,
+                    request_deserializer=evalfleet_dot_v1_dot_coordinator__pb2.EvaluateGateRequest.FromString,
+                    response_serializer=evalfleet_dot_v1_dot_coordinator__pb2.EvaluateGateResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -446,6 +469,33 @@ class EvaluationService:
             '/evalfleet.v1.EvaluationService/ListWorkers',
             evalfleet_dot_v1_dot_coordinator__pb2.ListWorkersRequest.SerializeToString,
             evalfleet_dot_v1_dot_coordinator__pb2.ListWorkersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def EvaluateGate(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/evalfleet.v1.EvaluationService/EvaluateGate',
+            evalfleet_dot_v1_dot_coordinator__pb2.EvaluateGateRequest.SerializeToString,
+            evalfleet_dot_v1_dot_coordinator__pb2.EvaluateGateResponse.FromString,
             options,
             channel_credentials,
             insecure,
