@@ -260,3 +260,39 @@ def test_coordinator_logs_a_grpc_clients_job_to_a_configured_sink(
         results["results"]["arc_easy"]["acc,none"])
     assert client.get_experiment(run.info.experiment_id).name == "coordinator-jobs"
     assert client.get_model_version(MODEL, model_version).tags["eval.mlflow_run_id"] == run_id
+
+
+def test_gate_tags_the_model_version_with_its_verdict(mlflow_server, model_version, tmp_path,
+                                                      capsys):
+    """``evalfleet gate --mlflow_args ...`` sets the verdict and the sha256 of the policy file
+    on the registered model version; a version the registry lacks is one line, exit 2."""
+    import hashlib
+
+    from mlflow.tracking import MlflowClient
+    from results_files import mc_record, results_doc, write_run
+
+    from evalfleet.client.cli import main
+
+    def run(name: str, period: int) -> Path:
+        rights = [i % period == 0 for i in range(400)]
+        acc = sum(rights) / 400
+        doc = results_doc({"arc_easy": {"acc,none": (acc, 0.02)}}, n=400)
+        return write_run(tmp_path / name, "2026-12-06T10-00-00.000001", doc, samples={
+            "arc_easy": [mc_record(i, r) for i, r in enumerate(rights)]})
+
+    policy = REPO_ROOT / "examples" / "gate.yaml"
+    client = MlflowClient(mlflow_server)
+    base, same, worse = run("a", 2), run("b", 2), run("c", 4)
+    mlflow_args = f"tracking_uri={mlflow_server},registered_model={MODEL},model_version="
+    for candidate, code, verdict in ((same, 0, "GO"), (worse, 1, "NO-GO")):
+        assert main(["gate", "--policy", str(policy), str(base), str(candidate),
+                     "--mlflow_args", mlflow_args + str(model_version)]) == code
+        assert f"gate.verdict={verdict}" in capsys.readouterr().err
+        tags = client.get_model_version(MODEL, model_version).tags
+        assert tags["gate.verdict"] == verdict
+        assert tags["gate.policy_sha256"] == hashlib.sha256(policy.read_bytes()).hexdigest()
+        assert (tags["gate.baseline"], tags["gate.candidate"]) == (str(base), str(candidate))
+    assert main(["gate", "--policy", str(policy), str(base), str(same),
+                 "--mlflow_args", mlflow_args + "99"]) == 2
+    assert capsys.readouterr().err == (f"error: mlflow: registered model '{MODEL}' has no "
+                                       f"version 99 at {mlflow_server}\n")

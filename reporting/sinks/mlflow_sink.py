@@ -9,7 +9,8 @@ version it evaluated tagged with its headline metrics.
 - **artifacts**: ``results.json`` and, with samples, ``samples/samples_<task>.jsonl``;
 - **registered model version** (``registered_model=NAME,model_version=N``): tags
   ``eval.<task>.<metric>`` = value (and ``.stderr``) for every metric of the top-level tasks and
-  groups, and ``eval.mlflow_run_id``, so the registry shows how each version scored.
+  groups, and ``eval.mlflow_run_id``, so the registry shows how each version scored;
+  ``evalfleet gate`` tags it with its verdict (:func:`gate_tags`).
 
 Arguments (``--mlflow_args``): ``tracking_uri`` (else ``$MLFLOW_TRACKING_URI``), ``experiment``
 (name; created when missing, default ``evalfleet``), ``run_name`` (default: the model name),
@@ -70,6 +71,17 @@ def headline_tags(results: dict[str, Any]) -> dict[str, str]:
             if isinstance(stderr, int | float) and not isinstance(stderr, bool):
                 tags[f"{base}.stderr"] = f"{stderr:.6g}"
     return tags
+
+
+def gate_tags(verdict: dict[str, Any]) -> dict[str, str]:
+    """A release gate's verdict (``evalfleet gate``) as model version tags: ``gate.verdict``
+    (GO, NO-GO or INCONCLUSIVE), ``gate.policy_sha256``, ``gate.baseline``, ``gate.candidate``
+    and ``gate.reasons`` (cut to MLflow's 5000 characters)."""
+    return {"gate.verdict": verdict["verdict"],
+            "gate.policy_sha256": verdict["policy"]["sha256"],
+            "gate.baseline": str(verdict["baseline"])[:5000],
+            "gate.candidate": str(verdict["candidate"])[:5000],
+            "gate.reasons": "; ".join(verdict["reasons"])[:5000]}
 
 
 def params_of(results: dict[str, Any]) -> dict[str, str]:
@@ -171,15 +183,22 @@ class MlflowSink:
         return run_id
 
     def _tag_version(self, client: Any, results: dict[str, Any], run_id: str) -> None:
-        from mlflow.exceptions import MlflowException
+        self.tag_version({**headline_tags(results), "eval.mlflow_run_id": run_id}, client)
 
+    def tag_version(self, tags: dict[str, str], client: Any = None) -> None:
+        """Set ``tags`` on the registered model version; FAILED_PRECONDITION naming it when the
+        registry has no such version."""
+        from mlflow.exceptions import MlflowException
+        from mlflow.tracking import MlflowClient
+
+        client = client or MlflowClient(tracking_uri=self.tracking_uri)
         try:
             client.get_model_version(self.registered_model, self.model_version)
         except MlflowException as exc:
             raise FailedPreconditionError(
                 f"mlflow: registered model '{self.registered_model}' has no version "
                 f"{self.model_version} at {self.tracking_uri}") from exc
-        for key, value in {**headline_tags(results), "eval.mlflow_run_id": run_id}.items():
+        for key, value in tags.items():
             client.set_model_version_tag(self.registered_model, self.model_version, key, value)
 
     # -- the sink interface -------------------------------------------------------------------
