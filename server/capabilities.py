@@ -8,7 +8,7 @@ FAILED_PRECONDITION naming the task, the request kind, the worker, the reason an
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 
 from evalfleet.common.errors import FailedPreconditionError
 from evalfleet.v1 import inference_pb2 as ipb
@@ -27,12 +27,32 @@ _DEFAULT_REMEDY = {
 }
 
 
+def _generate_hint(task: str, kind: str, caps: ipb.Capabilities,
+                   multiple_choice: Collection[str], apply_chat_template: bool) -> str:
+    """For a multiple-choice task refused loglikelihood: its ``@generate`` form (all such
+    tasks of the job), and ``--apply_chat_template`` where a chat endpoint lacks it."""
+    if kind != "loglikelihood" or task not in multiple_choice or not caps.generate_until:
+        return ""
+    forms = ",".join(f"{t}@generate" for t in sorted(multiple_choice))
+    chat = " --apply_chat_template" if caps.chat_only else ""
+    hint = (f" Or ask the multiple choice generatively: --tasks {forms}{chat} (the choices "
+            "lettered in the prompt, the answer letter scored by exact_match).")
+    if caps.chat_only and not apply_chat_template:
+        hint += (" This worker is a chat endpoint and takes chat messages only: add "
+                 "--apply_chat_template either way.")
+    return hint
+
+
 def check_request_kinds(task_kinds: Mapping[str, Iterable[str]],
-                        workers: Mapping[str, ipb.ModelInfo]) -> None:
+                        workers: Mapping[str, ipb.ModelInfo], *,
+                        multiple_choice: Collection[str] = (),
+                        apply_chat_template: bool = True) -> None:
     """Refuse a job whose tasks ask a request kind some worker cannot answer.
 
     ``task_kinds`` maps each task to the request kinds it asks; ``workers`` maps each worker
-    address to the model info it reported.
+    address to the model info it reported. A refused task named in ``multiple_choice`` is
+    told its ``@generate`` form (and a chat endpoint job without ``apply_chat_template`` to
+    add it, in the same message).
     """
     for task, kinds in task_kinds.items():
         for kind in sorted(kinds):
@@ -46,7 +66,8 @@ def check_request_kinds(task_kinds: Mapping[str, Iterable[str]],
                 raise FailedPreconditionError(
                     f"task {task} needs {kind} requests, which worker {address} (backend "
                     f"{info.backend}, model {info.model_name}) cannot answer"
-                    f"{': ' + reason if reason else ''}. Instead: {remedy}.")
+                    f"{': ' + reason if reason else ''}. Instead: {remedy}."
+                    + _generate_hint(task, kind, caps, multiple_choice, apply_chat_template))
 
 
 def check_chat_only(apply_chat_template: bool, workers: Mapping[str, ipb.ModelInfo]) -> None:

@@ -204,7 +204,6 @@ class JobRunner:
     async def _plan(self, spec: cpb.EvaluationSpec, parsed: ParsedSpec,
                     workers: list[Worker]) -> JobPlan:
         infos = {w.address: w.info for w in workers}
-        check_chat_only(parsed.apply_chat_template, infos)
         async with self._planning:
             tree = await asyncio.to_thread(load_tasks, parsed, self.data_dir,
                                            self.include_paths)
@@ -216,7 +215,11 @@ class JobRunner:
                                 allow_weak_sandbox=self.policy.allow_weak_sandbox)
         check_request_kinds(
             {name: {_OUTPUT_KINDS[t.output_type]} for name, t in tree.tasks.items()
-             if t.output_type in _OUTPUT_KINDS}, infos)
+             if t.output_type in _OUTPUT_KINDS}, infos,
+            multiple_choice={n for n, t in tree.tasks.items()
+                             if t.output_type == "multiple_choice"},
+            apply_chat_template=parsed.apply_chat_template)
+        check_chat_only(parsed.apply_chat_template, infos)  # after: that refusal names both
         chat = await _chat_renderer(parsed, workers)
         async with self._planning:
             plan = await asyncio.to_thread(build_plan, parsed, self.data_dir,

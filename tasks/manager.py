@@ -14,6 +14,7 @@ import structlog
 from evalfleet.tasks.config import build_config
 from evalfleet.tasks.dataset import default_data_dir, mirror_folder, missing_splits, splits_read
 from evalfleet.tasks.errors import TaskError, TaskNotFoundError, config_error
+from evalfleet.tasks.formats import apply_format, split_format
 from evalfleet.tasks.group import GROUP_KEYS, GroupSpec, make_group_spec
 from evalfleet.tasks.index import IndexEntry, build_index, folders_of, index_file
 from evalfleet.tasks.task import Task
@@ -116,8 +117,12 @@ class TaskManager:
         tree = TaskTree()
         registry = dict(self._index)
         for spec in names:
-            entry = self._lookup(spec, registry)
-            built = self._build(entry, None, registry, tree)
+            base, fmt = split_format(spec, registry)  # "arc_easy@generate": a task format
+            entry = self._lookup(base, registry)
+            into = TaskTree() if fmt else tree
+            built = self._build(entry, None, registry, into)
+            if fmt:
+                built = apply_format(fmt, built, into, tree, self.data_dir, self.metadata)
             for item in built if isinstance(built, list) else [built]:
                 tree.roots.append(item)
         return tree
