@@ -474,7 +474,7 @@ def task_error_message(exc: TaskError) -> str:
     """One line for a task engine error; an unknown name gets ``eval``'s "did you mean"."""
     if isinstance(exc, TaskNotFoundError):
         hint = f"; did you mean {', '.join(exc.suggestions)}?" if exc.suggestions else ""
-        return f"unknown task '{exc.name}'{hint}"
+        return f"unknown task '{exc.name}'{hint}{exc.note}"
     return str(exc)
 
 
@@ -508,6 +508,10 @@ def _tasks(args: argparse.Namespace) -> int:
             from evalfleet.client.tables import print_table
 
             print_table(_task_columns(), [_task_row(row) for row in listing])
+        from evalfleet.tasks.file_problems import broken_lines
+
+        print("".join(f"{line}\n" for line in broken_lines(manager.broken_files)), end="",
+              file=sys.stderr)
     else:
         print(show_task(manager, args.name))
     return 0

@@ -194,9 +194,12 @@ def print_task_listing(args: argparse.Namespace, data_dir: str | None) -> None:
     """``--tasks list|list_groups|list_tags|list_subtasks``: lm-eval's markdown tables."""
     from evalfleet.reporting.task_tables import task_tables
     from evalfleet.tasks import TaskManager
+    from evalfleet.tasks.file_problems import broken_lines
 
     manager = TaskManager(include_paths=args.include_path, data_dir=data_dir)
     print(task_tables(manager, **LIST_COMMANDS[args.tasks]))
+    print("".join(f"{line}\n" for line in broken_lines(manager.broken_files)), end="",
+          file=sys.stderr)
 
 
 def write_out(spec: cpb.EvaluationSpec, data_dir: str | None, include_paths: list[str]) -> None:

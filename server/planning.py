@@ -112,7 +112,7 @@ def load_tasks(parsed: ParsedSpec, data_dir: str | Path | None,
         return manager.load(names)
     except TaskNotFoundError as exc:
         hint = f"; did you mean {', '.join(exc.suggestions)}?" if exc.suggestions else ""
-        raise NotFoundError(f"spec.tasks: unknown task '{exc.name}'{hint}") from exc
+        raise NotFoundError(f"spec.tasks: unknown task '{exc.name}'{hint}{exc.note}") from exc
     except DataNotFoundError as exc:
         raise NotFoundError(str(exc)) from exc
     except TaskError as exc:

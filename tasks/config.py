@@ -130,8 +130,10 @@ def _validate(cfg: TaskConfig, source: Any) -> None:
     for key in ("dataset_kwargs", "generation_kwargs", "metadata", "fewshot_config"):
         _check_type(source, key, getattr(cfg, key), (dict,), "a mapping")
     _check_type(source, "filter_list", cfg.filter_list, (list,), "a list")
-    if isinstance(cfg.num_fewshot, bool) or not isinstance(cfg.num_fewshot, int | None):
-        raise config_error(source, "num_fewshot", f"expected an integer, got {cfg.num_fewshot!r}")
+    if isinstance(cfg.num_fewshot, bool) or not isinstance(cfg.num_fewshot, int | None) \
+            or (cfg.num_fewshot is not None and cfg.num_fewshot < 0):
+        raise config_error(source, "num_fewshot",
+                           f"expected a non-negative integer, got {cfg.num_fewshot!r}")
     if isinstance(cfg.repeats, bool) or not isinstance(cfg.repeats, int) or cfg.repeats < 1:
         raise config_error(source, "repeats", f"expected a positive integer, got {cfg.repeats!r}")
     for key in ("process_docs", "process_results", "custom_dataset"):

@@ -16,6 +16,7 @@ class TaskNotFoundError(TaskError):
     def __init__(self, name: str, suggestions: Sequence[str] = (), note: str = "") -> None:
         self.name = name
         self.suggestions = list(suggestions)
+        self.note = note  # e.g. the task files that could not be read
         hint = f"; did you mean: {', '.join(self.suggestions)}?" if self.suggestions else ""
         super().__init__(f"unknown task, group or tag {name!r}{hint}{note}")
 

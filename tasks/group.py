@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from evalfleet.tasks.errors import config_error
+from evalfleet.tasks.yaml_loader import FunctionRef
 
 GROUP_KEYS = frozenset({"group", "group_alias", "task", "aggregate_metric_list", "metadata"})
 _AGG_KEYS = frozenset({"metric", "filter_list", "aggregation", "weight_by_size"})
@@ -54,6 +55,10 @@ def parse_aggregates(raw: Any, source: Path | None) -> list[AggregateMetric]:
         unknown = sorted(set(item) - _AGG_KEYS)
         if unknown:
             raise config_error(source, f"{key}.{unknown[0]}", "unknown key")
+        if not isinstance(item["metric"], str) and not callable(item["metric"]) \
+                and not isinstance(item["metric"], FunctionRef):
+            raise config_error(source, f"{key}.metric", f"expected a metric name, got "
+                               f"{item['metric']!r}")
         agg = item.get("aggregation", "mean")
         if agg != "mean" and not callable(agg):
             raise config_error(
@@ -83,3 +88,28 @@ def make_group_spec(name: str, raw: dict[str, Any], meta: dict, source: Path | N
         metadata=metadata,
         source=source,
     )
+
+
+def check_aggregates(spec: GroupSpec, leaves: Sequence[Any]) -> None:
+    """Refuse an ``aggregate_metric_list`` metric that is no metric at all: not a registered
+    metric and reported by none of the group's tasks (a typo), naming the file and entry. A
+    registered metric the tasks do not report is kept, as lm-eval keeps it (its own groups
+    aggregate ``acc`` over bleu tasks; the group then reports nothing for it). A task with its
+    own ``process_results`` (or a Python class task) may report any name: then nothing is
+    refused."""
+    from evalfleet.scoring.registry import METRICS
+
+    reported: set[str] = set()
+    for task in leaves:
+        if not hasattr(task, "metric_list") or getattr(task, "process_results_fn", None):
+            return
+        reported |= {m.name for m in task.metric_list}
+    if not leaves:
+        return
+    for i, agg in enumerate(spec.aggregate_metric_list):
+        if isinstance(agg.metric, str) and agg.metric not in reported \
+                and agg.metric not in METRICS:
+            raise config_error(
+                spec.source, f"aggregate_metric_list[{i}].metric",
+                f"unknown metric {agg.metric!r}: none of the tasks of group {spec.name!r} "
+                f"reports it (they report {', '.join(sorted(reported))})")

@@ -11,7 +11,7 @@ from typing import Any
 
 import structlog
 
-from evalfleet.tasks.errors import TaskError
+from evalfleet.tasks.errors import TaskError, config_error
 from evalfleet.tasks.yaml_loader import load_config, read_yaml
 
 log = structlog.get_logger(__name__)
@@ -28,6 +28,18 @@ class IndexEntry:
     cfg: dict[str, Any] | None = None
     members: set[str] = field(default_factory=set)  # a tag's tasks
     error: TaskError | None = None  # include/merge error, raised when loaded
+    shadowed: list[Path] = field(default_factory=list)  # other files defining the same name
+
+
+@dataclass(frozen=True)
+class BrokenFile:
+    """A task file the index could not read (its error names the file and the problem)."""
+
+    path: Path
+    error: TaskError
+
+    def __str__(self) -> str:
+        return str(self.error)
 
 
 def _kind(cfg: dict[str, Any]) -> str | None:
@@ -45,10 +57,21 @@ def _yaml_files(root: Path) -> list[Path]:
     )
 
 
+def _tags(cfg: dict[str, Any], path: Path) -> list[str]:
+    """A file's ``tag:`` as a list of names; TaskError naming the file and key otherwise."""
+    tags = cfg.get("tag") or []
+    tags = [tags] if isinstance(tags, str) else tags
+    if not isinstance(tags, list) or not all(isinstance(t, str) and t for t in tags):
+        raise config_error(path, "tag", f"expected a tag name or a list of names, got "
+                           f"{type(cfg['tag']).__name__} {cfg['tag']!r}")
+    return tags
+
+
 def index_file(path: Path, out: dict[str, IndexEntry],
                roots: Sequence[Path] | None = None) -> None:
-    """Add one YAML file's task/group (and its tags) to ``out``; first one wins. ``roots``: the
-    task folders its ``include:`` may read from."""
+    """Add one YAML file's task/group (and its tags) to ``out``; first one wins (the others are
+    remembered in its ``shadowed``). ``roots``: the task folders its ``include:`` may read from.
+    TaskError, naming the file, when it cannot be read or its name is not a string."""
     raw = read_yaml(path)
     error = None
     try:
@@ -59,14 +82,22 @@ def index_file(path: Path, out: dict[str, IndexEntry],
     if kind is None:
         return
     name = cfg[kind]
-    if not isinstance(name, str) or name in out:
-        if isinstance(name, str):
-            log.debug("duplicate task name skipped", name=name, path=str(path))
+    if not isinstance(name, str) or not name:
+        raise config_error(path, kind, f"expected a {kind} name (a string), got "
+                           f"{type(name).__name__} {name!r}")
+    if name in out:
+        if out[name].path is not None:
+            out[name].shadowed.append(path)
+        log.debug("duplicate task name skipped", name=name, path=str(path))
         return
+    tags: list[str] = []
+    try:
+        tags = _tags(cfg, path)
+    except TaskError as err:
+        error = error or err
     out[name] = IndexEntry(name=name, kind=kind, path=path, cfg=cfg, error=error)
     if kind == "task":
-        tags = cfg.get("tag") or []
-        for tag in [tags] if isinstance(tags, str) else tags:
+        for tag in tags:
             entry = out.setdefault(tag, IndexEntry(name=tag, kind="tag"))
             if entry.kind == "tag":
                 entry.members.add(name)
@@ -92,9 +123,11 @@ def lmeval_task_library() -> Path | None:
 
 
 def build_index(
-    roots: Iterable[Path], broken: list[TaskError] | None = None
+    roots: Iterable[Path], broken: list[BrokenFile] | None = None
 ) -> dict[str, IndexEntry]:
-    """Index every YAML under ``roots``; later roots override earlier ones."""
+    """Index every YAML under ``roots``; later roots override earlier ones (the files they
+    override are kept in the winner's ``shadowed``). Files that cannot be read go to
+    ``broken``."""
     index: dict[str, IndexEntry] = {}
     roots = list(roots)
     allowed = folders_of(roots)
@@ -106,7 +139,7 @@ def build_index(
                 index_file(path, local, allowed)
             except TaskError as err:
                 if broken is not None:
-                    broken.append(err)
+                    broken.append(BrokenFile(path, err))
                 log.debug("skipping unreadable task file", path=str(path), error=str(err))
         for name, entry in local.items():
             previous = index.get(name)
@@ -114,6 +147,8 @@ def build_index(
                 previous.members |= entry.members
                 continue
             if previous is not None:
-                log.info("task overridden", name=name, by=str(entry.path), was=str(previous.path))
+                log.debug("task overridden", name=name, by=str(entry.path), was=str(previous.path))
+                if previous.path not in (None, entry.path) and entry.path is not None:
+                    entry.shadowed += [previous.path, *previous.shadowed]
             index[name] = entry
     return index

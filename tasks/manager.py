@@ -14,9 +14,10 @@ import structlog
 from evalfleet.tasks.config import build_config
 from evalfleet.tasks.dataset import default_data_dir, mirror_folder, missing_splits, splits_read
 from evalfleet.tasks.errors import TaskError, TaskNotFoundError, config_error
+from evalfleet.tasks.file_problems import broken_note, warn_if_duplicate
 from evalfleet.tasks.formats import apply_format, split_format
-from evalfleet.tasks.group import GROUP_KEYS, GroupSpec, make_group_spec
-from evalfleet.tasks.index import IndexEntry, build_index, folders_of, index_file
+from evalfleet.tasks.group import GROUP_KEYS, GroupSpec, check_aggregates, make_group_spec
+from evalfleet.tasks.index import BrokenFile, IndexEntry, build_index, folders_of, index_file
 from evalfleet.tasks.task import Task
 from evalfleet.tasks.yaml_loader import resolve_functions
 
@@ -70,11 +71,16 @@ class TaskManager:
         self.data_dir = Path(data_dir) if data_dir is not None else default_data_dir()
         self.metadata = dict(metadata or {})
         roots = ([BUILTIN_DIR] if include_builtin else []) + [Path(p) for p in include_paths]
+        # A folder named twice (the coordinator's and the job's) is read once, where it counts
+        # last (later roots override earlier ones).
+        last = {r.resolve(): i for i, r in enumerate(roots)}
+        roots = [r for i, r in enumerate(roots) if last[r.resolve()] == i]
         for root in roots:
             if not root.exists():
                 raise TaskError(f"{root}: include path does not exist")
-        self.broken_files: list[TaskError] = []
+        self.broken_files: list[BrokenFile] = []  # task files that could not be read
         self._roots = roots
+        self._groups_building: list[tuple[str, Path | None]] = []  # to refuse a group cycle
         self._index: dict[str, IndexEntry] = build_index(roots, self.broken_files)
 
     # ------------------------------------------------------------------ listing
@@ -87,6 +93,7 @@ class TaskManager:
         out = []
         for name in sorted(self._index):
             e = self._index[name]
+            warn_if_duplicate(e)
             cfg = e.cfg or {}
             entry = TaskEntry(name=name, kind=e.kind, yaml_path=e.path)
             if e.kind == "task":
@@ -140,13 +147,7 @@ class TaskManager:
                     return entry
             raise config_error(path, None, "neither 'task' nor 'group' is set")
         close = difflib.get_close_matches(spec, list(registry), n=5, cutoff=0.6)
-        note = ""
-        if self.broken_files:
-            note = (
-                f" ({len(self.broken_files)} task file(s) could not be read; first: "
-                f"{self.broken_files[0]})"
-            )
-        raise TaskNotFoundError(spec, close, note)
+        raise TaskNotFoundError(spec, close, broken_note(spec, self.broken_files))
 
     def _build(
         self,
@@ -158,6 +159,7 @@ class TaskManager:
         """Build an entry into ``tree``; returns the name(s) it contributes."""
         if entry.error is not None:
             raise entry.error
+        warn_if_duplicate(entry)
         if entry.kind == "tag":
             names = []
             for name in sorted(entry.members):
@@ -165,8 +167,18 @@ class TaskManager:
                     names.append(self._build_task(registry[name], overrides, tree))
             return names
         if entry.kind == "group":
+            cycle = [n for n, _ in self._groups_building]
+            if entry.name in cycle:
+                parent = self._groups_building[-1][1]
+                path = " -> ".join([*cycle[cycle.index(entry.name):], entry.name])
+                raise config_error(parent, "task", f"group {entry.name!r} contains itself "
+                                   f"({path}); remove it from its own task list")
             raw = copy.deepcopy(entry.cfg or {})
-            return self._build_group(entry.name, raw, overrides, registry, tree, entry.path)
+            self._groups_building.append((entry.name, entry.path))
+            try:
+                return self._build_group(entry.name, raw, overrides, registry, tree, entry.path)
+            finally:
+                self._groups_building.pop()
         return self._build_task(entry, overrides, tree)
 
     def _task_config(self, entry: IndexEntry, overrides: dict[str, Any] | None) -> dict[str, Any]:
@@ -183,6 +195,7 @@ class TaskManager:
     ) -> str:
         if entry.error is not None:
             raise entry.error
+        warn_if_duplicate(entry)
         raw = self._task_config(entry, overrides)
         if "class" in raw:
             return self._add_class_task(raw, entry.path, tree)
@@ -225,11 +238,15 @@ class TaskManager:
         members = [members] if isinstance(members, str) else (members or [])
         if not isinstance(members, list):
             raise config_error(source, "task", "expected a list of task/group names")
+        if not members:
+            raise config_error(source, "task", f"group {name!r} has no tasks; list its tasks, "
+                               "groups or tags under 'task:'")
         tree.groups[name] = spec
         for item in members:
             spec.children += self._as_list(
                 self._build_member(item, name, merged, registry, tree, source)
             )
+        check_aggregates(spec, [tree.tasks[t] for t in tree.leaves_of(name) if t in tree.tasks])
         return name
 
     @staticmethod
@@ -259,6 +276,9 @@ class TaskManager:
             base, item_overrides = item["task"], {**overrides, **item}
         else:
             raise config_error(source, "task", f"unsupported member {item!r} in group {group!r}")
+        if not isinstance(base, str):
+            raise config_error(source, "task", f"member {item!r} of group {group!r}: expected a "
+                               "task, group or tag name")
         if base not in registry:
             if isinstance(item, str):
                 close = difflib.get_close_matches(base, list(registry), n=5, cutoff=0.6)
@@ -267,11 +287,14 @@ class TaskManager:
             cfg["metadata"] = (cfg.get("metadata") or {}) | self.metadata
             return self._add_task(cfg, source, tree)
         child = registry[base]
+        # ``- task: mmlu`` with overrides: they apply to the group's (or tag's) tasks, whose
+        # names stay their own (lm-eval); the member's ``task`` is not one of them.
+        shared = {k: v for k, v in item_overrides.items() if k != "task"}
         if child.kind == "group":
-            return self._build(child, item_overrides, registry, tree)
+            return self._build(child, shared, registry, tree)
         if child.kind == "tag":
             return [
-                self._build_task(registry[n], {"task": n, **item_overrides}, tree)
+                self._build_task(registry[n], {**shared, "task": n}, tree)
                 for n in sorted(child.members)
             ]
-        return self._build_task(child, {"task": base, **item_overrides}, tree)
+        return self._build_task(child, {**shared, "task": base}, tree)

@@ -102,6 +102,9 @@ def parse_metric_list(raw: Any, output_type: str, source: Any, *,
                     source, f"{where}.metric", f"metric {metric!r} is not computed for "
                     f"output_type {output_type} (it is for {', '.join(spec.output_types)})")
         hib = entry.get("higher_is_better")
+        if hib is not None and not isinstance(hib, bool):
+            raise config_error(source, f"{where}.higher_is_better",
+                               f"expected true or false, got {hib!r}")
         if hib is None and spec is not None:
             hib = spec.higher_is_better
         out.append(MetricConfig(
