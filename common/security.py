@@ -165,11 +165,22 @@ def _deny_handler(handler: grpc.RpcMethodHandler, code: grpc.StatusCode, message
     return grpc.stream_stream_rpc_method_handler(stream, **kwargs)
 
 
+def bearer_token(value: str | bytes) -> bytes | None:
+    """The token of an ``authorization`` value of the Bearer scheme, whose name is
+    case-insensitive (RFC 6750, RFC 9110 11.1: ``bearer TOKEN`` is ``Bearer TOKEN``); None for
+    another scheme."""
+    raw = value.encode() if isinstance(value, str) else bytes(value)
+    scheme, space, token = raw.partition(b" ")
+    if not space or scheme.lower() != b"bearer":
+        return None
+    return token.lstrip(b" ")
+
+
 class BearerTokenInterceptor(grpc.aio.ServerInterceptor):
     """Refuses calls without the server's bearer token (health checks stay open)."""
 
     def __init__(self, token: str) -> None:
-        self._expected = f"Bearer {token}".encode()
+        self._expected = token.encode()
 
     async def intercept_service(self, continuation, handler_call_details):  # type: ignore[override]
         handler = await continuation(handler_call_details)
@@ -183,8 +194,8 @@ class BearerTokenInterceptor(grpc.aio.ServerInterceptor):
                 handler, grpc.StatusCode.UNAUTHENTICATED,
                 "this server requires a bearer token: send 'authorization: Bearer <token>' "
                 "metadata (evalfleet: --auth_token_file or $EVALFLEET_AUTH_TOKEN)")
-        value = given.encode() if isinstance(given, str) else bytes(given)
-        if not hmac.compare_digest(value, self._expected):
+        token = bearer_token(given)
+        if token is None or not hmac.compare_digest(token, self._expected):
             return _deny_handler(handler, grpc.StatusCode.PERMISSION_DENIED,
                                  "the bearer token is not this server's token")
         return handler

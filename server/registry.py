@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ipaddress
+import re
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
@@ -71,10 +72,23 @@ THROUGHPUT_WINDOW_S = 30.0
 
 
 def parse_host_port(address: str, field_name: str) -> str:
-    """``address`` if it is host:port (IPv6 as [::1]:port); INVALID_ARGUMENT naming the field."""
+    """``address`` if it is host:port: a host name or IPv4 address (letters, digits, ``.-_``) or
+    an IPv6 address in brackets ([::1]:port), and a port 1-65535; INVALID_ARGUMENT naming the
+    field otherwise."""
     host, sep, port = address.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise InvalidArgumentError(f"{field_name}: '{address}' is not host:port")
+    valid = bool(sep) and re.fullmatch(r"[0-9]{1,5}", port) is not None \
+        and 0 < int(port) < 65536
+    if valid and host.startswith("[") and host.endswith("]"):
+        try:
+            valid = ipaddress.ip_address(host[1:-1]).version == 6
+        except ValueError:
+            valid = False
+    elif valid:
+        valid = re.fullmatch(r"[A-Za-z0-9_](?:[A-Za-z0-9._-]{0,252})", host) is not None
+    if not valid:
+        raise InvalidArgumentError(
+            f"{field_name}: {address[:200]!r} is not host:port (a host name, IPv4 address or "
+            "[IPv6] address, and a port 1-65535)")
     return address
 
 
