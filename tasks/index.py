@@ -12,7 +12,7 @@ from typing import Any
 import structlog
 
 from evalfleet.tasks.errors import TaskError, config_error
-from evalfleet.tasks.yaml_loader import load_config, read_yaml
+from evalfleet.tasks.yaml_loader import describe, load_config, read_yaml
 
 log = structlog.get_logger(__name__)
 _IGNORE_DIRS = {"__pycache__", ".ipynb_checkpoints"}
@@ -84,7 +84,7 @@ def index_file(path: Path, out: dict[str, IndexEntry],
     name = cfg[kind]
     if not isinstance(name, str) or not name:
         raise config_error(path, kind, f"expected a {kind} name (a string), got "
-                           f"{type(name).__name__} {name!r}")
+                           f"{type(name).__name__} {describe(name)!r}")
     if name in out:
         if out[name].path is not None:
             out[name].shadowed.append(path)
