@@ -51,6 +51,17 @@ def test_manifest_parses_into_the_kubernetes_model(doc):
     assert _normal(ApiClient().sanitize_for_serialization(model)) == _normal(doc)
 
 
+def image_env() -> dict[str, str]:
+    """deploy/Dockerfile's ENV (``KEY=VALUE`` pairs, continued lines joined)."""
+    import shlex
+
+    text = (DEPLOY / "Dockerfile").read_text().replace("\\\n", " ")
+    env: dict[str, str] = {}
+    for line in re.findall(r"^ENV (.+)$", text, flags=re.M):
+        env.update(pair.split("=", 1) for pair in shlex.split(line))
+    return env
+
+
 def _by(kind: str, name: str) -> dict:
     return next(d for d in _documents() if d["kind"] == kind and d["metadata"]["name"] == name)
 
@@ -143,3 +154,16 @@ def test_the_round_trip_catches_a_misspelled_field():
     doc = json.loads(json.dumps(_by("StatefulSet", "evalfleet-worker")))
     doc["spec"]["template"]["spec"]["containers"][0]["readinesProbe"] = {"grpc": {"port": 1}}
     assert _normal(ApiClient().sanitize_for_serialization(_model(doc))) != _normal(doc)
+
+
+@pytest.mark.parametrize("kind,name", [("Deployment", "evalfleet-coordinator"),
+                                       ("StatefulSet", "evalfleet-worker")])
+def test_a_read_only_root_leaves_every_place_the_image_writes_on_a_volume(kind, name):
+    container = _container(_by(kind, name))
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    writable = [m["mountPath"] for m in container["volumeMounts"] if not m.get("readOnly")]
+    # /tmp, and the folders the image's ENV points programs at (caches, HF_HOME, ...).
+    places = ["/tmp", *(v for v in image_env().values() if v.startswith("/"))]
+    assert "/var/cache/evalfleet" in places and len(places) >= 4, places
+    for place in places:
+        assert any(place == m or place.startswith(f"{m}/") for m in writable), place

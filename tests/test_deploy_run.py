@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import os
 import re
-import shlex
 import subprocess
 import sys
 import time
@@ -23,31 +22,14 @@ from pathlib import Path
 import grpc
 import pytest
 import yaml
-from conftest import REPO_ROOT, free_port
+from conftest import free_port
+from test_deploy import DEPLOY, _by, image_env
+from test_fleet_dns import LoopbackDns
 
 from evalfleet.v1 import coordinator_pb2 as cpb
 from evalfleet.v1 import coordinator_pb2_grpc as cpb_grpc
 
-DEPLOY = REPO_ROOT / "deploy"
 WORKERS_NAME = "evalfleet-workers.evalfleet.svc.cluster.local"
-
-
-def _documents() -> list[dict]:
-    return [d for p in sorted((DEPLOY / "k8s").glob("*.yaml"))
-            for d in yaml.safe_load_all(p.read_text()) if d]
-
-
-def _by(kind: str, name: str) -> dict:
-    return next(d for d in _documents() if d["kind"] == kind and d["metadata"]["name"] == name)
-
-
-def image_env() -> dict[str, str]:
-    """The Dockerfile's ENV lines (``KEY=VALUE`` pairs, continued lines joined)."""
-    text = (DEPLOY / "Dockerfile").read_text().replace("\\\n", " ")
-    env: dict[str, str] = {}
-    for line in re.findall(r"^ENV (.+)$", text, flags=re.M):
-        env.update(pair.split("=", 1) for pair in shlex.split(line))
-    return env
 
 
 class Pod:
@@ -109,32 +91,6 @@ def _replace_once(text: str, old: str, new: str) -> str:
     return text.replace(old, new)
 
 
-class ClusterDns(asyncio.DatagramProtocol):
-    """The cluster's DNS for one name: A records 127.0.0.1 (one ready worker pod)."""
-
-    def __init__(self, name: str) -> None:
-        self.name = name.rstrip(".") + "."
-
-    def connection_made(self, transport) -> None:
-        self.transport = transport
-
-    def datagram_received(self, data: bytes, addr) -> None:
-        import dns.message
-        import dns.rcode
-        import dns.rdatatype
-        import dns.rrset
-
-        query = dns.message.from_wire(data)
-        response = dns.message.make_response(query)
-        question = query.question[0]
-        if question.name.to_text().lower() != self.name:
-            response.set_rcode(dns.rcode.NXDOMAIN)
-        elif question.rdtype == dns.rdatatype.A:
-            response.answer.append(dns.rrset.from_text_list(self.name, 5, "IN", "A",
-                                                            ["127.0.0.1"]))
-        self.transport.sendto(response.to_wire(), addr)
-
-
 def _start_postgres(pod: Pod):
     """Debian's server set up as the postgres image's entrypoint does from the container's env."""
     from pg_server import PostgresServer, unavailable_reason
@@ -182,7 +138,9 @@ class Process:
         with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
             stub = health_pb2_grpc.HealthStub(channel)
             while True:
-                assert self.proc.poll() is None, self.log.read_text()[-3000:]
+                assert self.proc.poll() is None, (
+                    f"{self.proc.args[1:3]} exited ({self.proc.returncode}):\n"
+                    f"{self.log.read_text()[-3000:]}")
                 try:
                     status = stub.Check(health_pb2.HealthCheckRequest(service=service),
                                         timeout=2).status
@@ -190,7 +148,9 @@ class Process:
                         return
                 except grpc.RpcError:
                     pass
-                assert time.monotonic() < deadline, self.log.read_text()[-3000:]
+                assert time.monotonic() < deadline, (
+                    f"{self.proc.args[1:3]} not serving {service!r} after {timeout} s:\n"
+                    f"{self.log.read_text()[-3000:]}")
                 time.sleep(0.2)
 
     def wrote_outside_its_volumes(self) -> list[str]:
@@ -227,17 +187,10 @@ def test_the_manifests_run_a_job(tmp_path, background_loop, data_dir, tiny_model
         ("StatefulSet", "postgres"), ("StatefulSet", "evalfleet-worker"),
         ("Deployment", "evalfleet-coordinator"))}
     started: list[Process] = []
-    pg, pg_env = _start_postgres(pods["postgres"])
-    transport = None
+    pg = transport = None
     try:
-        # The postgres container's readiness probe, as written (the socket folder is a volume).
-        probe = pods["postgres"].container("postgres")["readinessProbe"]["exec"]["command"]
-        done = subprocess.run([str(pg.bin_dir / probe[0]), *probe[1:]], capture_output=True,
-                              text=True, env={**os.environ, "PGHOST": "127.0.0.1",
-                                              "PGPORT": str(pg.port)}, timeout=30)
-        assert done.returncode == 0, done.stdout + done.stderr
-
-        # The worker: the manifest's args; its port a free one, the GPU the CPU.
+        # The worker first (loading its model takes longest): the manifest's args; its port a
+        # free one, the GPU the CPU.
         pod = pods["evalfleet-worker"]
         container = pod.container("worker")
         worker_port, worker_service = _probe(container)
@@ -252,10 +205,20 @@ def test_the_manifests_run_a_job(tmp_path, background_loop, data_dir, tiny_model
         worker = Process(_entrypoint() + args, pod.env(container), pod.root)
         started.append(worker)
 
-        # The cluster's DNS, answering the headless service's name.
+        # PostgreSQL, and its container's readiness probe as written (PGHOST/PGPORT stand for
+        # the socket folder the probe uses in the pod).
+        pg, pg_env = _start_postgres(pods["postgres"])
+        probe = pods["postgres"].container("postgres")["readinessProbe"]["exec"]["command"]
+        done = subprocess.run([str(pg.bin_dir / probe[0]), *probe[1:]], capture_output=True,
+                              text=True, env={**os.environ, "PGHOST": "127.0.0.1",
+                                              "PGPORT": str(pg.port)}, timeout=30)
+        assert done.returncode == 0, done.stdout + done.stderr
+
+        # The cluster's DNS, answering the headless service's name with the one worker pod.
         async def serve_dns():
             return (await asyncio.get_running_loop().create_datagram_endpoint(
-                lambda: ClusterDns(WORKERS_NAME), local_addr=("127.0.0.1", 0)))[0]
+                lambda: LoopbackDns(["127.0.0.1"], WORKERS_NAME),
+                local_addr=("127.0.0.1", 0)))[0]
 
         transport = background_loop.run(serve_dns())
         dns_port = transport.get_extra_info("sockname")[1]
@@ -327,4 +290,5 @@ def test_the_manifests_run_a_job(tmp_path, background_loop, data_dir, tiny_model
             process.stop()
         if transport is not None:
             transport.close()
-        pg.stop()
+        if pg is not None:
+            pg.stop()

@@ -23,10 +23,12 @@ NAME = "workers.evalfleet.test."
 
 
 class LoopbackDns(asyncio.DatagramProtocol):
-    """Answers A queries for ``NAME`` with ``addresses`` (NXDOMAIN for other names)."""
+    """Answers A queries for ``name`` (default ``NAME``) with ``addresses`` (NXDOMAIN for other
+    names)."""
 
-    def __init__(self, addresses: list[str]) -> None:
+    def __init__(self, addresses: list[str], name: str = NAME) -> None:
         self.addresses = addresses
+        self.name = name.rstrip(".") + "."
         self.queries = 0
 
     def connection_made(self, transport) -> None:
@@ -42,10 +44,10 @@ class LoopbackDns(asyncio.DatagramProtocol):
         response = dns.message.make_response(query)
         question = query.question[0]
         self.queries += 1
-        if question.name.to_text().lower() != NAME:
+        if question.name.to_text().lower() != self.name:
             response.set_rcode(dns.rcode.NXDOMAIN)
         elif question.rdtype == dns.rdatatype.A and self.addresses:
-            response.answer.append(dns.rrset.from_text_list(NAME, 1, "IN", "A",
+            response.answer.append(dns.rrset.from_text_list(self.name, 1, "IN", "A",
                                                             list(self.addresses)))
         self.transport.sendto(response.to_wire(), addr)
 
