@@ -189,8 +189,16 @@ def test_the_manifests_run_a_job(tmp_path, background_loop, data_dir, tiny_model
     started: list[Process] = []
     pg = transport = None
     try:
-        # The worker first (loading its model takes longest): the manifest's args; its port a
-        # free one, the GPU the CPU.
+        # PostgreSQL first (it holds its port at once, so no later free port is its), and its
+        # container's readiness probe as written (PGHOST/PGPORT stand for the pod's socket folder).
+        pg, pg_env = _start_postgres(pods["postgres"])
+        probe = pods["postgres"].container("postgres")["readinessProbe"]["exec"]["command"]
+        done = subprocess.run([str(pg.bin_dir / probe[0]), *probe[1:]], capture_output=True,
+                              text=True, env={**os.environ, "PGHOST": "127.0.0.1",
+                                              "PGPORT": str(pg.port)}, timeout=30)
+        assert done.returncode == 0, done.stdout + done.stderr
+
+        # The worker: the manifest's args; its port a free one, the GPU the CPU.
         pod = pods["evalfleet-worker"]
         container = pod.container("worker")
         worker_port, worker_service = _probe(container)
@@ -204,15 +212,6 @@ def test_the_manifests_run_a_job(tmp_path, background_loop, data_dir, tiny_model
                 for a in args]
         worker = Process(_entrypoint() + args, pod.env(container), pod.root)
         started.append(worker)
-
-        # PostgreSQL, and its container's readiness probe as written (PGHOST/PGPORT stand for
-        # the socket folder the probe uses in the pod).
-        pg, pg_env = _start_postgres(pods["postgres"])
-        probe = pods["postgres"].container("postgres")["readinessProbe"]["exec"]["command"]
-        done = subprocess.run([str(pg.bin_dir / probe[0]), *probe[1:]], capture_output=True,
-                              text=True, env={**os.environ, "PGHOST": "127.0.0.1",
-                                              "PGPORT": str(pg.port)}, timeout=30)
-        assert done.returncode == 0, done.stdout + done.stderr
 
         # The cluster's DNS, answering the headless service's name with the one worker pod.
         async def serve_dns():
@@ -230,6 +229,8 @@ def test_the_manifests_run_a_job(tmp_path, background_loop, data_dir, tiny_model
         container = pod.container("coordinator")
         coordinator_port, coordinator_service = _probe(container)
         port = free_port()
+        while port == local_worker_port:  # the worker may not have bound its port yet
+            port = free_port()
         args = []
         for arg in (pod.local(container, a) for a in container["args"]):
             if arg.startswith("--port="):
