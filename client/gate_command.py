@@ -33,7 +33,10 @@ def add_gate_parser(sub: argparse._SubParsersAction) -> None:
     """The ``gate`` subcommand's flags."""
     g = sub.add_parser("gate", help="release gate: GO / NO-GO / INCONCLUSIVE for a candidate "
                                     "run against a baseline under a policy YAML",
-                       description=__doc__.splitlines()[0])
+                       description="May the candidate ship? Judges run B (candidate) against "
+                                   "run A (baseline) under a policy: required tasks, floors, "
+                                   "maximum regressions by paired tests. Exit 0 GO, 1 NO-GO, "
+                                   "3 INCONCLUSIVE (too few documents to tell), 2 bad input.")
     g.add_argument("--log_level", default=argparse.SUPPRESS,
                    help="DEBUG, INFO, WARNING (default), ERROR")
     g.add_argument("baseline", help="run A: results file or folder (an evaluation id with "
