@@ -122,8 +122,8 @@ async def _remote(args: argparse.Namespace, policy_bytes: bytes) -> dict[str, An
 
 
 def run_gate(args: argparse.Namespace) -> int:
-    """Judge, print, write and tag; the exit code says the verdict."""
-    from evalfleet.reporting.gate import EXIT_CODES
+    """Judge, print, write and tag; the exit code says the verdict (the document's
+    ``exit_code``: with --coordinator nothing here needs numpy or scipy)."""
     from evalfleet.reporting.gate_render import render_markdown, render_text
 
     sink = _mlflow_sink(args.mlflow_args) if args.mlflow_args else None
@@ -140,7 +140,7 @@ def run_gate(args: argparse.Namespace) -> int:
         print(f"wrote {args.markdown}", file=sys.stderr)
     if sink is not None:
         _tag(sink, verdict)
-    return EXIT_CODES[verdict["verdict"]]
+    return int(verdict["exit_code"])
 
 
 def _tag(sink: Any, verdict: dict[str, Any]) -> None:

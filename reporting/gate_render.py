@@ -6,8 +6,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from evalfleet.reporting.compare import _markdown
-
 _MARKS = {"GO": "✅", "NO-GO": "❌", "INCONCLUSIVE": "⚠️"}
 _ORDER = {"FAIL": 0, "INCONCLUSIVE": 1, "PASS": 2, "SKIPPED": 3}
 
@@ -43,6 +41,8 @@ def render_text(verdict: dict[str, Any]) -> str:
 
 def render_markdown(verdict: dict[str, Any]) -> str:
     """A pull-request comment: heading with the verdict, the reasons, a table of the checks."""
+    from evalfleet.reporting.compare import _markdown
+
     name = verdict["verdict"]
     out = [f"## Release gate: {_MARKS.get(name, '')} {name}".replace("  ", " "), "",
            f"Baseline `{verdict['baseline']}`, candidate `{verdict['candidate']}`; "
