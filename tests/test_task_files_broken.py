@@ -8,19 +8,11 @@ from pathlib import Path
 
 import pytest
 from structlog.testing import capture_logs
+from test_tasks_errors import GOOD as ARC  # an ARC-Easy task, {name} to fill
 
 from evalfleet.client.cli import main
 from evalfleet.tasks import TaskManager, TaskNotFoundError
 
-ARC = """task: {name}
-dataset_path: allenai/ai2_arc
-dataset_name: ARC-Easy
-output_type: multiple_choice
-test_split: test
-doc_to_text: "Question: {{{{question}}}}\\nAnswer:"
-doc_to_target: "{{{{choices.label.index(answerKey)}}}}"
-doc_to_choice: "{{{{choices.text}}}}"
-"""
 #: One file per way a task file cannot be read, and the phrase its error must hold.
 BROKEN: dict[str, tuple[bytes, str]] = {
     "latin1": (b"task: caf\xe9\ndataset_path: x\n", "invalid YAML"),

@@ -6,18 +6,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from test_tasks_errors import GOOD as ARC  # an ARC-Easy task, {name} to fill
 
 from evalfleet.tasks import TaskError, TaskManager
-
-ARC = """task: {name}
-dataset_path: allenai/ai2_arc
-dataset_name: ARC-Easy
-output_type: multiple_choice
-test_split: test
-doc_to_text: "Question: {{{{question}}}}\\nAnswer:"
-doc_to_target: "{{{{choices.label.index(answerKey)}}}}"
-doc_to_choice: "{{{{choices.text}}}}"
-"""
 
 
 def _write(folder: Path, name: str, text: str) -> Path:
