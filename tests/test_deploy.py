@@ -167,3 +167,12 @@ def test_a_read_only_root_leaves_every_place_the_image_writes_on_a_volume(kind, 
     assert "/var/cache/evalfleet" in places and len(places) >= 4, places
     for place in places:
         assert any(place == m or place.startswith(f"{m}/") for m in writable), place
+
+
+def test_kubectl_apply_creates_the_namespace_first():
+    # `kubectl apply -f deploy/k8s/` applies the files in name order; anything put in a namespace
+    # that does not exist yet is refused.
+    first, *rest = sorted((DEPLOY / "k8s").glob("*.yaml"))
+    assert [d["kind"] for d in yaml.safe_load_all(first.read_text()) if d] == ["Namespace"]
+    assert all(d["kind"] != "Namespace" for p in rest for d in yaml.safe_load_all(p.read_text())
+               if d)
