@@ -9,7 +9,8 @@ SKIPPED:
   is better, a maximum otherwise).
 - **regression**: ``results compare``'s rows and tests (McNemar exact for 0/1 metrics, the
   paired t-test, the z-test on stderrs; :mod:`.compare`). FAIL when B is worse than A by more
-  than max_regression and the difference is significant at alpha (``--fail-if-worse``'s rule);
+  than max_regression and the difference is significant at alpha (``--fail-if-worse``'s rule;
+  with ``correction: bonferroni`` at alpha divided by the number of regression tests);
   PASS when it is not and the test had the policy's power to detect a drop of max_regression
   (:mod:`.gate_power`); INCONCLUSIVE otherwise, saying how many documents would be needed.
 
@@ -102,6 +103,18 @@ class _Judge:
         self.values_a, self.values_b = metric_values(a.results), metric_values(b.results)
         self.rows = {(r.task, r.metric, r.filter): r for r in compare_runs(a, b)}
         self.checks: list[Check] = []
+        self.alpha = policy.alpha  # per test (see :meth:`correct`)
+
+    def correct(self) -> int:
+        """Set the per-test alpha of the policy's correction; returns the number of tests."""
+        tests = sum(1 for rule in self.policy.tasks for metric in rule.metrics
+                    if metric.max_regression is not None
+                    and rule.task in self.a.task_names() and rule.task in self.b.task_names()
+                    for key in self._keys(rule, metric)
+                    if key in self.values_a and key in self.values_b)
+        if self.policy.correction == "bonferroni" and tests > 1:
+            self.alpha = self.policy.alpha / tests
+        return tests
 
     def add(self, rule: TaskRule, key: MetricKey | None, kind: str, status: str, message: str,
             **numbers: Any) -> None:
@@ -172,7 +185,7 @@ class _Judge:
                  floor=floor, higher_is_better=hib)
 
     def _power(self, row: MetricRow, delta: float) -> Power:
-        alpha, target = self.policy.alpha, self.policy.power
+        alpha, target = self.alpha, self.policy.power
         if row.test.method in (MCNEMAR, PAIRED_T):
             pair = paired_arrays(self.a, self.b, row.task, row.metric, row.filter, row.a, row.b)
             assert pair is not None  # compare_runs paired these very rows
@@ -190,7 +203,7 @@ class _Judge:
             "higher_is_better": row.higher_is_better}
         found = (f"B-A {test.diff:+.4f}, p={_p(test.p_value)}, {test.method}"
                  + (f", {test.n} documents" if test.n else ""))
-        alpha = self.policy.alpha
+        alpha = self.alpha
         if regressions([row], [Threshold(key[1], key[2], delta)], alpha):
             self.add(rule, key, "regression", FAIL,
                      f"dropped {row.a:.4f} -> {row.b:.4f} ({found}): by more than "
@@ -248,6 +261,7 @@ def evaluate_gate(policy: GatePolicy, a: Run, b: Run, *, baseline: str | None = 
     """Judge run ``b`` (candidate) against ``a`` (baseline): the verdict document that
     ``evalfleet gate --json`` prints and the coordinator's EvaluateGate answers."""
     judge = _Judge(policy, a, b)
+    tests = judge.correct()
     for rule in policy.tasks:
         judge.task(rule)
     verdict, reasons = verdict_of(judge.checks)
@@ -258,6 +272,7 @@ def evaluate_gate(policy: GatePolicy, a: Run, b: Run, *, baseline: str | None = 
         "reasons": reasons, "counts": counts,
         "baseline": baseline or str(a.path), "candidate": candidate or str(b.path),
         "policy": {"source": policy.source, "sha256": policy.sha256, "alpha": policy.alpha,
-                   "power": policy.power},
+                   "power": policy.power, "correction": policy.correction,
+                   "regression_tests": tests, "alpha_per_test": judge.alpha},
         "checks": [asdict(c) for c in judge.checks],
     }

@@ -5,6 +5,7 @@ The policy is a YAML file (``examples/gate.yaml``)::
 
     alpha: 0.05              # significance level of the paired tests (default 0.05)
     power: 0.8               # power a "no regression" finding needs (default 0.8)
+    correction: none         # or bonferroni: alpha / (number of regression tests)
     tasks:
       arc_easy:              # a task or group name, as in the results file
         required: true       # missing from either run: NO-GO (default false: skipped)
@@ -29,9 +30,10 @@ import yaml
 from evalfleet.common.errors import InvalidArgumentError
 
 TIERS = ("blocking", "advisory")
+CORRECTIONS = ("none", "bonferroni")
 #: The most bytes a policy may have (a policy is a few lines; this bounds what a client sends).
 MAX_POLICY_BYTES = 1 << 20
-_TOP_KEYS = ("alpha", "power", "tasks")
+_TOP_KEYS = ("alpha", "power", "correction", "tasks")
 _TASK_KEYS = ("required", "tier", "metrics")
 _METRIC_KEYS = ("floor", "max_regression")
 
@@ -70,6 +72,8 @@ class GatePolicy:
     power: float = 0.8
     sha256: str = ""
     source: str = "<policy>"
+    #: "bonferroni": each regression test at alpha / (the number of them); "none": at alpha
+    correction: str = "none"
 
 
 def _fail(source: str, where: str, message: str) -> InvalidArgumentError:
@@ -156,5 +160,9 @@ def parse_policy(text: bytes | str, source: str = "<policy>") -> GatePolicy:
                     open_low=True, what="between 0 and 1")
     power = _number(data.get("power", 0.8), source, "power", low=0.0, high=1.0,
                     open_low=True, what="between 0 and 1")
+    correction = data.get("correction", "none")
+    if correction not in CORRECTIONS:
+        raise _fail(source, "correction", f"must be one of {', '.join(CORRECTIONS)} "
+                                          f"(got {correction!r})")
     return GatePolicy(tuple(_task_rule(n, r, source) for n, r in tasks.items()), alpha, power,
-                      hashlib.sha256(data_bytes).hexdigest(), source)
+                      hashlib.sha256(data_bytes).hexdigest(), source, correction)

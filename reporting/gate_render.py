@@ -25,8 +25,12 @@ def _ordered(verdict: dict[str, Any]) -> list[dict[str, Any]]:
 
 def _policy_line(verdict: dict[str, Any]) -> str:
     policy = verdict["policy"]
-    return (f"policy {policy['source']} (sha256 {policy['sha256'][:12]}), alpha "
-            f"{policy['alpha']:g}, power {policy['power']:g}")
+    alpha = f"alpha {policy['alpha']:g}"
+    if policy.get("alpha_per_test", policy["alpha"]) != policy["alpha"]:
+        alpha += (f" ({policy['alpha_per_test']:.3g} per test: Bonferroni over "
+                  f"{policy['regression_tests']})")
+    return (f"policy {policy['source']} (sha256 {policy['sha256'][:12]}), {alpha}, power "
+            f"{policy['power']:g}")
 
 
 def render_text(verdict: dict[str, Any]) -> str:

@@ -226,3 +226,33 @@ def test_paired_t_power_matches_simulation():
     at_needed = sum(paired_t(rng.normal(-0.1, sd, power.documents_needed))[0] < 0.05
                     for _ in range(1000)) / 1000
     assert at_needed == pytest.approx(0.8, abs=0.04)
+
+
+def test_bonferroni_correction_divides_alpha_among_the_regression_tests(tmp_path, capsys):
+    """Two tasks each 6 documents worse (McNemar p = 2 * 0.5**6 = 0.031): NO-GO at alpha 0.05
+    per test; with ``correction: bonferroni`` each test is at 0.025 and neither drop is
+    significant, so the verdict is INCONCLUSIVE (a drop beyond max_regression, not shown)."""
+    right = [i % 2 == 0 for i in range(400)]
+    worse = [r and i >= 12 for i, r in enumerate(right)]  # documents 0, 2, ..., 10 now wrong
+    runs = []
+    for name, rights in (("a", right), ("b", worse)):
+        acc = sum(rights) / 400
+        records = [mc_record(i, r) for i, r in enumerate(rights)]
+        runs.append(write_run(tmp_path / name, STAMP, results_doc(
+            {t: {"acc,none": (acc, 0.025)} for t in ("arc_easy", "piqa")}, n=400),
+            samples={"arc_easy": records, "piqa": records}))
+    rules = ("tasks:\n  arc_easy:\n    metrics: {acc: {max_regression: 0.01}}\n"
+             "  piqa:\n    metrics: {acc: {max_regression: 0.01}}\n")
+    for correction, code, verdict_name, status in (("none", 1, "NO-GO", "FAIL"),
+                                                   ("bonferroni", 3, "INCONCLUSIVE",
+                                                    "INCONCLUSIVE")):
+        policy = tmp_path / f"{correction}.yaml"
+        policy.write_text(f"correction: {correction}\n{rules}", encoding="utf-8")
+        got, verdict, _ = _gate(capsys, "--policy", str(policy), *map(str, runs))
+        assert (got, verdict["verdict"]) == (code, verdict_name)
+        tests = _checks(verdict, "regression")
+        assert [c["status"] for c in tests] == [status, status]
+        assert tests[0]["p_value"] == pytest.approx(2 * 0.5 ** 6)
+        assert verdict["policy"]["regression_tests"] == 2
+        assert verdict["policy"]["alpha_per_test"] == (0.05 if correction == "none" else 0.025)
+    assert "dropped 0.0150, more than 0.01, but not significantly" in tests[0]["message"]
