@@ -266,6 +266,8 @@ class JobRunner:
         them; returns the ids claimed. Jobs waiting for workers are retried after a pause."""
         claimed = []
         now = time.monotonic()
+        for job_id in [i for i, at in self._retry_at.items() if at <= now]:
+            del self._retry_at[job_id]  # due (or taken by another coordinator): forgotten
         for record in await self.store.list_claimable():
             if self._retry_at.get(record.id, 0.0) > now or record.id in self._resuming:
                 continue

@@ -113,10 +113,14 @@ class EvaluationServicer(cpb_grpc.EvaluationServiceServicer):
 
 def _stored_evaluation(record: JobRecord) -> cpb.Evaluation:
     """An evaluation as the store has it (no progress: this process does not run it); a spec
-    stored before secrets were hidden at creation is answered with them hidden."""
-    return cpb.Evaluation(id=record.id, state=record.state,
-                          spec=redact_spec(cpb.EvaluationSpec.FromString(record.spec)),
-                          error=record.error)
+    stored before secrets were hidden at creation is answered with them hidden. Its times
+    are the store's (a finished job this process no longer keeps is answered so)."""
+    evaluation = cpb.Evaluation(id=record.id, state=record.state,
+                                spec=redact_spec(cpb.EvaluationSpec.FromString(record.spec)),
+                                error=record.error)
+    evaluation.created_at.FromNanoseconds(int(record.created_at * 1e9))
+    evaluation.updated_at.FromNanoseconds(int(record.updated_at * 1e9))
+    return evaluation
 
 
 class WorkerRegistryServicer(cpb_grpc.WorkerRegistryServiceServicer):

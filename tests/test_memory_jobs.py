@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import json
+import time
 import weakref
 from types import SimpleNamespace
 
@@ -72,6 +73,7 @@ def test_finished_jobs_keep_no_plan_and_are_answered_from_the_store(soak_coordin
             shown = stub.GetEvaluation(cpb.GetEvaluationRequest(id=job_id), timeout=10)
             assert shown.state == cpb.EVALUATION_STATE_SUCCEEDED and shown.spec.tasks == \
                 ["arc_easy"]
+            assert 0 < shown.created_at.ToNanoseconds() <= shown.updated_at.ToNanoseconds()
             results = json.loads(stub.GetResults(cpb.GetResultsRequest(id=job_id),
                                                  timeout=10).results_json)
             assert results["n-samples"]["arc_easy"]["effective"] == 3
@@ -125,3 +127,25 @@ def test_a_watcher_that_does_not_read_holds_a_bounded_queue():
     assert queue.qsize() == MAX_QUEUED_EVENTS
     waiting = [queue.get_nowait().message for _ in range(MAX_QUEUED_EVENTS)]
     assert waiting[-1] == f"event {3 * MAX_QUEUED_EVENTS - 1}"  # the newest are kept
+
+
+def test_retry_times_of_jobs_no_longer_waiting_are_forgotten():
+    from evalfleet.server.registry import WorkerRegistry
+    from evalfleet.server.runner import JobRunner
+    from evalfleet.server.scheduler import Scheduler
+    from evalfleet.server.store import SqliteJobStore
+
+    async def retry_times_left() -> list[str]:
+        store = SqliteJobStore(":memory:")
+        await store.open()
+        registry = WorkerRegistry()
+        runner = JobRunner(store, registry, Scheduler(registry))
+        now = time.monotonic()
+        runner._retry_at.update({"taken elsewhere": now - 1, "waiting": now + 60})
+        try:
+            await runner.claim_once()
+            return list(runner._retry_at)
+        finally:
+            await store.close()
+
+    assert asyncio.run(retry_times_left()) == ["waiting"]
