@@ -3,17 +3,22 @@
 The servicer only translates between protobuf batches and the backend's async API. Concurrency
 is the backend's: the hf backend computes one batch at a time (preparing the next meanwhile),
 remote backends keep several HTTP calls in flight. Each request gets its own outcome; an
-``ItemError`` travels on that item and the rest of the batch is answered.
+``ItemError`` travels on that item and the rest of the batch is answered. A backend that raises
+for a batch does not fail it: the requests it raises for are found by halving the batch and get
+an ``ItemError`` each (see :func:`answer_each`), so one client's bad request never costs the
+others their answers, nor the worker its health (the coordinator takes a batch's error status as
+the worker's fault only for transport failures).
 """
 
 from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
-from evalfleet.common.errors import InvalidArgumentError
+from evalfleet.common.errors import EvalfleetError, InvalidArgumentError, UnavailableError
 from evalfleet.common.logging import get_logger
 from evalfleet.common.redact import redact_mapping
 from evalfleet.common.rpc import RunningServer, Service, start_server
@@ -124,6 +129,76 @@ def _generation_context(index: int, item: pb.GenerateItem) -> str | list[dict[st
     return item.context
 
 
+#: Longest message of an ItemError made from an exception.
+MAX_ITEM_ERROR = 500
+#: Exceptions that are the worker's or the method's, not a request's: the whole call fails
+#: with their status (UNAVAILABLE takes the worker out until its health check passes;
+#: UNIMPLEMENTED fails the job).
+_NOT_ISOLATED = (UnavailableError, NotImplementedError)
+
+
+def item_error_for(exc: Exception) -> ItemError:
+    """The ItemError of a request the backend raised ``exc`` for: retryable (a try each, on
+    any worker) unless the request itself is invalid."""
+    message = exc.message if isinstance(exc, EvalfleetError) else \
+        f"{type(exc).__name__}: {exc}"
+    if len(message) > MAX_ITEM_ERROR:
+        message = message[:MAX_ITEM_ERROR] + "..."
+    return ItemError(message, retryable=not isinstance(exc, InvalidArgumentError))
+
+
+async def answer_each(kind: str, call: Callable[[list], Awaitable[Answers]], arguments: list,
+                      refused: dict[int, ItemError] | None = None) -> Answers:
+    """``call(arguments)``, each request with its own outcome.
+
+    Requests in ``refused`` (position -> error) are answered with their error and never reach
+    the backend. When ``call`` raises for a batch, the batch is halved until the requests it
+    raises for are alone; they are answered with :func:`item_error_for` and the others with
+    their answers (one log line per batch). :data:`_NOT_ISOLATED` errors still fail the call.
+    """
+    refused = refused or {}
+    asked = [i for i in range(len(arguments)) if i not in refused]
+    outcome = await _bisect(call, [arguments[i] for i in asked])
+    if outcome.raised:
+        log.warning("requests_raised", kind=kind, items=len(asked), raised=outcome.raised,
+                    error=outcome.error)
+    results: list = [refused.get(i) for i in range(len(arguments))]
+    for i, result in zip(asked, outcome.results, strict=True):
+        results[i] = result
+    return Answers(results, outcome.cost)
+
+
+@dataclass
+class _Bisected:
+    """Answers of a batch the backend may have raised for: how many requests raised, and
+    the first error."""
+
+    results: list
+    cost: Cost
+    raised: int = 0
+    error: str = ""
+
+
+async def _bisect(call: Callable[[list], Awaitable[Answers]], arguments: list) -> _Bisected:
+    if not arguments:
+        return _Bisected([], Cost())
+    try:
+        answers = await call(arguments)
+    except _NOT_ISOLATED:
+        raise
+    except Exception as exc:  # noqa: BLE001 - the error of a request, answered on it
+        if len(arguments) == 1:
+            error = item_error_for(exc)
+            return _Bisected([error], Cost(), 1, error.message)
+        half = len(arguments) // 2
+        left = await _bisect(call, arguments[:half])
+        right = await _bisect(call, arguments[half:])
+        left.cost.add(right.cost)
+        return _Bisected(left.results + right.results, left.cost, left.raised + right.raised,
+                         left.error or right.error)
+    return _Bisected(list(answers.results), answers.cost)
+
+
 def _chat_messages(index: int, text: str) -> list[dict[str, str]]:
     try:
         messages = json.loads(text)
@@ -186,7 +261,7 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
         )
 
     async def _scores(self, kind: str, call: Callable, arguments: list, ids: list[str]):
-        answers = await call(arguments)
+        answers = await answer_each(kind, call, arguments)
         self._log(kind, len(arguments), answers)
         return [_token_scores_pb(i, r) for i, r in zip(ids, answers.results, strict=True)], \
             cost_pb(answers.cost)
@@ -208,10 +283,18 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
 
     async def GenerateUntil(self, request: pb.GenerateUntilRequest, context
                             ) -> pb.GenerateUntilResponse:
-        items = [GenerationRequest(_generation_context(i, item),
-                                   generation_params_from_pb(item.params, f"items[{i}].params"))
-                 for i, item in enumerate(request.items)]
-        answers = await self._backend.generate_until(items)
+        items: list[GenerationRequest | None] = []
+        refused: dict[int, ItemError] = {}  # items no backend can generate: answered alone
+        for i, item in enumerate(request.items):
+            try:
+                items.append(GenerationRequest(
+                    _generation_context(i, item),
+                    generation_params_from_pb(item.params, f"items[{i}].params")))
+            except InvalidArgumentError as exc:
+                items.append(None)
+                refused[i] = ItemError(exc.message, retryable=False)
+        answers = await answer_each("generate_until", self._backend.generate_until, items,
+                                    refused)
         self._log("generate_until", len(items), answers)
         return pb.GenerateUntilResponse(
             results=[_generation_pb(item.request_id, r)

@@ -14,7 +14,10 @@ Each worker is watched: its gRPC health (``grpc.health.v1``, service
 fetched whenever it becomes healthy. A worker that fails (unreachable, NOT_SERVING, a batch past
 its deadline, credentials refused) is DOWN and gets no batches; it comes back, READY, when its
 health check and ``GetModelInfo`` pass again (after a back-off that grows with consecutive
-failures, so a worker that fails every batch is tried less and less often).
+failures, so a worker that fails every batch is tried less and less often). An error the worker
+itself answers for a batch (a status from its handler: INTERNAL, INVALID_ARGUMENT, ...) is the
+batch's, not the worker's: it is counted and shown, and the worker stays READY
+(:meth:`WorkerRegistry.note_batch_error`), so no client's requests can take a worker out.
 
 Jobs choose workers by model (see :func:`worker_matches`): a job is bound to one
 (backend, fingerprint) and runs on every READY worker serving it, including ones that join
@@ -421,6 +424,13 @@ class WorkerRegistry:
         if worker.state != DRAINING:
             self._set_state(worker, DOWN, reason)
         worker.wake.set()
+
+    def note_batch_error(self, worker: Worker, reason: str) -> None:
+        """A live worker answered a batch with an error of its requests: counted and shown as
+        its last error; its state is left to its health check."""
+        worker.batches_failed += 1
+        worker.last_error = reason
+        worker.last_error_at = time.time()
 
     def mark_succeeded(self, worker: Worker, requests: int) -> None:
         worker.consecutive_failures = 0

@@ -16,12 +16,22 @@
   times its expected time, at least ``min_deadline_s``; ``first_deadline_s`` before a worker's
   speed is known) goes back to the front of its job's queue for any worker, split in halves
   unless the worker was simply unreachable; the worker is DOWN until its health check passes.
+  When a worker goes DOWN (its health check fails: hung, stopped, gone), its batches in flight
+  go back at once, without waiting for their deadlines; should one still be answered later, the
+  first answer to each request wins and a late one is stored but never counted twice.
+  An error a live worker answers for a batch (a status from its handler: INTERNAL,
+  INVALID_ARGUMENT, ...; see ``_WORKER_FAULTS`` for those that are the worker's) fails that
+  batch's requests, not the worker: they are retried (a try each, split in halves to isolate
+  the bad one) and the worker stays READY, so one client's requests cannot take workers out
+  for everyone; UNIMPLEMENTED (the worker does not serve that kind) fails the job at once.
+  A failed request is retried on another READY worker when there is one it has not failed on.
   Requests answered with a retryable ``ItemError`` are requeued alone. Each request has
   ``max_attempts`` tries; one that fails on every try fails the job, naming the request and the
   reasons. Requests a stopping worker answers with a ``cancelled`` ``ItemError`` (it ended the
   batch early, see ``Backend.interrupt``) are requeued without counting a try, and the worker
-  is out until its health check passes. Answers are keyed by content and each request is in at
-  most one batch at a time, so nothing is lost or counted twice. A job with no READY worker
+  is out until its health check passes. Answers are keyed by content and each request counts
+  once, when first answered (a request is in one batch at a time, but for the batches of a
+  DOWN worker), so nothing is lost or counted twice. A job with no READY worker
   for ``no_worker_timeout_s`` fails, naming its workers and their last errors.
 - **Cancel** removes a job at once: no batch of it is sent after ``cancel`` returns; batches
   already in flight finish and their answers are still stored (``settle`` waits for them; an
@@ -45,8 +55,9 @@ import numpy as np
 
 from evalfleet.common.errors import EvalfleetError, FailedPreconditionError, UnavailableError
 from evalfleet.common.logging import get_logger
+from evalfleet.common.metrics import CoordinatorEvents
 from evalfleet.server.batching import Batch, KindQueue, kind_queues
-from evalfleet.server.registry import Worker, WorkerRegistry, describe_worker
+from evalfleet.server.registry import DOWN, Worker, WorkerRegistry, describe_worker
 from evalfleet.server.store.base import AnswerSlices
 from evalfleet.server.wire import MalformedResponseError, split_response
 from evalfleet.server.workers import RequestFailedError, WorkItem
@@ -54,12 +65,16 @@ from evalfleet.v1 import inference_pb2 as ipb
 
 log = get_logger("scheduler")
 
-#: Batch failures after which the worker is taken out until its health check passes.
+#: Batch failures that are the worker's (the transport: unreachable, hung past the deadline,
+#: stopping; or it refuses the coordinator's credentials): it is taken out until its health
+#: check passes. Any other status is an answer of the worker's handler about the batch's
+#: requests (INTERNAL, INVALID_ARGUMENT, RESOURCE_EXHAUSTED, ...): the requests fail, the
+#: worker stays READY.
 _WORKER_FAULTS = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED,
-                  grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED,
-                  grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN,
-                  grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.ABORTED,
-                  grpc.StatusCode.CANCELLED, grpc.StatusCode.DATA_LOSS}
+                  grpc.StatusCode.CANCELLED, grpc.StatusCode.UNAUTHENTICATED,
+                  grpc.StatusCode.PERMISSION_DENIED}
+#: Batch failures that fail the job at once: the worker does not serve this request kind.
+_JOB_FAULTS = {grpc.StatusCode.UNIMPLEMENTED}
 
 
 @dataclass
@@ -111,6 +126,8 @@ class JobDispatch:
     stopped: bool = False
     no_worker_since: float | None = None
     failures: dict[str, list[str]] = field(default_factory=dict)  # request id -> reasons
+    #: (id of its queue, index) -> the workers a request failed on: its retries go elsewhere
+    failed_on: dict[tuple[int, int], set[str]] = field(default_factory=dict)
     finished: asyncio.Future = field(default_factory=lambda: asyncio.get_running_loop()
                                      .create_future())
 
@@ -165,6 +182,20 @@ class JobDispatch:
                 self.finished.set_exception(error)
 
 
+@dataclass(eq=False)
+class _Flight:
+    """A batch on the wire to a worker. ``abandoned``: its worker went DOWN and its requests
+    went back to the job's queue; the call may still return (its answers are then stored, the
+    new ones counted, and its failure ignored)."""
+
+    worker: Worker
+    job: JobDispatch
+    batch: Batch
+    task: asyncio.Task | None = None
+    abandoned: bool = False
+    landed: bool = False
+
+
 class SpeedBook:
     """Seconds per request, learned from answered batches: per (worker, job, kind), falling
     back to (worker, kind), then to (model, kind) over every worker of the model."""
@@ -209,7 +240,10 @@ class Scheduler:
         self._wake = asyncio.Event()
         self._loop_task: asyncio.Task | None = None
         self._batches: set[asyncio.Task] = set()
+        self._flights: set[_Flight] = set()
         self._closed = False
+        #: what it reports (counted when --metrics_port serves them: CoordinatorMetrics)
+        self.metrics: CoordinatorEvents = CoordinatorEvents()
         registry.on_change(self.wake)
 
     def wake(self) -> None:
@@ -228,7 +262,9 @@ class Scheduler:
     async def settle(self, timeout: float) -> bool:
         """Wait up to ``timeout`` seconds for every batch in flight to return and store its
         answers (after ``stop``, what interrupted workers finished); False if some did not."""
-        pending = [task for task in self._batches if not task.done()]
+        # A batch abandoned on a DOWN worker may never return: its requests went elsewhere.
+        pending = [f.task for f in self._flights
+                   if f.task is not None and not f.abandoned and not f.task.done()]
         if not pending:
             return True
         _, late = await asyncio.wait(pending, timeout=timeout)
@@ -295,6 +331,7 @@ class Scheduler:
         """Hand out batches and fail starving jobs; an error is logged, never raised (the
         loop must survive; the jobs get their errors)."""
         try:
+            self._requeue_from_down_workers()
             self._pump()
             self._check_starving()
         except Exception:  # noqa: BLE001
@@ -346,11 +383,32 @@ class Scheduler:
                 sharing = len(self.registry.serving(job.model_key, job.allowed)) or 1
                 outstanding = job.pending + job.in_flight_items
                 size = max(1, min(size, math.ceil(outstanding / sharing)))
-            batch = queue.take(size, same_context=worker.info is not None
-                               and worker.info.capabilities.same_context)
+            batch = self._take_from(worker, job, queue, size)
             if batch is not None:
                 return batch, (spi * len(batch) if spi is not None else None)
         return None, None
+
+    def _take_from(self, worker: Worker, job: JobDispatch, queue: KindQueue,
+                   size: int) -> Batch | None:
+        """``queue.take`` for ``worker``, leaving the retries of requests that failed on it to
+        the job's other READY workers, when it has some that they did not fail on."""
+        same_context = worker.info is not None and worker.info.capabilities.same_context
+        held: list[list[int]] = []
+        others: set[str] | None = None
+        while job.failed_on and queue.retry:
+            failed = set().union(*(job.failed_on.get((id(queue), i), ())
+                                   for i in queue.retry[0]))
+            if worker.address not in failed:
+                break
+            if others is None:
+                others = {w.address for w in self.registry.serving(job.model_key, job.allowed)}
+            if not others - failed:
+                break
+            held.append(queue.retry.popleft())
+        try:
+            return queue.take(size, same_context=same_context)
+        finally:
+            queue.retry.extendleft(reversed(held))
 
     def _deadline(self, worker: Worker, expected: float | None) -> float:
         cfg = self.config
@@ -366,41 +424,77 @@ class Scheduler:
         job.in_flight += 1
         job.in_flight_items += len(batch)
         job.batches_sent += 1
-        task = asyncio.create_task(self._run_batch(worker, job, batch, deadline))
+        flight = _Flight(worker, job, batch)
+        flight.task = task = asyncio.create_task(self._run_batch(flight, deadline))
+        self._flights.add(flight)
         self._batches.add(task)
         task.add_done_callback(self._batches.discard)
 
-    def _release(self, worker: Worker, job: JobDispatch, batch: Batch) -> None:
-        job.in_flight_items -= len(batch)
-        worker.in_flight -= 1
-        worker.jobs_in_flight[job.job_id] -= 1
-        if worker.jobs_in_flight[job.job_id] <= 0:
-            del worker.jobs_in_flight[job.job_id]
+    @staticmethod
+    def _release_job(flight: _Flight) -> None:
+        job = flight.job
+        job.in_flight_items -= len(flight.batch)
         job.in_flight -= 1
+
+    def _land(self, flight: _Flight) -> None:
+        """The batch's call returned (answered or failed): its slot is free again."""
+        flight.landed = True
+        self._flights.discard(flight)
+        worker, job_id = flight.worker, flight.job.job_id
+        if not flight.abandoned:  # an abandoned batch left the job's counts already
+            self._release_job(flight)
+        worker.in_flight -= 1
+        worker.jobs_in_flight[job_id] -= 1
+        if worker.jobs_in_flight[job_id] <= 0:
+            del worker.jobs_in_flight[job_id]
         self.registry._maybe_remove(worker)
         self.wake()
 
-    async def _run_batch(self, worker: Worker, job: JobDispatch, batch: Batch,
-                         deadline: float) -> None:
+    def _requeue_from_down_workers(self) -> None:
+        """The batches in flight on DOWN workers go back to their jobs' queues now, a try
+        counted (a request that hangs every worker must not be retried forever), instead of at
+        their deadlines (minutes, for a worker's first batch)."""
+        for flight in [f for f in self._flights if not f.abandoned and f.worker.state == DOWN]:
+            flight.abandoned = True
+            self._release_job(flight)
+            worker, job, queue = flight.worker, flight.job, flight.batch.queue
+            if job.stopped:
+                continue
+            indices = [i for i in flight.batch.indices if not queue.done[i]]
+            reason = f"went DOWN with the batch in flight ({worker.last_error or 'no reason'})"
+            self.metrics.batch_failed("worker_down")
+            log.warning("batch_requeued_from_down_worker", job=job.job_id,
+                        worker=worker.address, items=len(indices), reason=worker.last_error)
+            job.notify(f"{len(indices)} requests sent to other workers: worker "
+                       f"{worker.address} {reason}")
+            if indices:
+                self._retry(worker, job, queue, indices, reason, split=True)
+
+    async def _run_batch(self, flight: _Flight, deadline: float) -> None:
+        worker, job, batch = flight.worker, flight.job, flight.batch
         started = time.monotonic()
-        released = False
         try:
             try:
                 response = await worker.client.call(batch.request_type, batch.payload, deadline)
             except grpc.aio.AioRpcError as exc:
-                self._release(worker, job, batch)
-                released = True
+                self._land(flight)
+                if flight.abandoned:  # its requests went to other workers already
+                    log.info("abandoned_batch_failed", job=job.job_id, worker=worker.address,
+                             code=exc.code().name)
+                    return
                 self._batch_failed(worker, job, batch, exc.code(),
                                    f"{exc.code().name}: {exc.details()}")
                 return
             wall = time.monotonic() - started
-            self._release(worker, job, batch)
-            released = True
-            await self._batch_answered(worker, job, batch, response, wall)
+            self.metrics.batch_answered(batch.queue.kind, wall)
+            self._land(flight)
+            await self._batch_answered(worker, job, batch, response, wall,
+                                       late=flight.abandoned)
         except asyncio.CancelledError:
-            if not released:
-                self._release(worker, job, batch)
-            batch.queue.requeue(list(batch.indices))
+            if not flight.landed:
+                self._land(flight)
+            if not flight.abandoned:
+                batch.queue.requeue(list(batch.indices))
             raise
         except EvalfleetError as exc:
             self._fail(job, exc)
@@ -410,6 +504,7 @@ class Scheduler:
 
     def _batch_failed(self, worker: Worker, job: JobDispatch, batch: Batch,
                       code: grpc.StatusCode, reason: str) -> None:
+        self.metrics.batch_failed(code.name)
         log.warning("batch_failed", job=job.job_id, worker=worker.address, items=len(batch),
                     reason=reason)
         if code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
@@ -417,11 +512,16 @@ class Scheduler:
                       "--worker_auth_token_file and the TLS flags)")
         if code in _WORKER_FAULTS:
             self.registry.mark_failed(worker, reason)
-        elif not job.stopped:
-            self._fail(job, FailedPreconditionError(
-                f"worker {worker.address} rejected a batch of {batch.request_type} requests "
-                f"({reason})"))
+        elif code in _JOB_FAULTS:
+            self.registry.note_batch_error(worker, reason)
+            if not job.stopped:
+                self._fail(job, FailedPreconditionError(
+                    f"worker {worker.address} rejected a batch of {batch.request_type} "
+                    f"requests ({reason})"))
             return
+        else:  # the worker answered: an error of these requests, not of the worker
+            self.registry.note_batch_error(worker, reason)
+            job.notify(f"{len(batch)} requests to retry ({worker.address} answered {reason})")
         if job.stopped:
             return
         self._retry(worker, job, batch.queue, list(batch.indices), reason,
@@ -430,7 +530,12 @@ class Scheduler:
     def _retry(self, worker: Worker, job: JobDispatch, queue: KindQueue, indices: list[int],
                reason: str, *, split: bool, retryable: bool = True) -> None:
         """Requeue requests that failed, or fail the job when one has no try left."""
+        indices = [i for i in indices if not queue.done[i]]  # not answered meanwhile elsewhere
+        if not indices:
+            return
         queue.attempts[indices] += 1
+        for i in indices:
+            job.failed_on.setdefault((id(queue), i), set()).add(worker.address)
         for i in indices[:1]:
             job.failures.setdefault(queue.ids[i], []).append(f"{worker.address}: {reason}")
         exhausted = [i for i in indices if queue.attempts[i] >= self.config.max_attempts]
@@ -441,41 +546,54 @@ class Scheduler:
             else:
                 others = len(indices) - 1
                 also = f" (and {others} other requests of its batch)" if others else ""
-                # one line per distinct failure: the same error on every try is said once
-                history = "; ".join(dict.fromkeys(
-                    job.failures.get(rid, [])[-self.config.max_attempts:]))
+                history = "; ".join(job.failures.get(rid, [])[-self.config.max_attempts:])
                 message = (f"{job.describe(rid)}{also} failed on every try "
                            f"({self.config.max_attempts} tries): {history or reason}")
             self._fail(job, RequestFailedError(rid, message))
             return
+        self.metrics.retried(len(indices))
         queue.requeue(indices, split=split)
         self.wake()
 
     async def _batch_answered(self, worker: Worker, job: JobDispatch, batch: Batch,
-                              raw: bytes, wall: float) -> None:
+                              raw: bytes, wall: float, *, late: bool = False) -> None:
+        """Store and count a batch's answers, retry its failed requests. ``late``: the batch
+        was abandoned (its worker went DOWN) and its requests requeued: only its answers to
+        requests still unanswered count; its errors are not retried again."""
         queue = batch.queue
         index = batch.index_array()
         try:
             split = split_response(raw, queue.kind, queue.expected, index)
         except MalformedResponseError as exc:
+            self.metrics.batch_failed("malformed_response")
             self.registry.mark_failed(worker, str(exc))
-            if not job.stopped:
+            if not job.stopped and not late:
                 self._retry(worker, job, queue, index.tolist(), str(exc), split=False)
             return
         cost = split.cost
-        seconds = cost.compute_seconds if cost.compute_seconds > 0 else wall
-        self.speed.record(worker, job, queue.kind, len(index), seconds)
+        if not late:  # a late batch's wall time includes the time its worker was stopped
+            seconds = cost.compute_seconds if cost.compute_seconds > 0 else wall
+            self.speed.record(worker, job, queue.kind, len(index), seconds)
         self.registry.mark_succeeded(worker, len(split.answered))
         if len(split.answered):
             answered = index if not split.errors else index[split.answered]
-            ids = queue.ids
-            answers = AnswerSlices([ids[i] for i in answered.tolist()], raw, split.starts,
-                                   split.ends)
-            await job.on_answers(queue, answered, answers, worker.address, cost)
-            fresh = int((~queue.done[answered]).sum())
-            queue.done[answered] = True
-            job.remaining -= fresh
-            job.answered += fresh
+            starts, ends = split.starts, split.ends
+            fresh = ~queue.done[answered]
+            if not fresh.all():  # answered meanwhile by another worker: the first answer wins
+                answered, starts, ends = answered[fresh], starts[fresh], ends[fresh]
+            if len(answered):
+                # Claimed before the store is awaited, so that a copy of these requests
+                # answered meanwhile elsewhere is not counted too.
+                queue.done[answered] = True
+                ids = queue.ids
+                answers = AnswerSlices([ids[i] for i in answered.tolist()], raw, starts, ends)
+                await job.on_answers(queue, answered, answers, worker.address, cost)
+                job.remaining -= len(answered)
+                job.answered += len(answered)
+                self.metrics.answered(len(answered))
+        if late:
+            split.errors.clear()  # its requests were requeued when its worker went DOWN
+        self.metrics.item_errors(e for _, e in split.errors)
         cancelled = [int(index[j]) for j, error in split.errors if error.cancelled]
         if cancelled:
             # The worker stopped before these (it is shutting down): not their fault, so no try

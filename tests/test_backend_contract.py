@@ -221,14 +221,14 @@ def test_chat_messages_reach_the_backend_as_messages(background_loop):
             stub.GenerateUntil(ipb.GenerateUntilRequest(items=[ipb.GenerateItem(
                 request_id="a", context=json.dumps(messages), chat_messages=True,
                 params=ipb.GenerationParams(max_gen_toks=4))]), timeout=10)
-            with pytest.raises(grpc.RpcError) as err:
-                stub.GenerateUntil(ipb.GenerateUntilRequest(items=[ipb.GenerateItem(
-                    request_id="b", context="not json", chat_messages=True)]), timeout=10)
+            # An item that is not messages is refused on its own item, not the whole batch.
+            refused = stub.GenerateUntil(ipb.GenerateUntilRequest(items=[ipb.GenerateItem(
+                request_id="b", context="not json", chat_messages=True)]), timeout=10)
     finally:
         background_loop.run(server.stop(0.5))
     assert seen == [messages]
-    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert "items[0].context" in err.value.details()
+    error = refused.results[0].error
+    assert not error.retryable and "items[0].context" in error.message
 
 
 @pytest.mark.parametrize(("spec", "field"), [
