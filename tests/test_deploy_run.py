@@ -86,6 +86,31 @@ class Pod:
         return env
 
 
+class Loopback:
+    """The cluster's network here: every container port a distinct free loopback port."""
+
+    def __init__(self) -> None:
+        self.taken: set[int] = set()
+
+    def serve(self, args: list[str]) -> tuple[list[str], dict[int, int]]:
+        """``args`` listening on 127.0.0.1 (not every interface) at free ports; and the local
+        port of each of the manifest's (``--port``, ``--metrics_port``)."""
+        ports: dict[int, int] = {}
+        out = []
+        for arg in args:
+            if arg.startswith("--host="):
+                arg = _replace_once(arg, "=0.0.0.0", "=127.0.0.1")
+            elif match := re.fullmatch(r"--(port|metrics_port)=(\d+)", arg):
+                local = free_port()
+                while local in self.taken:  # a process may not have bound its port yet
+                    local = free_port()
+                self.taken.add(local)
+                ports[int(match[2])] = local
+                arg = f"--{match[1]}={local}"
+            out.append(arg)
+        return out, ports
+
+
 def _replace_once(text: str, old: str, new: str) -> str:
     assert text.count(old) == 1, f"{old!r} not in {text!r}: the cluster mapping needs updating"
     return text.replace(old, new)
@@ -198,17 +223,12 @@ def test_the_manifests_run_a_job(tmp_path, background_loop, data_dir, tiny_model
                                               "PGPORT": str(pg.port)}, timeout=30)
         assert done.returncode == 0, done.stdout + done.stderr
 
-        # The worker: the manifest's args; its port a free one, the GPU the CPU.
+        # The worker: the manifest's args; its ports free ones, the GPU the CPU.
+        net = Loopback()
         pod = pods["evalfleet-worker"]
         container = pod.container("worker")
-        worker_port, worker_service = _probe(container)
-        local_worker_port = free_port()
-        args = [pod.local(container, a) for a in container["args"]]
-        args = [_replace_once(a, f"--port={worker_port}", f"--port={local_worker_port}")
-                if a.startswith("--port=") else a for a in args]
+        args, worker_ports = net.serve([pod.local(container, a) for a in container["args"]])
         args = [_replace_once(a, "device=cuda", "device=cpu") if "device=" in a else a
-                for a in args]
-        args = [_replace_once(a, "0.0.0.0", "127.0.0.1") if a.startswith("--host=") else a
                 for a in args]
         worker = Process(_entrypoint() + args, pod.env(container), pod.root)
         started.append(worker)
@@ -227,28 +247,22 @@ def test_the_manifests_run_a_job(tmp_path, background_loop, data_dir, tiny_model
         init = pod.container("pgpass", init=True)
         subprocess.run([pod.local(init, a) for a in init["command"]], check=True, timeout=30)
         container = pod.container("coordinator")
-        coordinator_port, coordinator_service = _probe(container)
-        port = free_port()
-        while port == local_worker_port:  # the worker may not have bound its port yet
-            port = free_port()
-        args = []
-        for arg in (pod.local(container, a) for a in container["args"]):
-            if arg.startswith("--port="):
-                arg = _replace_once(arg, f"={coordinator_port}", f"={port}")
-            elif arg.startswith("--host="):
-                arg = _replace_once(arg, "0.0.0.0", "127.0.0.1")
-            elif arg.startswith("--workers="):
-                arg = _replace_once(arg, f"dns:///{WORKERS_NAME}:{worker_port}",
-                                    f"dns://127.0.0.1:{dns_port}/{WORKERS_NAME}:"
-                                    f"{local_worker_port}")
+        args, coordinator_ports = net.serve([pod.local(container, a) for a in container["args"]])
+        worker_port, worker_service = _probe(pods["evalfleet-worker"].container("worker"))
+        for i, arg in enumerate(args):
+            if arg.startswith("--workers="):
+                args[i] = _replace_once(arg, f"dns:///{WORKERS_NAME}:{worker_port}",
+                                        f"dns://127.0.0.1:{dns_port}/{WORKERS_NAME}:"
+                                        f"{worker_ports[worker_port]}")
             elif arg.startswith("--db="):
-                arg = _replace_once(arg, "@postgres:5432/", f"@127.0.0.1:{pg.port}/")
-            args.append(arg)
+                args[i] = _replace_once(arg, "@postgres:5432/", f"@127.0.0.1:{pg.port}/")
         env = pod.env(container)
         assert Path(env["PGPASSFILE"]).stat().st_mode & 0o777 == 0o600
         coordinator = Process(_entrypoint() + args, env, pod.root)
         started.append(coordinator)
-        worker.wait_serving(local_worker_port, worker_service)
+        worker.wait_serving(worker_ports[worker_port], worker_service)
+        coordinator_port, coordinator_service = _probe(container)
+        port = coordinator_ports[coordinator_port]
         coordinator.wait_serving(port, coordinator_service)
 
         token = _by("Secret", "evalfleet-auth")["stringData"]["token"]
