@@ -13,9 +13,9 @@ LLAMA_CPP_PYTHON := llama-cpp-python[server]==0.3.36
 LLAMA_CMAKE_ARGS := -DLLAVA_BUILD=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF \
 	-DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_SERVER=OFF -DGGML_OPENMP=OFF
 
-.PHONY: install system-deps chromium sandbox-tools build-tools bytecode kernels proto test test-acceptance test-all lint demo bench clean
+.PHONY: install system-deps chromium prometheus sandbox-tools build-tools bytecode kernels proto test test-acceptance test-all lint demo bench clean
 
-install: system-deps chromium sandbox-tools $(VENV)/.installed $(MODELS)/smollm2-135m/model.safetensors bytecode kernels
+install: system-deps chromium prometheus sandbox-tools $(VENV)/.installed $(MODELS)/smollm2-135m/model.safetensors bytecode kernels
 
 # The package's bytecode, as pip writes it for a regular install: where PYTHONDONTWRITEBYTECODE is
 # set, every process would otherwise compile each evalfleet module it imports (about 0.3 s of a
@@ -51,6 +51,15 @@ chromium:
 		if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
 		$$SUDO apt-get update -qq && \
 		DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium; }
+
+# Debian's Prometheus server scrapes a coordinator and workers in the metrics test (started there
+# directly, on loopback; the system service is never started): a no-op when present.
+prometheus:
+	@test -x /usr/bin/prometheus || { \
+		if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+		$$SUDO apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends \
+			prometheus; }
 
 # bubblewrap isolates generated code (humaneval, mbpp): only the interpreter's folders, read-only,
 # no network. Installed

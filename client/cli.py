@@ -28,6 +28,7 @@ from evalfleet.client.serve import (
     add_worker_flags,
     coordinator_options,
     registration,
+    served_metrics,
     worker_security,
 )
 from evalfleet.common import lifecycle
@@ -435,10 +436,12 @@ async def _serve(args: argparse.Namespace) -> int:
         model_args = parse_kv_args(args.model_args, field="--model_args")
         if args.max_batch_size is not None:
             model_args.setdefault("max_batch_size", args.max_batch_size)
+        metrics, exporter = served_metrics(args, "worker")
         backend = await asyncio.to_thread(load_backend, args.backend, model_args,
                                           _batch_size(args.batch_size))
         server = await start_worker(backend, host=args.host, port=args.port,
-                                    model_args=model_args, security=worker_security(args))
+                                    model_args=model_args, security=worker_security(args),
+                                    metrics=metrics)
         registered = registration(args, server.port)
         if registered is not None:
             registered.start()
@@ -449,14 +452,19 @@ async def _serve(args: argparse.Namespace) -> int:
         from evalfleet.server.store import open_store
 
         sinks = load_sinks_config(args.sinks) if args.sinks else None
+        metrics, exporter = served_metrics(args, "coordinator")
         store = open_store(args.store)
         server, runner = await start_coordinator(
             host=args.host, port=args.port, store=store, sinks=sinks,
             confirm_run_unsafe_code=args.confirm_run_unsafe_code,
             options=coordinator_options(args))
+        if metrics is not None:
+            metrics.attach(runner)  # before the loop runs anything of the coordinator's
         # Jobs of a coordinator that died (this one before a restart, or another one on the
         # same store) are claimed by the runner's claim loop once their lease has expired.
         print(f"coordinator {runner.owner}, job lease {runner.lease_s:g} s", file=sys.stderr)
+    if exporter is not None:
+        server.on_stop(exporter.aclose)
     lifecycle.end_startup(collect=True)  # a long-running service frees start-up's garbage too
     print(f"listening on {args.host}:{server.port}", flush=True)
     await _wait_for_signal()

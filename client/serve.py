@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import os
 import socket
+from typing import Any
 
 import grpc
 
@@ -27,8 +28,35 @@ def add_server_security_flags(p: argparse.ArgumentParser) -> None:
                    help="mutual TLS: require client certificates signed by this PEM CA")
 
 
+def _port(text: str) -> int:
+    if not text.isdigit() or int(text) > 65535:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a port (0-65535; 0: a free one)")
+    return int(text)
+
+
+def add_metrics_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--metrics_port", type=_port, default=None, metavar="PORT",
+                   help="serve Prometheus metrics at http://HOST:PORT/metrics (HOST: --host; "
+                        "0: a free port, logged)")
+
+
+def served_metrics(args: argparse.Namespace, service: str) -> tuple[Any, Any]:
+    """(metrics, exporter) of ``service`` ("worker" or "coordinator") served on
+    ``--metrics_port`` from now on (a port in use is reported before a model loads), or
+    (None, None) without the flag."""
+    if args.metrics_port is None:
+        return None, None
+    from evalfleet.common.metrics import CoordinatorMetrics, WorkerMetrics, serve_metrics
+
+    metrics = WorkerMetrics() if service == "worker" else CoordinatorMetrics()
+    exporter = serve_metrics(metrics.registry, args.host, args.metrics_port)
+    log.info("metrics_served", url=exporter.url)
+    return metrics, exporter
+
+
 def add_worker_flags(w: argparse.ArgumentParser) -> None:
     add_server_security_flags(w)
+    add_metrics_flag(w)
     w.add_argument("--register", default=None, metavar="HOST:PORT",
                    help="register with this coordinator and keep the registration alive with "
                         "heartbeats")
@@ -45,6 +73,7 @@ def add_worker_flags(w: argparse.ArgumentParser) -> None:
 
 def add_coordinator_flags(c: argparse.ArgumentParser) -> None:
     add_server_security_flags(c)
+    add_metrics_flag(c)
     c.add_argument("--worker_auth_token_file", default=None,
                    help="token the coordinator sends to workers (default: --auth_token_file)")
     c.add_argument("--worker_tls_ca", default=None,

@@ -20,6 +20,7 @@ from typing import Any
 
 from evalfleet.common.errors import EvalfleetError, InvalidArgumentError, UnavailableError
 from evalfleet.common.logging import get_logger
+from evalfleet.common.metrics import WorkerMetrics
 from evalfleet.common.redact import redact_mapping
 from evalfleet.common.rpc import RunningServer, Service, start_server
 from evalfleet.common.security import ServerSecurity
@@ -326,14 +327,18 @@ def load_backend(backend_name: str, model_args: dict[str, Any],
 
 async def start_worker(backend: Backend, *, host: str = "127.0.0.1", port: int = 0,
                        model_args: dict[str, Any] | None = None,
-                       security: ServerSecurity | None = None) -> RunningServer:
+                       security: ServerSecurity | None = None,
+                       metrics: WorkerMetrics | None = None) -> RunningServer:
     """Serve an already loaded backend as an ``InferenceService`` on ``host:port``.
 
     Runs the backend's ``start`` hook first (remote backends probe their server there).
-    ``security``: the bearer token callers must present and TLS.
+    ``security``: the bearer token callers must present and TLS; ``metrics``: where its
+    batches are counted (``serve worker --metrics_port``).
     """
     await backend.start()
     servicer = InferenceServicer(backend, model_args)
+    if metrics is not None:
+        metrics.instrument(servicer, backend)
     server = await start_server(
         [Service(pb_grpc.add_InferenceServiceServicer_to_server, servicer,
                  pb.DESCRIPTOR.services_by_name["InferenceService"].full_name)],

@@ -96,7 +96,8 @@ async def compute_missing(job: Job, store: JobStore, scheduler: Scheduler) -> No
 
     async def on_answers(queue: KindQueue, indices: np.ndarray, answers: AnswerSlices,
                          worker: str, cost: ipb.BatchCost) -> None:
-        await store.put_answer_slices(fingerprint, answers)
+        await scheduler.metrics.timed_write("answers",
+                                            store.put_answer_slices(fingerprint, answers))
         _merge_cost(job, cost)
         job.served_by.add(worker)
         counts = tasks_of[id(queue)].count(indices, len(names))
@@ -140,6 +141,7 @@ async def compute_missing(job: Job, store: JobStore, scheduler: Scheduler) -> No
             # of the loop) and new ones be sent, while the rest is prepared.
             await asyncio.sleep(CHUNK_YIELD_S)
         missing = len(work) - cached_total
+        scheduler.metrics.dispatched(len(work), cached_total)
         job.publish(f"{cached_total} answers from the store, {missing} to compute")
         log.info("job_dispatch", job=job.id, cached=cached_total, to_compute=missing)
         dispatch.seal()

@@ -347,6 +347,7 @@ class JobRunner:
         if await self.store.transition(job_id, self.owner, ACTIVE_STATES,
                                        cpb.EVALUATION_STATE_FAILED, error=error) is not None:
             log.warning("job_failed", job=job_id, error=error, owner=self.owner)
+            self.scheduler.metrics.job_ended("EVALUATION_STATE_FAILED")
 
     async def _claim_loop(self) -> None:
         while True:
@@ -485,6 +486,7 @@ class JobRunner:
         job.error = error
         if state in TERMINAL:
             self.held.discard(job.id)
+            self.scheduler.metrics.job_ended(cpb.EvaluationState.Name(state))
         log.info("job_state", job=job.id, state=cpb.EvaluationState.Name(state),
                  owner=self.owner)
         job.publish(message)
@@ -556,15 +558,16 @@ class JobRunner:
         except Exception as exc:
             raise job_hooks.finishing_failed("building the results document", len(answers),
                                              exc) from exc
-        if not await self.store.put_results(job.id, self.owner, typed.SerializeToString(),
-                                            json.dumps(doc)):
+        if not await self.scheduler.metrics.timed_write("results", self.store.put_results(
+                job.id, self.owner, typed.SerializeToString(), json.dumps(doc))):
             self._lose(job.id)
             raise asyncio.CancelledError
         if parsed.spec.log_samples:
             records = [(s.task.name,
                         json.dumps(lmeval_sections.sanitize_sample(r), ensure_ascii=False))
                        for s in all_scores for r in s.samples]
-            await self.store.put_samples(job.id, self.owner, records)
+            await self.scheduler.metrics.timed_write(
+                "samples", self.store.put_samples(job.id, self.owner, records))
         await job_hooks.log_to_sinks(parsed.spec, self.sinks, doc,
                                      records if parsed.spec.log_samples else [], job.publish)
 
