@@ -206,8 +206,9 @@ class Backend(ABC):
     """A model (local or behind an API) that scores and generates text for an inference worker.
 
     Every answering method returns one outcome per request, in input order, and the batch's
-    cost. A request the backend cannot answer gets an :class:`ItemError`; an exception fails the
-    whole batch (use it for problems that concern every request, e.g. a bad argument).
+    cost. A request the backend cannot answer gets an :class:`ItemError`; an exception from a
+    request is answered on that request by the worker (the batch is halved to find it): raise
+    ``UnavailableError`` for problems of the worker itself.
     """
 
     name: ClassVar[str]
