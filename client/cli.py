@@ -497,8 +497,9 @@ def _task_row(row: dict) -> list[str]:
     """A ``tasks list`` row: name, kind, dataset, whether its data is in the mirror, type."""
     dataset = "/".join(x for x in (row.get("dataset_path"), row.get("dataset_name")) if x)
     available = row.get("in_mirror") if row["kind"] == "task" else None
+    data = "" if available is None else ("yes" if available else "no")
     return [row["name"], row["kind"], dataset,
-            "" if available is None else ("yes" if available else "no"),
+            "cannot load" if row.get("error") else data,
             row.get("output_type") or ""]
 
 

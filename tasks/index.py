@@ -29,6 +29,7 @@ class IndexEntry:
     members: set[str] = field(default_factory=set)  # a tag's tasks
     error: TaskError | None = None  # include/merge error, raised when loaded
     shadowed: list[Path] = field(default_factory=list)  # other files defining the same name
+    facts: Any = None  # a library entry's cached listing (tasks/library.py); cfg read when named
 
 
 @dataclass(frozen=True)

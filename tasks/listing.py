@@ -20,6 +20,7 @@ def render_task_listing(manager: TaskManager) -> list[dict[str, Any]]:
             "missing_splits": e.missing_splits,
             "output_type": e.output_type,
             "members": e.members,
+            "error": e.error,
         }
         for e in manager.list()
     ]

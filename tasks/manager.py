@@ -18,6 +18,8 @@ from evalfleet.tasks.file_problems import broken_note, warn_if_duplicate
 from evalfleet.tasks.formats import apply_format, split_format
 from evalfleet.tasks.group import GROUP_KEYS, GroupSpec, check_aggregates, make_group_spec
 from evalfleet.tasks.index import BrokenFile, IndexEntry, build_index, folders_of, index_file
+from evalfleet.tasks.library import group_children, library_entries
+from evalfleet.tasks.suggest import suggestions
 from evalfleet.tasks.task import Task
 from evalfleet.tasks.yaml_loader import resolve_functions
 
@@ -38,6 +40,7 @@ class TaskEntry:
     missing_splits: list[str] = field(default_factory=list)  # those it lacks
     output_type: str | None = None  # a task's lm-eval output type
     members: list[str] = field(default_factory=list)  # a tag's tasks / a group's children
+    error: str | None = None  # why the name cannot be loaded (known without loading it)
 
 
 @dataclass
@@ -59,7 +62,9 @@ class TaskTree:
 
 
 class TaskManager:
-    """Finds tasks by name in ``tasks/builtin`` and ``include_paths`` (which override)."""
+    """Finds tasks by name in lm-eval's installed task library (``include_library``, with the
+    built-ins), ``tasks/builtin`` (whose names win over the library's) and ``include_paths``
+    (which override both)."""
 
     def __init__(
         self,
@@ -67,6 +72,7 @@ class TaskManager:
         data_dir: str | Path | None = None,
         metadata: dict | None = None,
         include_builtin: bool = True,
+        include_library: bool = True,
     ) -> None:
         self.data_dir = Path(data_dir) if data_dir is not None else default_data_dir()
         self.metadata = dict(metadata or {})
@@ -81,7 +87,9 @@ class TaskManager:
         self.broken_files: list[BrokenFile] = []  # task files that could not be read
         self._roots = roots
         self._groups_building: list[tuple[str, Path | None]] = []  # to refuse a group cycle
-        self._index: dict[str, IndexEntry] = build_index(roots, self.broken_files)
+        library = library_entries() if include_builtin and include_library else {}
+        self._index: dict[str, IndexEntry] = _overlay(library,
+                                                      build_index(roots, self.broken_files))
 
     # ------------------------------------------------------------------ listing
     def names(self) -> list[str]:
@@ -95,7 +103,11 @@ class TaskManager:
             e = self._index[name]
             warn_if_duplicate(e)
             cfg = e.cfg or {}
-            entry = TaskEntry(name=name, kind=e.kind, yaml_path=e.path)
+            entry = TaskEntry(name=name, kind=e.kind, yaml_path=e.path,
+                              error=str(e.error) if e.error else None)
+            if e.facts is not None and e.cfg is None:
+                out.append(self._library_listing(entry, e))
+                continue
             if e.kind == "task":
                 entry.dataset_path = cfg.get("dataset_path")
                 entry.dataset_name = cfg.get("dataset_name")
@@ -108,13 +120,41 @@ class TaskManager:
             elif e.kind == "tag":
                 entry.members = sorted(e.members)
             else:
-                children = cfg.get("task") or []
-                entry.members = [
-                    c if isinstance(c, str) else str(c.get("group") or c.get("task"))
-                    for c in ([children] if isinstance(children, str) else children)
-                ]
+                entry.members = group_children(cfg)
             out.append(entry)
         return out
+
+    def _library_listing(self, entry: TaskEntry, indexed: IndexEntry) -> TaskEntry:
+        """A library name's row from the cached index (its file is not read)."""
+        facts = indexed.facts
+        if entry.kind == "task":
+            entry.dataset_path, entry.dataset_name = facts.dataset_path, facts.dataset_name
+            entry.output_type = facts.output_type
+            folder = mirror_folder(self.data_dir, entry.dataset_path, entry.dataset_name)
+            entry.missing_splits = missing_splits(folder, list(facts.splits))
+            entry.in_mirror = bool(folder and folder.is_dir()) and not entry.missing_splits
+        elif entry.kind == "tag":
+            entry.members = sorted(indexed.members)
+        else:
+            entry.members = list(facts.children)
+        return entry
+
+    def _full(self, entry: IndexEntry) -> IndexEntry:
+        """A library entry with its configuration read from its file (other entries as they
+        are); kept, so that a file is read once per manager."""
+        if entry.facts is None or entry.cfg is not None or entry.kind == "tag" \
+                or entry.error is not None or entry.path is None:
+            return entry
+        local: dict[str, IndexEntry] = {}
+        index_file(entry.path, local, folders_of([entry.path]))
+        full = local.get(entry.name)
+        if full is None or full.kind != entry.kind:
+            raise config_error(entry.path, entry.kind, f"no longer defines {entry.name!r}; "
+                               "the task library changed since it was indexed")
+        full.facts = entry.facts
+        if self._index.get(entry.name) is entry:
+            self._index[entry.name] = full
+        return full
 
     # ------------------------------------------------------------------ loading
     def load(self, names: Sequence[str]) -> TaskTree:
@@ -146,7 +186,7 @@ class TaskManager:
                     registry[entry.name] = entry
                     return entry
             raise config_error(path, None, "neither 'task' nor 'group' is set")
-        close = difflib.get_close_matches(spec, list(registry), n=5, cutoff=0.6)
+        close = suggestions(spec, registry)
         raise TaskNotFoundError(spec, close, broken_note(spec, self.broken_files))
 
     def _build(
@@ -157,6 +197,7 @@ class TaskManager:
         tree: TaskTree,
     ) -> str | list[str]:
         """Build an entry into ``tree``; returns the name(s) it contributes."""
+        entry = self._full(entry)
         if entry.error is not None:
             raise entry.error
         warn_if_duplicate(entry)
@@ -193,6 +234,7 @@ class TaskManager:
     def _build_task(
         self, entry: IndexEntry, overrides: dict[str, Any] | None, tree: TaskTree
     ) -> str:
+        entry = self._full(entry)
         if entry.error is not None:
             raise entry.error
         warn_if_duplicate(entry)
@@ -298,3 +340,16 @@ class TaskManager:
                 for n in sorted(child.members)
             ]
         return self._build_task(child, {**shared, "task": base}, tree)
+
+
+def _overlay(library: dict[str, IndexEntry], local: dict[str, IndexEntry]) -> dict[str, IndexEntry]:
+    """The library's names overridden by the built-ins' and include paths' (a tag both define
+    has both's tasks); a library name a local file also defines is not a duplicate to warn
+    about: the local one wins, as documented."""
+    out = dict(library)
+    for name, entry in local.items():
+        previous = out.get(name)
+        if entry.kind == "tag" and previous is not None and previous.kind == "tag":
+            entry = IndexEntry(name=name, kind="tag", members=previous.members | entry.members)
+        out[name] = entry
+    return out

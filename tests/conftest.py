@@ -28,6 +28,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # Compiled scoring kernels stay in the user's cache across sessions (compiling costs minutes);
 # model fingerprints are remembered per test session, not in the user's cache.
 os.environ.setdefault("NUMBA_CACHE_DIR", str(user_cache_dir() / "numba"))
+# lm-eval's task library index (tasks/library.py): built once per machine, not per session
+os.environ.setdefault("EVALFLEET_TASK_INDEX_DIR", str(user_cache_dir() / "task-index"))
 os.environ["EVALFLEET_CACHE_DIR"] = tempfile.mkdtemp(prefix="evalfleet-test-cache-")
 
 
