@@ -39,7 +39,7 @@ def apply_format(fmt: str, built: str | list[str], scratch: Any, tree: Any,
         if name in scratch.groups:
             group = scratch.groups[name]
             leaves = scratch.leaves_of(name)
-            example = ", ".join(f"{t}@{fmt}" for t in leaves[:3])
+            example = ",".join(f"{t}@{fmt}" for t in leaves[:3]) + (",..." if leaves[3:] else "")
             raise config_error(getattr(group, "source", None), None,
                                f"@{fmt} applies to tasks and tags, not to group {name!r} "
                                f"(its aggregates are of its tasks' own metrics): name its "
