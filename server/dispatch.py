@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from itertools import pairwise, repeat
+from typing import Any
 
 import numpy as np
 
@@ -12,7 +13,7 @@ from evalfleet.common.logging import get_logger
 from evalfleet.server.batching import KindQueue
 from evalfleet.server.job import Job
 from evalfleet.server.scheduler import JobDispatch, Scheduler
-from evalfleet.server.store import AnswerSlices, JobStore
+from evalfleet.server.store import AnswerSlices, JobStore, StoreUnwritableError
 from evalfleet.server.workers import WorkItem
 from evalfleet.v1 import inference_pb2 as ipb
 
@@ -96,8 +97,7 @@ async def compute_missing(job: Job, store: JobStore, scheduler: Scheduler) -> No
 
     async def on_answers(queue: KindQueue, indices: np.ndarray, answers: AnswerSlices,
                          worker: str, cost: ipb.BatchCost) -> None:
-        await scheduler.metrics.timed_write("answers",
-                                            store.put_answer_slices(fingerprint, answers))
+        await store_answers(store, fingerprint, answers, job, scheduler.metrics)
         _merge_cost(job, cost)
         job.served_by.add(worker)
         counts = tasks_of[id(queue)].count(indices, len(names))
@@ -152,6 +152,36 @@ async def compute_missing(job: Job, store: JobStore, scheduler: Scheduler) -> No
         await running
     finally:
         progress.flush()
+
+
+#: Seconds between tries to write answers to a store that cannot be written (doubling up to
+#: the second); the job waits meanwhile, its answers kept in memory.
+STORE_RETRY_S = (0.5, 5.0)
+
+
+async def store_answers(store: JobStore, fingerprint: str, answers: AnswerSlices, job: Job,
+                        metrics: Any) -> None:
+    """Write a batch's answers; while the store cannot be written (``StoreUnwritableError``: a
+    read-only or immutable file, a full disk) keep them and try again, saying so once on the
+    job's events and in the log, so nothing computed is lost and the job goes on when it can."""
+    delay, longest = STORE_RETRY_S
+    failing = False
+    while True:
+        try:
+            await metrics.timed_write("answers", store.put_answer_slices(fingerprint, answers))
+        except StoreUnwritableError as exc:
+            if not failing:
+                log.warning("store_unwritable", job=job.id, error=exc.message)
+                job.publish(f"the store cannot be written ({exc.message}); the job waits, "
+                            "its answers kept, and tries again")
+                failing = True
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, longest)
+            continue
+        if failing:
+            log.info("store_writable_again", job=job.id)
+            job.publish("the store can be written again; the job goes on")
+        return
 
 
 class _ProgressEvents:

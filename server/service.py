@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from grpc_health.v1 import health_pb2
 
 from evalfleet.common.errors import FailedPreconditionError, NotFoundError
 from evalfleet.common.logging import get_logger
@@ -167,6 +170,36 @@ class CoordinatorOptions:
     max_message_bytes: int = 4 * 1024 * 1024
 
 
+async def _watch_store(store: JobStore, server: RunningServer, interval_s: float) -> None:
+    """The coordinator's health follows its store: NOT_SERVING while the store cannot be
+    written (a load balancer sends clients elsewhere; running jobs wait, their answers kept),
+    SERVING again once it can be; each change is logged."""
+    problem: str | None = None
+    while True:
+        await asyncio.sleep(interval_s)
+        now = await store.write_problem()
+        if now == problem:
+            continue
+        status = (health_pb2.HealthCheckResponse.SERVING if now is None
+                  else health_pb2.HealthCheckResponse.NOT_SERVING)
+        for name in ("", *server.service_names):
+            await server.health.set(name, status)
+        if now is None:
+            log.info("store_writable_again", store=store.address)
+        else:
+            log.warning("store_unwritable", store=store.address, error=now)
+        problem = now
+
+
+def _stopper(task: asyncio.Future) -> Callable[[], Awaitable[None]]:
+    async def stop() -> None:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    return stop
+
+
 async def start_coordinator(*, host: str = "127.0.0.1", port: int = 0,
                             workers: Sequence[str] = (), store: JobStore | None = None,
                             data_dir: str | Path | None = None,
@@ -215,6 +248,8 @@ async def start_coordinator(*, host: str = "127.0.0.1", port: int = 0,
         max_receive_bytes=options.max_message_bytes)
     scheduler.start()
     runner.start()
+    watching = asyncio.ensure_future(_watch_store(store, server, options.health_interval_s))
+    server.on_stop(_stopper(watching))
     server.on_stop(runner.close)  # first: hands unfinished jobs back while the store is open
     server.on_stop(scheduler.close)
     server.on_stop(registry.close)

@@ -51,6 +51,7 @@ from evalfleet.server.store.base import (
     JobStore,
     StoreSchemaError,
     StoreUnavailableError,
+    StoreUnwritableError,
 )
 from evalfleet.server.store.sqlite import SqliteJobStore
 
@@ -67,6 +68,7 @@ __all__ = [
     "SqliteJobStore",
     "StoreSchemaError",
     "StoreUnavailableError",
+    "StoreUnwritableError",
     "open_store",
     "redact_url",
 ]

@@ -88,6 +88,11 @@ class StoreUnavailableError(UnavailableError):
     """The store cannot be opened or reached; the message names it (never its password)."""
 
 
+class StoreUnwritableError(StoreUnavailableError):
+    """The store is there but cannot be written now (a read-only or immutable file, a full
+    disk): what is computed is kept and written once it can be."""
+
+
 class StoreSchemaError(StoreUnavailableError):
     """The store was written by a newer evalfleet (a schema version this one does not know)."""
 
@@ -117,6 +122,11 @@ class JobStore(ABC):
     @abstractmethod
     async def close(self) -> None:
         """Release connections and threads; idempotent."""
+
+    async def write_problem(self) -> str | None:
+        """Why the store cannot be written now, or None (a cheap check: the coordinator's
+        health asks it every few seconds)."""
+        return None
 
     # -- jobs ------------------------------------------------------------------------------
 

@@ -41,6 +41,7 @@ from evalfleet.server.store.base import (
     JobStore,
     StoreSchemaError,
     StoreUnavailableError,
+    StoreUnwritableError,
     job_from_row,
 )
 
@@ -106,19 +107,28 @@ class SqliteJobStore(JobStore):
         return await self._run(self._checked, fn, *args)
 
     def _checked(self, conn: sqlite3.Connection, fn: Callable[..., T], *args: Any) -> T:
-        if self.path != ":memory:":
-            for suffix in ("", "-wal", "-shm"):
-                file = self.path + suffix
-                try:
-                    os.close(os.open(file, os.O_WRONLY))
-                except FileNotFoundError:
-                    continue
-                except OSError as exc:
-                    raise StoreUnavailableError(
-                        f"store {self.address}: {file} cannot be written ({exc.strerror}); "
-                        "nothing is lost: answers are kept and written once it can be"
-                    ) from exc
+        problem = self._unwritable_file()
+        if problem is not None:
+            raise StoreUnwritableError(problem)
         return fn(conn, *args)
+
+    def _unwritable_file(self) -> str | None:
+        """Which of the store's files (db, -wal, -shm) cannot be opened for writing, and why."""
+        if self.path == ":memory:":
+            return None
+        for suffix in ("", "-wal", "-shm"):
+            file = self.path + suffix
+            try:
+                os.close(os.open(file, os.O_WRONLY))
+            except FileNotFoundError:
+                continue
+            except OSError as exc:
+                return (f"store {self.address}: {file} cannot be written ({exc.strerror}); "
+                        "nothing is lost: answers are kept and written once it can be")
+        return None
+
+    async def write_problem(self) -> str | None:
+        return None if self._closed else self._unwritable_file()
 
     def _check_open(self) -> None:
         if self._closed:
@@ -135,7 +145,7 @@ class SqliteJobStore(JobStore):
                     f"store {self.address}: still locked by another process after "
                     f"{self.busy_timeout_s:g} s ({exc})") from exc
             if any(why in str(exc) for why in _UNWRITABLE):
-                raise StoreUnavailableError(f"store {self.address}: {exc}") from exc
+                raise StoreUnwritableError(f"store {self.address}: {exc}") from exc
             raise
 
     def _connect(self) -> sqlite3.Connection:
