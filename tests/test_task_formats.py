@@ -37,6 +37,7 @@ CHOICES = ["a sunny day", "rain", "Paris", "the moon"]
     ("the final answer is Paris.", INVALID, "C"), ("Paris", INVALID, "C"),
     ("A type of weather", INVALID, INVALID), ("no idea", INVALID, INVALID), ("", INVALID, INVALID),
     ("E", INVALID, INVALID), ("The best answer is E", INVALID, INVALID),
+    (" [answer_letter] D.", INVALID, "D"),
 ])
 def test_answer_readings(response, strict, flexible):
     assert strict_answer(response, LETTERS) == strict

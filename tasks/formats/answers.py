@@ -27,6 +27,7 @@ _ANSWER_IS = re.compile(r"answer\s+is\s*:?\s*(.+?)\s*$", re.IGNORECASE | re.MULT
 _LEADING = re.compile(r"^[\s*_(\[]*([A-Z])(?:$|[\s*_)\].:,]*$|[*_)\].:,\n])")
 #: a label opening what follows "answer is": "C", "**C**", "C because ..."
 _AFTER_ANSWER_IS = re.compile(r"^[\s*_(\[]*([A-Z])\b")
+_PLACEHOLDER = re.compile(r"\[answer(?:_letter)?\]", re.IGNORECASE)
 
 
 def normalize(text: str) -> str:
@@ -65,6 +66,7 @@ def _leading_label(text: str, labels: Sequence[str], pattern: re.Pattern = _LEAD
 def flexible_answer(response: str, labels: Sequence[str], choices: Sequence[str]) -> str:
     """The label a free response chooses, or INVALID."""
     letters = all(len(label) == 1 for label in labels)
+    response = _PLACEHOLDER.sub("", response)  # the prompt's "[answer_letter]" echoed
     for said in reversed(_ANSWER_IS.findall(response)):
         found = (_leading_label(said, labels, _AFTER_ANSWER_IS) if letters else None) \
             or _choice_named(said, labels, choices)
