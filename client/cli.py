@@ -336,7 +336,10 @@ RESULTS_ACTIONS = ("show", "compare", "plot", "report", "fetch", "-h", "--help")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="evalfleet", description=__doc__.splitlines()[0])
+    parser = _Parser(prog="evalfleet", description=(
+        "Evaluate language models with lm-evaluation-harness's tasks, prompts and numbers, "
+        "as gRPC services: `evalfleet eval` runs a job (lm_eval's flags), `serve` runs a "
+        "coordinator or a worker, `results`/`gate` read and judge results."))
     parser.add_argument("--version", action=_Version)
     parser.add_argument("--log_level", default=os.environ.get("EVALFLEET_LOG_LEVEL", "WARNING"))
     sub = parser.add_subparsers(dest="command", required=True)
