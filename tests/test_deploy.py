@@ -129,6 +129,10 @@ def test_pods_ask_prometheus_to_scrape_them(kind, name):
     assert {k: v for k, v in annotations.items() if k.startswith("prometheus.io/")} == {
         "prometheus.io/scrape": "true", "prometheus.io/port": "9090",
         "prometheus.io/path": "/metrics"}
+    # The port they name is the one the container serves its metrics on.
+    container = _container(_by(kind, name))
+    assert _flag(container["args"], "metrics_port") == "9090"
+    assert {"name": "metrics", "containerPort": 9090} in container["ports"]
     label = _by(kind, name)["spec"]["template"]["metadata"]["labels"]["app"]
     (policy,) = [d for d in _documents() if d["kind"] == "NetworkPolicy"
                  and d["spec"]["podSelector"]["matchLabels"]["app"] == label]

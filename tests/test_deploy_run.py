@@ -17,6 +17,7 @@ import re
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import grpc
@@ -298,6 +299,17 @@ def test_the_manifests_run_a_job(tmp_path, background_loop, data_dir, tiny_model
         with psycopg.connect(url, passfile=env["PGPASSFILE"]) as conn:
             assert conn.execute("SELECT count(*) FROM evalfleet.jobs WHERE id = %s",
                                 (evaluation.id,)).fetchone() == (1,)
+        # Where the pods' annotations send Prometheus, both serve their metrics.
+        for name, kind, ports, metric in (
+                ("evalfleet-coordinator", "Deployment", coordinator_ports,
+                 "evalfleet_requests_answered_total"),
+                ("evalfleet-worker", "StatefulSet", worker_ports,
+                 "evalfleet_worker_batches_total")):
+            scrape = _by(kind, name)["spec"]["template"]["metadata"]["annotations"]
+            url = (f"http://127.0.0.1:{ports[int(scrape['prometheus.io/port'])]}"
+                   f"{scrape['prometheus.io/path']}")
+            with urllib.request.urlopen(url, timeout=10) as response:
+                assert metric in response.read().decode(), url
         for process in started:
             assert process.wrote_outside_its_volumes() == []
     finally:
