@@ -37,6 +37,7 @@ from evalfleet.inference.backends.base import (
     ItemError,
     TokenScores,
 )
+from evalfleet.inference.backends.reasoning import generation_fields
 from evalfleet.v1 import inference_pb2 as pb
 from evalfleet.v1 import inference_pb2_grpc as pb_grpc
 
@@ -91,7 +92,7 @@ def _token_scores_pb(request_id: str, outcome: TokenScores | ItemError) -> pb.To
 def _generation_pb(request_id: str, outcome: str | ItemError) -> pb.Generation:
     if isinstance(outcome, ItemError):
         return pb.Generation(request_id=request_id, error=_item_error_pb(outcome))
-    return pb.Generation(request_id=request_id, text=outcome)
+    return pb.Generation(request_id=request_id, text=outcome, **generation_fields(outcome))
 
 
 def generation_params_from_pb(params: pb.GenerationParams, field: str = "params"

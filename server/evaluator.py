@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from evalfleet import scoring
+from evalfleet.server.generation_stats import GenerationStats
 from evalfleet.tasks import Request, Task
 from evalfleet.tasks.metric_config import MetricConfig
 from evalfleet.v1 import inference_pb2 as pb
@@ -41,6 +42,9 @@ class TaskScores:
     samples: list[dict[str, Any]] = field(default_factory=list)
     #: metric key -> its config, including keys a metric expands into (pass_at_k -> pass@1)
     configs: dict[str, MetricConfig] = field(default_factory=dict)
+    #: length limits, unfinished thinking and token usage of the generations (None: no
+    #: generate_until requests)
+    generation: GenerationStats | None = None
 
     @property
     def higher_is_better(self) -> dict[str, Any]:
@@ -130,6 +134,9 @@ class TaskScorer:
         self.metric_names = [m.name for m in task.metric_list]
         self.allow_code = allow_code
         self.configs: dict[str, MetricConfig] = {m.name: m for m in task.metric_list}
+        #: per request, the reasoning of each repeat's generation (filled by _responses)
+        self.reasoning: list[list[str]] = [[] for _ in self.requests]
+        self.generation: GenerationStats | None = None
 
     # -- responses ------------------------------------------------------------------------
     def _responses(self) -> list[list[Any]]:
@@ -149,8 +156,14 @@ class TaskScorer:
                     out[pos].append((float(ll), bool(g)))
         for pos, req in enumerate(self.requests):
             if req.request_type == "generate_until":
-                out[pos] = [pb.Generation.FromString(self.answers[a]).text
-                            for a in self.answer_ids[pos]]
+                generations = [pb.Generation.FromString(self.answers[a])
+                               for a in self.answer_ids[pos]]
+                self.generation = self.generation or GenerationStats()
+                for generation in generations:
+                    self.generation.add(generation)
+                # an answer that ended inside its thinking arrives with empty text: no answer
+                out[pos] = [g.text for g in generations]
+                self.reasoning[pos] = [g.reasoning for g in generations]
         return out
 
     # -- scoring ----------------------------------------------------------------------------
@@ -169,6 +182,7 @@ class TaskScorer:
                     out.samples.append(self._sample_record(d, filter_name, metrics, resps,
                                                            values))
         out.configs = self.configs
+        out.generation = self.generation
         return out
 
     def _results(self, values: Sequence[Any]) -> list[list[Any]]:
@@ -351,6 +365,9 @@ class TaskScorer:
             "prompt_hash": _sha256(str(requests[0].arguments[0])),
             "target_hash": _sha256(str(target)),
         }
+        reasoning = [self.reasoning[p] for p in positions]
+        if any(text for texts in reasoning for text in texts):  # requests x repeats, as resps
+            record["reasoning"] = reasoning
         record.update(metrics)
         return record
 

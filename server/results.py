@@ -14,6 +14,8 @@ from typing import Any
 from evalfleet import scoring
 from evalfleet.common.redact import redact_model_args
 from evalfleet.server.evaluator import TaskScores
+from evalfleet.server.generation_stats import SECTION as GENERATION_SECTION
+from evalfleet.server.generation_stats import generation_section
 from evalfleet.v1 import coordinator_pb2 as cpb
 
 HIGHER_IS_BETTER_SYMBOLS = {True: "↑", False: "↓"}
@@ -143,6 +145,9 @@ def build_results_json(*, scores: Sequence[TaskScores], groups: Sequence[GroupIn
         doc["higher_is_better"][g.name] = merged
     doc["n-samples"] = {s.task.name: {"original": original_sizes[s.task.name],
                                       "effective": s.sample_len} for s in scores}
+    generation = generation_section((s.task.name, s.generation) for s in scores)
+    if generation is not None:
+        doc[GENERATION_SECTION] = generation
     doc["config"] = config
     doc["git_hash"] = None
     doc["date"] = started_at

@@ -28,7 +28,7 @@ from evalfleet.server.store import (
     StoreUnavailableError,
     open_store,
 )
-from evalfleet.server.store.base import SAMPLES_PAGE
+from evalfleet.server.store.base import SAMPLES_PAGE, decode_progress, encode_progress
 from evalfleet.v1 import coordinator_pb2 as cpb
 
 QUEUED, RUNNING = cpb.EVALUATION_STATE_QUEUED, cpb.EVALUATION_STATE_RUNNING
@@ -551,6 +551,98 @@ def test_reopened_store_keeps_everything(store_url):
     assert (got.state, got.results, answers) == (SUCCEEDED, b"r", {"r": b"a"})
 
 
+def _progress(done: int, total: int = 40, unique: int = 0) -> bytes:
+    return encode_progress([cpb.TaskProgress(task="arc_easy", done=done, total=total,
+                                             docs_total=10, docs_done=done // 4,
+                                             group="ai2_arc")], unique)
+
+
+def test_progress_is_stored_with_the_lease_renewal_and_the_end(store_url):
+    """A job's progress rides on its holder's lease renewals (the same write) and on its
+    terminal transition; only the holder writes it, and None keeps what is stored."""
+    async def scenario():
+        async with open_store(store_url) as store:
+            await store.create_job(job("j"))
+            assert (await store.get_job("j")).progress is None
+            assert await store.claim_job("j", "A", 60)
+            assert await store.renew_lease("j", "A", 60, progress=_progress(8, unique=37))
+            stored = (await store.get_job("j")).progress
+            assert decode_progress(stored) == cpb.Evaluation(
+                progress=[cpb.TaskProgress(task="arc_easy", done=8, total=40, docs_total=10,
+                                           docs_done=2, group="ai2_arc")], unique_requests=37)
+            assert await store.renew_lease("j", "A", 60)  # no progress given: kept
+            assert (await store.get_job("j")).progress == stored
+            assert not await store.renew_lease("j", "B", 60, progress=_progress(39))
+            assert await store.transition("j", "A", [QUEUED], RUNNING) is not None
+            assert (await store.get_job("j")).progress == stored  # kept
+            assert await store.transition("j", "B", ACTIVE, SUCCEEDED,
+                                          progress=_progress(39)) is None
+            assert (await store.get_job("j")).progress == stored  # refused: nothing written
+            # B takes over (A's lease lapsed): its progress is the one stored from now on.
+            taken = await store.claim_job("j", "B", 60, now=time.time() + 1000)
+            assert taken.progress == stored
+            assert not await store.renew_lease("j", "A", 60, progress=_progress(12))
+            assert await store.renew_lease("j", "B", 60, progress=_progress(20))
+            done = await store.transition("j", "B", ACTIVE, SUCCEEDED,
+                                          progress=_progress(40))
+            assert done.progress == _progress(40) == (await store.get_job("j")).progress
+            [listed] = await store.list_jobs()
+            assert listed.progress == _progress(40)
+            # A record with progress round-trips through put_job.
+            await store.put_job(job("k"))
+            copy = await store.get_job("j")
+            copy.id = "k"
+            await store.put_job(copy)
+            assert await store.get_job("k") == copy
+
+    run(scenario())
+
+
+def test_progress_decodes_to_nothing_for_none_or_unreadable_bytes():
+    assert decode_progress(None) == cpb.Evaluation()
+    assert decode_progress(b"") == cpb.Evaluation()
+    assert decode_progress(b"\xff\xff\xff") == cpb.Evaluation()
+    assert list(decode_progress(_progress(5)).progress)[0].done == 5
+
+
+def test_store_of_the_previous_schema_gains_the_progress_column(store_url):
+    """A store written before progress was kept (SQLite schema 3, PostgreSQL schema 1) is
+    migrated on open: its jobs answer no progress, and progress is stored from then on."""
+    run(open_store(store_url).open())
+    now = time.time()
+    if store_url.startswith("postgresql://"):
+        import psycopg
+
+        with psycopg.connect(store_url, autocommit=True) as conn:
+            conn.execute("ALTER TABLE evalfleet.jobs DROP COLUMN progress")
+            conn.execute("DELETE FROM evalfleet.schema_version WHERE version = 2")
+            conn.execute("INSERT INTO evalfleet.jobs (id, spec, state, error, created_at, "
+                         "updated_at, owner, lease_until, attempts) VALUES "
+                         "('old', '\\x00', 2, '', %s, %s, 'A', %s, 1)", (now, now, now + 60))
+    else:
+        with sqlite3.connect(store_url) as conn:
+            conn.execute("ALTER TABLE jobs DROP COLUMN progress")
+            conn.execute("DELETE FROM schema_version WHERE version = 4")
+            conn.execute("INSERT INTO jobs (id, spec, state, error, created_at, updated_at, "
+                         "owner, lease_until, attempts) VALUES "
+                         "('old', x'00', 2, '', ?, ?, 'A', ?, 1)", (now, now, now + 60))
+
+    async def scenario():
+        async with open_store(store_url) as store:
+            old = await store.get_job("old")
+            assert (old.state, old.owner, old.attempts, old.progress) == (RUNNING, "A", 1, None)
+            assert await store.renew_lease("old", "A", 60, progress=_progress(3))
+            assert (await store.get_job("old")).progress == _progress(3)
+
+    run(scenario())
+    run(_reopen_keeps_progress(store_url))
+
+
+async def _reopen_keeps_progress(store_url: str) -> None:
+    async with open_store(store_url) as store:  # migrated once: a second open changes nothing
+        assert (await store.get_job("old")).progress == _progress(3)
+
+
 def test_store_from_a_newer_evalfleet_is_refused(store_url):
     run(open_store(store_url).open())
     if store_url.startswith("postgresql://"):
@@ -589,6 +681,7 @@ def test_sqlite_file_of_the_first_layout_is_migrated(tmp_path):
         async with SqliteJobStore(path) as store:
             old = await store.get_job("old")
             assert (old.state, old.owner, old.lease_until, old.attempts) == (RUNNING, "", 0, 0)
+            assert old.progress is None  # stored before progress was kept
             assert await store.get_answers("fp", ["r"]) == {"r": b"\x01"}
             assert await store.get_answers("fp", ["ab" * 32, "ab" * 32 + "#1", "AB" * 32]) == {
                 "ab" * 32: b"\x02", "ab" * 32 + "#1": b"\x03"}
@@ -600,7 +693,8 @@ def test_sqlite_file_of_the_first_layout_is_migrated(tmp_path):
     run(scenario())
     with sqlite3.connect(path) as conn:
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-        assert [v for (v,) in conn.execute("SELECT version FROM schema_version")] == [1, 2, 3]
+        assert [v for (v,) in conn.execute("SELECT version FROM schema_version")] == [
+            1, 2, 3, 4]
 
 
 def test_sqlite_request_keys_are_compact_and_one_to_one():

@@ -6,7 +6,8 @@ Generation only, one conversation per request, ``ANTHROPIC_API_KEY`` (or ``api_k
 Payload as lm-eval 0.4.13 builds it: a leading system message becomes ``system``; every other
 message is ``{"role", "content": [{"type": "text", "text": ...}]}``; ``max_tokens``,
 ``temperature``, ``stop_sequences`` (the task's ``until`` without whitespace-only entries; when
-none is left, ``"\\n\\nHuman:"``). The answer is the text of the response's content blocks.
+none is left, ``"\\n\\nHuman:"``). The answer is the text of the response's content blocks;
+its ``thinking`` blocks (extended thinking) are kept apart as the reasoning.
 The Messages API returns no logprobs: loglikelihood tasks are refused before any work.
 """
 
@@ -35,6 +36,7 @@ from evalfleet.inference.backends.base import (
     TokenScores,
 )
 from evalfleet.inference.backends.openai_chat import refuse_scoring
+from evalfleet.inference.backends.reasoning import GeneratedText, api_generation
 
 log = get_logger("backend.anthropic")
 
@@ -141,12 +143,22 @@ class AnthropicChatBackend(RemoteBackend):
                 continue
 
             async def make(cost: Cost, request: GenerationRequest = request) -> list[str]:
-                data = await self._post(self.payload(request.context, request), cost)
-                return ["".join(block.get("text", "") for block in data.get("content") or []
-                                if block.get("type", "text") == "text")]
+                return [anthropic_answer(
+                    await self._post(self.payload(request.context, request), cost),
+                    self.args.think_end_token)]
 
             jobs.append(([i], make))
         answers = await self.fan_out(jobs, len(requests), "generate_until")
         for i, error in refusals.items():
             answers.results[i] = error
         return answers
+
+
+def anthropic_answer(data: dict[str, Any], think_end_token: str | None) -> GeneratedText:
+    """A Messages API response as an answer: its text blocks (lm-eval's), its ``thinking``
+    blocks as the reasoning, ``stop_reason`` "max_tokens" as the length limit."""
+    blocks = data.get("content") or []
+    text = "".join(b.get("text", "") for b in blocks if b.get("type", "text") == "text")
+    thinking = "".join(b.get("thinking", "") for b in blocks if b.get("type") == "thinking")
+    return api_generation(text, think_end_token, separate_reasoning=thinking or None,
+                          finish_reason=data.get("stop_reason"), usage=data.get("usage"))

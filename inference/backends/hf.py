@@ -40,7 +40,7 @@ from evalfleet.inference.backends.fingerprint import (
     tokenizer_files,
 )
 from evalfleet.inference.backends.hf_args import HFArgs, parse_hf_args
-from evalfleet.inference.backends.hf_generate import generate_batch, truncate_at_stops
+from evalfleet.inference.backends.hf_generate import generate_batch, generated_answer
 from evalfleet.inference.backends.hf_model_kwargs import reject_unused, split_extra
 from evalfleet.inference.backends.hf_quant import bnb_config, check_prerequisites
 from evalfleet.inference.backends.hf_score import ForwardInterrupted, ScorePlan, Scorer
@@ -435,14 +435,11 @@ class HFBackend(Backend):
         )
         steps = max(len(g) for g in generated)
         self._gen_positions += len(chunk) * (ids.shape[1] + max(0, steps - 1))
-        think = self.args.think_end_token
-        for i, toks in zip(chunk, generated, strict=True):
-            if isinstance(think, int) and think in toks:
-                toks = toks[len(toks) - toks[::-1].index(think):]
-            text = self.tok.decode(toks)
-            if isinstance(think, int):
-                text = text.lstrip()
-            results[i] = truncate_at_stops(text, until, think if isinstance(think, str) else None)
+        for row, (i, toks) in enumerate(zip(chunk, generated, strict=True)):
+            results[i] = generated_answer(
+                self.tok, toks, until=until, max_gen_toks=params.max_gen_toks,
+                think_end_token=self.args.think_end_token, pad_id=self.tok.tok.pad_token_id,
+                prompt_tokens=int(mask[row].sum()))
 
     # ------------------------------------------------------------------ chat templates
     async def apply_chat_template(self, conversations: Sequence[Conversation],

@@ -13,6 +13,8 @@ from collections.abc import Sequence
 import torch
 from transformers import StoppingCriteria, StoppingCriteriaList
 
+from evalfleet.inference.backends.reasoning import GeneratedText, cut_at_stops, local_generation
+
 
 class StopOnStrings(StoppingCriteria):
     """Per row: done once the last few generated tokens decode to text holding a stop string."""
@@ -35,14 +37,36 @@ class StopOnStrings(StoppingCriteria):
         return self.done.to(input_ids.device)
 
 
-def truncate_at_stops(text: str, stops: Sequence[str], think_end_token: str | None) -> str:
-    """lm-eval's ``postprocess_generated_text``."""
-    if think_end_token:
-        text = text.split(think_end_token)[-1].lstrip()
-    for stop in stops:
-        if stop:
-            text = text.split(stop)[0]
-    return text
+def generated_answer(tok, toks: list[int], *, until: Sequence[str], max_gen_toks: int,
+                     think_end_token: str | int | None, pad_id: int | None,
+                     prompt_tokens: int) -> GeneratedText:
+    """One row's answer as lm-eval's ``HFLM.generate_until`` makes it (an integer
+    ``think_end_token`` cut at its last occurrence in the tokens), with its reasoning, whether
+    it ran to ``max_gen_toks`` without EOS or a stop sequence, and its token counts (the row's
+    trailing padding and what follows its first EOS are not generated tokens)."""
+    eot = tok.eot_token_id
+    n = len(toks)
+    while n and pad_id is not None and pad_id != eot and toks[n - 1] == pad_id:
+        n -= 1
+    if eot in toks[:n]:
+        n = toks.index(eot) + 1
+    made = toks[:n]
+    raw = tok.decode(made, skip_special_tokens=False)
+    hit = n >= max_gen_toks and eot not in made and not any(s and s in raw for s in until)
+    if not isinstance(think_end_token, int):
+        return local_generation(
+            tok.decode(toks), until=until, think_end_token=think_end_token,
+            hit_length_limit=hit, prompt_tokens=prompt_tokens, completion_tokens=n,
+            count_tokens=lambda text: len(tok.encode(text, add_special_tokens=False)))
+    if think_end_token not in toks:
+        return GeneratedText("", reasoning=tok.decode(toks), hit_length_limit=hit,
+                             unfinished_thinking=True, prompt_tokens=prompt_tokens,
+                             completion_tokens=n, reasoning_tokens=n)
+    last = len(toks) - toks[::-1].index(think_end_token)
+    answer = cut_at_stops(tok.decode(toks[last:]).lstrip(), until)
+    return GeneratedText(answer, reasoning=tok.decode(toks[:last - 1]), hit_length_limit=hit,
+                         prompt_tokens=prompt_tokens, completion_tokens=n,
+                         reasoning_tokens=min(last, n))
 
 
 def generate_batch(model, tokenizer, ids: torch.Tensor, mask: torch.Tensor, *,

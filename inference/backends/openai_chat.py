@@ -7,7 +7,8 @@ its own chat template), one conversation per HTTP request. Payloads are lm-eval 
 ``{"messages", "model", "max_tokens" (OpenAI: "max_completion_tokens"), "temperature",
 "stop": stop[:4], "seed", ...}``; for OpenAI models whose name contains ``o1``, ``o3``, ``o4`` or
 ``5`` the stop sequences are dropped and the temperature is 1, as lm-eval does. The answer is
-``choices[0].message.content`` (after ``think_end_token`` when given).
+``choices[0].message.content`` (after ``think_end_token`` when given; the server's separate
+``reasoning_content`` and the thinking are kept apart, see :mod:`.reasoning`).
 
 Chat endpoints return no prompt logprobs, so loglikelihood tasks are refused before any work
 (lm-eval raises NotImplementedError half-way through instead).
@@ -39,19 +40,13 @@ from evalfleet.inference.backends.base import (
     ItemError,
     TokenScores,
 )
+from evalfleet.inference.backends.reasoning import api_generation
 
 log = get_logger("backend.chat")
 
 CHAT_REMEDY = ("point local-completions at the same server's /v1/completions endpoint (vLLM's "
                "OpenAI-compatible server answers it with prompt logprobs), or run generative "
                "tasks only (e.g. gsm8k with --apply_chat_template)")
-
-
-def think_split(text: str, think_end_token: str | None) -> str:
-    """lm-eval's ``postprocess_generated_text(text, stop=None, think_end_token)``."""
-    if think_end_token:
-        return text.split(think_end_token)[-1].lstrip()
-    return text
 
 
 def refuse_scoring(n: int, reason: str) -> Answers[TokenScores]:
@@ -134,15 +129,21 @@ class LocalChatBackend(RemoteBackend):
         return data
 
     def parse(self, data: dict[str, Any]) -> str:
-        """lm-eval's ``LocalChatCompletion.parse_generations`` for one conversation."""
+        """lm-eval's ``LocalChatCompletion.parse_generations`` for one conversation, the
+        server's separate reasoning (``reasoning_content``, vLLM's ``reasoning``) kept apart
+        and an answer that ended inside its thinking scored as none (see ``reasoning``)."""
         try:
             choices = sorted(data["choices"], key=lambda c: c["index"])
-            content = choices[0]["message"]["content"]
+            message = choices[0]["message"]
+            content = message["content"]
         except (IndexError, KeyError, TypeError) as exc:
             log.warning("chat_unparsable_answer", error=repr(exc))  # e.g. a content filter
             return ""
-        return NONE_ANSWER if content is None else think_split(content,
-                                                               self.args.think_end_token)
+        separate = message.get("reasoning_content") or message.get("reasoning")
+        return api_generation(content, self.args.think_end_token,
+                              separate_reasoning=separate if isinstance(separate, str) else None,
+                              finish_reason=choices[0].get("finish_reason"),
+                              usage=data.get("usage"), none_answer=NONE_ANSWER)
 
     async def generate_until(self, requests: Sequence[GenerationRequest]) -> Answers[str]:
         jobs = []

@@ -68,6 +68,7 @@ from evalfleet.inference.backends.logprob_probe import (
     probe_server,
     summary,
 )
+from evalfleet.inference.backends.reasoning import api_generation
 from evalfleet.inference.backends.windows import rolling_windows
 
 log = get_logger("backend.completions")
@@ -471,12 +472,17 @@ class LocalCompletionsBackend(RemoteBackend):
                         lambda: texts if self.args.batch_size > 1 else texts[0],
                         cost, "generate_until")
                     texts: list[Any] = [None] * len(data.get("choices") or [])
+                    # usage is the call's: an item's own only when it is alone in the call
+                    usage = data.get("usage") if len(chunk) == 1 else None
                     for choice in data.get("choices") or []:
-                        texts[choice["index"]] = choice.get("text")
+                        texts[choice["index"]] = api_generation(
+                            choice.get("text"), self.args.think_end_token,
+                            separate_reasoning=None, finish_reason=choice.get("finish_reason"),
+                            usage=usage, none_answer=NONE_ANSWER)
                     if len(texts) != len(chunk):
                         return [ItemError(f"the server answered {len(texts)} choices for "
                                           f"{len(chunk)} prompts")] * len(chunk)
-                    return [NONE_ANSWER if t is None else t for t in texts]
+                    return texts
 
                 jobs.append((chunk, make))
         answers = await self.fan_out(jobs, len(requests), "generate_until")

@@ -49,8 +49,8 @@ from evalfleet.inference.backends.fingerprint import (
     resolve_local_dir,
     tokenizer_files,
 )
-from evalfleet.inference.backends.hf_generate import truncate_at_stops
 from evalfleet.inference.backends.hf_text import HFTokenizer
+from evalfleet.inference.backends.reasoning import GeneratedText, local_generation
 from evalfleet.inference.backends.threaded import OneAtATime
 from evalfleet.inference.backends.vllm_args import VLLMArgs, parse_vllm_args
 from evalfleet.inference.backends.windows import rolling_windows
@@ -277,8 +277,7 @@ class VLLMBackend(Backend):
         if prompts:
             outputs = self.llm.generate(prompts, sampling_params=sampling, use_tqdm=False)
             for i, output, until in zip(index, outputs, stops, strict=True):
-                results[i] = truncate_at_stops(output.outputs[0].text, until,
-                                               self.args.think_end_token)
+                results[i] = vllm_answer(output, until, self.args.think_end_token, self.tok)
         return results
 
     async def generate_until(self, requests: Sequence[GenerationRequest]) -> Answers[str]:
@@ -294,3 +293,16 @@ class VLLMBackend(Backend):
             extra["enable_thinking"] = self.args.enable_thinking
         prompts = await asyncio.to_thread(render_conversations, tok, conversations, extra)
         return ChatRendering(prompts, template, hashlib.sha256(template.encode()).hexdigest())
+
+
+def vllm_answer(output: Any, until: Sequence[str], think_end_token: str | None,
+                tok: Any) -> GeneratedText:
+    """One vLLM ``RequestOutput`` as an answer: thinking split off, then the task's stop
+    sequences; ``finish_reason`` "length" is the length limit; tokens counted from its ids."""
+    completion = output.outputs[0]
+    return local_generation(
+        completion.text, until=until, think_end_token=think_end_token,
+        hit_length_limit=completion.finish_reason == "length",
+        prompt_tokens=len(output.prompt_token_ids or ()),
+        completion_tokens=len(completion.token_ids or ()),
+        count_tokens=lambda text: len(tok.encode(text, add_special_tokens=False)))

@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+from google.protobuf.message import DecodeError
 
 from evalfleet.common.errors import UnavailableError
 from evalfleet.v1 import coordinator_pb2 as cpb
@@ -48,11 +49,14 @@ class JobRecord:
     owner: str = ""
     lease_until: float = 0.0
     attempts: int = 0
+    #: The job's progress as its holder last renewed its lease or ended it (``encode_progress``);
+    #: None for a job no coordinator has reported on (or stored before progress was kept).
+    progress: bytes | None = None
 
 
 #: Column order of ``JobRecord`` rows in every implementation's ``SELECT``.
 JOB_COLUMNS = ("id", "spec", "state", "error", "created_at", "updated_at", "results_json",
-               "results", "owner", "lease_until", "attempts")
+               "results", "owner", "lease_until", "attempts", "progress")
 
 
 def job_from_row(row: Sequence) -> JobRecord:
@@ -60,7 +64,28 @@ def job_from_row(row: Sequence) -> JobRecord:
     return JobRecord(id=row[0], spec=bytes(row[1]), state=row[2], error=row[3],
                      created_at=row[4], updated_at=row[5], results_json=row[6],
                      results=bytes(row[7]) if row[7] is not None else None, owner=row[8],
-                     lease_until=row[9], attempts=row[10])
+                     lease_until=row[9], attempts=row[10],
+                     progress=bytes(row[11]) if row[11] is not None else None)
+
+
+def encode_progress(progress: Iterable[cpb.TaskProgress], unique_requests: int = 0) -> bytes:
+    """A job's per-task progress (and its distinct requests) as stored in
+    ``JobRecord.progress``: a serialized ``Evaluation`` holding only those fields (tens of
+    bytes a task)."""
+    return cpb.Evaluation(progress=progress, unique_requests=unique_requests
+                          ).SerializeToString()
+
+
+def decode_progress(stored: bytes | None) -> cpb.Evaluation:
+    """What ``encode_progress`` stored, as an ``Evaluation`` holding only ``progress`` and
+    ``unique_requests``; empty for a record without progress (or with unreadable bytes)."""
+    evaluation = cpb.Evaluation()
+    if stored:
+        try:
+            evaluation.ParseFromString(stored)
+        except DecodeError:
+            evaluation.Clear()
+    return evaluation
 
 
 @dataclass(frozen=True)
@@ -177,9 +202,13 @@ class JobStore(ABC):
 
     @abstractmethod
     async def renew_lease(self, job_id: str, owner: str, lease_s: float, *,
-                          now: float | None = None) -> bool:
+                          now: float | None = None, progress: bytes | None = None) -> bool:
         """Extend ``owner``'s lease to ``now + lease_s``; False when ``owner`` no longer holds
-        the job (another coordinator claimed it) or the job has ended: stop working on it."""
+        the job (another coordinator claimed it) or the job has ended: stop working on it.
+
+        ``progress`` (``encode_progress``), when given, is stored in the same write (a
+        coordinator that takes over or follows the job answers it); None keeps what is stored.
+        """
 
     @abstractmethod
     async def release(self, job_id: str, owner: str) -> bool:
@@ -189,12 +218,14 @@ class JobStore(ABC):
     @abstractmethod
     async def transition(self, job_id: str, owner: str, from_states: Iterable[int],
                          to_state: int, *, error: str = "", results: bytes | None = None,
-                         results_json: str | None = None) -> JobRecord | None:
+                         results_json: str | None = None, progress: bytes | None = None
+                         ) -> JobRecord | None:
         """Compare-and-set the job's state.
 
         Applied only when ``owner`` holds the job and its state is in ``from_states``; then the
-        state, error and (when given) results are written in one transaction. Entering a
-        terminal state ends the lease (``lease_until`` 0; ``owner`` kept as who finished it).
+        state, error and (when given) results and progress are written in one transaction.
+        Entering a terminal state ends the lease (``lease_until`` 0; ``owner`` kept as who
+        finished it).
         Returns the updated record, or None when refused (nothing written).
         """
 

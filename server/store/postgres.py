@@ -75,6 +75,8 @@ _MIGRATIONS: list[tuple[int, list[str]]] = [
             seq integer NOT NULL, task text NOT NULL, record text NOT NULL,
             PRIMARY KEY (job_id, seq))""",
     ]),
+    # Each job's progress (NULL for the jobs already stored).
+    (2, [f"ALTER TABLE {SCHEMA}.jobs ADD COLUMN progress bytea"]),
 ]
 SCHEMA_VERSION = _MIGRATIONS[-1][0]
 
@@ -259,12 +261,14 @@ class PostgresJobStore(JobStore):
         return [job_from_row(r) for r in await self._fetchall(query, params)]
 
     async def renew_lease(self, job_id: str, owner: str, lease_s: float, *,
-                          now: float | None = None) -> bool:
+                          now: float | None = None, progress: bytes | None = None) -> bool:
         _check_owner(owner)
         return await self._rowcount(
-            f"UPDATE {SCHEMA}.jobs SET lease_until = {_NOW} + %(lease)s WHERE id = %(id)s "
+            f"UPDATE {SCHEMA}.jobs SET lease_until = {_NOW} + %(lease)s, "
+            f"progress = COALESCE(%(progress)s::bytea, progress) WHERE id = %(id)s "
             f"AND owner = %(owner)s AND state = ANY({_ACTIVE})",
-            {"lease": float(lease_s), "id": job_id, "owner": owner, "now": now}) == 1
+            {"lease": float(lease_s), "id": job_id, "owner": owner, "now": now,
+             "progress": progress}) == 1
 
     async def release(self, job_id: str, owner: str) -> bool:
         _check_owner(owner)
@@ -274,17 +278,20 @@ class PostgresJobStore(JobStore):
 
     async def transition(self, job_id: str, owner: str, from_states: Iterable[int],
                          to_state: int, *, error: str = "", results: bytes | None = None,
-                         results_json: str | None = None) -> JobRecord | None:
+                         results_json: str | None = None, progress: bytes | None = None
+                         ) -> JobRecord | None:
         _check_owner(owner)
         row = await self._fetchone(
             f"UPDATE {SCHEMA}.jobs SET state = %(to)s, error = %(error)s, "
             f"updated_at = {_SERVER_NOW}, results = COALESCE(%(results)s::bytea, results), "
             f"results_json = COALESCE(%(results_json)s::text, results_json), "
+            f"progress = COALESCE(%(progress)s::bytea, progress), "
             f"lease_until = (CASE WHEN %(ends)s THEN 0 ELSE lease_until END) "
             f"WHERE id = %(id)s AND owner = %(owner)s AND state = ANY(%(froms)s::int[]) "
             f"RETURNING {_COLS}",
             {"to": int(to_state), "error": error, "results": results,
-             "results_json": results_json, "ends": to_state in TERMINAL_STATES, "id": job_id,
+             "results_json": results_json, "progress": progress,
+             "ends": to_state in TERMINAL_STATES, "id": job_id,
              "owner": owner, "froms": [int(s) for s in from_states]})
         return job_from_row(row) if row else None
 

@@ -52,7 +52,8 @@ _ACTIVE = ", ".join(str(s) for s in ACTIVE_STATES)
 
 # Migration 1 is the layout of evalfleet's first store (files written before leases existed
 # open unchanged); 2 adds lease ownership; 3 gives answers compact keys (see
-# _compact_answer_keys). Each runs once, in order, in one transaction.
+# _compact_answer_keys); 4 keeps each job's progress (NULL for the jobs already stored). Each
+# runs once, in order, in one transaction.
 _MIGRATIONS: list[tuple[int, list[str | Callable[[sqlite3.Connection], None]]]] = [
     (1, [
         """CREATE TABLE IF NOT EXISTS jobs (
@@ -73,6 +74,7 @@ _MIGRATIONS: list[tuple[int, list[str | Callable[[sqlite3.Connection], None]]]] 
         "CREATE INDEX IF NOT EXISTS jobs_by_lease ON jobs (state, lease_until)",
     ]),
     (3, [lambda c: _compact_answer_keys(c)]),
+    (4, ["ALTER TABLE jobs ADD COLUMN progress BLOB"]),
 ]
 SCHEMA_VERSION = _MIGRATIONS[-1][0]
 
@@ -292,14 +294,14 @@ class SqliteJobStore(JobStore):
         return [job_from_row(r) for r in await self._run(query)]
 
     async def renew_lease(self, job_id: str, owner: str, lease_s: float, *,
-                          now: float | None = None) -> bool:
+                          now: float | None = None, progress: bytes | None = None) -> bool:
         _check_owner(owner)
 
         def renew(c: sqlite3.Connection) -> bool:
             t = time.time() if now is None else now
-            return c.execute(f"UPDATE jobs SET lease_until=? WHERE id=? AND owner=? "
-                             f"AND state IN ({_ACTIVE})", (t + lease_s, job_id, owner)
-                             ).rowcount == 1
+            return c.execute(f"UPDATE jobs SET lease_until=?, progress=COALESCE(?, progress) "
+                             f"WHERE id=? AND owner=? AND state IN ({_ACTIVE})",
+                             (t + lease_s, progress, job_id, owner)).rowcount == 1
 
         return await self._write(renew)
 
@@ -311,7 +313,8 @@ class SqliteJobStore(JobStore):
 
     async def transition(self, job_id: str, owner: str, from_states: Iterable[int],
                          to_state: int, *, error: str = "", results: bytes | None = None,
-                         results_json: str | None = None) -> JobRecord | None:
+                         results_json: str | None = None, progress: bytes | None = None
+                         ) -> JobRecord | None:
         _check_owner(owner)
         froms = [int(s) for s in from_states]
         ends = to_state in TERMINAL_STATES
@@ -320,11 +323,12 @@ class SqliteJobStore(JobStore):
             row = c.execute(
                 f"UPDATE jobs SET state=?, error=?, updated_at=?, "
                 f"results=COALESCE(?, results), results_json=COALESCE(?, results_json), "
+                f"progress=COALESCE(?, progress), "
                 f"lease_until=(CASE WHEN ? THEN 0 ELSE lease_until END) "
                 f"WHERE id=? AND owner=? AND state IN ({','.join('?' * len(froms))}) "
                 f"RETURNING {_COLS}",
-                (int(to_state), error, time.time(), results, results_json, ends, job_id, owner,
-                 *froms)).fetchone()
+                (int(to_state), error, time.time(), results, results_json, progress, ends,
+                 job_id, owner, *froms)).fetchone()
             return job_from_row(row) if row else None
 
         return await self._write(lambda c: _transaction(c, update))

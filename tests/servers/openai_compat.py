@@ -35,11 +35,19 @@ valid string" (quoting the ids and a traceback), as llama-cpp-python's server do
 token scored from the distribution after it, as llama-cpp-python's server does), for tests of
 the logprob probe; ``{"shifted": false}`` restores them. ``{"fail": 500}`` answers every
 completion with that status (its message quoting the prompt), ``{"fail": 0}`` stops.
+
+``--reasoning SCRIPT`` makes the chat endpoint a scripted reasoning model (no generation; the
+``--model`` is not loaded): SCRIPT is a JSON list of cases ``{"content": str | null,
+"reasoning_content": str (optional), "finish_reason": "stop" | "length", "usage": {...}
+(optional)}``; a conversation is answered by case number
+``int(sha256(last user message's content), 16) % len(cases)`` (see :func:`reasoning_case`),
+with the case's ``usage`` (default zeros) as the response's.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import sys
 import threading
@@ -47,10 +55,11 @@ import time
 import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from model_engine import Engine, Position  # noqa: E402
+if TYPE_CHECKING:  # imported in main() unless --reasoning (which needs no model nor torch)
+    from model_engine import Engine, Position
 
 
 class State:
@@ -66,6 +75,7 @@ class State:
         self.shifted = False  # POST /admin/mode {"shifted": true}: logprobs shifted by one
         self.text_only = text_only  # --text-prompts-only: token-id prompts get HTTP 500
         self.fail = 0  # POST /admin/mode {"fail": status}: every completion fails so
+        self.reasoning: list[dict[str, Any]] | None = None  # --reasoning: scripted answers
 
     def answer(self, handler, body: dict[str, Any]) -> dict[str, Any]:
         """``handler(self, body)``, remembered per request body with ``--memo``."""
@@ -169,11 +179,37 @@ def completion(state: State, body: dict[str, Any]) -> dict[str, Any]:
                       "completion_tokens": n_out}}
 
 
+def reasoning_case(messages: list[dict[str, Any]], cases: list[dict[str, Any]]
+                   ) -> dict[str, Any]:
+    """The scripted case answering ``messages`` (``--reasoning``)."""
+    last_user = [m.get("content") or "" for m in messages if m.get("role") == "user"][-1]
+    return cases[int(hashlib.sha256(last_user.encode()).hexdigest(), 16) % len(cases)]
+
+
+def scripted_chat(state: State, messages: list[dict[str, Any]]) -> dict[str, Any]:
+    """A reasoning model's response from the ``--reasoning`` script (vLLM's shape with a
+    reasoning parser: ``message.reasoning_content`` beside ``message.content``)."""
+    case = reasoning_case(messages, state.reasoning or [])
+    message: dict[str, Any] = {"role": "assistant", "content": case["content"],
+                               "tool_calls": []}
+    if "reasoning_content" in case:
+        message["reasoning_content"] = case["reasoning_content"]
+    usage = {"prompt_tokens": 0, "completion_tokens": 0, **case.get("usage", {})}
+    usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
+    return {"id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion",
+            "created": int(time.time()), "model": state.name,
+            "choices": [{"index": 0, "message": message, "logprobs": None,
+                         "finish_reason": case["finish_reason"], "stop_reason": None}],
+            "usage": usage}
+
+
 def chat_completion(state: State, body: dict[str, Any]) -> dict[str, Any]:
     engine = state.engine
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
         raise ValueError("messages must be a non-empty list")
+    if state.reasoning is not None:
+        return scripted_chat(state, messages)
     ids = engine.chat_prompt(messages)
     max_tokens = int(body.get("max_completion_tokens") or body.get("max_tokens") or 16)
     stop = body.get("stop") or []
@@ -281,11 +317,20 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--memo", action="store_true",
                         help="answer a repeated request from memory (benchmarks: the latency "
                              "is then --delay alone)")
+    parser.add_argument("--reasoning", default=None, metavar="SCRIPT",
+                        help="answer chat requests from a JSON list of scripted reasoning cases")
     args = parser.parse_args(argv)
-    engine = Engine(args.model)
+    if args.reasoning:
+        engine = None
+    else:
+        from model_engine import Engine
+
+        engine = Engine(args.model)
     Handler.state = State(engine, args.served_name or args.model, args.delay,
                           args.rate_limit_first, args.record, args.memo,
                           args.text_prompts_only)
+    if args.reasoning:
+        Handler.state.reasoning = json.loads(Path(args.reasoning).read_text())
     server = ThreadingHTTPServer(("127.0.0.1", args.port), Handler)
     server.daemon_threads = True
     print(f"PORT {server.server_address[1]}", flush=True)

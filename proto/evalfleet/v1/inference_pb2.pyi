@@ -237,14 +237,26 @@ class GenerateUntilRequest(_message.Message):
     def __init__(self, items: _Optional[_Iterable[_Union[GenerateItem, _Mapping]]] = ...) -> None: ...
 
 class Generation(_message.Message):
-    __slots__ = ("request_id", "text", "error")
+    __slots__ = ("request_id", "text", "error", "reasoning", "hit_length_limit", "unfinished_thinking", "prompt_tokens", "completion_tokens", "reasoning_tokens")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     TEXT_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
+    REASONING_FIELD_NUMBER: _ClassVar[int]
+    HIT_LENGTH_LIMIT_FIELD_NUMBER: _ClassVar[int]
+    UNFINISHED_THINKING_FIELD_NUMBER: _ClassVar[int]
+    PROMPT_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    COMPLETION_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    REASONING_TOKENS_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     text: str
     error: ItemError
-    def __init__(self, request_id: _Optional[str] = ..., text: _Optional[str] = ..., error: _Optional[_Union[ItemError, _Mapping]] = ...) -> None: ...
+    reasoning: str
+    hit_length_limit: bool
+    unfinished_thinking: bool
+    prompt_tokens: int
+    completion_tokens: int
+    reasoning_tokens: int
+    def __init__(self, request_id: _Optional[str] = ..., text: _Optional[str] = ..., error: _Optional[_Union[ItemError, _Mapping]] = ..., reasoning: _Optional[str] = ..., hit_length_limit: _Optional[bool] = ..., unfinished_thinking: _Optional[bool] = ..., prompt_tokens: _Optional[int] = ..., completion_tokens: _Optional[int] = ..., reasoning_tokens: _Optional[int] = ...) -> None: ...
 
 class GenerateUntilResponse(_message.Message):
     __slots__ = ("results", "cost")
