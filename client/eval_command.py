@@ -234,7 +234,7 @@ async def _run_eval(args: argparse.Namespace, ctrl_c: CtrlC) -> int:
         print_task_listing(args, data_dir)
         return 0
     check_flags(args)
-    if args.trust_remote_code:
+    if args.trust_remote_code and (not args.coordinator or args.write_out):  # data read here
         import datasets
 
         datasets.config.HF_DATASETS_TRUST_REMOTE_CODE = True

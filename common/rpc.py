@@ -16,35 +16,17 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
+from evalfleet.common.channel_options import (  # noqa: F401 - MESSAGE_OPTIONS re-exported
+    CHANNEL_OPTIONS,
+    MAX_MESSAGE_BYTES,
+    MESSAGE_OPTIONS,
+    SERVER_OPTIONS,
+)
 from evalfleet.common.errors import EvalfleetError, UnavailableError, status_for
 from evalfleet.common.logging import get_logger
 from evalfleet.common.security import ServerSecurity
 
 log = get_logger("rpc")
-
-#: Largest message either side accepts. Batches are sized well below it (see DEFAULT_BATCH_BYTES).
-MAX_MESSAGE_BYTES = 64 * 1024 * 1024
-
-MESSAGE_OPTIONS: list[tuple[str, Any]] = [
-    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-]
-
-#: Client channels: message limits plus keepalive pings the servers accept.
-CHANNEL_OPTIONS: list[tuple[str, Any]] = [
-    *MESSAGE_OPTIONS,
-    ("grpc.keepalive_time_ms", 60_000),
-    ("grpc.keepalive_timeout_ms", 20_000),
-    ("grpc.keepalive_permit_without_calls", 0),
-]
-
-SERVER_OPTIONS: list[tuple[str, Any]] = [
-    *MESSAGE_OPTIONS,
-    ("grpc.keepalive_permit_without_calls", 0),
-    ("grpc.http2.min_ping_interval_without_data_ms", 30_000),
-    ("grpc.http2.max_pings_without_data", 0),
-    ("grpc.so_reuseport", 0),
-]
 
 
 class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):

@@ -132,7 +132,7 @@ class ClientSecurity:
                 ) -> grpc.aio.Channel:
         """A ``grpc.aio`` channel to ``address`` with evalfleet's options; TLS when a CA is
         set. The token travels per call (:attr:`metadata`), so it works without TLS too."""
-        from evalfleet.common.rpc import CHANNEL_OPTIONS
+        from evalfleet.common.channel_options import CHANNEL_OPTIONS
 
         opts = list(options if options is not None else CHANNEL_OPTIONS)
         if self.ca is None:

@@ -9,14 +9,15 @@ import re
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from evalfleet import scoring
 from evalfleet.common.redact import redact_model_args
-from evalfleet.server.evaluator import TaskScores
 from evalfleet.server.generation_stats import SECTION as GENERATION_SECTION
 from evalfleet.server.generation_stats import generation_section
 from evalfleet.v1 import coordinator_pb2 as cpb
+
+if TYPE_CHECKING:  # the client's table and file names need neither the scores nor Numba
+    from evalfleet.server.evaluator import TaskScores
 
 HIGHER_IS_BETTER_SYMBOLS = {True: "↑", False: "↓"}
 
@@ -55,6 +56,8 @@ def _json_safe(value: Any) -> Any:
 def group_results(groups: Sequence[GroupInfo], task_results: Mapping[str, dict[str, Any]],
                   sample_lens: Mapping[str, int]) -> dict[str, dict[str, Any]]:
     """lm-eval's Group.aggregate for every group with an ``aggregate_metric_list``."""
+    from evalfleet import scoring
+
     out: dict[str, dict[str, Any]] = {}
     for group in groups:
         entry: dict[str, Any] = {"alias": group.alias or group.name, "name": group.name,
