@@ -373,6 +373,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             argv = apply_config_file(parser, argv)
         args = parser.parse_args(argv)
+        from evalfleet.client.extras_needed import check_extras
+
+        check_extras(args)  # a command whose extra is missing: one line naming it
         configure_logging(json=args.command == "serve", level=_log_level(args, explicit))
         if args.command == "eval":
             from evalfleet.client.eval_command import run_eval
