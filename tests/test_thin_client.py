@@ -198,9 +198,10 @@ print(json.dumps(sorted({{m.split(".")[0] for m in sys.modules}} & set({HEAVY_MO
 
 
 def _env(venv: Path) -> dict[str, str]:
-    """The thin venv's environment: its bin first, nothing of this checkout on the path."""
+    """The thin venv's environment: its bin first, nothing of this checkout on the path, and
+    bytecode written as a user's venv writes it (the first command compiles what it imports)."""
     env = {k: v for k, v in os.environ.items()
-           if k not in ("PYTHONPATH", "VIRTUAL_ENV", "PYTHONHOME")}
+           if k not in ("PYTHONPATH", "VIRTUAL_ENV", "PYTHONHOME", "PYTHONDONTWRITEBYTECODE")}
     env["PATH"] = f"{venv / 'bin'}{os.pathsep}{env.get('PATH', '')}"
     env["VIRTUAL_ENV"] = str(venv)
     env["COLUMNS"] = "200"
