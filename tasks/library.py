@@ -52,6 +52,15 @@ def lmeval_version() -> str | None:
         return None
 
 
+def not_installed_note() -> str:
+    """The part of an "unknown task" message saying lm-eval's library is not installed (empty
+    when it is)."""
+    if lmeval_task_library() is not None and lmeval_version() is not None:
+        return ""
+    return (" (lm-eval's task library is not installed: `pip install evalfleet[tasks]` makes "
+            "its task, group and tag names known)")
+
+
 def index_dir() -> Path:
     """Where library indexes are cached."""
     env = os.environ.get(INDEX_DIR_ENV)

@@ -18,7 +18,7 @@ from evalfleet.tasks.file_problems import broken_note, warn_if_duplicate
 from evalfleet.tasks.formats import apply_format, split_format
 from evalfleet.tasks.group import GROUP_KEYS, GroupSpec, check_aggregates, make_group_spec
 from evalfleet.tasks.index import BrokenFile, IndexEntry, build_index, folders_of, index_file
-from evalfleet.tasks.library import group_children, library_entries
+from evalfleet.tasks.library import group_children, library_entries, not_installed_note
 from evalfleet.tasks.suggest import suggestions
 from evalfleet.tasks.task import Task
 from evalfleet.tasks.yaml_loader import resolve_functions
@@ -87,7 +87,8 @@ class TaskManager:
         self.broken_files: list[BrokenFile] = []  # task files that could not be read
         self._roots = roots
         self._groups_building: list[tuple[str, Path | None]] = []  # to refuse a group cycle
-        library = library_entries() if include_builtin and include_library else {}
+        self._with_library = include_builtin and include_library
+        library = library_entries() if self._with_library else {}
         self._index: dict[str, IndexEntry] = _overlay(library,
                                                       build_index(roots, self.broken_files))
 
@@ -187,7 +188,10 @@ class TaskManager:
                     return entry
             raise config_error(path, None, "neither 'task' nor 'group' is set")
         close = suggestions(spec, registry)
-        raise TaskNotFoundError(spec, close, broken_note(spec, self.broken_files))
+        note = broken_note(spec, self.broken_files)
+        if self._with_library:
+            note += not_installed_note()
+        raise TaskNotFoundError(spec, close, note)
 
     def _build(
         self,

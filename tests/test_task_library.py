@@ -176,3 +176,15 @@ def test_a_coordinator_lists_the_library(coordinator):
     assert len(by_name) >= 12800
     assert by_name["mmlu_astronomy_generative"].data_available
     assert by_name["arc_challenge_llama"].output_type == "generate_until"
+
+
+def test_without_lm_eval_an_unknown_name_says_how_to_install_the_library(monkeypatch, data_dir):
+    monkeypatch.setattr(library, "lmeval_task_library", lambda: None)
+    manager = TaskManager(data_dir=data_dir)
+    assert "arc_easy" in manager.names() and "arc_challenge_llama" not in manager.names()
+    with pytest.raises(TaskNotFoundError, match=r"pip install evalfleet\[tasks\]"):
+        manager.load(["arc_challenge_llama"])
+    without = TaskManager(data_dir=data_dir, include_library=False)  # asked not to: no note
+    with pytest.raises(TaskNotFoundError) as err:
+        without.load(["no_such_task_anywhere"])
+    assert "pip install" not in str(err.value)
