@@ -115,6 +115,77 @@ def test_generation_section_sums_tasks():
     assert generation_section([("mc", None)]) is None
 
 
+def test_hf_rows_split_at_a_string_or_token_id_and_count_the_length_limit(tiny_model_dir):
+    from transformers import AutoTokenizer
+
+    from evalfleet.inference.backends.hf_generate import generated_answer
+    from evalfleet.inference.backends.hf_text import HFTokenizer
+
+    tok = HFTokenizer(AutoTokenizer.from_pretrained(tiny_model_dir), add_bos_token=None,
+                      prefix_token_id=None)
+    eos = tok.eot_token_id
+
+    def enc(text: str) -> list[int]:
+        return tok.encode(text, add_special_tokens=False)
+
+    def answer(toks, think, max_gen=64):
+        return generated_answer(tok, toks, until=["Question:"], max_gen_toks=max_gen,
+                                think_end_token=think, pad_id=None, prompt_tokens=3)
+
+    done = answer(enc("thinking</think> 42\n\nQuestion: x") + [eos], THINK)
+    assert done == "42\n\n" and done.reasoning == "thinking"
+    assert not done.hit_length_limit and not done.unfinished_thinking
+    assert done.completion_tokens == len(enc("thinking</think> 42\n\nQuestion: x")) + 1
+    assert done.reasoning_tokens == len(enc("thinking</think>"))
+    # cut by max_gen_toks inside the thinking: no answer, though the thinking names one
+    thinking = enc("so the answer is 42 because")
+    cut = answer(thinking, THINK, max_gen=len(thinking))
+    assert cut == "" and cut.unfinished_thinking and cut.hit_length_limit
+    assert cut.reasoning == "so the answer is 42 because" and cut.reasoning_tokens == len(thinking)
+    # an integer think_end_token is found among the tokens (lm-eval's rule)
+    marker = enc(" Answer")[0]
+    by_id = answer(enc("hmm") + [marker] + enc(" 7") + [eos], marker)
+    assert by_id == "7" and by_id.reasoning == "hmm" and not by_id.unfinished_thinking
+    # without think_end_token nothing changes but the counts
+    plain = answer(thinking, None, max_gen=len(thinking))
+    assert plain == "so the answer is 42 because" and plain.hit_length_limit
+    assert plain.reasoning == "" and plain.reasoning_tokens == 0
+
+
+def test_enable_thinking_and_the_cache_key_on_chat_backends(monkeypatch):
+    from evalfleet.common.generation import GenerationParams
+    from evalfleet.inference.backends.anthropic_chat import AnthropicChatBackend
+    from evalfleet.inference.backends.base import BackendArgumentError, GenerationRequest
+    from evalfleet.inference.backends.openai_chat import LocalChatBackend, OpenAIChatBackend
+    from evalfleet.inference.backends.openai_completions import LocalCompletionsBackend
+
+    monkeypatch.setenv("OPENAI_API_KEY", "test")
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "test")
+    base = {"model": "m", "base_url": "http://127.0.0.1:1/v1/chat/completions"}
+    request = GenerationRequest([{"role": "user", "content": "2+2?"}],
+                                GenerationParams.from_gen_kwargs({"until": ["\n"]}))
+    off = LocalChatBackend.from_model_args({**base, "enable_thinking": "false"})
+    assert off.payload(request.context, request)["chat_template_kwargs"] == \
+        {"enable_thinking": False}
+    plain = LocalChatBackend.from_model_args(base)
+    assert "chat_template_kwargs" not in plain.payload(request.context, request)
+    # answers made with other reasoning settings are never reused from the cache
+    split = LocalChatBackend.from_model_args({**base, "think_end_token": THINK})
+    keys = {b.model_info().fingerprint for b in (off, plain, split)}
+    assert len(keys) == 3
+    assert LocalChatBackend.from_model_args(base).model_info().fingerprint == \
+        plain.model_info().fingerprint
+    for cls in (OpenAIChatBackend, AnthropicChatBackend):
+        with pytest.raises(BackendArgumentError, match="model_args.enable_thinking"):
+            cls.from_model_args({"model": "m", "enable_thinking": True})
+    with pytest.raises(BackendArgumentError, match="model_args.enable_thinking"):
+        LocalChatBackend.from_model_args({**base, "enable_thinking": "maybe"})
+    completions = LocalCompletionsBackend.from_model_args(
+        {"model": "m", "base_url": "http://127.0.0.1:1/v1/completions", "tokenizer_backend": None,
+         "enable_thinking": True})
+    assert completions.args.enable_thinking is True
+
+
 # -- a scripted reasoning server through a real coordinator ------------------------------------
 #: (case, expected answer, expected reasoning, hit length limit, unfinished thinking)
 CASES = [

@@ -70,6 +70,10 @@ class AnthropicChatBackend(RemoteBackend):
             raise BackendArgumentError(
                 "max_gen_toks", "set the generation budget per job with --gen_kwargs "
                                 "max_gen_toks=N (the coordinator sends it with each request)")
+        if args.enable_thinking is not None:
+            raise BackendArgumentError(
+                "enable_thinking", "the Messages API has no chat template switch (Claude's "
+                                   "extended thinking is not requested by evalfleet); drop it")
         require_api_key(args, "ANTHROPIC_API_KEY", cls.name)
         args.batch_size = 1
         # The client appends /v1/messages itself: its base is the host root.

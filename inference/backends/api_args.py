@@ -35,6 +35,7 @@ _KNOWN = (
     "max_gen_toks", "batch_size", "seed", "add_bos_token", "custom_prefix_token_id",
     "eos_string", "trust_remote_code", "revision", "use_fast_tokenizer", "verify_certificate",
     "ca_cert_path", "header", "truncate", "think_end_token", "probe_interval_s", "max_images",
+    "enable_thinking",
 )
 
 
@@ -65,6 +66,8 @@ class ApiArgs:
     ca_cert_path: str | None = None
     header: dict[str, str] = field(default_factory=dict)
     think_end_token: str | None = None
+    # the chat template's enable_thinking (sent as chat_template_kwargs; None: not sent)
+    enable_thinking: bool | None = None
     probe_interval_s: float = 600.0
 
     @property
@@ -165,6 +168,7 @@ def parse_api_args(backend: str, model_args: dict[str, Any], *, batch_size: int 
     out.header = {str(k): str(v) for k, v in as_dict("header", header).items()} \
         if header is not None else {}
     out.think_end_token = opt(as_str, "think_end_token", a.pop("think_end_token", None))
+    out.enable_thinking = opt(as_bool, "enable_thinking", a.pop("enable_thinking", None))
     out.probe_interval_s = as_float("probe_interval_s", a.pop("probe_interval_s", 600),
                                     minimum=0)
     a.pop("truncate", None)  # accepted and unused, as in lm-eval

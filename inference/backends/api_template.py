@@ -36,6 +36,7 @@ from evalfleet.inference.backends.base import (
     ItemError,
     ModelInfo,
 )
+from evalfleet.inference.backends.reasoning import reasoning_fingerprint
 
 log = get_logger("backend.api")
 
@@ -99,7 +100,9 @@ class RemoteBackend(Backend):
         self.tokenizer = tokenizer
         self.caller = Caller(args.num_concurrent, args.max_retries)
         self.client: Any = None
-        self._fingerprint = remote_fingerprint(self.family, args, tokenizer)
+        self._fingerprint = reasoning_fingerprint(
+            remote_fingerprint(self.family, args, tokenizer), args.think_end_token,
+            args.enable_thinking)
 
     # ------------------------------------------------------------------ life cycle
     def make_client(self) -> Any:

@@ -45,6 +45,7 @@ from evalfleet.inference.backends.hf_model_kwargs import reject_unused, split_ex
 from evalfleet.inference.backends.hf_quant import bnb_config, check_prerequisites
 from evalfleet.inference.backends.hf_score import ForwardInterrupted, ScorePlan, Scorer
 from evalfleet.inference.backends.hf_text import HFTokenizer, ScoreRequest, make_score_request
+from evalfleet.inference.backends.reasoning import reasoning_fingerprint
 from evalfleet.inference.backends.threaded import OneAtATime
 from evalfleet.inference.backends.windows import rolling_windows
 
@@ -185,7 +186,7 @@ class HFBackend(Backend):
             model.to(device)
         model.eval()
         _configure_pad_token(tokenizer)
-        fp = cls._fingerprint_files(args)
+        fp = reasoning_fingerprint(cls._fingerprint_files(args), args.think_end_token)
         if args.quant is not None:  # quantized weights answer differently: a key of their own
             fp = "sha256:" + _sha256(f"{fp} {sorted(args.quant.config_kwargs().items())}")
         log.info("model_loaded", pretrained=args.pretrained, device=str(device),

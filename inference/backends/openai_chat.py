@@ -63,6 +63,8 @@ class LocalChatBackend(RemoteBackend):
     default_base_url: ClassVar[str | None] = None
     api_key_required: ClassVar[bool] = False
     token_limit_key: ClassVar[str] = "max_tokens"
+    #: whether the server takes ``chat_template_kwargs`` (vLLM, SGLang, llama.cpp do)
+    template_kwargs: ClassVar[bool] = True
     logprobs_reason: ClassVar[str] = (
         "chat endpoints return no prompt logprobs, so loglikelihood (multiple_choice) and "
         "loglikelihood_rolling (perplexity) requests cannot be answered")
@@ -83,6 +85,10 @@ class LocalChatBackend(RemoteBackend):
             args.batch_size = 1
         if cls.api_key_required:
             require_api_key(args, "OPENAI_API_KEY", cls.name)
+        if args.enable_thinking is not None and not cls.template_kwargs:
+            raise BackendArgumentError(
+                "enable_thinking", f"{cls.name} takes no chat template arguments (its reasoning "
+                                   "models always think); drop enable_thinking")
         # A tokenizer, when given, only contributes its EOS text to the stop sequences (as in
         # lm-eval); prompts are messages rendered by the server.
         return cls(args, load_api_tokenizer(args))
@@ -109,9 +115,12 @@ class LocalChatBackend(RemoteBackend):
         params = request.params
         eos = self.tokenizer.eos_string if self.tokenizer else self.args.eos_string
         stop = handle_stop_sequences(params.until, eos)
-        return {"messages": messages, "model": self.args.model,
-                self.token_limit_key: params.max_gen_toks, "temperature": params.temperature,
-                "stop": stop[:4], "seed": self.args.seed, **gen_extras(params)}
+        out = {"messages": messages, "model": self.args.model,
+               self.token_limit_key: params.max_gen_toks, "temperature": params.temperature,
+               "stop": stop[:4], "seed": self.args.seed, **gen_extras(params)}
+        if self.args.enable_thinking is not None:  # the server's chat template's switch
+            out["chat_template_kwargs"] = {"enable_thinking": self.args.enable_thinking}
+        return out
 
     async def _post(self, payload: dict[str, Any], cost: Cost) -> dict[str, Any]:
         body = dict(payload)
@@ -172,6 +181,7 @@ class OpenAIChatBackend(LocalChatBackend):
     default_base_url: ClassVar[str | None] = "https://api.openai.com/v1"
     api_key_required: ClassVar[bool] = True
     token_limit_key: ClassVar[str] = "max_completion_tokens"
+    template_kwargs: ClassVar[bool] = False
     logprobs_reason: ClassVar[str] = (
         "chat endpoints return no prompt logprobs (OpenAI's chat completions API does not "
         "provide them), so loglikelihood (multiple_choice) and loglikelihood_rolling "

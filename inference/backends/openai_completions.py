@@ -499,7 +499,9 @@ class LocalCompletionsBackend(RemoteBackend):
             raise BackendArgumentError(
                 "tokenizer", "no chat template: give a huggingface tokenizer that has one")
         template = select_template(hf.chat_template, template_name)
-        prompts = await asyncio.to_thread(render_conversations, hf, conversations)
+        extra = {} if self.args.enable_thinking is None else \
+            {"enable_thinking": self.args.enable_thinking}
+        prompts = await asyncio.to_thread(render_conversations, hf, conversations, extra)
         return ChatRendering(prompts, template, hashlib.sha256(template.encode()).hexdigest())
 
 

@@ -14,6 +14,8 @@ before) carrying the reasoning, whether it hit the length limit, and its token u
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -135,3 +137,14 @@ def local_generation(text: str, *, until: Sequence[str], think_end_token: str | 
                          hit_length_limit=hit_length_limit, unfinished_thinking=unfinished,
                          prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
                          reasoning_tokens=reasoning_tokens)
+
+
+def reasoning_fingerprint(fingerprint: str, think_end_token: str | int | None,
+                          enable_thinking: bool | None = None) -> str:
+    """The answer-cache key of a model evaluated with these reasoning settings: unchanged
+    without them, else its own (answers split at another token, or generated with thinking
+    switched otherwise, are never reused)."""
+    if think_end_token is None and enable_thinking is None:
+        return fingerprint
+    key = json.dumps([fingerprint, think_end_token, enable_thinking])
+    return "sha256:" + hashlib.sha256(key.encode()).hexdigest()

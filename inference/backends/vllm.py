@@ -50,7 +50,11 @@ from evalfleet.inference.backends.fingerprint import (
     tokenizer_files,
 )
 from evalfleet.inference.backends.hf_text import HFTokenizer
-from evalfleet.inference.backends.reasoning import GeneratedText, local_generation
+from evalfleet.inference.backends.reasoning import (
+    GeneratedText,
+    local_generation,
+    reasoning_fingerprint,
+)
 from evalfleet.inference.backends.threaded import OneAtATime
 from evalfleet.inference.backends.vllm_args import VLLMArgs, parse_vllm_args
 from evalfleet.inference.backends.windows import rolling_windows
@@ -120,7 +124,8 @@ class VLLMBackend(Backend):
         tokenizer = llm.get_tokenizer()
         if tokenizer.pad_token_id is None and tokenizer.eos_token_id is not None:
             tokenizer.pad_token_id = tokenizer.eos_token_id
-        return cls(args, llm, tokenizer, cls._fingerprint_files(args))
+        return cls(args, llm, tokenizer, reasoning_fingerprint(cls._fingerprint_files(args),
+                                                               args.think_end_token))
 
     @staticmethod
     def _fingerprint_files(args: VLLMArgs) -> str:
