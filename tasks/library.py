@@ -2,10 +2,11 @@
 
 Indexing lm-eval's ~13,000 task files takes ~20 s, so the index is kept on disk at
 ``$EVALFLEET_TASK_INDEX_DIR`` (default ``$EVALFLEET_CACHE_DIR/task-index``) as
-``lm_eval-<version>-<hash of the folder path>.json``, rebuilt when lm-eval's version or folder
-changes or the file is unreadable, and written atomically. Per name it holds what ``tasks list``
-shows (kind, file, tag members, group children, dataset, output type, the splits read, an index
-error); a task's full configuration is read from its file only when it is named."""
+``lm_eval-<version>-<hash of the folder path>-v<format>.json``, rebuilt when lm-eval's version
+or folder changes or the file is unreadable, and written atomically. Per name it holds what
+``tasks list`` shows (kind, file, tag members, group children, dataset, output type, the splits
+read, why it cannot load where the index can tell); a task's full configuration is read from its
+file only when it is named."""
 
 from __future__ import annotations
 
@@ -24,12 +25,12 @@ import structlog
 
 from evalfleet.common.paths import cache_dir
 from evalfleet.tasks.dataset import splits_read
-from evalfleet.tasks.errors import TaskError
+from evalfleet.tasks.errors import TaskError, config_error
 from evalfleet.tasks.index import IndexEntry, build_index, lmeval_task_library
 
 log = structlog.get_logger(__name__)
 #: Bumped when the cached file's layout changes (an old file is then rebuilt).
-CACHE_FORMAT = 1
+CACHE_FORMAT = 3
 INDEX_DIR_ENV = "EVALFLEET_TASK_INDEX_DIR"
 
 
@@ -42,6 +43,7 @@ class LibraryFacts:
     output_type: str | None = None
     splits: tuple[tuple[str, str], ...] = ()  # (key, split) pairs the task reads
     children: tuple[str, ...] = ()  # a group's members
+    cannot_load: str | None = None  # why the task cannot load, where the index can tell
 
 
 def lmeval_version() -> str | None:
@@ -70,7 +72,7 @@ def index_dir() -> Path:
 def cache_file(folder: Path, version: str) -> Path:
     """The cached index's file for lm-eval ``version`` installed at ``folder``."""
     digest = hashlib.sha256(str(folder).encode()).hexdigest()[:16]
-    return index_dir() / f"lm_eval-{version}-{digest}.json"
+    return index_dir() / f"lm_eval-{version}-{digest}-v{CACHE_FORMAT}.json"
 
 
 def group_children(cfg: dict[str, Any]) -> list[str]:
@@ -92,8 +94,32 @@ def _row(entry: IndexEntry) -> dict[str, Any]:
         shots = cfg.get("num_fewshot")
         splits = splits_read(cfg, shots if isinstance(shots, int) else 0)
         row |= {"dataset_path": cfg.get("dataset_path"), "dataset_name": cfg.get("dataset_name"),
-                "output_type": cfg.get("output_type"), "splits": [list(p) for p in splits]}
+                "output_type": cfg.get("output_type"), "splits": [list(p) for p in splits],
+                "cannot_load": _load_problem(cfg, entry.path)}
     return {k: v for k, v in row.items() if v not in (None, [], "")}
+
+
+def _load_problem(cfg: dict[str, Any], path: Path | None) -> str | None:
+    """What the index can tell, without importing the task's code, that keeps a task from
+    loading: an output type or a named metric evalfleet does not compute (None otherwise).
+    The task's full load gives the same reason when it is named."""
+    from evalfleet.tasks.config import OUTPUT_TYPES
+    from evalfleet.tasks.metric_config import parse_metric_list
+
+    output_type = cfg.get("output_type", "generate_until")
+    if output_type not in OUTPUT_TYPES:
+        return str(config_error(path, "output_type", f"{output_type!r} is not one of "
+                                f"{', '.join(OUTPUT_TYPES)}"))
+    metrics = cfg.get("metric_list")
+    if not isinstance(metrics, list):
+        return None
+    named = [m for m in metrics if isinstance(m, dict) and isinstance(m.get("metric"), str)
+             and isinstance(m.get("aggregation", ""), str)]  # a !function is checked on load
+    try:
+        parse_metric_list(named, output_type, path, custom_results="process_results" in cfg)
+    except TaskError as err:
+        return str(err)
+    return None
 
 
 def build_rows(folder: Path) -> dict[str, dict[str, Any]]:
@@ -196,5 +222,5 @@ def _entries(key: tuple[Path, Path, str, int]) -> dict[str, IndexEntry]:
                 dataset_path=row.get("dataset_path"), dataset_name=row.get("dataset_name"),
                 output_type=row.get("output_type"),
                 splits=tuple((k, s) for k, s in row.get("splits", [])),
-                children=tuple(row.get("children", []))))
+                children=tuple(row.get("children", [])), cannot_load=row.get("cannot_load")))
     return out

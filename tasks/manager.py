@@ -129,6 +129,7 @@ class TaskManager:
         """A library name's row from the cached index (its file is not read)."""
         facts = indexed.facts
         if entry.kind == "task":
+            entry.error = entry.error or facts.cannot_load
             entry.dataset_path, entry.dataset_name = facts.dataset_path, facts.dataset_name
             entry.output_type = facts.output_type
             folder = mirror_folder(self.data_dir, entry.dataset_path, entry.dataset_name)

@@ -98,6 +98,8 @@ def test_library_names_resolve_and_failures_stay_their_own(small_library, data_d
     listed = {e.name: e for e in manager.list()}
     assert listed["lib_a"].in_mirror and listed["lib_a"].yaml_path == small_library / "lib_a.yaml"
     assert "missing_base.yaml" in listed["lib_broken"].error  # marked in the listing
+    assert "unknown metric 'rouge2'" in listed["lib_bad_metric"].error
+    assert listed["lib_a"].error is None
     assert listed["arc_easy"].yaml_path.is_relative_to(BUILTIN_DIR)  # built-ins stay
     assert manager.load(["lib_a"]).tasks["lib_a"].build_requests(limit=1)
     with pytest.raises(TaskError, match="rouge2"):
