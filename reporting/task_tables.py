@@ -13,8 +13,10 @@ def _location(path: Path | None) -> str:
     if path is None:
         return "---"
     text = str(path)
-    marker = "tasks/builtin/"
-    return "tasks/builtin/" + text.split(marker)[-1] if marker in text else text
+    for marker in ("tasks/builtin/", "lm_eval/tasks/"):  # the built-ins, lm-eval's library
+        if marker in text:
+            return marker + text.split(marker)[-1]
+    return text
 
 
 def task_tables(manager: TaskManager, *, list_groups: bool = True, list_tags: bool = True,

@@ -135,6 +135,10 @@ def test_the_installed_library_lists_and_loads_by_name(data_dir):
         assert name in listed, name
     assert listed["arc_challenge_llama"].in_mirror and not listed["ifeval"].in_mirror
     assert listed["mmlu_generative"].kind == "group"
+    from evalfleet.reporting.task_tables import _location  # --tasks list: lm-eval's form
+
+    assert _location(listed["mmlu_generative"].yaml_path) == \
+        "lm_eval/tasks/mmlu/generative/_mmlu.yaml"
     assert listed["arc_easy"].yaml_path.is_relative_to(BUILTIN_DIR)
     with pytest.raises(TaskNotFoundError) as err:
         manager.load(["math"])
