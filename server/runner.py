@@ -46,6 +46,7 @@ from evalfleet.server.registry import Worker, WorkerRegistry
 from evalfleet.server.scheduler import Scheduler
 from evalfleet.server.spec import ParsedSpec, parse_spec
 from evalfleet.server.store import ACTIVE_STATES, JobRecord, JobStore
+from evalfleet.server.store.base import decode_progress, encode_progress
 from evalfleet.v1 import coordinator_pb2 as cpb
 from evalfleet.v1 import inference_pb2 as ipb
 
@@ -366,7 +367,8 @@ class JobRunner:
             await asyncio.sleep(self.lease_s / 3)
             for job_id in sorted(self.held):
                 try:
-                    kept = await self.store.renew_lease(job_id, self.owner, self.lease_s)
+                    kept = await self.store.renew_lease(job_id, self.owner, self.lease_s,
+                                                        progress=self._progress(job_id))
                 except asyncio.CancelledError:
                     raise
                 except Exception:  # noqa: BLE001 - retried at the next beat
@@ -375,6 +377,14 @@ class JobRunner:
                 if not kept and job_id in self.held:
                     record = await self.store.get_job(job_id)
                     self._lose(job_id, record)
+
+    def _progress(self, job_id: str) -> bytes | None:
+        """The job's progress as stored with its lease (None: a job still being resumed
+        keeps what is stored)."""
+        job = self.jobs.get(job_id)
+        if job is None or job.lost:
+            return None
+        return encode_progress(job.progress(), job.unique_requests)
 
     def _lose(self, job_id: str, record: JobRecord | None = None) -> None:
         """The store refused to renew the job's lease: stop it, write nothing more. When it
@@ -426,6 +436,7 @@ class JobRunner:
             if key != last:
                 last = key
                 yield cpb.EvaluationEvent(id=record.id, state=record.state,
+                                          progress=decode_progress(record.progress).progress,
                                           message=_stored_message(record, self.owner))
             if record.state in TERMINAL:
                 return
@@ -475,8 +486,10 @@ class JobRunner:
         runner no longer holds it."""
         if job.lost:
             return False
+        final = encode_progress(job.progress(), job.unique_requests) if state in TERMINAL \
+            else None
         if await self.store.transition(job.id, self.owner, ACTIVE_STATES, state,
-                                       error=error) is None:
+                                       error=error, progress=final) is None:
             log.warning("job_state_refused", job=job.id, state=state, owner=self.owner)
             job.lost = True
             self.held.discard(job.id)

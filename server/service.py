@@ -23,6 +23,7 @@ from evalfleet.server.registry import WorkerRegistry
 from evalfleet.server.runner import DEFAULT_LEASE_S, JobRunner
 from evalfleet.server.scheduler import Scheduler, SchedulerConfig
 from evalfleet.server.store import JobRecord, JobStore, SqliteJobStore
+from evalfleet.server.store.base import decode_progress
 from evalfleet.tasks import TaskManager
 from evalfleet.v1 import coordinator_pb2 as cpb
 from evalfleet.v1 import coordinator_pb2_grpc as cpb_grpc
@@ -115,12 +116,15 @@ class EvaluationServicer(cpb_grpc.EvaluationServiceServicer):
 
 
 def _stored_evaluation(record: JobRecord) -> cpb.Evaluation:
-    """An evaluation as the store has it (no progress: this process does not run it); a spec
-    stored before secrets were hidden at creation is answered with them hidden. Its times
-    are the store's (a finished job this process no longer keeps is answered so)."""
-    evaluation = cpb.Evaluation(id=record.id, state=record.state,
-                                spec=redact_spec(cpb.EvaluationSpec.FromString(record.spec)),
-                                error=record.error)
+    """An evaluation as the store has it (this process does not run it): its progress is
+    what its coordinator stored at its last lease renewal or when it ended (none for a record
+    stored without); a spec stored before secrets were hidden at creation is answered with
+    them hidden. Its times are the store's (a finished job this process no longer keeps is
+    answered so)."""
+    evaluation = decode_progress(record.progress)
+    evaluation.MergeFrom(cpb.Evaluation(
+        id=record.id, state=record.state,
+        spec=redact_spec(cpb.EvaluationSpec.FromString(record.spec)), error=record.error))
     evaluation.created_at.FromNanoseconds(int(record.created_at * 1e9))
     evaluation.updated_at.FromNanoseconds(int(record.updated_at * 1e9))
     return evaluation
