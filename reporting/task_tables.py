@@ -22,25 +22,18 @@ def _location(path: Path | None) -> str:
 def task_tables(manager: TaskManager, *, list_groups: bool = True, list_tags: bool = True,
                 list_subtasks: bool = True) -> str:
     """Groups (name, config location), tags, and tasks (name, location, output type)."""
-    from pytablewriter import MarkdownTableWriter
+    from evalfleet.reporting.plain_markdown import markdown_table
 
     entries = manager.list()
     out = "\n"
     if list_groups:
-        table = MarkdownTableWriter()
-        table.headers = ["Group", "Config Location"]
-        table.value_matrix = [[e.name, _location(e.yaml_path)] for e in entries
-                              if e.kind == "group"]
-        out += table.dumps() + "\n\n"
+        out += markdown_table(["Group", "Config Location"],
+                              [[e.name, _location(e.yaml_path)] for e in entries
+                               if e.kind == "group"]) + "\n\n"
     if list_tags:
-        table = MarkdownTableWriter()
-        table.headers = ["Tag"]
-        table.value_matrix = [[e.name] for e in entries if e.kind == "tag"]
-        out += table.dumps() + "\n\n"
+        out += markdown_table(["Tag"], [[e.name] for e in entries if e.kind == "tag"]) + "\n\n"
     if list_subtasks:
-        table = MarkdownTableWriter()
-        table.headers = ["Task", "Config Location", "Output Type"]
-        table.value_matrix = [[e.name, _location(e.yaml_path), e.output_type or ""]
-                              for e in entries if e.kind == "task"]
-        out += table.dumps() + "\n\n"
+        out += markdown_table(["Task", "Config Location", "Output Type"],
+                              [[e.name, _location(e.yaml_path), e.output_type or ""]
+                               for e in entries if e.kind == "task"]) + "\n\n"
     return out
