@@ -424,6 +424,9 @@ def _warmup() -> int:
     compile_kernels()
     wire.compile_kernels()
     print(f"kernels ready in {kernel_cache_dir()} ({time.perf_counter() - started:.1f} s)")
+    from evalfleet.tasks.library import warm
+
+    print(warm())  # lm-eval's task library index, so that the first `tasks list` is quick
     return 0
 
 

@@ -199,6 +199,16 @@ def _cached_rows(path: Path, folder: Path, version: str,
     return rows
 
 
+def warm(folder: Path | None = None) -> str:
+    """Index the library now where it is not cached (``evalfleet warmup``, ``make install``);
+    the line to print."""
+    rows = library_rows(folder)
+    if not rows:
+        return "lm-eval is not installed: no task library to index (pip install evalfleet[tasks])"
+    key = _key(folder, None)
+    return f"lm-eval's task library: {len(rows)} names indexed in {key[0] if key else '?'}"
+
+
 def library_entries(folder: Path | None = None) -> dict[str, IndexEntry]:
     """lm-eval's installed task library as index entries, without their configuration (see
     ``TaskManager``, which reads a task's file when it is named). A new dict of entries shared

@@ -91,6 +91,8 @@ def test_index_is_cached_rebuilt_on_change_and_when_corrupt(small_library, capsy
     assert "indexing" in capsys.readouterr().err
     assert json.loads(path.read_text())["entries"] == rows  # rewritten whole
     assert not list(path.parent.glob("*.tmp"))
+    assert library.warm(small_library) == f"lm-eval's task library: {len(rows)} names indexed " \
+        f"in {library.cache_file(small_library, library.lmeval_version())}"
 
 
 def test_library_names_resolve_and_failures_stay_their_own(small_library, data_dir):
