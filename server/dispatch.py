@@ -67,6 +67,9 @@ def _cost_note(cost: ipb.BatchCost) -> str:
         notes.append(f"{cost.retries} HTTP retries")
     if cost.throttled_seconds:
         notes.append(f"throttled {cost.throttled_seconds:.1f} s by the API")
+    if cost.throttled_responses:
+        notes.append(f"{cost.throttled_responses} throttled responses, "
+                     f"concurrency now {cost.concurrency}")
     return f" ({', '.join(notes)})" if notes else ""
 
 
@@ -222,3 +225,6 @@ def _merge_cost(job: Job, cost: ipb.BatchCost) -> None:
         setattr(total, name, getattr(total, name) + getattr(cost, name))
     total.throttled_seconds += cost.throttled_seconds
     total.compute_seconds += cost.compute_seconds
+    total.throttled_responses += cost.throttled_responses
+    if cost.concurrency:
+        total.concurrency = cost.concurrency

@@ -35,7 +35,7 @@ _KNOWN = (
     "max_gen_toks", "batch_size", "seed", "add_bos_token", "custom_prefix_token_id",
     "eos_string", "trust_remote_code", "revision", "use_fast_tokenizer", "verify_certificate",
     "ca_cert_path", "header", "truncate", "think_end_token", "probe_interval_s", "max_images",
-    "enable_thinking",
+    "enable_thinking", "adaptive_concurrency",
 )
 
 
@@ -50,6 +50,7 @@ class ApiArgs:
     tokenizer_backend: str | None = "huggingface"  # None: no tokenizer
     tokenized_requests: bool = True
     num_concurrent: int = 1
+    adaptive_concurrency: bool = True  # num_concurrent is a ceiling (inference/.../concurrency)
     max_retries: int = 3
     timeout: float = 300.0
     max_length: int = 2048
@@ -149,6 +150,8 @@ def parse_api_args(backend: str, model_args: dict[str, Any], *, batch_size: int 
     if out.tokenizer_backend is None:
         out.tokenized_requests = False  # lm-eval: no tokenizer, no token-id prompts
     out.num_concurrent = max(1, as_int("num_concurrent", a.pop("num_concurrent", 1)))
+    out.adaptive_concurrency = as_bool("adaptive_concurrency",
+                                       a.pop("adaptive_concurrency", True))
     out.max_retries = as_int("max_retries", a.pop("max_retries", 3), minimum=1)
     out.timeout = as_float("timeout", a.pop("timeout", 300), minimum=0.001)
     out.max_length = as_int("max_length", a.pop("max_length", 2048), minimum=3)

@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 
 from evalfleet.common.logging import get_logger
 from evalfleet.inference.backends.base import Cost
+from evalfleet.inference.backends.concurrency import Limiter, shared_limiter
 
 log = get_logger("backend.http")
 
@@ -187,34 +188,71 @@ def backoff_seconds(attempt: int) -> float:
     return min(10.0, max(1.0, 0.5 * 2 ** (attempt - 1)))
 
 
+#: Statuses that make the adaptive limiter cut: rate limits, overload, gateway timeouts.
+CUT_STATUS = frozenset({408, 429, 503, 504, 529})
+#: Statuses whose retries use up no try while the endpoint answers other calls meanwhile.
+FREE_RETRY_STATUS = frozenset({429, 503, 529})
+
+
+def cuts_concurrency(failure: Failure) -> bool:
+    """Whether ``failure`` says the endpoint is overloaded (429/503/timeout): fewer calls."""
+    return failure.status in CUT_STATUS or (failure.status == 0 and "Timeout" in failure.message)
+
+
 class Caller:
-    """Runs SDK calls with at most ``num_concurrent`` in flight and lm-eval's retry policy."""
+    """Runs SDK calls with lm-eval's retry policy and at most ``num_concurrent`` in flight:
+    a fixed number, or with ``api_root`` an adaptive limit under that ceiling, shared by
+    every Caller of the process on the same API root (see :mod:`.concurrency`)."""
 
     def __init__(self, num_concurrent: int, max_attempts: int, *,
-                 sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> None:
+                 sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+                 api_root: str | None = None) -> None:
         self.num_concurrent = num_concurrent
         self.max_attempts = max(1, max_attempts)
-        self._sem = asyncio.Semaphore(num_concurrent)
+        self.api_root = api_root
+        self._fixed = Limiter(num_concurrent, adaptive=False)
         self._sleep = sleep
+
+    @property
+    def limiter(self) -> Limiter:
+        """The limiter of this call's event loop (the shared adaptive one with ``api_root``)."""
+        if self.api_root is None:
+            return self._fixed
+        return shared_limiter(self.api_root, self.num_concurrent)
 
     async def call(self, make: Callable[[], Awaitable[T]], cost: Cost, what: str, *,
                    attempts: int | None = None) -> T:
         """``await make()``, retried (at most ``attempts`` tries, else ``max_attempts``); every
-        attempt, retry and throttled second goes to ``cost``. Raises RetryError when it fails
-        for good; other exceptions propagate."""
+        attempt, retry and throttled second goes to ``cost``. A 429/503 counts no try when the
+        endpoint answered other calls since it was sent (the limiter is cutting: the server is
+        busy, not down). Raises RetryError when it fails for good; other exceptions
+        propagate."""
         limit = self.max_attempts if attempts is None else max(1, attempts)
+        limiter = self.limiter
         attempt = 0
         while True:
             attempt += 1
             cost.http_requests += 1
-            async with self._sem:
-                try:
-                    return await make()
-                except Exception as exc:  # noqa: BLE001 - classified below
-                    failure = classify(exc)
-                    if failure is None:
-                        raise
-            if not failure.retryable or attempt >= limit:
+            answered_before = limiter.successes
+            ticket = await limiter.acquire(id(cost))
+            ok = throttled = False
+            try:
+                result = await make()
+                ok = True
+                return result
+            except Exception as exc:  # noqa: BLE001 - classified below
+                failure = classify(exc)
+                if failure is None:
+                    raise
+                throttled = cuts_concurrency(failure)
+            finally:
+                limiter.release(ticket, ok=ok, throttled=throttled)
+                cost.concurrency = max(cost.concurrency, limiter.current)
+            if throttled:
+                cost.throttled_responses += 1
+            free = (failure.status in FREE_RETRY_STATUS and limiter.adaptive
+                    and limiter.successes > answered_before)
+            if not failure.retryable or (attempt >= limit and not free):
                 raise RetryError(failure, attempt)
             wait = backoff_seconds(attempt)
             if failure.retry_after_s is not None:
@@ -227,6 +265,9 @@ class Caller:
             if failure.status in THROTTLE_STATUS:
                 cost.throttled_seconds += wait
             cost.retries += 1
+            if free:
+                attempt -= 1  # the endpoint is busy, not failing: this try is not used up
             log.warning("http_retry", what=what, status=failure.status, attempt=attempt,
-                        wait_s=round(wait, 2), reason=failure.message[:200])
+                        wait_s=round(wait, 2), reason=failure.message[:200],
+                        concurrency=limiter.current)
             await self._sleep(wait)

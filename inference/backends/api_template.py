@@ -98,7 +98,8 @@ class RemoteBackend(Backend):
     def __init__(self, args: ApiArgs, tokenizer: ApiTokenizer | None) -> None:
         self.args = args
         self.tokenizer = tokenizer
-        self.caller = Caller(args.num_concurrent, args.max_retries)
+        self.caller = Caller(args.num_concurrent, args.max_retries,
+                             api_root=args.base_url if args.adaptive_concurrency else None)
         self.client: Any = None
         self._fingerprint = reasoning_fingerprint(
             remote_fingerprint(self.family, args, tokenizer), args.think_end_token,

@@ -154,11 +154,14 @@ class Cost:
     retries: int = 0
     throttled_seconds: float = 0.0
     compute_seconds: float = 0.0
+    throttled_responses: int = 0  # 429/503/timeouts that made the limiter cut
+    concurrency: int = 0  # the endpoint's limit of calls in flight (adaptive) as the batch ran
 
     def add(self, other: Cost) -> None:
-        """Accumulate ``other`` into this cost."""
+        """Accumulate ``other`` into this cost (``concurrency``: the higher of the two)."""
         for name in self.__dataclass_fields__:
-            setattr(self, name, getattr(self, name) + getattr(other, name))
+            combine = max if name == "concurrency" else (lambda a, b: a + b)
+            setattr(self, name, combine(getattr(self, name), getattr(other, name)))
 
 
 @dataclass

@@ -42,6 +42,12 @@ completion with that status (its message quoting the prompt), ``{"fail": 0}`` st
 (optional)}``; a conversation is answered by case number
 ``int(sha256(last user message's content), 16) % len(cases)`` (see :func:`reasoning_case`),
 with the case's ``usage`` (default zeros) as the response's.
+
+``--max-concurrent N`` is a rate-limited endpoint (for tests of adaptive concurrency): a
+completion or chat request arriving while N are being answered gets 429 with
+``Retry-After: --retry-after`` (default 1 s); without ``--reasoning`` the chat endpoint then
+answers ``"The best answer is A"`` with no model loaded. ``GET /admin/stats`` returns
+``{"answered", "rate_limited", "peak_concurrent"}``.
 """
 
 from __future__ import annotations
@@ -76,6 +82,24 @@ class State:
         self.text_only = text_only  # --text-prompts-only: token-id prompts get HTTP 500
         self.fail = 0  # POST /admin/mode {"fail": status}: every completion fails so
         self.reasoning: list[dict[str, Any]] | None = None  # --reasoning: scripted answers
+        self.max_concurrent = 0  # --max-concurrent: 429 above this many requests in progress
+        self.retry_after = "1"
+        self.in_progress = self.peak = self.answered = self.rate_limited = 0
+
+    def enter(self) -> bool:
+        """Count a request in progress; False (and not counted) above ``--max-concurrent``."""
+        with self.lock:
+            if self.max_concurrent and self.in_progress >= self.max_concurrent:
+                self.rate_limited += 1
+                return False
+            self.in_progress += 1
+            self.peak = max(self.peak, self.in_progress)
+            return True
+
+    def leave(self, answered: bool) -> None:
+        with self.lock:
+            self.in_progress -= 1
+            self.answered += int(answered)
 
     def answer(self, handler, body: dict[str, Any]) -> dict[str, Any]:
         """``handler(self, body)``, remembered per request body with ``--memo``."""
@@ -248,7 +272,11 @@ class Handler(BaseHTTPRequestHandler):
                                       "code": status}}, headers)
 
     def do_GET(self) -> None:
-        if self.path.rstrip("/") == "/v1/models":
+        if self.path == "/admin/stats":
+            st = self.state
+            self._send(200, {"answered": st.answered, "rate_limited": st.rate_limited,
+                             "peak_concurrent": st.peak})
+        elif self.path.rstrip("/") == "/v1/models":
             self._send(200, {"object": "list", "data": [
                 {"id": self.state.name, "object": "model", "owned_by": "evalfleet-tests"}]})
         else:
@@ -296,12 +324,23 @@ class Handler(BaseHTTPRequestHandler):
                              "app.py\", line 264, in create_completion\n    POST /v1/completions",
                              "internal_server_error")
             return
-        if self.state.delay:
-            time.sleep(self.state.delay)
+        if not self.state.enter():
+            self._error(429, "too many concurrent requests (test server)", "RateLimitError",
+                        {"Retry-After": self.state.retry_after})
+            return
         try:
-            self._send(200, self.state.answer(handler, body))
+            if self.state.delay:
+                time.sleep(self.state.delay)
+            payload = self.state.answer(handler, body)
         except (ValueError, TypeError) as exc:
+            self.state.leave(False)
             self._error(400, str(exc), "BadRequestError")
+            return
+        except BaseException:
+            self.state.leave(False)
+            raise
+        self.state.leave(True)  # done before the reply leaves: the client may call again at once
+        self._send(200, payload)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -319,7 +358,13 @@ def main(argv: list[str] | None = None) -> None:
                              "is then --delay alone)")
     parser.add_argument("--reasoning", default=None, metavar="SCRIPT",
                         help="answer chat requests from a JSON list of scripted reasoning cases")
+    parser.add_argument("--max-concurrent", type=int, default=0, metavar="N",
+                        help="answer 429 to a request arriving while N are in progress; chat "
+                             "answers are then scripted (no model loaded)")
+    parser.add_argument("--retry-after", default="1", help="Retry-After of those 429s")
     args = parser.parse_args(argv)
+    if args.max_concurrent and not args.reasoning:
+        args.reasoning = "-"  # a rate-limited stand-in: scripted chat answers, no model
     if args.reasoning:
         engine = None
     else:
@@ -329,8 +374,12 @@ def main(argv: list[str] | None = None) -> None:
     Handler.state = State(engine, args.served_name or args.model, args.delay,
                           args.rate_limit_first, args.record, args.memo,
                           args.text_prompts_only)
-    if args.reasoning:
+    if args.reasoning == "-":
+        Handler.state.reasoning = [{"content": "The best answer is A", "finish_reason": "stop"}]
+    elif args.reasoning:
         Handler.state.reasoning = json.loads(Path(args.reasoning).read_text())
+    Handler.state.max_concurrent = args.max_concurrent
+    Handler.state.retry_after = args.retry_after
     server = ThreadingHTTPServer(("127.0.0.1", args.port), Handler)
     server.daemon_threads = True
     print(f"PORT {server.server_address[1]}", flush=True)

@@ -121,7 +121,7 @@ class ItemError(_message.Message):
     def __init__(self, message: _Optional[str] = ..., retryable: _Optional[bool] = ..., cancelled: _Optional[bool] = ...) -> None: ...
 
 class BatchCost(_message.Message):
-    __slots__ = ("positions_computed", "prompt_tokens", "completion_tokens", "http_requests", "retries", "throttled_seconds", "compute_seconds")
+    __slots__ = ("positions_computed", "prompt_tokens", "completion_tokens", "http_requests", "retries", "throttled_seconds", "compute_seconds", "throttled_responses", "concurrency")
     POSITIONS_COMPUTED_FIELD_NUMBER: _ClassVar[int]
     PROMPT_TOKENS_FIELD_NUMBER: _ClassVar[int]
     COMPLETION_TOKENS_FIELD_NUMBER: _ClassVar[int]
@@ -129,6 +129,8 @@ class BatchCost(_message.Message):
     RETRIES_FIELD_NUMBER: _ClassVar[int]
     THROTTLED_SECONDS_FIELD_NUMBER: _ClassVar[int]
     COMPUTE_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    THROTTLED_RESPONSES_FIELD_NUMBER: _ClassVar[int]
+    CONCURRENCY_FIELD_NUMBER: _ClassVar[int]
     positions_computed: int
     prompt_tokens: int
     completion_tokens: int
@@ -136,7 +138,9 @@ class BatchCost(_message.Message):
     retries: int
     throttled_seconds: float
     compute_seconds: float
-    def __init__(self, positions_computed: _Optional[int] = ..., prompt_tokens: _Optional[int] = ..., completion_tokens: _Optional[int] = ..., http_requests: _Optional[int] = ..., retries: _Optional[int] = ..., throttled_seconds: _Optional[float] = ..., compute_seconds: _Optional[float] = ...) -> None: ...
+    throttled_responses: int
+    concurrency: int
+    def __init__(self, positions_computed: _Optional[int] = ..., prompt_tokens: _Optional[int] = ..., completion_tokens: _Optional[int] = ..., http_requests: _Optional[int] = ..., retries: _Optional[int] = ..., throttled_seconds: _Optional[float] = ..., compute_seconds: _Optional[float] = ..., throttled_responses: _Optional[int] = ..., concurrency: _Optional[int] = ...) -> None: ...
 
 class LoglikelihoodItem(_message.Message):
     __slots__ = ("request_id", "context", "continuation", "same_context")
