@@ -22,6 +22,8 @@ COLUMNS = (Column("address", key=True), Column("source", drop_order=1),
            Column("in flight", drop_order=6), Column("req/s", drop_order=7),
            Column("answered", drop_order=3), Column("failed", drop_order=5),
            Column("last error"))
+#: Shown before ``last error`` when a worker calls a remote API: its adaptive concurrency.
+API_COLUMN = Column("API calls", drop_order=5)
 
 
 def age(seconds: float) -> str:
@@ -51,6 +53,23 @@ def worker_row(w: cpb.WorkerStatus, now: float) -> list[str]:
             str(w.requests_answered), str(w.batches_failed), last_error_text(w, now)]
 
 
+def api_calls_text(w: cpb.WorkerStatus) -> str:
+    """``4 (12 throttled)``: a remote worker's calls in flight now and its throttled answers."""
+    if not w.api_concurrency:
+        return ""
+    return f"{w.api_concurrency} ({w.throttled_responses} throttled)"
+
+
+def workers_table(workers: list[cpb.WorkerStatus], now: float) -> tuple[tuple, list[list[str]]]:
+    """The columns and rows of ``workers``; ``API calls`` only when a worker calls an API."""
+    rows = [worker_row(w, now) for w in workers]
+    if not any(w.api_concurrency for w in workers):
+        return COLUMNS, rows
+    columns = (*COLUMNS[:-1], API_COLUMN, COLUMNS[-1])
+    return columns, [[*r[:-1], api_calls_text(w), r[-1]] for r, w in zip(rows, workers,
+                                                                           strict=True)]
+
+
 async def run_workers(args: argparse.Namespace) -> int:
     security = client_security(args)
     async with security.channel(args.coordinator) as channel:
@@ -63,6 +82,5 @@ async def run_workers(args: argparse.Namespace) -> int:
         for worker in reply.workers:
             print(json.dumps(MessageToDict(worker, preserving_proto_field_name=True)))
         return 0
-    now = time.time()
-    print_table(COLUMNS, [worker_row(w, now) for w in reply.workers])
+    print_table(*workers_table(list(reply.workers), time.time()))
     return 0

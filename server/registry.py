@@ -118,6 +118,8 @@ class Worker:
     in_flight: int = 0
     jobs_in_flight: dict[str, int] = field(default_factory=dict)
     requests_answered: int = 0
+    api_concurrency: int = 0  # remote backends: the limiter's level in its last batch
+    throttled_responses: int = 0  # remote backends: 429/503/timeouts, summed over batches
     batches_done: int = 0
     batches_failed: int = 0
     consecutive_failures: int = 0
@@ -162,6 +164,7 @@ class Worker:
             requests_per_second=round(self.throughput(), 3),
             requests_answered=self.requests_answered, batches_done=self.batches_done,
             batches_failed=self.batches_failed, last_error=self.last_error,
+            api_concurrency=self.api_concurrency, throttled_responses=self.throttled_responses,
             evaluations=sorted(j for j, n in self.jobs_in_flight.items() if n > 0))
         status.state_since.FromNanoseconds(int(self.state_since * 1e9))
         if self.last_error_at is not None:
@@ -432,7 +435,13 @@ class WorkerRegistry:
         worker.last_error = reason
         worker.last_error_at = time.time()
 
-    def mark_succeeded(self, worker: Worker, requests: int) -> None:
+    def mark_succeeded(self, worker: Worker, requests: int,
+                       cost: ipb.BatchCost | None = None) -> None:
+        """A batch answered: counted, and a remote backend's concurrency and throttling."""
+        if cost is not None:
+            worker.throttled_responses += cost.throttled_responses
+            if cost.concurrency:
+                worker.api_concurrency = cost.concurrency
         worker.consecutive_failures = 0
         worker.batches_done += 1
         worker.requests_answered += requests

@@ -574,7 +574,7 @@ class Scheduler:
         if not late:  # a late batch's wall time includes the time its worker was stopped
             seconds = cost.compute_seconds if cost.compute_seconds > 0 else wall
             self.speed.record(worker, job, queue.kind, len(index), seconds)
-        self.registry.mark_succeeded(worker, len(split.answered))
+        self.registry.mark_succeeded(worker, len(split.answered), cost)
         if len(split.answered):
             answered = index if not split.errors else index[split.answered]
             starts, ends = split.starts, split.ends

@@ -179,3 +179,15 @@ def test_a_job_through_a_coordinator_is_throttled_not_failed(limited_stand_in,
     assert _stats(limited_stand_in)["rate_limited"] > before
     notes = [e.message for e in events if "throttled responses, concurrency now" in e.message]
     assert notes, [e.message for e in events]  # the job's events show the throttling
+    import grpc
+
+    from evalfleet.client.workers_command import workers_table
+    from evalfleet.v1 import coordinator_pb2_grpc as cpb_grpc
+
+    with grpc.insecure_channel(address) as channel:
+        [worker] = cpb_grpc.EvaluationServiceStub(channel).ListWorkers(
+            cpb.ListWorkersRequest(), timeout=10).workers
+    assert 1 <= worker.api_concurrency <= 4 * N and worker.throttled_responses > 0
+    columns, [row] = workers_table([worker], time.time())
+    cell = row[[c.header for c in columns].index("API calls")]
+    assert cell == f"{worker.api_concurrency} ({worker.throttled_responses} throttled)"

@@ -350,7 +350,7 @@ class ListWorkersRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class WorkerStatus(_message.Message):
-    __slots__ = ("address", "source", "state", "backend", "model_name", "fingerprint", "in_flight_batches", "max_in_flight_batches", "requests_per_second", "requests_answered", "batches_done", "batches_failed", "last_error", "lease_expires_at", "evaluations", "state_since", "last_error_at")
+    __slots__ = ("address", "source", "state", "backend", "model_name", "fingerprint", "in_flight_batches", "max_in_flight_batches", "requests_per_second", "requests_answered", "batches_done", "batches_failed", "last_error", "lease_expires_at", "evaluations", "state_since", "last_error_at", "api_concurrency", "throttled_responses")
     ADDRESS_FIELD_NUMBER: _ClassVar[int]
     SOURCE_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
@@ -368,6 +368,8 @@ class WorkerStatus(_message.Message):
     EVALUATIONS_FIELD_NUMBER: _ClassVar[int]
     STATE_SINCE_FIELD_NUMBER: _ClassVar[int]
     LAST_ERROR_AT_FIELD_NUMBER: _ClassVar[int]
+    API_CONCURRENCY_FIELD_NUMBER: _ClassVar[int]
+    THROTTLED_RESPONSES_FIELD_NUMBER: _ClassVar[int]
     address: str
     source: str
     state: WorkerState
@@ -385,7 +387,9 @@ class WorkerStatus(_message.Message):
     evaluations: _containers.RepeatedScalarFieldContainer[str]
     state_since: _timestamp_pb2.Timestamp
     last_error_at: _timestamp_pb2.Timestamp
-    def __init__(self, address: _Optional[str] = ..., source: _Optional[str] = ..., state: _Optional[_Union[WorkerState, str]] = ..., backend: _Optional[str] = ..., model_name: _Optional[str] = ..., fingerprint: _Optional[str] = ..., in_flight_batches: _Optional[int] = ..., max_in_flight_batches: _Optional[int] = ..., requests_per_second: _Optional[float] = ..., requests_answered: _Optional[int] = ..., batches_done: _Optional[int] = ..., batches_failed: _Optional[int] = ..., last_error: _Optional[str] = ..., lease_expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., evaluations: _Optional[_Iterable[str]] = ..., state_since: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_error_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    api_concurrency: int
+    throttled_responses: int
+    def __init__(self, address: _Optional[str] = ..., source: _Optional[str] = ..., state: _Optional[_Union[WorkerState, str]] = ..., backend: _Optional[str] = ..., model_name: _Optional[str] = ..., fingerprint: _Optional[str] = ..., in_flight_batches: _Optional[int] = ..., max_in_flight_batches: _Optional[int] = ..., requests_per_second: _Optional[float] = ..., requests_answered: _Optional[int] = ..., batches_done: _Optional[int] = ..., batches_failed: _Optional[int] = ..., last_error: _Optional[str] = ..., lease_expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., evaluations: _Optional[_Iterable[str]] = ..., state_since: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_error_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., api_concurrency: _Optional[int] = ..., throttled_responses: _Optional[int] = ...) -> None: ...
 
 class ListWorkersResponse(_message.Message):
     __slots__ = ("workers",)
