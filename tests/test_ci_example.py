@@ -47,8 +47,9 @@ def workspace(two_model_runs, tiny_model_dir, tmp_path_factory):
     root = tmp_path_factory.mktemp("ci")
     job_env, steps = _steps()
     assert list(steps) == ["Install evalfleet", "Evaluate", "Compare with the baseline",
-                           "Report and chart"]
+                           "Release gate (GO / NO-GO / INCONCLUSIVE)", "Report and chart"]
     env = {**os.environ, **job_env, "MODEL": str(tiny_model_dir), "LIMIT": "40",
+           "GATE_POLICY": str(REPO_ROOT / job_env["GATE_POLICY"]),
            "EVALFLEET_DATA_DIR": str(DATA_DIR), "HF_HUB_OFFLINE": "1",
            "HF_DATASETS_OFFLINE": "1",
            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
@@ -68,6 +69,13 @@ def test_ci_example_passes_against_its_own_baseline(workspace, two_model_runs):
     assert {r["metric"] for r in rows} == {"acc", "acc_norm"}
     assert all(r["diff"] == 0 and r["method"] == "McNemar exact" for r in rows)
     assert "McNemar exact" in (root / "results" / "compare.md").read_text()
+    # the tiny random model is no worse than itself, but below the policy's floor: NO-GO
+    gate = _run_step(steps["Release gate (GO / NO-GO / INCONCLUSIVE)"], env, root)
+    assert gate.returncode == 1, gate.stdout + gate.stderr
+    verdict = json.loads((root / "results" / "gate.json").read_text())
+    assert verdict["verdict"] == "NO-GO", verdict["reasons"]
+    assert [r for r in verdict["reasons"] if "worse than the floor" in r] == verdict["reasons"]
+    assert "NO-GO" in (root / "results" / "gate.md").read_text()
     report = _run_step(steps["Report and chart"], env, root)
     assert report.returncode == 0, report.stderr
     assert (root / "results" / "report.html").stat().st_size > 10_000
@@ -82,5 +90,10 @@ def test_ci_example_fails_on_a_regression_against_a_better_baseline(workspace, t
     compare = _run_step(steps["Compare with the baseline"], env, root)
     assert compare.returncode == 1, compare.stdout + compare.stderr
     assert "REGRESSION arc_easy acc,none" in compare.stderr
+    gate = _run_step(steps["Release gate (GO / NO-GO / INCONCLUSIVE)"], env, root)
+    assert gate.returncode == 1, gate.stdout + gate.stderr
+    verdict = json.loads((root / "results" / "gate.json").read_text())
+    assert verdict["verdict"] == "NO-GO"
+    assert any("by more than max_regression" in r for r in verdict["reasons"])
     report = _run_step(steps["Report and chart"], env, root)  # `if: always()` steps still run
     assert report.returncode == 0, report.stderr
