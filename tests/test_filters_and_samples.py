@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from parity_values import metric_values, value_differences
 from scoring_harness import score_evalfleet, score_lmeval, write_task
 
 ROWS = [
@@ -43,6 +44,8 @@ def test_multi_choice_regex_gets_the_documents(tmp_path):
     assert [r["filtered_resps"] for r in ours.samples] == [["(B)"], ["(A)"]]
     assert [r["filtered_resps"] for r in ours.samples] == [
         r["filtered_resps"] for r in theirs["records"]]
+    assert [r["exact_match"] for r in ours.samples] == theirs["items"][
+        ("exact_match", "flexible")] == [1.0, 1.0]
     assert ours.aggregates["exact_match,flexible"] == theirs["aggregates"]["exact_match,flexible"]
 
 
@@ -55,7 +58,7 @@ KINDS = {
                         "doc_to_target: label\ndoc_to_choice: '{{choices}}'\n",
                         [(-1.0, False), (-0.5, True), (-3.0, False)] * 2),
     "generate_until": ("output_type: generate_until\ndoc_to_text: '{{question}}'\n"
-                       "doc_to_target: '{{choices[label]}}'\n", [" blood", " fire"]),
+                       "doc_to_target: '{{choices[label]}}'\n", ["blood", " fire"]),
 }
 
 
@@ -73,6 +76,11 @@ def test_samples_have_lm_eval_shapes(tmp_path, kind):
         assert record["resps"] == ref["resps"], kind
         assert record["filtered_resps"] == ref["filtered_resps"], kind
         assert record["metrics"] == ref["metrics"]
+        # the values under those names, equal to lm-eval's process_results for the document
+        expected = {m: theirs["items"][(m, ref["filter"])][ref["doc_id"]] for m in ref["metrics"]}
+        diffs = value_differences(metric_values(record, ref["metrics"]), expected,
+                                  f"{kind} doc {ref['doc_id']}", rel=0)
+        assert not diffs, diffs
     if kind == "rolling":
         assert mine[0]["resps"] == [["-411.5"]] and mine[0]["filtered_resps"] == ["-411.5"]
 
