@@ -65,7 +65,8 @@ def _refusal(address: str, spec: cpb.EvaluationSpec) -> grpc.RpcError:
 
 
 def test_chat_endpoint_refuses_loglikelihood_tasks_and_runs_gsm8k(transformers_serve,
-                                                                 worker_and_coordinator):
+                                                                 worker_and_coordinator,
+                                                                 lmeval_task_dir):
     backend, args = _chat_backend(transformers_serve)
     address = worker_and_coordinator(backend, args)
     for task in ("hellaswag", "arc_easy"):
@@ -91,6 +92,19 @@ def test_chat_endpoint_refuses_loglikelihood_tasks_and_runs_gsm8k(transformers_s
         assert messages[-1]["role"] == "user" and "Question:" in messages[-1]["content"]
         assert isinstance(sample["resps"][0][0], str)
     assert "exact_match,strict-match" in results["results"]["gsm8k"]
+    # lm-eval's own local-chat-completions on the same server: the same generations, filtered
+    # answers and per-sample values
+    from lm_eval import simple_evaluate
+    from lm_eval.tasks import TaskManager
+    from parity_values import assert_samples_parity
+
+    theirs = simple_evaluate(
+        model="local-chat-completions", model_args=f"model={args['model']},"
+        f"base_url={args['base_url']}", tasks=["gsm8k"], limit=2, apply_chat_template=True,
+        log_samples=True, bootstrap_iters=0, gen_kwargs="max_gen_toks=16",
+        task_manager=TaskManager(include_path=str(lmeval_task_dir)))
+    assert_samples_parity(samples["gsm8k"], theirs["samples"]["gsm8k"])
+    assert {s["resps"][0][0] for s in samples["gsm8k"]} != {""}
 
 
 def test_completions_endpoint_without_echo_logprobs_fails_the_probe(transformers_serve,
@@ -147,3 +161,25 @@ def test_chat_payloads_are_lm_evals(gen_kwargs, model, monkeypatch):
         theirs = lm._create_payload(request.context, generate=True, gen_kwargs=raw, eos=None,
                                     seed=1234)
         assert ours == theirs, (ours_cls.name, ours, theirs)
+
+
+def test_formatted_tasks_run_on_the_real_chat_server(transformers_serve, worker_and_coordinator,
+                                                     coordinator, tiny_model_dir):
+    """kobest_hellaswag@generate and arc_easy@generate on `transformers serve`: what the server
+    received, rendered with the model's template, is the hf backend's prompt (formatted_chat_runs
+    holds the checks)."""
+    from formatted_chat_runs import run_and_check
+    from recording_proxy import RecordingProxy
+
+    from evalfleet.inference.server import load_backend
+
+    proxy = RecordingProxy(f"http://127.0.0.1:{transformers_serve.port}")
+    try:
+        args = {"model": transformers_serve.model, "base_url": f"{proxy.base_url}/chat/completions",
+                "api_key": "dummy"}
+        address = worker_and_coordinator(load_backend("local-chat-completions", args), args)
+        results = run_and_check(address, proxy, coordinator.address, tiny_model_dir,
+                                transformers_serve.log_tail())
+    finally:
+        proxy.stop()
+    print("transformers serve:", json.dumps(results["results"], sort_keys=True))
