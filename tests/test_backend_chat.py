@@ -161,3 +161,25 @@ def test_chat_payloads_are_lm_evals(gen_kwargs, model, monkeypatch):
         theirs = lm._create_payload(request.context, generate=True, gen_kwargs=raw, eos=None,
                                     seed=1234)
         assert ours == theirs, (ours_cls.name, ours, theirs)
+
+
+def test_formatted_tasks_run_on_the_real_chat_server(transformers_serve, worker_and_coordinator,
+                                                     coordinator, tiny_model_dir):
+    """kobest_hellaswag@generate and arc_easy@generate on `transformers serve`: what the server
+    received, rendered with the model's template, is the hf backend's prompt (formatted_chat_runs
+    holds the checks)."""
+    from formatted_chat_runs import run_and_check
+    from recording_proxy import RecordingProxy
+
+    from evalfleet.inference.server import load_backend
+
+    proxy = RecordingProxy(f"http://127.0.0.1:{transformers_serve.port}")
+    try:
+        args = {"model": transformers_serve.model, "base_url": f"{proxy.base_url}/chat/completions",
+                "api_key": "dummy"}
+        address = worker_and_coordinator(load_backend("local-chat-completions", args), args)
+        results = run_and_check(address, proxy, coordinator.address, tiny_model_dir,
+                                transformers_serve.log_tail())
+    finally:
+        proxy.stop()
+    print("transformers serve:", json.dumps(results["results"], sort_keys=True))

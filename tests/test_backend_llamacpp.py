@@ -157,3 +157,26 @@ def test_token_id_prompts_refused_by_the_server_are_sent_as_text(llama_server, r
     assert "the server's prompt logprobs are wrong or missing" in \
         caps.logprobs_unavailable_reason
     assert "top-1 FAILED" in caps.logprobs_unavailable_reason
+
+
+def test_formatted_tasks_run_on_the_chat_endpoint(llama_server, real_model_dir,
+                                                  worker_and_coordinator, coordinator):
+    """kobest_hellaswag@generate and arc_easy@generate through local-chat-completions on the
+    server's /v1/chat/completions: what it received, rendered with SmolLM2's template, is the
+    hf backend's prompt (formatted_chat_runs holds the checks)."""
+    import json
+
+    from formatted_chat_runs import run_and_check
+    from recording_proxy import RecordingProxy
+
+    from evalfleet.inference.server import load_backend
+
+    proxy = RecordingProxy(f"http://127.0.0.1:{llama_server.port}")
+    try:
+        args = {"model": "smol", "base_url": f"{proxy.base_url}/chat/completions"}
+        address = worker_and_coordinator(load_backend("local-chat-completions", args), args)
+        results = run_and_check(address, proxy, coordinator.address, real_model_dir,
+                                llama_server.log_tail())
+    finally:
+        proxy.stop()
+    print("llama-cpp-python server:", json.dumps(results["results"], sort_keys=True))
