@@ -48,8 +48,10 @@ def run_and_check(chat_address: str, proxy: RecordingProxy, hf_address: str,
     assert len(received) == len(TASKS) * LIMIT, received
     assert all(body["max_tokens"] == MAX_GEN_TOKS for body in received), received
     ours = _prompts(samples)
-    assert sorted(json.dumps(b["messages"]) for b in received) == \
-        sorted(json.dumps(json.loads(p)) for p in ours.values())
+    sent = sorted(json.dumps(b["messages"]) for b in received)
+    logged = sorted(json.dumps(json.loads(p)) for p in ours.values())
+    assert sent == logged, ("the server received other messages than the samples record",
+                            sent, logged)
 
     final, _, _, hf_samples = run_evaluation(hf_address, _spec("hf"))
     assert final.state == cpb.EVALUATION_STATE_SUCCEEDED, final.error
