@@ -13,9 +13,9 @@ LLAMA_CPP_PYTHON := llama-cpp-python[server]==0.3.36
 LLAMA_CMAKE_ARGS := -DLLAVA_BUILD=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF \
 	-DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_SERVER=OFF -DGGML_OPENMP=OFF
 
-.PHONY: install system-deps chromium prometheus sandbox-tools build-tools bytecode kernels proto test test-acceptance test-all lint demo bench clean
+.PHONY: install lmeval05 system-deps chromium prometheus sandbox-tools build-tools bytecode kernels proto test test-acceptance test-all lint demo bench clean
 
-install: system-deps chromium prometheus sandbox-tools $(VENV)/.installed $(MODELS)/smollm2-135m/model.safetensors bytecode kernels
+install: system-deps chromium prometheus sandbox-tools lmeval05 $(VENV)/.installed $(MODELS)/smollm2-135m/model.safetensors bytecode kernels
 
 # The package's bytecode, as pip writes it for a regular install: where PYTHONDONTWRITEBYTECODE is
 # set, every process would otherwise compile each evalfleet module it imports (about 0.3 s of a
@@ -23,6 +23,15 @@ install: system-deps chromium prometheus sandbox-tools $(VENV)/.installed $(MODE
 PACKAGE_DIRS := common client server inference scoring tasks reporting execution proto/evalfleet
 bytecode:
 	$(PY) -m compileall -q -j 0 $(PACKAGE_DIRS)
+
+# lm-eval 0.5.0.dev1 (a pre-release, in a venv of its own: it cannot share one with lm-eval
+# 0.4.13) is the reference of the task formats' tests (NAME@generate); a no-op when present.
+LMEVAL05_VENV ?= .venv-lmeval05
+lmeval05: $(LMEVAL05_VENV)/.installed
+$(LMEVAL05_VENV)/.installed:
+	$(PYTHON) -m venv $(LMEVAL05_VENV)
+	$(LMEVAL05_VENV)/bin/python -m pip install --quiet 'lm_eval==0.5.0.dev1'
+	touch $@
 
 # Compile the Numba kernels into the user's kernel cache ($EVALFLEET_CACHE_DIR/numba) now, so
 # that no evaluation pays for it (a no-op, loading only, when they are already there).

@@ -3,10 +3,10 @@
 evalfleet runs ``mmlu_astronomy_continuation@generate`` (a task 0.5 formats as it is: its
 metric_list names no ``acc``), ``arc_easy@generate`` and ``kobest_hellaswag@generate`` through
 its real services (hf backend, the tiny model, ``--apply_chat_template``). Then 0.5, in its own
-venv (/work/lmeval05, or $LMEVAL05_PYTHON), loads the same tasks offline from the mirror and
-runs them with a model that replays evalfleet's generations (0.5's venv has no torch; for
-arc_easy and kobest_hellaswag, whose ``acc`` 0.5 refuses on a formatted task, the override
-empties metric_list as evalfleet does). Compared per document:
+venv (.venv-lmeval05, made by `make install`, or $LMEVAL05_PYTHON), loads the same tasks offline
+from the mirror and runs them with a model that replays evalfleet's generations (0.5's venv has
+no torch; for arc_easy and kobest_hellaswag, whose ``acc`` 0.5 refuses on a formatted task,
+the override empties metric_list as evalfleet does). Compared per document:
 
 * the prompt: 0.5's chat messages rendered by the model's tokenizer as 0.5's hf model renders
   them (``add_generation_prompt`` / ``continue_final_message``) equal evalfleet's prompt string;
@@ -24,11 +24,12 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import run_evaluation
+from conftest import REPO_ROOT, run_evaluation
 
 from evalfleet.v1 import coordinator_pb2 as cpb
 
-LMEVAL05 = Path(os.environ.get("LMEVAL05_PYTHON", "/work/lmeval05/bin/python"))
+LMEVAL05 = Path(os.environ.get("LMEVAL05_PYTHON",
+                            REPO_ROOT / ".venv-lmeval05" / "bin" / "python"))
 REFERENCE = Path(__file__).resolve().parent / "lmeval05_formats_reference.py"
 LIMIT = 3
 MAX_GEN_TOKS = 8  # both sides: the tiny model rarely stops early (256 tokens take minutes)
@@ -68,8 +69,8 @@ def evalfleet_run(coordinator):
 @pytest.fixture(scope="module")
 def reference(evalfleet_run, data_dir, tmp_path_factory):
     if not LMEVAL05.exists():
-        pytest.fail(f"lm-eval 0.5.0.dev1's interpreter {LMEVAL05} is missing: install "
-                    "lm_eval==0.5.0.dev1 in a venv there (or set LMEVAL05_PYTHON)")
+        pytest.fail(f"lm-eval 0.5.0.dev1's interpreter {LMEVAL05} is missing: run `make "
+                    "install` (it makes .venv-lmeval05), or set LMEVAL05_PYTHON")
     _, samples = evalfleet_run
     real, crafted = {}, {}
     for name in TASKS:
