@@ -6,11 +6,12 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 from typing import Any
 
 #: per-sample loglikelihood-derived values (two float32 forward passes) may differ this much
 REL = 1e-4
-ABS = 1e-6
+ABS = 1e-5
 
 
 def _plain(value: Any) -> Any:
@@ -93,3 +94,21 @@ def assert_samples_parity(ours: list[dict], theirs: list[dict], *, rel: float = 
         (s["doc_id"], s["filter"]) for s in theirs]
     for mine, ref in zip(ours, theirs, strict=True):
         assert_sample_parity(mine, ref, rel=rel)
+
+
+def lmeval_task_manager(lmeval_task_dir: Path, folder: Path, tasks: list[str]) -> Any:
+    """An lm-eval TaskManager that knows only ``tasks``, read from the mirror through their
+    override YAMLs in ``lmeval_task_dir`` (linked into ``folder``): indexing lm-eval's whole
+    library costs ten seconds and more per manager."""
+    from lm_eval.tasks import TaskManager
+
+    folder.mkdir(parents=True, exist_ok=True)
+    wanted = {f"task: {name}" for name in tasks}
+    found = set()
+    for path in sorted(lmeval_task_dir.glob("*.yaml")):
+        names = wanted.intersection(line.strip() for line in path.read_text().splitlines())
+        if names:
+            (folder / path.name).symlink_to(path)
+            found |= names
+    assert found == wanted, f"no override YAML for {sorted(wanted - found)}"
+    return TaskManager(include_path=str(folder), include_defaults=False)

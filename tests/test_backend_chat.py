@@ -66,7 +66,7 @@ def _refusal(address: str, spec: cpb.EvaluationSpec) -> grpc.RpcError:
 
 def test_chat_endpoint_refuses_loglikelihood_tasks_and_runs_gsm8k(transformers_serve,
                                                                  worker_and_coordinator,
-                                                                 lmeval_task_dir):
+                                                                 lmeval_task_dir, tmp_path):
     backend, args = _chat_backend(transformers_serve)
     address = worker_and_coordinator(backend, args)
     for task in ("hellaswag", "arc_easy"):
@@ -95,14 +95,13 @@ def test_chat_endpoint_refuses_loglikelihood_tasks_and_runs_gsm8k(transformers_s
     # lm-eval's own local-chat-completions on the same server: the same generations, filtered
     # answers and per-sample values
     from lm_eval import simple_evaluate
-    from lm_eval.tasks import TaskManager
-    from parity_values import assert_samples_parity
+    from parity_values import assert_samples_parity, lmeval_task_manager
 
     theirs = simple_evaluate(
         model="local-chat-completions", model_args=f"model={args['model']},"
         f"base_url={args['base_url']}", tasks=["gsm8k"], limit=2, apply_chat_template=True,
         log_samples=True, bootstrap_iters=0, gen_kwargs="max_gen_toks=16",
-        task_manager=TaskManager(include_path=str(lmeval_task_dir)))
+        task_manager=lmeval_task_manager(lmeval_task_dir, tmp_path / "lm_tasks", ["gsm8k"]))
     assert_samples_parity(samples["gsm8k"], theirs["samples"]["gsm8k"])
     assert {s["resps"][0][0] for s in samples["gsm8k"]} != {""}
 

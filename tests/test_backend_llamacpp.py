@@ -109,9 +109,10 @@ def test_the_cli_refuses_arc_easy_naming_the_logprob_problem(llama_server, real_
     assert done.stderr.count(TEXT_NOTE) == 1, done.stderr[-2000:]
 
 
-def test_the_cli_runs_gsm8k(llama_server, real_model_dir, tmp_path):
+def test_the_cli_runs_gsm8k(llama_server, real_model_dir, tmp_path, lmeval_task_dir):
     """Generation runs (0-shot: the server computes every prompt position's logits on one
-    thread, so a 5-shot prompt costs half a minute)."""
+    thread, so a 5-shot prompt costs half a minute), and its generations are those of lm-eval's
+    own local-completions on the same server."""
     import json
 
     done = _cli_eval(llama_server, real_model_dir, tmp_path, "--tasks", "gsm8k", "--limit", "2",
@@ -125,6 +126,17 @@ def test_the_cli_runs_gsm8k(llama_server, real_model_dir, tmp_path):
     samples = [json.loads(line) for line in samples.read_text().splitlines()]
     assert {s["doc_id"] for s in samples} == {0, 1}
     assert all(isinstance(s["resps"][0][0], str) for s in samples)
+    from lm_eval import simple_evaluate
+    from parity_values import assert_samples_parity, lmeval_task_manager
+
+    theirs = simple_evaluate(
+        model="local-completions", model_args=f"model=smol,base_url={llama_server.base_url}"
+        f"/completions,tokenizer={real_model_dir},tokenized_requests=False", tasks=["gsm8k"],
+        limit=2, num_fewshot=0, gen_kwargs="max_gen_toks=32", log_samples=True,
+        bootstrap_iters=0,
+        task_manager=lmeval_task_manager(lmeval_task_dir, tmp_path / "lm_tasks", ["gsm8k"]))
+    assert_samples_parity(samples, theirs["samples"]["gsm8k"])
+    assert {s["resps"][0][0] for s in samples} != {""}
 
 
 def test_token_id_prompts_refused_by_the_server_are_sent_as_text(llama_server, real_model_dir,

@@ -11,6 +11,7 @@ import json
 
 import grpc
 import pytest
+from parity_values import assert_sample_parity
 
 from evalfleet.v1 import coordinator_pb2 as cpb
 from evalfleet.v1 import coordinator_pb2_grpc as cpb_grpc
@@ -77,6 +78,7 @@ def test_per_sample_loglikelihoods_match(lmeval_samples, evalfleet_run, task):
         assert [bool(r[0][1]) for r in ref["resps"]] == [r[0][1] == "True"
                                                           for r in mine["resps"]]
         assert mine["acc"] == ref["acc"] and mine["acc_norm"] == ref["acc_norm"]
+        assert_sample_parity(mine, ref)  # metric values, resps and filtered_resps
         assert mine["doc_hash"] == ref["doc_hash"]
         assert mine["prompt_hash"] == ref["prompt_hash"]
         assert mine["target_hash"] == ref["target_hash"]

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from parity_values import value_differences
+from parity_values import lmeval_task_manager, value_differences
 
 from evalfleet.common.ids import request_id
 from evalfleet.server.evaluator import TaskScorer, TaskScores, aggregate_task
@@ -72,18 +72,15 @@ def lmeval_tasks(lmeval_task_dir, tmp_path_factory):
     """lm-eval's humaneval, humaneval_64 and mbpp reading the mirror (their override YAMLs
     alone, so that lm-eval does not index its whole library). Their utils load HF code_eval
     when imported, offline from a ./code_eval folder."""
-    from lm_eval.tasks import TaskManager as LmTaskManager
-
+    names = ["humaneval", "humaneval_64", "mbpp"]
     folder = tmp_path_factory.mktemp("lmeval_code_tasks")
-    for name in ("humaneval__humaneval", "humaneval__humaneval_64", "mbpp__mbpp"):
-        (folder / f"{name}.yaml").symlink_to(lmeval_task_dir / f"{name}.yaml")
+    manager = lmeval_task_manager(lmeval_task_dir, folder / "tasks", names)
     (folder / "code_eval").symlink_to(CODE_EVAL)
     previous, allow = os.getcwd(), os.environ.get("HF_ALLOW_CODE_EVAL")
     os.environ["HF_ALLOW_CODE_EVAL"] = "1"
     os.chdir(folder)
     try:
-        yield LmTaskManager(include_path=str(folder), include_defaults=False).load(
-            ["humaneval", "humaneval_64", "mbpp"])["tasks"]
+        yield manager.load(names)["tasks"]
     finally:
         os.chdir(previous)
         if allow is None:

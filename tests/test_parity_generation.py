@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pytest
 from conftest import ACCEPTANCE, run_evaluation
-from parity_values import assert_samples_parity
+from parity_values import assert_samples_parity, lmeval_task_manager
 
 from evalfleet.v1 import coordinator_pb2 as cpb
 
@@ -24,10 +24,10 @@ GEN_KWARGS = "max_gen_toks=8"
 
 
 @pytest.fixture(scope="module")
-def both_runs(real_model_dir, worker_and_coordinator_module, lmeval_task_dir):
+def both_runs(real_model_dir, worker_and_coordinator_module, lmeval_task_dir,
+              tmp_path_factory):
     """(evalfleet's results, its samples records; lm-eval's results with samples)."""
     from lm_eval import simple_evaluate
-    from lm_eval.tasks import TaskManager
 
     from evalfleet.inference.server import load_backend
 
@@ -41,7 +41,7 @@ def both_runs(real_model_dir, worker_and_coordinator_module, lmeval_task_dir):
         model="hf", model_args=f"pretrained={real_model_dir},dtype=float32", tasks=[TASK],
         samples={TASK: DOCS}, batch_size=1, device="cpu", bootstrap_iters=0,
         gen_kwargs=GEN_KWARGS, log_samples=True,
-        task_manager=TaskManager(include_path=str(lmeval_task_dir)))
+        task_manager=lmeval_task_manager(lmeval_task_dir, tmp_path_factory.mktemp("lm"), [TASK]))
     return ours, samples[TASK], theirs
 
 
