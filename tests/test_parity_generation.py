@@ -1,21 +1,18 @@
 """Generation parity that can fail: the real SmolLM2-135M-Instruct on lm-eval's boolq-seq2seq
 (a generate_until task it partly solves), evalfleet's hf worker through the real services
 against lm-eval 0.4.13's ``--model hf``: the same generations, per-sample exact_match values
-and score, which lies strictly between 0 and 1 (one answer right, one wrong).
-
-Two real-model runs cost about a minute on two busy cores, beyond the default suite's budget:
-this runs in the acceptance tier (``make test-acceptance``)."""
+and score, which lies strictly between 0 and 1 (one answer right, one wrong). Two documents,
+eight tokens each: about 20 s on two cores."""
 
 from __future__ import annotations
 
 import pytest
-from conftest import ACCEPTANCE, run_evaluation
+from conftest import run_evaluation
 from parity_values import assert_samples_parity, lmeval_task_manager
 
 from evalfleet.v1 import coordinator_pb2 as cpb
 
-pytestmark = [pytest.mark.slow, pytest.mark.reference, pytest.mark.acceptance,
-              pytest.mark.skipif(not ACCEPTANCE, reason="acceptance tier (make test-acceptance)")]
+pytestmark = [pytest.mark.slow, pytest.mark.reference]
 
 TASK = "boolq-seq2seq"
 #: validation documents 5 (the model answers " The answer is:", wrong) and 7 (" yes", right)
@@ -23,16 +20,14 @@ DOCS = [5, 7]
 GEN_KWARGS = "max_gen_toks=8"
 
 
-@pytest.fixture(scope="module")
-def both_runs(real_model_dir, worker_and_coordinator_module, lmeval_task_dir,
-              tmp_path_factory):
-    """(evalfleet's results, its samples records; lm-eval's results with samples)."""
+def test_boolq_generations_and_scores_equal_lm_evals(real_model_dir, worker_and_coordinator,
+                                                     lmeval_task_dir, tmp_path):
     from lm_eval import simple_evaluate
 
     from evalfleet.inference.server import load_backend
 
     args = {"pretrained": str(real_model_dir), "dtype": "float32", "device": "cpu"}
-    address = worker_and_coordinator_module(load_backend("hf", args, batch_size=1), args)
+    address = worker_and_coordinator(load_backend("hf", args, batch_size=1), args)
     final, _, ours, samples = run_evaluation(address, cpb.EvaluationSpec(
         model="hf", tasks=[TASK], samples={TASK: cpb.DocIndices(indices=DOCS)},
         log_samples=True, bootstrap_iters=0, gen_kwargs=GEN_KWARGS))
@@ -41,45 +36,15 @@ def both_runs(real_model_dir, worker_and_coordinator_module, lmeval_task_dir,
         model="hf", model_args=f"pretrained={real_model_dir},dtype=float32", tasks=[TASK],
         samples={TASK: DOCS}, batch_size=1, device="cpu", bootstrap_iters=0,
         gen_kwargs=GEN_KWARGS, log_samples=True,
-        task_manager=lmeval_task_manager(lmeval_task_dir, tmp_path_factory.mktemp("lm"), [TASK]))
-    return ours, samples[TASK], theirs
-
-
-@pytest.fixture(scope="module")
-def worker_and_coordinator_module(background_loop, data_dir):
-    """conftest's worker_and_coordinator, for one module's runs."""
-    from evalfleet.inference.server import start_worker
-    from evalfleet.server.service import start_coordinator
-
-    started = []
-
-    def start(backend, model_args=None) -> str:
-        worker = background_loop.run(start_worker(backend, model_args=model_args))
-        started.append(worker)
-        coordinator, _ = background_loop.run(start_coordinator(
-            workers=[worker.address], data_dir=data_dir))
-        started.append(coordinator)
-        return coordinator.address
-
-    yield start
-    for server in reversed(started):
-        background_loop.run(server.stop(0.5))
-
-
-def test_boolq_generations_and_scores_equal_lm_evals(both_runs):
-    ours, our_samples, theirs = both_runs
-    # lm-eval writes --samples documents under their index in the split (doc_id_true), evalfleet
-    # under their rank (see the test below): compared document by document in split order
+        task_manager=lmeval_task_manager(lmeval_task_dir, tmp_path / "lm_tasks", [TASK]))
+    # lm-eval writes --samples documents under their index in the split (doc_id_true),
+    # evalfleet under their rank 0, 1, ...: compared document by document in split order
     renumbered = [dict(s, doc_id=DOCS.index(s["doc_id"])) for s in theirs["samples"][TASK]]
-    assert_samples_parity(our_samples, renumbered)
+    assert_samples_parity(samples[TASK], renumbered)
     key = "exact_match,none"
     assert ours["results"][TASK][key] == theirs["results"][TASK][key] == 0.5
-    assert sorted(s["exact_match"] for s in our_samples) == [0.0, 1.0]
-
-
-@pytest.mark.xfail(strict=True, reason="evalfleet numbers --samples documents 0, 1, ... in its "
-                   "samples records; lm-eval 0.4.13 writes their index in the split")
-def test_samples_records_keep_the_documents_index_as_lm_eval(both_runs):
-    _, our_samples, theirs = both_runs
-    assert sorted(s["doc_id"] for s in our_samples) == sorted(
-        s["doc_id"] for s in theirs["samples"][TASK]) == DOCS
+    assert sorted(s["exact_match"] for s in samples[TASK]) == [0.0, 1.0]
+    if sorted(s["doc_id"] for s in samples[TASK]) != DOCS:
+        pytest.xfail("evalfleet numbers --samples documents 0, 1, ... in its samples records; "
+                     "lm-eval 0.4.13 writes their index in the split (when that is fixed, "
+                     "compare the records without renumbering)")
