@@ -124,9 +124,12 @@ class TaskScorer:
 
     def __init__(self, task: Task, docs: Sequence[tuple[int, dict]], requests: Sequence[Request],
                  request_ids: Sequence[str], answers: Mapping[str, bytes], *,
-                 allow_code: bool = False) -> None:
+                 allow_code: bool = False, samples: Sequence[int] | None = None) -> None:
         self.task = task
         self.docs = list(docs)
+        #: the job's ``--samples`` indices of this task, as given: a samples record's doc_id is
+        #: ``samples[rank]``, as lm-eval 0.4.13 writes it (``doc_id_true = indices[doc_id]``)
+        self.samples = list(samples) if samples else None
         self.requests = list(requests)
         self.answer_ids = _expand_repeats(requests, request_ids)
         self.answers = answers
@@ -353,7 +356,7 @@ class TaskScorer:
             for i, req in enumerate(requests)
         }
         record = {
-            "doc_id": doc_id,
+            "doc_id": self.samples[doc_id] if self.samples else doc_id,
             "doc": doc,
             "target": str(target),
             "arguments": arguments,

@@ -555,7 +555,8 @@ class JobRunner:
             try:
                 scorer = TaskScorer(plan.task, plan.docs, plan.requests, plan.request_ids,
                                     answers, allow_code=self.confirm_run_unsafe_code
-                                    and parsed.spec.confirm_run_unsafe_code)
+                                    and parsed.spec.confirm_run_unsafe_code,
+                                    samples=(parsed.samples or {}).get(plan.task.name))
                 scores = await asyncio.to_thread(scorer.score,
                                                  log_samples=parsed.spec.log_samples)
                 await asyncio.to_thread(aggregate_task, scores, parsed.bootstrap_iters)

@@ -37,14 +37,9 @@ def test_boolq_generations_and_scores_equal_lm_evals(real_model_dir, worker_and_
         samples={TASK: DOCS}, batch_size=1, device="cpu", bootstrap_iters=0,
         gen_kwargs=GEN_KWARGS, log_samples=True,
         task_manager=lmeval_task_manager(lmeval_task_dir, tmp_path / "lm_tasks", [TASK]))
-    # lm-eval writes --samples documents under their index in the split (doc_id_true),
-    # evalfleet under their rank 0, 1, ...: compared document by document in split order
-    renumbered = [dict(s, doc_id=DOCS.index(s["doc_id"])) for s in theirs["samples"][TASK]]
-    assert_samples_parity(samples[TASK], renumbered)
+    # --samples documents are written under their index in the split (lm-eval's doc_id_true)
+    assert_samples_parity(samples[TASK], theirs["samples"][TASK])
     key = "exact_match,none"
     assert ours["results"][TASK][key] == theirs["results"][TASK][key] == 0.5
     assert sorted(s["exact_match"] for s in samples[TASK]) == [0.0, 1.0]
-    if sorted(s["doc_id"] for s in samples[TASK]) != DOCS:
-        pytest.xfail("evalfleet numbers --samples documents 0, 1, ... in its samples records; "
-                     "lm-eval 0.4.13 writes their index in the split (when that is fixed, "
-                     "compare the records without renumbering)")
+    assert sorted(s["doc_id"] for s in samples[TASK]) == DOCS
