@@ -546,7 +546,9 @@ class Scheduler:
             else:
                 others = len(indices) - 1
                 also = f" (and {others} other requests of its batch)" if others else ""
-                history = "; ".join(job.failures.get(rid, [])[-self.config.max_attempts:])
+                # one line per distinct failure: the same error on every try is said once
+                history = "; ".join(dict.fromkeys(
+                    job.failures.get(rid, [])[-self.config.max_attempts:]))
                 message = (f"{job.describe(rid)}{also} failed on every try "
                            f"({self.config.max_attempts} tries): {history or reason}")
             self._fail(job, RequestFailedError(rid, message))
