@@ -105,6 +105,7 @@ def test_an_api_key_reaches_the_model_server_and_no_file_log_answer_or_tracker(
         background_loop, server, tiny_model_dir, tmp_path, caplog, capfd, monkeypatch):
     import structlog
 
+    from evalfleet.common.logging import configure_logging
     from evalfleet.inference.server import load_backend
     from evalfleet.reporting.sinks.config import parse_sinks
     from evalfleet.server.store import SqliteJobStore
@@ -120,6 +121,9 @@ def test_an_api_key_reaches_the_model_server_and_no_file_log_answer_or_tracker(
     out = tmp_path / "out"
     store_dir = tmp_path / "store"
     store_dir.mkdir()
+    # capture_logs keeps structlog's level filter: an earlier test's CLI run may have set it
+    # to WARNING (job_created is INFO), so every level is let through first
+    configure_logging(json=True, level="DEBUG")
     with structlog.testing.capture_logs() as log_lines:
         backend = load_backend("local-completions", model_args)
         store = SqliteJobStore(store_dir / "jobs.db")
