@@ -278,6 +278,15 @@ def openai_test_server(model_dir: Path, *extra: str, served_name: str = "smol",
                           *extra], port, log_dir=log_dir)
 
 
+def recorded_requests(server) -> list[dict]:
+    """The JSON bodies a test server started with ``--record`` (its ``record`` file) received."""
+    import json
+
+    if not server.record.exists():
+        return []
+    return [json.loads(line) for line in server.record.read_text().splitlines()]
+
+
 def run_evaluation(address: str, spec, *, timeout_s: float = 900) -> tuple:
     """Create a job on a coordinator, wait for it; (final Evaluation, events, results dict or
     None, samples by task)."""

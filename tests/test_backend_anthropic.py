@@ -13,7 +13,7 @@ import urllib.request
 
 import grpc
 import pytest
-from conftest import SERVERS_DIR, ServerProcess, free_port, run_evaluation
+from conftest import SERVERS_DIR, ServerProcess, free_port, recorded_requests, run_evaluation
 
 from evalfleet.inference.backends.base import BackendArgumentError
 from evalfleet.v1 import coordinator_pb2 as cpb
@@ -32,11 +32,6 @@ def stand_in(tiny_model_dir, tmp_path_factory):
     srv.record = record
     yield srv
     srv.stop()
-
-
-def _recorded(srv) -> list[dict]:
-    return [json.loads(x) for x in srv.record.read_text().splitlines()] \
-        if srv.record.exists() else []
 
 
 def _arm_rate_limit(srv, count: int, retry_after: float) -> None:
@@ -69,11 +64,11 @@ def test_generation_sends_lm_evals_payload(stand_in, worker_and_coordinator):
     backend, model_args = _backend(stand_in)
     assert backend.name == "anthropic-chat"
     address = worker_and_coordinator(backend, model_args)
-    mark = len(_recorded(stand_in))
+    mark = len(recorded_requests(stand_in))
     final, _, results, samples = run_evaluation(
         address, _spec(system_instruction="Answer with a number."))
     assert final.state == cpb.EVALUATION_STATE_SUCCEEDED, final.error
-    sent = _recorded(stand_in)[mark:]
+    sent = recorded_requests(stand_in)[mark:]
     assert len(sent) == 2
     for r in sent:  # the official client's auth and API version headers
         assert "test-key" in (r["headers"].get("x-api-key", "")
@@ -102,7 +97,7 @@ def test_generation_sends_lm_evals_payload(stand_in, worker_and_coordinator):
 def test_loglikelihood_task_is_refused_before_any_work(stand_in, worker_and_coordinator):
     backend, model_args = _backend(stand_in)
     address = worker_and_coordinator(backend, model_args)
-    mark = len(_recorded(stand_in))
+    mark = len(recorded_requests(stand_in))
     with grpc.insecure_channel(address) as channel:
         stub = cpb_grpc.EvaluationServiceStub(channel)
         with pytest.raises(grpc.RpcError) as err:
@@ -114,7 +109,7 @@ def test_loglikelihood_task_is_refused_before_any_work(stand_in, worker_and_coor
     for part in ("task arc_easy needs loglikelihood", "anthropic-chat",
                  "chat endpoints return no prompt logprobs", "Instead: run generative tasks"):
         assert part in message, (part, message)
-    assert _recorded(stand_in)[mark:] == []
+    assert recorded_requests(stand_in)[mark:] == []
 
 
 def test_429_with_retry_after_is_retried_and_reported(stand_in, worker_and_coordinator):

@@ -19,7 +19,7 @@ import time
 from collections import Counter
 
 import pytest
-from conftest import ACCEPTANCE, openai_test_server, run_evaluation
+from conftest import ACCEPTANCE, openai_test_server, recorded_requests, run_evaluation
 
 from evalfleet.v1 import coordinator_pb2 as cpb
 
@@ -42,12 +42,6 @@ def server(real_model_dir, tmp_path_factory):
     srv.record = record
     yield srv
     srv.stop()
-
-
-def _recorded(server) -> list[dict]:
-    if not server.record.exists():
-        return []
-    return [json.loads(line) for line in server.record.read_text().splitlines()]
 
 
 def _serve_and_run(background_loop, data_dir, backend, spec, model_args=None):
@@ -76,19 +70,19 @@ def remote_run(background_loop, data_dir, server, real_model_dir):
     model_args = {"model": "smol", "base_url": server.base_url, "api_key": "dummy",
                   "tokenizer": str(real_model_dir), "probe_interval_s": 3600}
     backend = load_backend("local-completions", model_args)
-    first = len(_recorded(server))
+    first = len(recorded_requests(server))
     from evalfleet.inference.server import start_worker
     from evalfleet.server.service import start_coordinator
 
     worker = background_loop.run(start_worker(backend, model_args=model_args))
-    probe_requests = _recorded(server)[first:]
+    probe_requests = recorded_requests(server)[first:]
     coordinator, _ = background_loop.run(start_coordinator(workers=[worker.address],
                                                            data_dir=data_dir))
     try:
-        mark = len(_recorded(server))
+        mark = len(recorded_requests(server))
         final, events, results, samples = run_evaluation(coordinator.address,
                                                          _spec("local-completions"))
-        payloads = _recorded(server)[mark:]
+        payloads = recorded_requests(server)[mark:]
     finally:
         background_loop.run(coordinator.stop(0.5))
         background_loop.run(worker.stop(0.5))
@@ -115,7 +109,7 @@ def lmeval_remote_run(remote_run, server, real_model_dir, lmeval_task_dir):
     from lm_eval import simple_evaluate
     from lm_eval.tasks import TaskManager
 
-    mark = len(_recorded(server))
+    mark = len(recorded_requests(server))
     out = simple_evaluate(
         model="local-completions",
         model_args=(f"model=smol,base_url={server.base_url}/completions,"
@@ -123,7 +117,7 @@ def lmeval_remote_run(remote_run, server, real_model_dir, lmeval_task_dir):
         tasks=[TASK], limit=LIMIT, num_fewshot=0, log_samples=True, bootstrap_iters=0,
         task_manager=TaskManager(include_path=str(lmeval_task_dir)))
     return {"samples": out["samples"][TASK], "results": out["results"][TASK],
-            "payloads": _recorded(server)[mark:]}
+            "payloads": recorded_requests(server)[mark:]}
 
 
 def _lls(sample: dict) -> list[float]:

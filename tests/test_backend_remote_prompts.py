@@ -20,7 +20,7 @@ import re
 import urllib.request
 
 import pytest
-from conftest import openai_test_server, run_evaluation
+from conftest import openai_test_server, recorded_requests, run_evaluation
 
 from evalfleet.inference.backends.base import BackendArgumentError, GenerationParams
 from evalfleet.v1 import coordinator_pb2 as cpb
@@ -42,12 +42,6 @@ def text_only_server(tiny_model_dir, tmp_path_factory):
     srv.record = record
     yield srv
     srv.stop()
-
-
-def _recorded(server) -> list[dict]:
-    if not server.record.exists():
-        return []
-    return [json.loads(line) for line in server.record.read_text().splitlines()]
 
 
 def _set_mode(server, **mode) -> None:
@@ -138,7 +132,7 @@ def test_no_key_no_authorization_and_text_after_a_token_id_refusal(
     assert backend.args.tokenized_requests and backend.args.max_retries == 3  # lm-eval's
     raw = {"until": ["Question:"], "do_sample": False, "temperature": 0.0, "max_gen_toks": 4}
     request = GenerationRequest("Question: 2+2?\nAnswer:", GenerationParams.from_gen_kwargs(raw))
-    mark = len(_recorded(text_only_server))
+    mark = len(recorded_requests(text_only_server))
 
     async def run():
         await backend.start()
@@ -149,7 +143,7 @@ def test_no_key_no_authorization_and_text_after_a_token_id_refusal(
 
     [answer] = asyncio.run(run()).results
     assert isinstance(answer, str), answer
-    sent = _recorded(text_only_server)[mark:]
+    sent = recorded_requests(text_only_server)[mark:]
     assert [r["authorization"] for r in sent] == [None] * len(sent)
     # the probe's token ids were refused once (not retried), then everything went as text
     assert isinstance(sent[0]["body"]["prompt"][0], list)

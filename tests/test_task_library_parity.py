@@ -6,34 +6,15 @@ lm-eval runs in-process, reading the same mirror."""
 
 from __future__ import annotations
 
-import json
-
-import grpc
 import pytest
+from conftest import run_evaluation
 
 from evalfleet.v1 import coordinator_pb2 as cpb
-from evalfleet.v1 import coordinator_pb2_grpc as cpb_grpc
 
 TASKS = ["arc_challenge_llama", "mmlu_astronomy_generative"]
 LIMIT = 3
 #: The tiny random model never emits a stop sequence: cap generation on both sides alike.
 GEN_KWARGS = "max_gen_toks=32"
-
-
-def _evalfleet(address: str) -> tuple[dict, list[dict]]:
-    spec = cpb.EvaluationSpec(model="hf", tasks=TASKS, limit=LIMIT, log_samples=True,
-                              bootstrap_iters=0, batch_size="4", apply_chat_template=True,
-                              gen_kwargs=GEN_KWARGS)
-    with grpc.insecure_channel(address) as channel:
-        stub = cpb_grpc.EvaluationServiceStub(channel)
-        evaluation = stub.CreateEvaluation(cpb.CreateEvaluationRequest(spec=spec), timeout=300)
-        events = list(stub.WatchEvaluation(cpb.WatchEvaluationRequest(id=evaluation.id),
-                                           timeout=900))
-        assert events[-1].state == cpb.EVALUATION_STATE_SUCCEEDED, events[-1]
-        results = stub.GetResults(cpb.GetResultsRequest(id=evaluation.id), timeout=30)
-        samples = [{**json.loads(r.json), "task": r.task} for r in stub.StreamSamples(
-            cpb.StreamSamplesRequest(id=evaluation.id), timeout=60)]
-    return json.loads(results.results_json), samples
 
 
 @pytest.mark.reference
@@ -47,8 +28,12 @@ def test_library_tasks_with_a_chat_template_match_lm_eval(coordinator, lmeval_ta
         limit=LIMIT, batch_size=4, device="cpu", log_samples=True, bootstrap_iters=0,
         apply_chat_template=True, gen_kwargs=GEN_KWARGS,
         task_manager=TaskManager(include_path=str(lmeval_task_dir), include_defaults=False))
-    ours, our_samples = _evalfleet(coordinator.address)
-    by_key = {(s["task"], s["doc_id"], s["filter"]): s for s in our_samples}
+    final, _, ours, our_samples = run_evaluation(coordinator.address, cpb.EvaluationSpec(
+        model="hf", tasks=TASKS, limit=LIMIT, log_samples=True, bootstrap_iters=0,
+        batch_size="4", apply_chat_template=True, gen_kwargs=GEN_KWARGS))
+    assert final.state == cpb.EVALUATION_STATE_SUCCEEDED, final.error
+    by_key = {(task, s["doc_id"], s["filter"]): s
+              for task, records in our_samples.items() for s in records}
     for task in TASKS:
         assert len(theirs["samples"][task]) == LIMIT
         for ref in theirs["samples"][task]:
