@@ -25,12 +25,17 @@ bytecode:
 	$(PY) -m compileall -q -j 0 $(PACKAGE_DIRS)
 
 # lm-eval 0.5.0.dev1 (a pre-release, in a venv of its own: it cannot share one with lm-eval
-# 0.4.13) is the reference of the task formats' tests (NAME@generate); a no-op when present.
+# 0.4.13) is the reference of the task formats' tests (NAME@generate); a no-op when present. Its
+# hf model generates the reference's own responses: torch (the CPU wheel in /opt/wheels, never a
+# CUDA one), transformers and accelerate, the versions of the main venv (0.5's `hf` extra less
+# peft, which it imports only for an adapter); the marker's name makes a venv from before them
+# get them.
 LMEVAL05_VENV ?= .venv-lmeval05
-lmeval05: $(LMEVAL05_VENV)/.installed
-$(LMEVAL05_VENV)/.installed:
+lmeval05: $(LMEVAL05_VENV)/.installed-hf
+$(LMEVAL05_VENV)/.installed-hf:
 	$(PYTHON) -m venv $(LMEVAL05_VENV)
-	$(LMEVAL05_VENV)/bin/python -m pip install --quiet 'lm_eval==0.5.0.dev1'
+	$(LMEVAL05_VENV)/bin/python -m pip install --quiet 'lm_eval==0.5.0.dev1' 'torch==2.13.0' \
+		'transformers==5.25.0' 'accelerate==1.16.0'
 	touch $@
 
 # Compile the Numba kernels into the user's kernel cache ($EVALFLEET_CACHE_DIR/numba) now, so

@@ -1,13 +1,16 @@
 """Run by tests/test_task_formats_lmeval05.py with lm-eval 0.5.0.dev1's interpreter (its own
 venv, which cannot import evalfleet): evaluate ``<task>@generate`` tasks through 0.5's own task
-loading, format, prompt building and scorer, offline on the data mirror, with a model that
-replays given responses. Prints, per task and pass, each document's chat messages, generation
-settings, target, response and ``exact_match``, and the aggregate.
+loading, format, prompt building and scorer, offline on the data mirror: once with 0.5's own
+``hf`` model (the tiny model, float32 on the CPU, greedy), which generates its own responses,
+and once per given pass with a model that replays given responses. Prints, per task and pass,
+each document's prompt (0.5's chat messages for a replay pass, the string 0.5's hf model
+rendered for the ``own`` pass), generation settings, target, response and ``exact_match``, and
+the aggregate.
 
 Usage: python lmeval05_formats_reference.py INPUT.json OUTPUT.json
-INPUT: {"limit": N, "gen_kwargs": {...}, "tasks": {name: {"yaml": path under lm_eval/tasks,
-"data_files": {split: file}, "unset": [split keys], "drop_metrics": bool}},
-"passes": {pass: {task: {doc_id: response}}}}
+INPUT: {"limit": N, "gen_kwargs": {...}, "model": model folder, "tasks": {name: {"yaml": path
+under lm_eval/tasks, "data_files": {split: file}, "unset": [split keys], "drop_metrics": bool}},
+"passes": {pass: {task: {doc_id: response}}}}; OUTPUT holds the passes and ``own``.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ import lm_eval  # noqa: E402
 import yaml  # noqa: E402
 from lm_eval import simple_evaluate  # noqa: E402
 from lm_eval.api.model import LM  # noqa: E402
+from lm_eval.models.huggingface import HFLM  # noqa: E402
 from lm_eval.tasks import TaskManager  # noqa: E402
 
 
@@ -61,6 +65,12 @@ class Replay(LM):
         return "replay"
 
 
+def _context(model: LM, sample: dict) -> dict | str:
+    """The replay model's chat messages, or the prompt string 0.5's hf model rendered."""
+    prompt = sample["arguments"][0][0]
+    return json.loads(prompt) if isinstance(model, Replay) else prompt
+
+
 def main(inp: str, out: str) -> None:
     with open(inp) as fh:
         spec = json.load(fh)
@@ -76,16 +86,18 @@ def main(inp: str, out: str) -> None:
         with open(os.path.join(include, f"{name}.yaml"), "w") as fh:
             yaml.safe_dump(over, fh)
     manager = TaskManager(include_path=include, include_defaults=False)
+    runs = {name: Replay(responses) for name, responses in spec["passes"].items()}
+    runs["own"] = HFLM(pretrained=spec["model"], dtype="float32", device="cpu", batch_size=1)
     result = {}
-    for pass_name, responses in spec["passes"].items():
+    for pass_name, model in runs.items():
         res = simple_evaluate(
-            model=Replay(responses), tasks=[f"{n}@generate" for n in spec["tasks"]],
+            model=model, tasks=[f"{n}@generate" for n in spec["tasks"]],
             limit=spec["limit"], gen_kwargs=spec["gen_kwargs"], apply_chat_template=True,
             fewshot_as_multiturn=False,
             task_manager=manager, bootstrap_iters=0, log_samples=True)
         result[pass_name] = {
             name: {"results": res["results"][name],
-                   "samples": [{"doc_id": s["doc_id"], "context": json.loads(s["arguments"][0][0]),
+                   "samples": [{"doc_id": s["doc_id"], "context": _context(model, s),
                                 "gen_kwargs": s["arguments"][0][1], "target": s["target"],
                                 "resps": s["resps"], "exact_match": s["exact_match"]}
                                for s in res["samples"][name]]}

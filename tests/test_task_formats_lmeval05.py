@@ -4,10 +4,14 @@ evalfleet runs ``mmlu_astronomy_continuation@generate`` (a task 0.5 formats as i
 metric_list names no ``acc``), ``arc_easy@generate`` and ``kobest_hellaswag@generate`` through
 its real services (hf backend, the tiny model, ``--apply_chat_template``). Then 0.5, in its own
 venv (.venv-lmeval05, made by `make install`, or $LMEVAL05_PYTHON), loads the same tasks offline
-from the mirror and runs them with a model that replays evalfleet's generations (0.5's venv has
-no torch; for arc_easy and kobest_hellaswag, whose ``acc`` 0.5 refuses on a formatted task,
-the override empties metric_list as evalfleet does). Compared per document:
+from the mirror and runs them twice: with its own ``hf`` model on the same tiny model (float32
+on the CPU, greedy, the same max_gen_toks, the chat template applied), which generates its own
+responses, and with a model that replays evalfleet's generations (for arc_easy and
+kobest_hellaswag, whose ``acc`` 0.5 refuses on a formatted task, the override empties
+metric_list as evalfleet does). Compared per document:
 
+* evalfleet's generations (``resps``) equal those 0.5's hf model generated itself, and the
+  prompt string 0.5's hf model was given equals evalfleet's;
 * the prompt: 0.5's chat messages rendered by the model's tokenizer as 0.5's hf model renders
   them (``add_generation_prompt`` / ``continue_final_message``) equal evalfleet's prompt string;
 * the generation settings and the target;
@@ -67,7 +71,7 @@ def evalfleet_run(coordinator):
 
 
 @pytest.fixture(scope="module")
-def reference(evalfleet_run, data_dir, tmp_path_factory):
+def reference(evalfleet_run, data_dir, tiny_model_dir, tmp_path_factory):
     if not LMEVAL05.exists():
         pytest.fail(f"lm-eval 0.5.0.dev1's interpreter {LMEVAL05} is missing: run `make "
                     "install` (it makes .venv-lmeval05), or set LMEVAL05_PYTHON")
@@ -84,12 +88,16 @@ def reference(evalfleet_run, data_dir, tmp_path_factory):
     folder = tmp_path_factory.mktemp("lmeval05")
     (folder / "in.json").write_text(json.dumps({
         "limit": LIMIT, "gen_kwargs": {"max_gen_toks": MAX_GEN_TOKS}, "tasks": tasks,
+        "model": str(tiny_model_dir),
         "passes": {"real": real, "crafted": crafted}}))
     env = {**os.environ, "HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1"}
     env.pop("PYTHONPATH", None)
     proc = subprocess.run([str(LMEVAL05), str(REFERENCE), str(folder / "in.json"),
                            str(folder / "out.json")], capture_output=True, text=True,
                           timeout=300, env=env, cwd=folder)
+    if "No module named 'torch'" in proc.stderr:
+        pytest.fail(f"lm-eval 0.5.0.dev1's venv ({LMEVAL05}) lacks torch, which its hf model "
+                    "needs: run `make install` again (its lmeval05 step adds it)")
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads((folder / "out.json").read_text()), crafted
 
@@ -125,6 +133,17 @@ def test_prompts_settings_and_scores_equal_lmeval05(name, evalfleet_run, referen
         assert mine["exact_match"] == ref[doc_id]["exact_match"]
     assert results["results"][f"{name}@generate"]["exact_match,none"] == \
         theirs["real"][name]["results"]["exact_match,none"]
+    # 0.5's own hf model: the same prompt string, settings and generations as evalfleet's
+    own = {s["doc_id"]: s for s in theirs["own"][name]["samples"]}
+    assert sorted(own) == sorted(ours)
+    for doc_id, mine in ours.items():
+        args = mine["arguments"]["gen_args_0"]
+        assert args["arg_0"] == own[doc_id]["context"], doc_id
+        assert args["arg_1"] == own[doc_id]["gen_kwargs"], doc_id
+        assert mine["resps"] == own[doc_id]["resps"], doc_id
+        assert mine["exact_match"] == own[doc_id]["exact_match"], doc_id
+    assert results["results"][f"{name}@generate"]["exact_match,none"] == \
+        theirs["own"][name]["results"]["exact_match,none"]
     # crafted responses through evalfleet's own reading and exact_match, against 0.5's scores
     task = TaskManager(include_paths=[str(Path(__import__("lm_eval").__file__).parent / "tasks"
                                           / "mmlu" / "continuation")]).load(
