@@ -73,6 +73,12 @@ def splits_read(cfg: Mapping[str, Any], num_fewshot: int) -> list[tuple[str, str
     return list(dict.fromkeys(out))
 
 
+def configured_splits(cfg: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """``splits_read`` with the config's own ``num_fewshot`` (what a listing shows)."""
+    shots = cfg.get("num_fewshot")
+    return splits_read(cfg, shots if isinstance(shots, int) else 0)
+
+
 def missing_splits(folder: Path | None, splits: list[tuple[str, str]]) -> list[str]:
     """The splits a mirror folder lacks (every one when the folder is absent)."""
     if folder is None or not folder.is_dir():

@@ -24,7 +24,7 @@ from typing import Any
 import structlog
 
 from evalfleet.common.paths import cache_dir
-from evalfleet.tasks.dataset import splits_read
+from evalfleet.tasks.dataset import configured_splits
 from evalfleet.tasks.errors import TaskError, config_error
 from evalfleet.tasks.index import IndexEntry, build_index, lmeval_task_library
 
@@ -91,8 +91,7 @@ def _row(entry: IndexEntry) -> dict[str, Any]:
     elif entry.kind == "group":
         row["children"] = group_children(cfg)
     else:
-        shots = cfg.get("num_fewshot")
-        splits = splits_read(cfg, shots if isinstance(shots, int) else 0)
+        splits = configured_splits(cfg)
         row |= {"dataset_path": cfg.get("dataset_path"), "dataset_name": cfg.get("dataset_name"),
                 "output_type": cfg.get("output_type"), "splits": [list(p) for p in splits],
                 "cannot_load": _load_problem(cfg, entry.path)}

@@ -12,7 +12,12 @@ from typing import Any
 import structlog
 
 from evalfleet.tasks.config import build_config
-from evalfleet.tasks.dataset import default_data_dir, mirror_folder, missing_splits, splits_read
+from evalfleet.tasks.dataset import (
+    configured_splits,
+    default_data_dir,
+    mirror_folder,
+    missing_splits,
+)
 from evalfleet.tasks.errors import TaskError, TaskNotFoundError, config_error
 from evalfleet.tasks.file_problems import broken_note, warn_if_duplicate
 from evalfleet.tasks.formats import apply_format, split_format
@@ -41,6 +46,12 @@ class TaskEntry:
     output_type: str | None = None  # a task's lm-eval output type
     members: list[str] = field(default_factory=list)  # a tag's tasks / a group's children
     error: str | None = None  # why the name cannot be loaded (known without loading it)
+
+    def check_mirror(self, data_dir: Path | None, splits: list[tuple[str, str]]) -> None:
+        """Fill ``missing_splits`` and ``in_mirror`` for a task reading ``splits``."""
+        folder = mirror_folder(data_dir, self.dataset_path, self.dataset_name)
+        self.missing_splits = missing_splits(folder, splits)
+        self.in_mirror = bool(folder and folder.is_dir()) and not self.missing_splits
 
 
 @dataclass
@@ -112,11 +123,7 @@ class TaskManager:
             if e.kind == "task":
                 entry.dataset_path = cfg.get("dataset_path")
                 entry.dataset_name = cfg.get("dataset_name")
-                folder = mirror_folder(self.data_dir, entry.dataset_path, entry.dataset_name)
-                shots = cfg.get("num_fewshot")
-                splits = splits_read(cfg, shots if isinstance(shots, int) else 0)
-                entry.missing_splits = missing_splits(folder, splits)
-                entry.in_mirror = bool(folder and folder.is_dir()) and not entry.missing_splits
+                entry.check_mirror(self.data_dir, configured_splits(cfg))
                 entry.output_type = cfg.get("output_type")
             elif e.kind == "tag":
                 entry.members = sorted(e.members)
@@ -132,9 +139,7 @@ class TaskManager:
             entry.error = entry.error or facts.cannot_load
             entry.dataset_path, entry.dataset_name = facts.dataset_path, facts.dataset_name
             entry.output_type = facts.output_type
-            folder = mirror_folder(self.data_dir, entry.dataset_path, entry.dataset_name)
-            entry.missing_splits = missing_splits(folder, list(facts.splits))
-            entry.in_mirror = bool(folder and folder.is_dir()) and not entry.missing_splits
+            entry.check_mirror(self.data_dir, list(facts.splits))
         elif entry.kind == "tag":
             entry.members = sorted(indexed.members)
         else:
