@@ -473,7 +473,8 @@ async def _start_embedded(args: argparse.Namespace, data_dir: str | None,
 def _checked_tasks(args: argparse.Namespace, data_dir: str | None) -> TaskTree:
     """The job's tasks, loaded, with every split they read at hand (a missing split, or a
     dataset neither in the mirror nor reachable, fails here in a second: NOT_FOUND naming the
-    task, the folder searched, ``--data_dir`` and ``EVALFLEET_DATA_DIR``)."""
+    task, the folder searched, ``--data_dir`` and ``EVALFLEET_DATA_DIR``), and its code tasks
+    allowed (consent, sandbox): checked before the worker's model loads."""
     from evalfleet.execution.policy import check_unsafe_code
     from evalfleet.server.planning import check_data, load_tasks
     from evalfleet.server.spec import parse_spec

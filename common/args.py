@@ -50,15 +50,16 @@ def parse_kv_args(text: str | None, *, field: str) -> dict[str, Any]:
     if not text:
         return {}
     if text.startswith("{"):
+        too_deep = InvalidArgumentError(f"{field}: values nest more than {MAX_NESTING} levels "
+                                        "deep; give a flat object of settings")
         try:
             parsed = json.loads(text)
         except json.JSONDecodeError as exc:
             raise InvalidArgumentError(f"{field}: not valid JSON ({exc.msg} at {exc.pos})") from exc
-        except RecursionError:
-            parsed = None  # nested deeper than Python's parser goes: refused below
-        if parsed is None or _depth(parsed) > MAX_NESTING:
-            raise InvalidArgumentError(f"{field}: values nest more than {MAX_NESTING} levels "
-                                       "deep; give a flat object of settings")
+        except RecursionError:  # nested deeper than Python's parser goes
+            raise too_deep from None
+        if _depth(parsed) > MAX_NESTING:
+            raise too_deep
         if not isinstance(parsed, dict):
             raise InvalidArgumentError(f"{field}: expected a JSON object")
         return parsed

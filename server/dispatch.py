@@ -5,11 +5,11 @@ from __future__ import annotations
 import asyncio
 import time
 from itertools import pairwise, repeat
-from typing import Any
 
 import numpy as np
 
 from evalfleet.common.logging import get_logger
+from evalfleet.common.metrics import CoordinatorEvents
 from evalfleet.server.batching import KindQueue
 from evalfleet.server.job import Job
 from evalfleet.server.scheduler import JobDispatch, Scheduler
@@ -163,7 +163,7 @@ STORE_RETRY_S = (0.5, 5.0)
 
 
 async def store_answers(store: JobStore, fingerprint: str, answers: AnswerSlices, job: Job,
-                        metrics: Any) -> None:
+                        metrics: CoordinatorEvents) -> None:
     """Write a batch's answers; while the store cannot be written (``StoreUnwritableError``: a
     read-only or immutable file, a full disk) keep them and try again, saying so once on the
     job's events and in the log, so nothing computed is lost and the job goes on when it can."""
