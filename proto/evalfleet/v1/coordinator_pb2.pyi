@@ -50,7 +50,7 @@ GATE_VERDICT_NO_GO: GateVerdict
 GATE_VERDICT_INCONCLUSIVE: GateVerdict
 
 class EvaluationSpec(_message.Message):
-    __slots__ = ("model", "model_args", "worker_addresses", "tasks", "num_fewshot", "batch_size", "limit", "seeds", "gen_kwargs", "log_samples", "bootstrap_iters", "apply_chat_template", "system_instruction", "include_paths", "metadata", "fewshot_as_multiturn", "confirm_run_unsafe_code", "samples", "chat_template_name", "predict_only", "cache_requests", "sinks", "model_fingerprint")
+    __slots__ = ("model", "model_args", "worker_addresses", "tasks", "num_fewshot", "batch_size", "limit", "seeds", "gen_kwargs", "log_samples", "bootstrap_iters", "apply_chat_template", "system_instruction", "include_paths", "metadata", "fewshot_as_multiturn", "confirm_run_unsafe_code", "samples", "chat_template_name", "predict_only", "cache_requests", "sinks", "model_fingerprint", "price_table")
     class SamplesEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -81,6 +81,7 @@ class EvaluationSpec(_message.Message):
     CACHE_REQUESTS_FIELD_NUMBER: _ClassVar[int]
     SINKS_FIELD_NUMBER: _ClassVar[int]
     MODEL_FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
+    PRICE_TABLE_FIELD_NUMBER: _ClassVar[int]
     model: str
     model_args: str
     worker_addresses: _containers.RepeatedScalarFieldContainer[str]
@@ -104,7 +105,50 @@ class EvaluationSpec(_message.Message):
     cache_requests: str
     sinks: _containers.RepeatedCompositeFieldContainer[SinkRequest]
     model_fingerprint: str
-    def __init__(self, model: _Optional[str] = ..., model_args: _Optional[str] = ..., worker_addresses: _Optional[_Iterable[str]] = ..., tasks: _Optional[_Iterable[str]] = ..., num_fewshot: _Optional[int] = ..., batch_size: _Optional[str] = ..., limit: _Optional[float] = ..., seeds: _Optional[_Union[Seeds, _Mapping]] = ..., gen_kwargs: _Optional[str] = ..., log_samples: _Optional[bool] = ..., bootstrap_iters: _Optional[int] = ..., apply_chat_template: _Optional[bool] = ..., system_instruction: _Optional[str] = ..., include_paths: _Optional[_Iterable[str]] = ..., metadata: _Optional[str] = ..., fewshot_as_multiturn: _Optional[bool] = ..., confirm_run_unsafe_code: _Optional[bool] = ..., samples: _Optional[_Mapping[str, DocIndices]] = ..., chat_template_name: _Optional[str] = ..., predict_only: _Optional[bool] = ..., cache_requests: _Optional[str] = ..., sinks: _Optional[_Iterable[_Union[SinkRequest, _Mapping]]] = ..., model_fingerprint: _Optional[str] = ...) -> None: ...
+    price_table: PriceTable
+    def __init__(self, model: _Optional[str] = ..., model_args: _Optional[str] = ..., worker_addresses: _Optional[_Iterable[str]] = ..., tasks: _Optional[_Iterable[str]] = ..., num_fewshot: _Optional[int] = ..., batch_size: _Optional[str] = ..., limit: _Optional[float] = ..., seeds: _Optional[_Union[Seeds, _Mapping]] = ..., gen_kwargs: _Optional[str] = ..., log_samples: _Optional[bool] = ..., bootstrap_iters: _Optional[int] = ..., apply_chat_template: _Optional[bool] = ..., system_instruction: _Optional[str] = ..., include_paths: _Optional[_Iterable[str]] = ..., metadata: _Optional[str] = ..., fewshot_as_multiturn: _Optional[bool] = ..., confirm_run_unsafe_code: _Optional[bool] = ..., samples: _Optional[_Mapping[str, DocIndices]] = ..., chat_template_name: _Optional[str] = ..., predict_only: _Optional[bool] = ..., cache_requests: _Optional[str] = ..., sinks: _Optional[_Iterable[_Union[SinkRequest, _Mapping]]] = ..., model_fingerprint: _Optional[str] = ..., price_table: _Optional[_Union[PriceTable, _Mapping]] = ...) -> None: ...
+
+class PriceTable(_message.Message):
+    __slots__ = ("currency", "models", "source")
+    CURRENCY_FIELD_NUMBER: _ClassVar[int]
+    MODELS_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    currency: str
+    models: _containers.RepeatedCompositeFieldContainer[ModelPrice]
+    source: str
+    def __init__(self, currency: _Optional[str] = ..., models: _Optional[_Iterable[_Union[ModelPrice, _Mapping]]] = ..., source: _Optional[str] = ...) -> None: ...
+
+class ModelPrice(_message.Message):
+    __slots__ = ("model", "input_per_million", "cached_input_per_million", "output_per_million", "batch_discount")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    INPUT_PER_MILLION_FIELD_NUMBER: _ClassVar[int]
+    CACHED_INPUT_PER_MILLION_FIELD_NUMBER: _ClassVar[int]
+    OUTPUT_PER_MILLION_FIELD_NUMBER: _ClassVar[int]
+    BATCH_DISCOUNT_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    input_per_million: float
+    cached_input_per_million: float
+    output_per_million: float
+    batch_discount: float
+    def __init__(self, model: _Optional[str] = ..., input_per_million: _Optional[float] = ..., cached_input_per_million: _Optional[float] = ..., output_per_million: _Optional[float] = ..., batch_discount: _Optional[float] = ...) -> None: ...
+
+class TokenUsage(_message.Message):
+    __slots__ = ("requests", "prompt_tokens", "cached_tokens", "completion_tokens", "reasoning_tokens", "cost", "currency")
+    REQUESTS_FIELD_NUMBER: _ClassVar[int]
+    PROMPT_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    CACHED_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    COMPLETION_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    REASONING_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    COST_FIELD_NUMBER: _ClassVar[int]
+    CURRENCY_FIELD_NUMBER: _ClassVar[int]
+    requests: int
+    prompt_tokens: int
+    cached_tokens: int
+    completion_tokens: int
+    reasoning_tokens: int
+    cost: float
+    currency: str
+    def __init__(self, requests: _Optional[int] = ..., prompt_tokens: _Optional[int] = ..., cached_tokens: _Optional[int] = ..., completion_tokens: _Optional[int] = ..., reasoning_tokens: _Optional[int] = ..., cost: _Optional[float] = ..., currency: _Optional[str] = ...) -> None: ...
 
 class SinkRequest(_message.Message):
     __slots__ = ("name", "run_name", "registered_model", "model_version", "tags")
@@ -200,18 +244,20 @@ class WatchEvaluationRequest(_message.Message):
     def __init__(self, id: _Optional[str] = ...) -> None: ...
 
 class EvaluationEvent(_message.Message):
-    __slots__ = ("id", "state", "progress", "message", "time")
+    __slots__ = ("id", "state", "progress", "message", "time", "usage")
     ID_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     PROGRESS_FIELD_NUMBER: _ClassVar[int]
     MESSAGE_FIELD_NUMBER: _ClassVar[int]
     TIME_FIELD_NUMBER: _ClassVar[int]
+    USAGE_FIELD_NUMBER: _ClassVar[int]
     id: str
     state: EvaluationState
     progress: _containers.RepeatedCompositeFieldContainer[TaskProgress]
     message: str
     time: _timestamp_pb2.Timestamp
-    def __init__(self, id: _Optional[str] = ..., state: _Optional[_Union[EvaluationState, str]] = ..., progress: _Optional[_Iterable[_Union[TaskProgress, _Mapping]]] = ..., message: _Optional[str] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    usage: TokenUsage
+    def __init__(self, id: _Optional[str] = ..., state: _Optional[_Union[EvaluationState, str]] = ..., progress: _Optional[_Iterable[_Union[TaskProgress, _Mapping]]] = ..., message: _Optional[str] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., usage: _Optional[_Union[TokenUsage, _Mapping]] = ...) -> None: ...
 
 class CancelEvaluationRequest(_message.Message):
     __slots__ = ("id",)

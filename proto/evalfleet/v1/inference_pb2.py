@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1c\x65valfleet/v1/inference.proto\x12\x0c\x65valfleet.v1\"\x15\n\x13GetModelInfoRequest\"\xaa\x04\n\tModelInfo\x12\x0f\n\x07\x62\x61\x63kend\x18\x01 \x01(\t\x12\x12\n\nmodel_name\x18\x02 \x01(\t\x12\x10\n\x08revision\x18\x03 \x01(\t\x12\x11\n\ttokenizer\x18\x04 \x01(\t\x12\x12\n\nmax_length\x18\x05 \x01(\x05\x12\x13\n\x0b\x66ingerprint\x18\x06 \x01(\t\x12\r\n\x05\x64type\x18\x07 \x01(\t\x12\x0e\n\x06\x64\x65vice\x18\x08 \x01(\t\x12\x16\n\x0enum_parameters\x18\t \x01(\x03\x12\x14\n\x0c\x65ot_token_id\x18\x0b \x01(\x05\x12\x11\n\tbos_token\x18\x0c \x01(\t\x12\x11\n\teos_token\x18\r \x01(\t\x12\x11\n\tpad_token\x18\x0e \x01(\t\x12:\n\nmodel_args\x18\x0f \x03(\x0b\x32&.evalfleet.v1.ModelInfo.ModelArgsEntry\x12\x30\n\x0c\x63\x61pabilities\x18\x10 \x01(\x0b\x32\x1a.evalfleet.v1.Capabilities\x12\x46\n\x10library_versions\x18\x11 \x03(\x0b\x32,.evalfleet.v1.ModelInfo.LibraryVersionsEntry\x1a\x30\n\x0eModelArgsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a\x36\n\x14LibraryVersionsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01J\x04\x08\n\x10\x0b\"=\n\x0cLogprobProbe\x12\x0b\n\x03ran\x18\x01 \x01(\x08\x12\x0e\n\x06passed\x18\x02 \x01(\x08\x12\x10\n\x08\x66indings\x18\x03 \x03(\t\"\x84\x03\n\x0c\x43\x61pabilities\x12\x15\n\rloglikelihood\x18\x01 \x01(\x08\x12\x1d\n\x15loglikelihood_rolling\x18\x02 \x01(\x08\x12\x16\n\x0egenerate_until\x18\x03 \x01(\x08\x12#\n\x1blogprobs_unavailable_reason\x18\x04 \x01(\t\x12\x17\n\x0flogprobs_remedy\x18\x05 \x01(\t\x12\x11\n\tchat_only\x18\x06 \x01(\x08\x12\x38\n\rchat_template\x18\x07 \x01(\x0e\x32!.evalfleet.v1.ChatTemplateSupport\x12\x1a\n\x12max_context_tokens\x18\x08 \x01(\x05\x12\x16\n\x0eprefix_sharing\x18\t \x01(\x08\x12\x1e\n\x16max_concurrent_batches\x18\n \x01(\x05\x12\x31\n\rlogprob_probe\x18\x0b \x01(\x0b\x32\x1a.evalfleet.v1.LogprobProbe\x12\x14\n\x0csame_context\x18\x0c \x01(\x08\"B\n\tItemError\x12\x0f\n\x07message\x18\x01 \x01(\t\x12\x11\n\tretryable\x18\x02 \x01(\x08\x12\x11\n\tcancelled\x18\x03 \x01(\x08\"\xe7\x01\n\tBatchCost\x12\x1a\n\x12positions_computed\x18\x01 \x01(\x03\x12\x15\n\rprompt_tokens\x18\x02 \x01(\x03\x12\x19\n\x11\x63ompletion_tokens\x18\x03 \x01(\x03\x12\x15\n\rhttp_requests\x18\x04 \x01(\x05\x12\x0f\n\x07retries\x18\x05 \x01(\x05\x12\x19\n\x11throttled_seconds\x18\x06 \x01(\x01\x12\x17\n\x0f\x63ompute_seconds\x18\x07 \x01(\x01\x12\x1b\n\x13throttled_responses\x18\x08 \x01(\x05\x12\x13\n\x0b\x63oncurrency\x18\t \x01(\x05\"d\n\x11LoglikelihoodItem\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontext\x18\x02 \x01(\t\x12\x14\n\x0c\x63ontinuation\x18\x03 \x01(\t\x12\x14\n\x0csame_context\x18\x04 \x01(\x08\"F\n\x14LoglikelihoodRequest\x12.\n\x05items\x18\x01 \x03(\x0b\x32\x1f.evalfleet.v1.LoglikelihoodItem\"\x89\x01\n\x0bTokenScores\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x10\n\x08logprobs\x18\x02 \x03(\x02\x12\x0e\n\x06greedy\x18\x03 \x03(\x08\x12&\n\x05\x65rror\x18\x04 \x01(\x0b\x32\x17.evalfleet.v1.ItemError\x12\x12\n\x05total\x18\x05 \x01(\x01H\x00\x88\x01\x01\x42\x08\n\x06_total\"p\n\x15LoglikelihoodResponse\x12*\n\x07results\x18\x01 \x03(\x0b\x32\x19.evalfleet.v1.TokenScores\x12%\n\x04\x63ost\x18\x03 \x01(\x0b\x32\x17.evalfleet.v1.BatchCostJ\x04\x08\x02\x10\x03\"/\n\x0bRollingItem\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0c\n\x04text\x18\x02 \x01(\t\"G\n\x1bLoglikelihoodRollingRequest\x12(\n\x05items\x18\x01 \x03(\x0b\x32\x19.evalfleet.v1.RollingItem\"w\n\x1cLoglikelihoodRollingResponse\x12*\n\x07results\x18\x01 \x03(\x0b\x32\x19.evalfleet.v1.TokenScores\x12%\n\x04\x63ost\x18\x03 \x01(\x0b\x32\x17.evalfleet.v1.BatchCostJ\x04\x08\x02\x10\x03\"\xb7\x01\n\x10GenerationParams\x12\r\n\x05until\x18\x01 \x03(\t\x12\x14\n\x0cmax_gen_toks\x18\x02 \x01(\x05\x12\x13\n\x0btemperature\x18\x03 \x01(\x02\x12\x11\n\tdo_sample\x18\x04 \x01(\x08\x12\x12\n\x05top_p\x18\x05 \x01(\x02H\x00\x88\x01\x01\x12\x12\n\x05top_k\x18\x06 \x01(\x05H\x01\x88\x01\x01\x12\x11\n\x04seed\x18\x07 \x01(\x03H\x02\x88\x01\x01\x42\x08\n\x06_top_pB\x08\n\x06_top_kB\x07\n\x05_seed\"z\n\x0cGenerateItem\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontext\x18\x02 \x01(\t\x12.\n\x06params\x18\x03 \x01(\x0b\x32\x1e.evalfleet.v1.GenerationParams\x12\x15\n\rchat_messages\x18\x04 \x01(\x08\"A\n\x14GenerateUntilRequest\x12)\n\x05items\x18\x01 \x03(\x0b\x32\x1a.evalfleet.v1.GenerateItem\"\xec\x01\n\nGeneration\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0c\n\x04text\x18\x02 \x01(\t\x12&\n\x05\x65rror\x18\x03 \x01(\x0b\x32\x17.evalfleet.v1.ItemError\x12\x11\n\treasoning\x18\x04 \x01(\t\x12\x18\n\x10hit_length_limit\x18\x05 \x01(\x08\x12\x1b\n\x13unfinished_thinking\x18\x06 \x01(\x08\x12\x15\n\rprompt_tokens\x18\x07 \x01(\x03\x12\x19\n\x11\x63ompletion_tokens\x18\x08 \x01(\x03\x12\x18\n\x10reasoning_tokens\x18\t \x01(\x03\"o\n\x15GenerateUntilResponse\x12)\n\x07results\x18\x01 \x03(\x0b\x32\x18.evalfleet.v1.Generation\x12%\n\x04\x63ost\x18\x03 \x01(\x0b\x32\x17.evalfleet.v1.BatchCostJ\x04\x08\x02\x10\x03\"^\n\x10\x43hatConversation\x12+\n\x08messages\x18\x01 \x03(\x0b\x32\x19.evalfleet.v1.ChatMessage\x12\x1d\n\x15\x61\x64\x64_generation_prompt\x18\x02 \x01(\x08\",\n\x0b\x43hatMessage\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\"h\n\x18\x41pplyChatTemplateRequest\x12\x15\n\rtemplate_name\x18\x01 \x01(\t\x12\x35\n\rconversations\x18\x02 \x03(\x0b\x32\x1e.evalfleet.v1.ChatConversation\"T\n\x19\x41pplyChatTemplateResponse\x12\x0f\n\x07prompts\x18\x01 \x03(\t\x12\x10\n\x08template\x18\x02 \x01(\t\x12\x14\n\x0ctemplate_sha\x18\x03 \x01(\t*\xa2\x01\n\x13\x43hatTemplateSupport\x12%\n!CHAT_TEMPLATE_SUPPORT_UNSPECIFIED\x10\x00\x12\x1e\n\x1a\x43HAT_TEMPLATE_SUPPORT_NONE\x10\x01\x12 \n\x1c\x43HAT_TEMPLATE_SUPPORT_RENDER\x10\x02\x12\"\n\x1e\x43HAT_TEMPLATE_SUPPORT_MESSAGES\x10\x03\x32\xe7\x03\n\x10InferenceService\x12J\n\x0cGetModelInfo\x12!.evalfleet.v1.GetModelInfoRequest\x1a\x17.evalfleet.v1.ModelInfo\x12X\n\rLoglikelihood\x12\".evalfleet.v1.LoglikelihoodRequest\x1a#.evalfleet.v1.LoglikelihoodResponse\x12m\n\x14LoglikelihoodRolling\x12).evalfleet.v1.LoglikelihoodRollingRequest\x1a*.evalfleet.v1.LoglikelihoodRollingResponse\x12X\n\rGenerateUntil\x12\".evalfleet.v1.GenerateUntilRequest\x1a#.evalfleet.v1.GenerateUntilResponse\x12\x64\n\x11\x41pplyChatTemplate\x12&.evalfleet.v1.ApplyChatTemplateRequest\x1a\'.evalfleet.v1.ApplyChatTemplateResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1c\x65valfleet/v1/inference.proto\x12\x0c\x65valfleet.v1\"\x15\n\x13GetModelInfoRequest\"\xaa\x04\n\tModelInfo\x12\x0f\n\x07\x62\x61\x63kend\x18\x01 \x01(\t\x12\x12\n\nmodel_name\x18\x02 \x01(\t\x12\x10\n\x08revision\x18\x03 \x01(\t\x12\x11\n\ttokenizer\x18\x04 \x01(\t\x12\x12\n\nmax_length\x18\x05 \x01(\x05\x12\x13\n\x0b\x66ingerprint\x18\x06 \x01(\t\x12\r\n\x05\x64type\x18\x07 \x01(\t\x12\x0e\n\x06\x64\x65vice\x18\x08 \x01(\t\x12\x16\n\x0enum_parameters\x18\t \x01(\x03\x12\x14\n\x0c\x65ot_token_id\x18\x0b \x01(\x05\x12\x11\n\tbos_token\x18\x0c \x01(\t\x12\x11\n\teos_token\x18\r \x01(\t\x12\x11\n\tpad_token\x18\x0e \x01(\t\x12:\n\nmodel_args\x18\x0f \x03(\x0b\x32&.evalfleet.v1.ModelInfo.ModelArgsEntry\x12\x30\n\x0c\x63\x61pabilities\x18\x10 \x01(\x0b\x32\x1a.evalfleet.v1.Capabilities\x12\x46\n\x10library_versions\x18\x11 \x03(\x0b\x32,.evalfleet.v1.ModelInfo.LibraryVersionsEntry\x1a\x30\n\x0eModelArgsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a\x36\n\x14LibraryVersionsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01J\x04\x08\n\x10\x0b\"=\n\x0cLogprobProbe\x12\x0b\n\x03ran\x18\x01 \x01(\x08\x12\x0e\n\x06passed\x18\x02 \x01(\x08\x12\x10\n\x08\x66indings\x18\x03 \x03(\t\"\x84\x03\n\x0c\x43\x61pabilities\x12\x15\n\rloglikelihood\x18\x01 \x01(\x08\x12\x1d\n\x15loglikelihood_rolling\x18\x02 \x01(\x08\x12\x16\n\x0egenerate_until\x18\x03 \x01(\x08\x12#\n\x1blogprobs_unavailable_reason\x18\x04 \x01(\t\x12\x17\n\x0flogprobs_remedy\x18\x05 \x01(\t\x12\x11\n\tchat_only\x18\x06 \x01(\x08\x12\x38\n\rchat_template\x18\x07 \x01(\x0e\x32!.evalfleet.v1.ChatTemplateSupport\x12\x1a\n\x12max_context_tokens\x18\x08 \x01(\x05\x12\x16\n\x0eprefix_sharing\x18\t \x01(\x08\x12\x1e\n\x16max_concurrent_batches\x18\n \x01(\x05\x12\x31\n\rlogprob_probe\x18\x0b \x01(\x0b\x32\x1a.evalfleet.v1.LogprobProbe\x12\x14\n\x0csame_context\x18\x0c \x01(\x08\"B\n\tItemError\x12\x0f\n\x07message\x18\x01 \x01(\t\x12\x11\n\tretryable\x18\x02 \x01(\x08\x12\x11\n\tcancelled\x18\x03 \x01(\x08\"\x98\x02\n\tBatchCost\x12\x1a\n\x12positions_computed\x18\x01 \x01(\x03\x12\x15\n\rprompt_tokens\x18\x02 \x01(\x03\x12\x19\n\x11\x63ompletion_tokens\x18\x03 \x01(\x03\x12\x15\n\rhttp_requests\x18\x04 \x01(\x05\x12\x0f\n\x07retries\x18\x05 \x01(\x05\x12\x19\n\x11throttled_seconds\x18\x06 \x01(\x01\x12\x17\n\x0f\x63ompute_seconds\x18\x07 \x01(\x01\x12\x1b\n\x13throttled_responses\x18\x08 \x01(\x05\x12\x13\n\x0b\x63oncurrency\x18\t \x01(\x05\x12\x15\n\rcached_tokens\x18\n \x01(\x03\x12\x18\n\x10reasoning_tokens\x18\x0b \x01(\x03\"d\n\x11LoglikelihoodItem\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontext\x18\x02 \x01(\t\x12\x14\n\x0c\x63ontinuation\x18\x03 \x01(\t\x12\x14\n\x0csame_context\x18\x04 \x01(\x08\"F\n\x14LoglikelihoodRequest\x12.\n\x05items\x18\x01 \x03(\x0b\x32\x1f.evalfleet.v1.LoglikelihoodItem\"\xd2\x01\n\x0bTokenScores\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x10\n\x08logprobs\x18\x02 \x03(\x02\x12\x0e\n\x06greedy\x18\x03 \x03(\x08\x12&\n\x05\x65rror\x18\x04 \x01(\x0b\x32\x17.evalfleet.v1.ItemError\x12\x12\n\x05total\x18\x05 \x01(\x01H\x00\x88\x01\x01\x12\x15\n\rprompt_tokens\x18\x06 \x01(\x03\x12\x19\n\x11\x63ompletion_tokens\x18\x07 \x01(\x03\x12\x15\n\rcached_tokens\x18\x08 \x01(\x03\x42\x08\n\x06_total\"p\n\x15LoglikelihoodResponse\x12*\n\x07results\x18\x01 \x03(\x0b\x32\x19.evalfleet.v1.TokenScores\x12%\n\x04\x63ost\x18\x03 \x01(\x0b\x32\x17.evalfleet.v1.BatchCostJ\x04\x08\x02\x10\x03\"/\n\x0bRollingItem\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0c\n\x04text\x18\x02 \x01(\t\"G\n\x1bLoglikelihoodRollingRequest\x12(\n\x05items\x18\x01 \x03(\x0b\x32\x19.evalfleet.v1.RollingItem\"w\n\x1cLoglikelihoodRollingResponse\x12*\n\x07results\x18\x01 \x03(\x0b\x32\x19.evalfleet.v1.TokenScores\x12%\n\x04\x63ost\x18\x03 \x01(\x0b\x32\x17.evalfleet.v1.BatchCostJ\x04\x08\x02\x10\x03\"\xb7\x01\n\x10GenerationParams\x12\r\n\x05until\x18\x01 \x03(\t\x12\x14\n\x0cmax_gen_toks\x18\x02 \x01(\x05\x12\x13\n\x0btemperature\x18\x03 \x01(\x02\x12\x11\n\tdo_sample\x18\x04 \x01(\x08\x12\x12\n\x05top_p\x18\x05 \x01(\x02H\x00\x88\x01\x01\x12\x12\n\x05top_k\x18\x06 \x01(\x05H\x01\x88\x01\x01\x12\x11\n\x04seed\x18\x07 \x01(\x03H\x02\x88\x01\x01\x42\x08\n\x06_top_pB\x08\n\x06_top_kB\x07\n\x05_seed\"z\n\x0cGenerateItem\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontext\x18\x02 \x01(\t\x12.\n\x06params\x18\x03 \x01(\x0b\x32\x1e.evalfleet.v1.GenerationParams\x12\x15\n\rchat_messages\x18\x04 \x01(\x08\"A\n\x14GenerateUntilRequest\x12)\n\x05items\x18\x01 \x03(\x0b\x32\x1a.evalfleet.v1.GenerateItem\"\x83\x02\n\nGeneration\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0c\n\x04text\x18\x02 \x01(\t\x12&\n\x05\x65rror\x18\x03 \x01(\x0b\x32\x17.evalfleet.v1.ItemError\x12\x11\n\treasoning\x18\x04 \x01(\t\x12\x18\n\x10hit_length_limit\x18\x05 \x01(\x08\x12\x1b\n\x13unfinished_thinking\x18\x06 \x01(\x08\x12\x15\n\rprompt_tokens\x18\x07 \x01(\x03\x12\x19\n\x11\x63ompletion_tokens\x18\x08 \x01(\x03\x12\x18\n\x10reasoning_tokens\x18\t \x01(\x03\x12\x15\n\rcached_tokens\x18\n \x01(\x03\"o\n\x15GenerateUntilResponse\x12)\n\x07results\x18\x01 \x03(\x0b\x32\x18.evalfleet.v1.Generation\x12%\n\x04\x63ost\x18\x03 \x01(\x0b\x32\x17.evalfleet.v1.BatchCostJ\x04\x08\x02\x10\x03\"^\n\x10\x43hatConversation\x12+\n\x08messages\x18\x01 \x03(\x0b\x32\x19.evalfleet.v1.ChatMessage\x12\x1d\n\x15\x61\x64\x64_generation_prompt\x18\x02 \x01(\x08\",\n\x0b\x43hatMessage\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\"h\n\x18\x41pplyChatTemplateRequest\x12\x15\n\rtemplate_name\x18\x01 \x01(\t\x12\x35\n\rconversations\x18\x02 \x03(\x0b\x32\x1e.evalfleet.v1.ChatConversation\"T\n\x19\x41pplyChatTemplateResponse\x12\x0f\n\x07prompts\x18\x01 \x03(\t\x12\x10\n\x08template\x18\x02 \x01(\t\x12\x14\n\x0ctemplate_sha\x18\x03 \x01(\t*\xa2\x01\n\x13\x43hatTemplateSupport\x12%\n!CHAT_TEMPLATE_SUPPORT_UNSPECIFIED\x10\x00\x12\x1e\n\x1a\x43HAT_TEMPLATE_SUPPORT_NONE\x10\x01\x12 \n\x1c\x43HAT_TEMPLATE_SUPPORT_RENDER\x10\x02\x12\"\n\x1e\x43HAT_TEMPLATE_SUPPORT_MESSAGES\x10\x03\x32\xe7\x03\n\x10InferenceService\x12J\n\x0cGetModelInfo\x12!.evalfleet.v1.GetModelInfoRequest\x1a\x17.evalfleet.v1.ModelInfo\x12X\n\rLoglikelihood\x12\".evalfleet.v1.LoglikelihoodRequest\x1a#.evalfleet.v1.LoglikelihoodResponse\x12m\n\x14LoglikelihoodRolling\x12).evalfleet.v1.LoglikelihoodRollingRequest\x1a*.evalfleet.v1.LoglikelihoodRollingResponse\x12X\n\rGenerateUntil\x12\".evalfleet.v1.GenerateUntilRequest\x1a#.evalfleet.v1.GenerateUntilResponse\x12\x64\n\x11\x41pplyChatTemplate\x12&.evalfleet.v1.ApplyChatTemplateRequest\x1a\'.evalfleet.v1.ApplyChatTemplateResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,8 +35,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_MODELINFO_MODELARGSENTRY']._serialized_options = b'8\001'
   _globals['_MODELINFO_LIBRARYVERSIONSENTRY']._loaded_options = None
   _globals['_MODELINFO_LIBRARYVERSIONSENTRY']._serialized_options = b'8\001'
-  _globals['_CHATTEMPLATESUPPORT']._serialized_start=3117
-  _globals['_CHATTEMPLATESUPPORT']._serialized_end=3279
+  _globals['_CHATTEMPLATESUPPORT']._serialized_start=3262
+  _globals['_CHATTEMPLATESUPPORT']._serialized_end=3424
   _globals['_GETMODELINFOREQUEST']._serialized_start=46
   _globals['_GETMODELINFOREQUEST']._serialized_end=67
   _globals['_MODELINFO']._serialized_start=70
@@ -52,39 +52,39 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ITEMERROR']._serialized_start=1080
   _globals['_ITEMERROR']._serialized_end=1146
   _globals['_BATCHCOST']._serialized_start=1149
-  _globals['_BATCHCOST']._serialized_end=1380
-  _globals['_LOGLIKELIHOODITEM']._serialized_start=1382
-  _globals['_LOGLIKELIHOODITEM']._serialized_end=1482
-  _globals['_LOGLIKELIHOODREQUEST']._serialized_start=1484
-  _globals['_LOGLIKELIHOODREQUEST']._serialized_end=1554
-  _globals['_TOKENSCORES']._serialized_start=1557
-  _globals['_TOKENSCORES']._serialized_end=1694
-  _globals['_LOGLIKELIHOODRESPONSE']._serialized_start=1696
-  _globals['_LOGLIKELIHOODRESPONSE']._serialized_end=1808
-  _globals['_ROLLINGITEM']._serialized_start=1810
-  _globals['_ROLLINGITEM']._serialized_end=1857
-  _globals['_LOGLIKELIHOODROLLINGREQUEST']._serialized_start=1859
-  _globals['_LOGLIKELIHOODROLLINGREQUEST']._serialized_end=1930
-  _globals['_LOGLIKELIHOODROLLINGRESPONSE']._serialized_start=1932
-  _globals['_LOGLIKELIHOODROLLINGRESPONSE']._serialized_end=2051
-  _globals['_GENERATIONPARAMS']._serialized_start=2054
-  _globals['_GENERATIONPARAMS']._serialized_end=2237
-  _globals['_GENERATEITEM']._serialized_start=2239
-  _globals['_GENERATEITEM']._serialized_end=2361
-  _globals['_GENERATEUNTILREQUEST']._serialized_start=2363
-  _globals['_GENERATEUNTILREQUEST']._serialized_end=2428
-  _globals['_GENERATION']._serialized_start=2431
-  _globals['_GENERATION']._serialized_end=2667
-  _globals['_GENERATEUNTILRESPONSE']._serialized_start=2669
-  _globals['_GENERATEUNTILRESPONSE']._serialized_end=2780
-  _globals['_CHATCONVERSATION']._serialized_start=2782
-  _globals['_CHATCONVERSATION']._serialized_end=2876
-  _globals['_CHATMESSAGE']._serialized_start=2878
-  _globals['_CHATMESSAGE']._serialized_end=2922
-  _globals['_APPLYCHATTEMPLATEREQUEST']._serialized_start=2924
-  _globals['_APPLYCHATTEMPLATEREQUEST']._serialized_end=3028
-  _globals['_APPLYCHATTEMPLATERESPONSE']._serialized_start=3030
-  _globals['_APPLYCHATTEMPLATERESPONSE']._serialized_end=3114
-  _globals['_INFERENCESERVICE']._serialized_start=3282
-  _globals['_INFERENCESERVICE']._serialized_end=3769
+  _globals['_BATCHCOST']._serialized_end=1429
+  _globals['_LOGLIKELIHOODITEM']._serialized_start=1431
+  _globals['_LOGLIKELIHOODITEM']._serialized_end=1531
+  _globals['_LOGLIKELIHOODREQUEST']._serialized_start=1533
+  _globals['_LOGLIKELIHOODREQUEST']._serialized_end=1603
+  _globals['_TOKENSCORES']._serialized_start=1606
+  _globals['_TOKENSCORES']._serialized_end=1816
+  _globals['_LOGLIKELIHOODRESPONSE']._serialized_start=1818
+  _globals['_LOGLIKELIHOODRESPONSE']._serialized_end=1930
+  _globals['_ROLLINGITEM']._serialized_start=1932
+  _globals['_ROLLINGITEM']._serialized_end=1979
+  _globals['_LOGLIKELIHOODROLLINGREQUEST']._serialized_start=1981
+  _globals['_LOGLIKELIHOODROLLINGREQUEST']._serialized_end=2052
+  _globals['_LOGLIKELIHOODROLLINGRESPONSE']._serialized_start=2054
+  _globals['_LOGLIKELIHOODROLLINGRESPONSE']._serialized_end=2173
+  _globals['_GENERATIONPARAMS']._serialized_start=2176
+  _globals['_GENERATIONPARAMS']._serialized_end=2359
+  _globals['_GENERATEITEM']._serialized_start=2361
+  _globals['_GENERATEITEM']._serialized_end=2483
+  _globals['_GENERATEUNTILREQUEST']._serialized_start=2485
+  _globals['_GENERATEUNTILREQUEST']._serialized_end=2550
+  _globals['_GENERATION']._serialized_start=2553
+  _globals['_GENERATION']._serialized_end=2812
+  _globals['_GENERATEUNTILRESPONSE']._serialized_start=2814
+  _globals['_GENERATEUNTILRESPONSE']._serialized_end=2925
+  _globals['_CHATCONVERSATION']._serialized_start=2927
+  _globals['_CHATCONVERSATION']._serialized_end=3021
+  _globals['_CHATMESSAGE']._serialized_start=3023
+  _globals['_CHATMESSAGE']._serialized_end=3067
+  _globals['_APPLYCHATTEMPLATEREQUEST']._serialized_start=3069
+  _globals['_APPLYCHATTEMPLATEREQUEST']._serialized_end=3173
+  _globals['_APPLYCHATTEMPLATERESPONSE']._serialized_start=3175
+  _globals['_APPLYCHATTEMPLATERESPONSE']._serialized_end=3259
+  _globals['_INFERENCESERVICE']._serialized_start=3427
+  _globals['_INFERENCESERVICE']._serialized_end=3914
 # @@protoc_insertion_point(module_scope)

@@ -121,7 +121,7 @@ class ItemError(_message.Message):
     def __init__(self, message: _Optional[str] = ..., retryable: _Optional[bool] = ..., cancelled: _Optional[bool] = ...) -> None: ...
 
 class BatchCost(_message.Message):
-    __slots__ = ("positions_computed", "prompt_tokens", "completion_tokens", "http_requests", "retries", "throttled_seconds", "compute_seconds", "throttled_responses", "concurrency")
+    __slots__ = ("positions_computed", "prompt_tokens", "completion_tokens", "http_requests", "retries", "throttled_seconds", "compute_seconds", "throttled_responses", "concurrency", "cached_tokens", "reasoning_tokens")
     POSITIONS_COMPUTED_FIELD_NUMBER: _ClassVar[int]
     PROMPT_TOKENS_FIELD_NUMBER: _ClassVar[int]
     COMPLETION_TOKENS_FIELD_NUMBER: _ClassVar[int]
@@ -131,6 +131,8 @@ class BatchCost(_message.Message):
     COMPUTE_SECONDS_FIELD_NUMBER: _ClassVar[int]
     THROTTLED_RESPONSES_FIELD_NUMBER: _ClassVar[int]
     CONCURRENCY_FIELD_NUMBER: _ClassVar[int]
+    CACHED_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    REASONING_TOKENS_FIELD_NUMBER: _ClassVar[int]
     positions_computed: int
     prompt_tokens: int
     completion_tokens: int
@@ -140,7 +142,9 @@ class BatchCost(_message.Message):
     compute_seconds: float
     throttled_responses: int
     concurrency: int
-    def __init__(self, positions_computed: _Optional[int] = ..., prompt_tokens: _Optional[int] = ..., completion_tokens: _Optional[int] = ..., http_requests: _Optional[int] = ..., retries: _Optional[int] = ..., throttled_seconds: _Optional[float] = ..., compute_seconds: _Optional[float] = ..., throttled_responses: _Optional[int] = ..., concurrency: _Optional[int] = ...) -> None: ...
+    cached_tokens: int
+    reasoning_tokens: int
+    def __init__(self, positions_computed: _Optional[int] = ..., prompt_tokens: _Optional[int] = ..., completion_tokens: _Optional[int] = ..., http_requests: _Optional[int] = ..., retries: _Optional[int] = ..., throttled_seconds: _Optional[float] = ..., compute_seconds: _Optional[float] = ..., throttled_responses: _Optional[int] = ..., concurrency: _Optional[int] = ..., cached_tokens: _Optional[int] = ..., reasoning_tokens: _Optional[int] = ...) -> None: ...
 
 class LoglikelihoodItem(_message.Message):
     __slots__ = ("request_id", "context", "continuation", "same_context")
@@ -161,18 +165,24 @@ class LoglikelihoodRequest(_message.Message):
     def __init__(self, items: _Optional[_Iterable[_Union[LoglikelihoodItem, _Mapping]]] = ...) -> None: ...
 
 class TokenScores(_message.Message):
-    __slots__ = ("request_id", "logprobs", "greedy", "error", "total")
+    __slots__ = ("request_id", "logprobs", "greedy", "error", "total", "prompt_tokens", "completion_tokens", "cached_tokens")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     LOGPROBS_FIELD_NUMBER: _ClassVar[int]
     GREEDY_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
     TOTAL_FIELD_NUMBER: _ClassVar[int]
+    PROMPT_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    COMPLETION_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    CACHED_TOKENS_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     logprobs: _containers.RepeatedScalarFieldContainer[float]
     greedy: _containers.RepeatedScalarFieldContainer[bool]
     error: ItemError
     total: float
-    def __init__(self, request_id: _Optional[str] = ..., logprobs: _Optional[_Iterable[float]] = ..., greedy: _Optional[_Iterable[bool]] = ..., error: _Optional[_Union[ItemError, _Mapping]] = ..., total: _Optional[float] = ...) -> None: ...
+    prompt_tokens: int
+    completion_tokens: int
+    cached_tokens: int
+    def __init__(self, request_id: _Optional[str] = ..., logprobs: _Optional[_Iterable[float]] = ..., greedy: _Optional[_Iterable[bool]] = ..., error: _Optional[_Union[ItemError, _Mapping]] = ..., total: _Optional[float] = ..., prompt_tokens: _Optional[int] = ..., completion_tokens: _Optional[int] = ..., cached_tokens: _Optional[int] = ...) -> None: ...
 
 class LoglikelihoodResponse(_message.Message):
     __slots__ = ("results", "cost")
@@ -241,7 +251,7 @@ class GenerateUntilRequest(_message.Message):
     def __init__(self, items: _Optional[_Iterable[_Union[GenerateItem, _Mapping]]] = ...) -> None: ...
 
 class Generation(_message.Message):
-    __slots__ = ("request_id", "text", "error", "reasoning", "hit_length_limit", "unfinished_thinking", "prompt_tokens", "completion_tokens", "reasoning_tokens")
+    __slots__ = ("request_id", "text", "error", "reasoning", "hit_length_limit", "unfinished_thinking", "prompt_tokens", "completion_tokens", "reasoning_tokens", "cached_tokens")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     TEXT_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
@@ -251,6 +261,7 @@ class Generation(_message.Message):
     PROMPT_TOKENS_FIELD_NUMBER: _ClassVar[int]
     COMPLETION_TOKENS_FIELD_NUMBER: _ClassVar[int]
     REASONING_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    CACHED_TOKENS_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     text: str
     error: ItemError
@@ -260,7 +271,8 @@ class Generation(_message.Message):
     prompt_tokens: int
     completion_tokens: int
     reasoning_tokens: int
-    def __init__(self, request_id: _Optional[str] = ..., text: _Optional[str] = ..., error: _Optional[_Union[ItemError, _Mapping]] = ..., reasoning: _Optional[str] = ..., hit_length_limit: _Optional[bool] = ..., unfinished_thinking: _Optional[bool] = ..., prompt_tokens: _Optional[int] = ..., completion_tokens: _Optional[int] = ..., reasoning_tokens: _Optional[int] = ...) -> None: ...
+    cached_tokens: int
+    def __init__(self, request_id: _Optional[str] = ..., text: _Optional[str] = ..., error: _Optional[_Union[ItemError, _Mapping]] = ..., reasoning: _Optional[str] = ..., hit_length_limit: _Optional[bool] = ..., unfinished_thinking: _Optional[bool] = ..., prompt_tokens: _Optional[int] = ..., completion_tokens: _Optional[int] = ..., reasoning_tokens: _Optional[int] = ..., cached_tokens: _Optional[int] = ...) -> None: ...
 
 class GenerateUntilResponse(_message.Message):
     __slots__ = ("results", "cost")
