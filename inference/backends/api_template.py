@@ -18,7 +18,6 @@ import json
 import os
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from importlib.metadata import PackageNotFoundError, version
 from typing import Any, ClassVar, TypeVar
 
 from evalfleet.common.errors import EvalfleetError, FailedPreconditionError
@@ -36,6 +35,7 @@ from evalfleet.inference.backends.base import (
     ItemError,
     ModelInfo,
 )
+from evalfleet.inference.backends.loading import library_versions
 from evalfleet.inference.backends.reasoning import reasoning_fingerprint
 
 log = get_logger("backend.api")
@@ -72,17 +72,6 @@ def remote_fingerprint(family: str, args: ApiArgs, tokenizer: ApiTokenizer | Non
                       "tokenizer": tokenizer.identity if tokenizer else None,
                       "revision": args.revision}, sort_keys=True)
     return "sha256:" + hashlib.sha256(key.encode()).hexdigest()
-
-
-def library_versions(*names: str) -> dict[str, str]:
-    """Installed versions of ``names`` (missing ones left out)."""
-    out = {}
-    for name in names:
-        try:
-            out[name] = version(name)
-        except PackageNotFoundError:
-            continue
-    return out
 
 
 class RemoteBackend(Backend):

@@ -20,6 +20,7 @@ from evalfleet.inference.backends.fingerprint import (
     resolve_local_dir,
     tokenizer_files,
 )
+from evalfleet.inference.backends.loading import configure_pad_token
 from evalfleet.inference.backends.pair_encoding import TemplateLMEncoding
 
 
@@ -113,7 +114,7 @@ def load_api_tokenizer(args: ApiArgs) -> ApiTokenizer | None:
             field, f"cannot load the tokenizer {name!r} ({exc}); give tokenizer=<local path or "
                    "hub id of the served model's tokenizer>, or tokenizer_backend=none for "
                    "generation only") from exc
-    _configure_pad_token(tok)
+    configure_pad_token(tok)
     local = resolve_local_dir(name, args.revision)
     files = tokenizer_files(local) if local is not None else []
     identity = fingerprint(files, f"tokenizer:{name}@{args.revision}") if files \
@@ -121,15 +122,3 @@ def load_api_tokenizer(args: ApiArgs) -> ApiTokenizer | None:
     return ApiTokenizer("huggingface", tok, add_bos_token=args.add_bos_token,
                         custom_prefix_token_id=args.custom_prefix_token_id,
                         eos_string=args.eos_string, identity=identity)
-
-
-def _configure_pad_token(tokenizer: Any) -> None:
-    """lm-eval's ``configure_pad_token`` (API models call it "to mirror HFLM")."""
-    if tokenizer.pad_token_id is not None or tokenizer.pad_token:
-        return
-    if tokenizer.unk_token:
-        tokenizer.pad_token_id = tokenizer.unk_token_id
-    elif tokenizer.eos_token:
-        tokenizer.pad_token_id = tokenizer.eos_token_id
-    else:
-        tokenizer.add_special_tokens({"pad_token": "<|pad|>"})

@@ -7,7 +7,6 @@ import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -45,6 +44,7 @@ from evalfleet.inference.backends.hf_model_kwargs import reject_unused, split_ex
 from evalfleet.inference.backends.hf_quant import bnb_config, check_prerequisites
 from evalfleet.inference.backends.hf_score import ForwardInterrupted, ScorePlan, Scorer
 from evalfleet.inference.backends.hf_text import HFTokenizer, ScoreRequest, make_score_request
+from evalfleet.inference.backends.loading import configure_pad_token, library_versions
 from evalfleet.inference.backends.reasoning import reasoning_fingerprint
 from evalfleet.inference.backends.threaded import OneAtATime
 from evalfleet.inference.backends.windows import rolling_windows
@@ -67,18 +67,6 @@ def resolve_max_length(config, tokenizer, default: int = DEFAULT_MAX_LENGTH) -> 
     if tok_max is not None and tok_max != TOKENIZER_INFINITY:
         return int(tok_max)
     return default
-
-
-def _configure_pad_token(tokenizer) -> None:
-    """lm-eval's ``configure_pad_token``: pad = pad, else unk, else eos, else a new ``<|pad|>``."""
-    if tokenizer.pad_token_id is not None or tokenizer.pad_token:
-        return
-    if tokenizer.unk_token:
-        tokenizer.pad_token_id = tokenizer.unk_token_id
-    elif tokenizer.eos_token:
-        tokenizer.pad_token_id = tokenizer.eos_token_id
-    else:
-        tokenizer.add_special_tokens({"pad_token": "<|pad|>"})
 
 
 def _check_local_path(field: str, name: str) -> None:
@@ -185,7 +173,7 @@ class HFBackend(Backend):
         if args.quant is None:
             model.to(device)
         model.eval()
-        _configure_pad_token(tokenizer)
+        configure_pad_token(tokenizer)
         fp = reasoning_fingerprint(cls._fingerprint_files(args), args.think_end_token)
         if args.quant is not None:  # quantized weights answer differently: a key of their own
             fp = "sha256:" + _sha256(f"{fp} {sorted(args.quant.config_kwargs().items())}")
@@ -243,7 +231,7 @@ class HFBackend(Backend):
                 max_context_tokens=self.max_length,
                 prefix_sharing=self.args.prefix_sharing and self.scorer.supports_sharing,
                 max_concurrent_batches=1),
-            library_versions=_library_versions("torch", "transformers", "evalfleet"),
+            library_versions=library_versions("torch", "transformers", "evalfleet"),
         )
 
     @property
@@ -456,13 +444,3 @@ def _sha256(text: str) -> str:
     import hashlib
 
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
-
-
-def _library_versions(*names: str) -> dict[str, str]:
-    out = {}
-    for name in names:
-        try:
-            out[name] = version(name)
-        except PackageNotFoundError:
-            continue
-    return out

@@ -27,7 +27,6 @@ import numpy as np
 
 from evalfleet.common.errors import InvalidArgumentError
 from evalfleet.common.logging import get_logger
-from evalfleet.inference.backends.api_template import library_versions
 from evalfleet.inference.backends.base import (
     Answers,
     Backend,
@@ -50,6 +49,7 @@ from evalfleet.inference.backends.fingerprint import (
     tokenizer_files,
 )
 from evalfleet.inference.backends.hf_text import HFTokenizer
+from evalfleet.inference.backends.loading import library_versions
 from evalfleet.inference.backends.reasoning import (
     GeneratedText,
     local_generation,
