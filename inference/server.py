@@ -28,6 +28,8 @@ from evalfleet.inference.backends import get_backend
 from evalfleet.inference.backends.base import (
     Answers,
     Backend,
+    BatchRequests,
+    BatchStatus,
     Capabilities,
     ChatTemplateSupport,
     Conversation,
@@ -35,6 +37,7 @@ from evalfleet.inference.backends.base import (
     GenerationParams,
     GenerationRequest,
     ItemError,
+    ProviderBatchState,
     TokenScores,
 )
 from evalfleet.inference.backends.reasoning import generation_fields
@@ -42,6 +45,16 @@ from evalfleet.v1 import inference_pb2 as pb
 from evalfleet.v1 import inference_pb2_grpc as pb_grpc
 
 log = get_logger("worker")
+
+_BATCH_STATE = {
+    ProviderBatchState.IN_PROGRESS: pb.PROVIDER_BATCH_STATE_IN_PROGRESS,
+    ProviderBatchState.ENDED: pb.PROVIDER_BATCH_STATE_ENDED,
+    ProviderBatchState.EXPIRED: pb.PROVIDER_BATCH_STATE_EXPIRED,
+    ProviderBatchState.FAILED: pb.PROVIDER_BATCH_STATE_FAILED,
+    ProviderBatchState.CANCELED: pb.PROVIDER_BATCH_STATE_CANCELED,
+}
+#: Longest SubmitBatchRequest.tag (OpenAI's limit on a metadata value).
+MAX_BATCH_TAG = 512
 
 _CHAT_SUPPORT = {
     ChatTemplateSupport.NONE: pb.CHAT_TEMPLATE_SUPPORT_NONE,
@@ -60,7 +73,8 @@ def capabilities_pb(caps: Capabilities) -> pb.Capabilities:
         chat_template=_CHAT_SUPPORT[caps.chat_template],
         max_context_tokens=caps.max_context_tokens, prefix_sharing=caps.prefix_sharing,
         max_concurrent_batches=caps.max_concurrent_batches,
-        same_context=True)  # the servicer resolves it for every backend
+        same_context=True,  # the servicer resolves it for every backend
+        batch_api=caps.batch_api)
     if caps.probe is not None:
         msg.logprob_probe.CopyFrom(pb.LogprobProbe(ran=True, passed=caps.probe.passed,
                                                    findings=list(caps.probe.findings)))
@@ -86,6 +100,10 @@ def _token_scores_pb(request_id: str, outcome: TokenScores | ItemError) -> pb.To
         msg.greedy.extend(outcome.greedy.tolist())
         if outcome.backend_total is not None:
             msg.total = outcome.backend_total
+        if outcome.usage:  # a remote API's usage, this request's share
+            msg.prompt_tokens = outcome.usage.prompt_tokens
+            msg.completion_tokens = outcome.usage.completion_tokens
+            msg.cached_tokens = outcome.usage.cached_tokens
     return msg
 
 
@@ -303,6 +321,30 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
                      for item, r in zip(request.items, answers.results, strict=True)],
             cost=cost_pb(answers.cost))
 
+    async def SubmitBatch(self, request: pb.SubmitBatchRequest, context
+                          ) -> pb.SubmitBatchResponse:
+        if not request.tag:
+            raise InvalidArgumentError("tag: empty; give the idempotency tag of the batch (e.g. "
+                                       "the job id and chunk key)")
+        if len(request.tag) > MAX_BATCH_TAG:
+            raise InvalidArgumentError(f"tag: {len(request.tag)} characters, at most "
+                                       f"{MAX_BATCH_TAG}")
+        batch = _batch_requests(request)
+        if batch is None:
+            raise InvalidArgumentError("requests: unset; give loglikelihood or generate_until "
+                                       "requests")
+        submitted = await self._backend.submit_batch(request.tag, batch)
+        log.info("batch_submitted", kind=batch.kind, items=len(batch.items),
+                 batch_id=submitted.batch_id, reused=submitted.reused)
+        return pb.SubmitBatchResponse(batch_id=submitted.batch_id, reused=submitted.reused)
+
+    async def PollBatch(self, request: pb.PollBatchRequest, context) -> pb.PollBatchResponse:
+        if not request.batch_id:
+            raise InvalidArgumentError("batch_id: empty; give the id SubmitBatch returned")
+        batch = _batch_requests(request)
+        status = await self._backend.poll_batch(request.batch_id, batch)
+        return _poll_response(status, request)
+
     async def ApplyChatTemplate(self, request: pb.ApplyChatTemplateRequest, context
                                 ) -> pb.ApplyChatTemplateResponse:
         for i, conversation in enumerate(request.conversations):
@@ -317,6 +359,44 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
         return pb.ApplyChatTemplateResponse(prompts=rendering.prompts,
                                             template=rendering.template,
                                             template_sha=rendering.template_sha)
+
+
+def _batch_requests(request: pb.SubmitBatchRequest | pb.PollBatchRequest
+                    ) -> BatchRequests | None:
+    """The backend's form of a SubmitBatch/PollBatch request's requests (None when unset); an
+    invalid generation item fails the call (INVALID_ARGUMENT naming it)."""
+    which = request.WhichOneof("requests")
+    if which == "loglikelihood":
+        return BatchRequests("loglikelihood",
+                             _loglikelihood_arguments(request.loglikelihood.items))
+    if which == "generate_until":
+        return BatchRequests("generate_until", [
+            GenerationRequest(_generation_context(i, item),
+                              generation_params_from_pb(item.params, f"items[{i}].params"))
+            for i, item in enumerate(request.generate_until.items)])
+    return None
+
+
+def _poll_response(status: BatchStatus, request: pb.PollBatchRequest) -> pb.PollBatchResponse:
+    """PollBatchResponse of ``status``; the answers carry the request ids of ``request``."""
+    response = pb.PollBatchResponse(
+        state=_BATCH_STATE[status.state], total=status.total, succeeded=status.succeeded,
+        errored=status.errored, pending=status.pending)
+    answers = status.answers
+    which = request.WhichOneof("requests")
+    if answers is None or which is None:
+        return response
+    if which == "loglikelihood":
+        ids = [item.request_id for item in request.loglikelihood.items]
+        response.loglikelihood.CopyFrom(pb.LoglikelihoodResponse(
+            results=[_token_scores_pb(i, r) for i, r in zip(ids, answers.results, strict=True)],
+            cost=cost_pb(answers.cost)))
+    else:
+        ids = [item.request_id for item in request.generate_until.items]
+        response.generate_until.CopyFrom(pb.GenerateUntilResponse(
+            results=[_generation_pb(i, r) for i, r in zip(ids, answers.results, strict=True)],
+            cost=cost_pb(answers.cost)))
+    return response
 
 
 def load_backend(backend_name: str, model_args: dict[str, Any],

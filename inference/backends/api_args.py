@@ -2,7 +2,8 @@
 
 Names and defaults are lm-eval 0.4.13's (``lm_eval/models/api_models.py``), plus ``api_key``
 (else the provider's environment variable) and ``probe_interval_s`` (how old the logprob probe
-may be before a loglikelihood job re-runs it). Unknown keys are refused with close matches
+may be before a loglikelihood job re-runs it) and ``batch_api`` (send batches through the
+provider's batch API: SubmitBatch/PollBatch). Unknown keys are refused with close matches
 (lm-eval silently swallows them, so ``max_tokens=512`` would do nothing there).
 """
 
@@ -35,7 +36,7 @@ _KNOWN = (
     "max_gen_toks", "batch_size", "seed", "add_bos_token", "custom_prefix_token_id",
     "eos_string", "trust_remote_code", "revision", "use_fast_tokenizer", "verify_certificate",
     "ca_cert_path", "header", "truncate", "think_end_token", "probe_interval_s", "max_images",
-    "enable_thinking", "adaptive_concurrency",
+    "enable_thinking", "adaptive_concurrency", "batch_api",
 )
 
 
@@ -70,6 +71,8 @@ class ApiArgs:
     # the chat template's enable_thinking (sent as chat_template_kwargs; None: not sent)
     enable_thinking: bool | None = None
     probe_interval_s: float = 600.0
+    # answer SubmitBatch/PollBatch through the provider's batch API (inference/.../*_batch.py)
+    batch_api: bool = False
 
     @property
     def max_tokens_in_window(self) -> int:
@@ -174,6 +177,7 @@ def parse_api_args(backend: str, model_args: dict[str, Any], *, batch_size: int 
     out.enable_thinking = opt(as_bool, "enable_thinking", a.pop("enable_thinking", None))
     out.probe_interval_s = as_float("probe_interval_s", a.pop("probe_interval_s", 600),
                                     minimum=0)
+    out.batch_api = as_bool("batch_api", a.pop("batch_api", False))
     a.pop("truncate", None)  # accepted and unused, as in lm-eval
     max_images = a.pop("max_images", 1)
     if as_int("max_images", max_images) != 1:

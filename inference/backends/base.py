@@ -21,14 +21,14 @@ from typing import Any, ClassVar, Generic, TypeVar
 
 import numpy as np
 
-from evalfleet.common.errors import InvalidArgumentError
+from evalfleet.common.errors import FailedPreconditionError, InvalidArgumentError
 from evalfleet.common.generation import DEFAULT_MAX_GEN_TOKS, GenerationParams
 
 __all__ = [
     "CANCELLED", "DEFAULT_MAX_GEN_TOKS", "Answers", "Backend", "BackendArgumentError",
-    "Capabilities", "ChatRendering", "ChatTemplateSupport", "Conversation", "Cost",
-    "GenerationParams", "GenerationRequest", "ItemError", "ModelInfo", "ProbeResult",
-    "TokenScores",
+    "BatchRequests", "BatchStatus", "BatchSubmission", "Capabilities", "ChatRendering",
+    "ChatTemplateSupport", "Conversation", "Cost", "GenerationParams", "GenerationRequest",
+    "ItemError", "ModelInfo", "ProbeResult", "ProviderBatchState", "TokenScores",
 ]
 
 T = TypeVar("T")
@@ -73,6 +73,7 @@ class Capabilities:
     prefix_sharing: bool = False
     max_concurrent_batches: int = 1
     probe: ProbeResult | None = None
+    batch_api: bool = False  # submit_batch/poll_batch go through the provider's batch API
 
 
 @dataclass(frozen=True)
@@ -205,6 +206,46 @@ class ChatRendering:
     template_sha: str
 
 
+@dataclass(frozen=True)
+class BatchRequests:
+    """The requests of one provider batch: ``kind`` "loglikelihood" with (context,
+    continuation) pairs, or "generate_until" with :class:`GenerationRequest` items."""
+
+    kind: str
+    items: Sequence[Any]
+
+
+@dataclass(frozen=True)
+class BatchSubmission:
+    """A provider batch: its id, and whether it was found again by its tag (not created)."""
+
+    batch_id: str
+    reused: bool = False
+
+
+class ProviderBatchState(Enum):
+    """Where a provider batch stands (``ProviderBatchState`` in proto)."""
+
+    IN_PROGRESS = "in_progress"
+    ENDED = "ended"
+    EXPIRED = "expired"
+    FAILED = "failed"
+    CANCELED = "canceled"
+
+
+@dataclass
+class BatchStatus:
+    """A provider batch's state and counts (the provider's own) and, once terminal and asked
+    for, one outcome per submitted item in submission order."""
+
+    state: ProviderBatchState
+    total: int = 0
+    succeeded: int = 0
+    errored: int = 0
+    pending: int = 0
+    answers: Answers | None = None
+
+
 class Backend(ABC):
     """A model (local or behind an API) that scores and generates text for an inference worker.
 
@@ -266,3 +307,17 @@ class Backend(ABC):
         """Render conversations to prompts with the model's chat template (lm-eval's
         ``apply_chat_template``); only for ``ChatTemplateSupport.RENDER`` backends."""
         raise NotImplementedError(f"backend {self.name!r} does not render chat templates")
+
+    async def submit_batch(self, tag: str, requests: BatchRequests) -> BatchSubmission:
+        """Send ``requests`` through the provider's batch API (``Capabilities.batch_api``);
+        return an earlier batch carrying ``tag`` instead where the provider can find one."""
+        raise FailedPreconditionError(
+            f"backend {self.name!r} has no provider batch API (model_args batch_api); send the "
+            "requests online")
+
+    async def poll_batch(self, batch_id: str, requests: BatchRequests | None) -> BatchStatus:
+        """The state of batch ``batch_id``; with ``requests`` (those given to
+        :meth:`submit_batch`) and a terminal state, its answers too."""
+        raise FailedPreconditionError(
+            f"backend {self.name!r} has no provider batch API (model_args batch_api); there is "
+            "no batch to poll")

@@ -13,10 +13,25 @@ class ChatTemplateSupport(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     CHAT_TEMPLATE_SUPPORT_NONE: _ClassVar[ChatTemplateSupport]
     CHAT_TEMPLATE_SUPPORT_RENDER: _ClassVar[ChatTemplateSupport]
     CHAT_TEMPLATE_SUPPORT_MESSAGES: _ClassVar[ChatTemplateSupport]
+
+class ProviderBatchState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    PROVIDER_BATCH_STATE_UNSPECIFIED: _ClassVar[ProviderBatchState]
+    PROVIDER_BATCH_STATE_IN_PROGRESS: _ClassVar[ProviderBatchState]
+    PROVIDER_BATCH_STATE_ENDED: _ClassVar[ProviderBatchState]
+    PROVIDER_BATCH_STATE_EXPIRED: _ClassVar[ProviderBatchState]
+    PROVIDER_BATCH_STATE_FAILED: _ClassVar[ProviderBatchState]
+    PROVIDER_BATCH_STATE_CANCELED: _ClassVar[ProviderBatchState]
 CHAT_TEMPLATE_SUPPORT_UNSPECIFIED: ChatTemplateSupport
 CHAT_TEMPLATE_SUPPORT_NONE: ChatTemplateSupport
 CHAT_TEMPLATE_SUPPORT_RENDER: ChatTemplateSupport
 CHAT_TEMPLATE_SUPPORT_MESSAGES: ChatTemplateSupport
+PROVIDER_BATCH_STATE_UNSPECIFIED: ProviderBatchState
+PROVIDER_BATCH_STATE_IN_PROGRESS: ProviderBatchState
+PROVIDER_BATCH_STATE_ENDED: ProviderBatchState
+PROVIDER_BATCH_STATE_EXPIRED: ProviderBatchState
+PROVIDER_BATCH_STATE_FAILED: ProviderBatchState
+PROVIDER_BATCH_STATE_CANCELED: ProviderBatchState
 
 class GetModelInfoRequest(_message.Message):
     __slots__ = ()
@@ -83,7 +98,7 @@ class LogprobProbe(_message.Message):
     def __init__(self, ran: _Optional[bool] = ..., passed: _Optional[bool] = ..., findings: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class Capabilities(_message.Message):
-    __slots__ = ("loglikelihood", "loglikelihood_rolling", "generate_until", "logprobs_unavailable_reason", "logprobs_remedy", "chat_only", "chat_template", "max_context_tokens", "prefix_sharing", "max_concurrent_batches", "logprob_probe", "same_context")
+    __slots__ = ("loglikelihood", "loglikelihood_rolling", "generate_until", "logprobs_unavailable_reason", "logprobs_remedy", "chat_only", "chat_template", "max_context_tokens", "prefix_sharing", "max_concurrent_batches", "logprob_probe", "same_context", "batch_api")
     LOGLIKELIHOOD_FIELD_NUMBER: _ClassVar[int]
     LOGLIKELIHOOD_ROLLING_FIELD_NUMBER: _ClassVar[int]
     GENERATE_UNTIL_FIELD_NUMBER: _ClassVar[int]
@@ -96,6 +111,7 @@ class Capabilities(_message.Message):
     MAX_CONCURRENT_BATCHES_FIELD_NUMBER: _ClassVar[int]
     LOGPROB_PROBE_FIELD_NUMBER: _ClassVar[int]
     SAME_CONTEXT_FIELD_NUMBER: _ClassVar[int]
+    BATCH_API_FIELD_NUMBER: _ClassVar[int]
     loglikelihood: bool
     loglikelihood_rolling: bool
     generate_until: bool
@@ -108,7 +124,8 @@ class Capabilities(_message.Message):
     max_concurrent_batches: int
     logprob_probe: LogprobProbe
     same_context: bool
-    def __init__(self, loglikelihood: _Optional[bool] = ..., loglikelihood_rolling: _Optional[bool] = ..., generate_until: _Optional[bool] = ..., logprobs_unavailable_reason: _Optional[str] = ..., logprobs_remedy: _Optional[str] = ..., chat_only: _Optional[bool] = ..., chat_template: _Optional[_Union[ChatTemplateSupport, str]] = ..., max_context_tokens: _Optional[int] = ..., prefix_sharing: _Optional[bool] = ..., max_concurrent_batches: _Optional[int] = ..., logprob_probe: _Optional[_Union[LogprobProbe, _Mapping]] = ..., same_context: _Optional[bool] = ...) -> None: ...
+    batch_api: bool
+    def __init__(self, loglikelihood: _Optional[bool] = ..., loglikelihood_rolling: _Optional[bool] = ..., generate_until: _Optional[bool] = ..., logprobs_unavailable_reason: _Optional[str] = ..., logprobs_remedy: _Optional[str] = ..., chat_only: _Optional[bool] = ..., chat_template: _Optional[_Union[ChatTemplateSupport, str]] = ..., max_context_tokens: _Optional[int] = ..., prefix_sharing: _Optional[bool] = ..., max_concurrent_batches: _Optional[int] = ..., logprob_probe: _Optional[_Union[LogprobProbe, _Mapping]] = ..., same_context: _Optional[bool] = ..., batch_api: _Optional[bool] = ...) -> None: ...
 
 class ItemError(_message.Message):
     __slots__ = ("message", "retryable", "cancelled")
@@ -315,3 +332,49 @@ class ApplyChatTemplateResponse(_message.Message):
     template: str
     template_sha: str
     def __init__(self, prompts: _Optional[_Iterable[str]] = ..., template: _Optional[str] = ..., template_sha: _Optional[str] = ...) -> None: ...
+
+class SubmitBatchRequest(_message.Message):
+    __slots__ = ("tag", "loglikelihood", "generate_until")
+    TAG_FIELD_NUMBER: _ClassVar[int]
+    LOGLIKELIHOOD_FIELD_NUMBER: _ClassVar[int]
+    GENERATE_UNTIL_FIELD_NUMBER: _ClassVar[int]
+    tag: str
+    loglikelihood: LoglikelihoodRequest
+    generate_until: GenerateUntilRequest
+    def __init__(self, tag: _Optional[str] = ..., loglikelihood: _Optional[_Union[LoglikelihoodRequest, _Mapping]] = ..., generate_until: _Optional[_Union[GenerateUntilRequest, _Mapping]] = ...) -> None: ...
+
+class SubmitBatchResponse(_message.Message):
+    __slots__ = ("batch_id", "reused")
+    BATCH_ID_FIELD_NUMBER: _ClassVar[int]
+    REUSED_FIELD_NUMBER: _ClassVar[int]
+    batch_id: str
+    reused: bool
+    def __init__(self, batch_id: _Optional[str] = ..., reused: _Optional[bool] = ...) -> None: ...
+
+class PollBatchRequest(_message.Message):
+    __slots__ = ("batch_id", "loglikelihood", "generate_until")
+    BATCH_ID_FIELD_NUMBER: _ClassVar[int]
+    LOGLIKELIHOOD_FIELD_NUMBER: _ClassVar[int]
+    GENERATE_UNTIL_FIELD_NUMBER: _ClassVar[int]
+    batch_id: str
+    loglikelihood: LoglikelihoodRequest
+    generate_until: GenerateUntilRequest
+    def __init__(self, batch_id: _Optional[str] = ..., loglikelihood: _Optional[_Union[LoglikelihoodRequest, _Mapping]] = ..., generate_until: _Optional[_Union[GenerateUntilRequest, _Mapping]] = ...) -> None: ...
+
+class PollBatchResponse(_message.Message):
+    __slots__ = ("state", "total", "succeeded", "errored", "pending", "loglikelihood", "generate_until")
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_FIELD_NUMBER: _ClassVar[int]
+    SUCCEEDED_FIELD_NUMBER: _ClassVar[int]
+    ERRORED_FIELD_NUMBER: _ClassVar[int]
+    PENDING_FIELD_NUMBER: _ClassVar[int]
+    LOGLIKELIHOOD_FIELD_NUMBER: _ClassVar[int]
+    GENERATE_UNTIL_FIELD_NUMBER: _ClassVar[int]
+    state: ProviderBatchState
+    total: int
+    succeeded: int
+    errored: int
+    pending: int
+    loglikelihood: LoglikelihoodResponse
+    generate_until: GenerateUntilResponse
+    def __init__(self, state: _Optional[_Union[ProviderBatchState, str]] = ..., total: _Optional[int] = ..., succeeded: _Optional[int] = ..., errored: _Optional[int] = ..., pending: _Optional[int] = ..., loglikelihood: _Optional[_Union[LoglikelihoodResponse, _Mapping]] = ..., generate_until: _Optional[_Union[GenerateUntilResponse, _Mapping]] = ...) -> None: ...

@@ -60,6 +60,16 @@ class InferenceServiceStub:
                 request_serializer=evalfleet_dot_v1_dot_inference__pb2.ApplyChatTemplateRequest.SerializeToString,
                 response_deserializer=evalfleet_dot_v1_dot_inference__pb2.ApplyChatTemplateResponse.FromString,
                 _registered_method=True)
+        self.SubmitBatch = channel.unary_unary(
+                '/evalfleet.v1.InferenceService/SubmitBatch',
+                request_serializer=evalfleet_dot_v1_dot_inference__pb2.SubmitBatchRequest.SerializeToString,
+                response_deserializer=evalfleet_dot_v1_dot_inference__pb2.SubmitBatchResponse.FromString,
+                _registered_method=True)
+        self.PollBatch = channel.unary_unary(
+                '/evalfleet.v1.InferenceService/PollBatch',
+                request_serializer=evalfleet_dot_v1_dot_inference__pb2.PollBatchRequest.SerializeToString,
+                response_deserializer=evalfleet_dot_v1_dot_inference__pb2.PollBatchResponse.FromString,
+                _registered_method=True)
 
 
 class InferenceServiceServicer:
@@ -106,6 +116,26 @@ class InferenceServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SubmitBatch(self, request, context):
+        """Sends a batch of requests through the provider's batch API (OpenAI: files + batches;
+        Anthropic: message batches; about half the price, answers within 24 h) and returns the
+        provider's batch id at once. Only where Capabilities.batch_api is true, else
+        FAILED_PRECONDITION naming model_args batch_api. Idempotent per `tag` where the provider can
+        find a batch by it (OpenAI: yes, through the batch's metadata; Anthropic: no, its batches
+        carry no metadata, so store the batch id before anything else).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PollBatch(self, request, context):
+        """The state and counts of a submitted batch and, once it is terminal, its answers. Ask any
+        worker of the same model fingerprint and API root: the worker keeps no state between calls.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_InferenceServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -133,6 +163,16 @@ def add_InferenceServiceServicer_to_server(servicer, server):
                     servicer.ApplyChatTemplate,
                     request_deserializer=evalfleet_dot_v1_dot_inference__pb2.ApplyChatTemplateRequest.FromString,
                     response_serializer=evalfleet_dot_v1_dot_inference__pb2.ApplyChatTemplateResponse.SerializeToString,
+            ),
+            'SubmitBatch': grpc.unary_unary_rpc_method_handler(
+                    servicer.SubmitBatch,
+                    request_deserializer=evalfleet_dot_v1_dot_inference__pb2.SubmitBatchRequest.FromString,
+                    response_serializer=evalfleet_dot_v1_dot_inference__pb2.SubmitBatchResponse.SerializeToString,
+            ),
+            'PollBatch': grpc.unary_unary_rpc_method_handler(
+                    servicer.PollBatch,
+                    request_deserializer=evalfleet_dot_v1_dot_inference__pb2.PollBatchRequest.FromString,
+                    response_serializer=evalfleet_dot_v1_dot_inference__pb2.PollBatchResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -271,6 +311,60 @@ class InferenceService:
             '/evalfleet.v1.InferenceService/ApplyChatTemplate',
             evalfleet_dot_v1_dot_inference__pb2.ApplyChatTemplateRequest.SerializeToString,
             evalfleet_dot_v1_dot_inference__pb2.ApplyChatTemplateResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SubmitBatch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/evalfleet.v1.InferenceService/SubmitBatch',
+            evalfleet_dot_v1_dot_inference__pb2.SubmitBatchRequest.SerializeToString,
+            evalfleet_dot_v1_dot_inference__pb2.SubmitBatchResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PollBatch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/evalfleet.v1.InferenceService/PollBatch',
+            evalfleet_dot_v1_dot_inference__pb2.PollBatchRequest.SerializeToString,
+            evalfleet_dot_v1_dot_inference__pb2.PollBatchResponse.FromString,
             options,
             channel_credentials,
             insecure,
