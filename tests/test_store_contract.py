@@ -29,6 +29,12 @@ from evalfleet.server.store import (
     open_store,
 )
 from evalfleet.server.store.base import SAMPLES_PAGE, decode_progress, encode_progress
+from evalfleet.server.store.batch_records import (
+    DONE,
+    SUBMITTED,
+    SUBMITTING,
+    ProviderBatchRecord,
+)
 from evalfleet.v1 import coordinator_pb2 as cpb
 
 QUEUED, RUNNING = cpb.EVALUATION_STATE_QUEUED, cpb.EVALUATION_STATE_RUNNING
@@ -598,6 +604,45 @@ def test_progress_is_stored_with_the_lease_renewal_and_the_end(store_url):
     run(scenario())
 
 
+def test_provider_batch_records_are_written_updated_and_kept(store_url):
+    """A batch_api job's chunk records: written before submission (no batch id), given the
+    provider's id and states after, one per (job, chunk), listed oldest first, kept when the
+    store is reopened (a restarted coordinator resumes from them)."""
+    first = ProviderBatchRecord("j1", "generate_until-0000", "generate_until", ["r1", "r2"],
+                                "tag-0", created_at=10.0)
+    resend = ProviderBatchRecord("j1", "generate_until-0000-a2", "generate_until", ["r2"],
+                                 "tag-1", attempt=2, created_at=20.0)
+
+    async def write():
+        async with open_store(store_url) as store:
+            assert await store.list_provider_batches("j1") == []
+            assert await store.add_provider_batch(resend)
+            assert await store.add_provider_batch(first)
+            assert not await store.add_provider_batch(  # the chunk is taken: untouched
+                ProviderBatchRecord("j1", first.chunk, "loglikelihood", ["x"], "other"))
+            assert await store.add_provider_batch(ProviderBatchRecord(
+                "j2", first.chunk, "loglikelihood", ["x"], "t"))  # another job's chunk
+            assert await store.update_provider_batch("j1", first.chunk, batch_id="batch_1",
+                                                     state=SUBMITTED)
+            assert await store.update_provider_batch("j1", first.chunk, state=DONE)
+            assert not await store.update_provider_batch("j1", "missing", state=DONE)
+            with pytest.raises(ValueError, match="provider batch state"):
+                await store.update_provider_batch("j1", first.chunk, state="bogus")
+
+    async def read() -> list[ProviderBatchRecord]:
+        async with open_store(store_url) as store:
+            return await store.list_provider_batches("j1")
+
+    run(write())
+    got = run(read())
+    assert [(r.chunk, r.kind, r.request_ids, r.tag, r.batch_id, r.state, r.attempt)
+            for r in got] == [
+        (first.chunk, "generate_until", ["r1", "r2"], "tag-0", "batch_1", DONE, 1),
+        (resend.chunk, "generate_until", ["r2"], "tag-1", "", SUBMITTING, 2)]
+    assert got[0].created_at == 10.0 and got[0].updated_at > 10.0
+    assert got[1].updated_at > 20.0  # set by the store when not given
+
+
 def test_progress_decodes_to_nothing_for_none_or_unreadable_bytes():
     assert decode_progress(None) == cpb.Evaluation()
     assert decode_progress(b"") == cpb.Evaluation()
@@ -615,14 +660,16 @@ def test_store_of_the_previous_schema_gains_the_progress_column(store_url):
 
         with psycopg.connect(store_url, autocommit=True) as conn:
             conn.execute("ALTER TABLE evalfleet.jobs DROP COLUMN progress")
-            conn.execute("DELETE FROM evalfleet.schema_version WHERE version = 2")
+            conn.execute("DROP TABLE evalfleet.provider_batches")
+            conn.execute("DELETE FROM evalfleet.schema_version WHERE version >= 2")
             conn.execute("INSERT INTO evalfleet.jobs (id, spec, state, error, created_at, "
                          "updated_at, owner, lease_until, attempts) VALUES "
                          "('old', '\\x00', 2, '', %s, %s, 'A', %s, 1)", (now, now, now + 60))
     else:
         with sqlite3.connect(store_url) as conn:
             conn.execute("ALTER TABLE jobs DROP COLUMN progress")
-            conn.execute("DELETE FROM schema_version WHERE version = 4")
+            conn.execute("DROP TABLE provider_batches")
+            conn.execute("DELETE FROM schema_version WHERE version >= 4")
             conn.execute("INSERT INTO jobs (id, spec, state, error, created_at, updated_at, "
                          "owner, lease_until, attempts) VALUES "
                          "('old', x'00', 2, '', ?, ?, 'A', ?, 1)", (now, now, now + 60))
@@ -633,6 +680,7 @@ def test_store_of_the_previous_schema_gains_the_progress_column(store_url):
             assert (old.state, old.owner, old.attempts, old.progress) == (RUNNING, "A", 1, None)
             assert await store.renew_lease("old", "A", 60, progress=_progress(3))
             assert (await store.get_job("old")).progress == _progress(3)
+            assert await store.list_provider_batches("old") == []  # and batch records
 
     run(scenario())
     run(_reopen_keeps_progress(store_url))
@@ -694,7 +742,7 @@ def test_sqlite_file_of_the_first_layout_is_migrated(tmp_path):
     with sqlite3.connect(path) as conn:
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         assert [v for (v,) in conn.execute("SELECT version FROM schema_version")] == [
-            1, 2, 3, 4]
+            1, 2, 3, 4, 5]
 
 
 def test_sqlite_request_keys_are_compact_and_one_to_one():

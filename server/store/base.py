@@ -15,6 +15,7 @@ import numpy as np
 from google.protobuf.message import DecodeError
 
 from evalfleet.common.errors import UnavailableError
+from evalfleet.server.store.batch_records import ProviderBatchStore
 from evalfleet.v1 import coordinator_pb2 as cpb
 
 QUEUED = cpb.EVALUATION_STATE_QUEUED
@@ -122,8 +123,9 @@ class StoreSchemaError(StoreUnavailableError):
     """The store was written by a newer evalfleet (a schema version this one does not know)."""
 
 
-class JobStore(ABC):
-    """Where jobs, their results and samples, and every computed answer live.
+class JobStore(ProviderBatchStore, ABC):
+    """Where jobs, their results and samples, every computed answer, and the provider batches
+    of ``batch_api`` jobs (``ProviderBatchStore``) live.
 
     Every method is a coroutine and never blocks the event loop. A store is opened on first use
     (``await store.open()`` opens it at once, to report a bad path or URL early) and closed with

@@ -37,51 +37,24 @@ from evalfleet.server.store.base import (
     JOB_COLUMNS,
     TERMINAL_STATES,
     JobRecord,
-    JobStore,
-    StoreSchemaError,
     StoreUnavailableError,
     job_from_row,
 )
+from evalfleet.server.store.postgres_answers import PostgresAnswers
+from evalfleet.server.store.postgres_batches import PostgresBatches
+from evalfleet.server.store.postgres_schema import SCHEMA, SCHEMA_VERSION, migrate
 
-SCHEMA = "evalfleet"
+__all__ = ["SCHEMA", "SCHEMA_VERSION", "PostgresJobStore"]
+
 _COLS = ", ".join(JOB_COLUMNS)
 _JCOLS = ", ".join(f"j.{c}" for c in JOB_COLUMNS)
 _ACTIVE = "ARRAY[" + ",".join(str(s) for s in ACTIVE_STATES) + "]"
 #: The lease clock: the caller's ``now`` or the server's.
 _NOW = "COALESCE(%(now)s::float8, extract(epoch from statement_timestamp()))"
 _SERVER_NOW = "extract(epoch from statement_timestamp())"
-#: Rows per answer statement (both arrays travel in one message).
-_ANSWER_CHUNK = 20000
-#: Key for ``pg_advisory_xact_lock`` while migrating ("evalfleet" in ASCII, as a bigint).
-_MIGRATION_LOCK = 0x6576616C666C6565
-
-_MIGRATIONS: list[tuple[int, list[str]]] = [
-    (1, [
-        f"""CREATE TABLE {SCHEMA}.jobs (
-            id text PRIMARY KEY, spec bytea NOT NULL, state integer NOT NULL,
-            error text NOT NULL DEFAULT '', created_at double precision NOT NULL,
-            updated_at double precision NOT NULL, results_json text, results bytea,
-            owner text NOT NULL DEFAULT '', lease_until double precision NOT NULL DEFAULT 0,
-            attempts integer NOT NULL DEFAULT 0)""",
-        f"CREATE INDEX jobs_by_created ON {SCHEMA}.jobs (created_at)",
-        f"CREATE INDEX jobs_active ON {SCHEMA}.jobs (created_at) "
-        f"WHERE state IN ({','.join(str(s) for s in ACTIVE_STATES)})",
-        f"""CREATE TABLE {SCHEMA}.answers (
-            fingerprint text COLLATE "C" NOT NULL, request_id text COLLATE "C" NOT NULL,
-            answer bytea NOT NULL,
-            PRIMARY KEY (fingerprint, request_id))""",
-        f"""CREATE TABLE {SCHEMA}.samples (
-            job_id text NOT NULL REFERENCES {SCHEMA}.jobs (id) ON DELETE CASCADE,
-            seq integer NOT NULL, task text NOT NULL, record text NOT NULL,
-            PRIMARY KEY (job_id, seq))""",
-    ]),
-    # Each job's progress (NULL for the jobs already stored).
-    (2, [f"ALTER TABLE {SCHEMA}.jobs ADD COLUMN progress bytea"]),
-]
-SCHEMA_VERSION = _MIGRATIONS[-1][0]
 
 
-class PostgresJobStore(JobStore):
+class PostgresJobStore(PostgresAnswers, PostgresBatches):
     """PostgreSQL-backed ``JobStore`` at ``url`` (``postgresql://...`` or ``postgres://...``)."""
 
     def __init__(self, url: str, *, min_connections: int = 1, max_connections: int = 8,
@@ -136,27 +109,7 @@ class PostgresJobStore(JobStore):
             self._pool = pool
 
     async def _migrate(self, conn: Any) -> None:
-        async with conn.transaction():
-            await conn.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK,))
-            exists = await (await conn.execute(
-                "SELECT 1 FROM pg_namespace WHERE nspname = %s", (SCHEMA,))).fetchone()
-            if not exists:
-                await conn.execute(f"CREATE SCHEMA {SCHEMA}")
-            await conn.execute(
-                f"CREATE TABLE IF NOT EXISTS {SCHEMA}.schema_version (version integer PRIMARY "
-                f"KEY, applied_at timestamptz NOT NULL DEFAULT now())")
-            current = (await (await conn.execute(
-                f"SELECT COALESCE(MAX(version), 0) FROM {SCHEMA}.schema_version")).fetchone())[0]
-            if current > SCHEMA_VERSION:
-                raise StoreSchemaError(
-                    f"store {self.address} has schema version {current}, newer than this "
-                    f"evalfleet's ({SCHEMA_VERSION}); upgrade evalfleet")
-            for version, statements in _MIGRATIONS:
-                if version > current:
-                    for statement in statements:
-                        await conn.execute(statement)
-                    await conn.execute(
-                        f"INSERT INTO {SCHEMA}.schema_version (version) VALUES (%s)", (version,))
+        await migrate(conn, self.address)
 
     async def close(self) -> None:
         self._closed = True
@@ -339,56 +292,6 @@ class PostgresJobStore(JobStore):
             query += " AND task = ANY(%(tasks)s::text[])"
             params["tasks"] = list(tasks)
         return await self._fetchall(query + " ORDER BY seq LIMIT %(limit)s", params)
-
-    # -- answers ---------------------------------------------------------------------------------
-
-    async def get_answers(self, fingerprint: str, request_ids: Iterable[str]
-                          ) -> dict[str, bytes]:
-        ids = list(request_ids)
-        found: dict[str, bytes] = {}
-        if not ids:
-            return found
-        async with self._connection() as conn:
-            cur = conn.cursor(binary=True)
-            for start in range(0, len(ids), _ANSWER_CHUNK):
-                await cur.execute(
-                    f"SELECT request_id, answer FROM {SCHEMA}.answers WHERE fingerprint = %b "
-                    f"AND request_id = ANY(%b::text[])",
-                    (fingerprint, ids[start:start + _ANSWER_CHUNK]))
-                found.update(await cur.fetchall())
-        return found
-
-    async def put_answers(self, fingerprint: str, answers: Iterable[tuple[str, bytes]]
-                          ) -> int:
-        # One row per id (the first given wins, as in the table), sorted so that concurrent
-        # writers of overlapping batches take the keys' locks in the same order.
-        unique: dict[str, bytes] = {}
-        for rid, blob in answers:
-            unique.setdefault(rid, blob)
-        ids = sorted(unique)
-        added = 0
-        if not ids:
-            return 0
-        async with self._connection() as conn:
-            for start in range(0, len(ids), _ANSWER_CHUNK):
-                chunk = ids[start:start + _ANSWER_CHUNK]
-                cur = await conn.execute(
-                    f"INSERT INTO {SCHEMA}.answers (fingerprint, request_id, answer) "
-                    f"SELECT %b, r, a FROM unnest(%b::text[], %b::bytea[]) AS t(r, a) "
-                    f"ON CONFLICT DO NOTHING",
-                    (fingerprint, chunk, [unique[i] for i in chunk]))
-                added += cur.rowcount
-        return added
-
-    async def count_answers(self, fingerprint: str) -> int:
-        row = await self._fetchone(
-            f"SELECT COUNT(*) FROM {SCHEMA}.answers WHERE fingerprint = %s", (fingerprint,))
-        return int(row[0])
-
-    async def has_answers(self, fingerprint: str) -> bool:
-        row = await self._fetchone(
-            f"SELECT 1 FROM {SCHEMA}.answers WHERE fingerprint = %s LIMIT 1", (fingerprint,))
-        return row is not None
 
 
 def _job_values(job: JobRecord) -> tuple:
