@@ -12,7 +12,7 @@ from evalfleet.tasks import Request, Task
 def _instance_repr(request: Request, doc: dict[str, Any]) -> str:
     """lm-eval's ``Instance`` dataclass repr for a request."""
     meta = (request.task_name, request.doc_id, request.repeats)
-    return (f"Instance(request_type={request.request_type!r}, doc={doc!r}, "
+    return (f"Instance(request_type={str(request.request_type)!r}, doc={doc!r}, "
             f"arguments={request.arguments!r}, idx={request.idx}, metadata={meta!r}, "
             f"resps=[], filtered_resps={{}}, task_name={request.task_name!r}, "
             f"doc_id={request.doc_id}, repeats={request.repeats})")

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from evalfleet.common.errors import UnavailableError, status_for
+from evalfleet.common.request_kind import RequestKind
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
@@ -67,7 +68,7 @@ class CoordinatorEvents:
     def answered(self, requests: int) -> None:
         """Requests answered by a worker were stored."""
 
-    def batch_answered(self, kind: str, seconds: float) -> None:
+    def batch_answered(self, kind: RequestKind, seconds: float) -> None:
         """A batch of ``kind`` came back answered after ``seconds``."""
 
     def batch_failed(self, reason: str) -> None:
@@ -144,7 +145,7 @@ class CoordinatorMetrics(CoordinatorEvents):
     def answered(self, requests: int) -> None:
         self.requests_answered.inc(requests)
 
-    def batch_answered(self, kind: str, seconds: float) -> None:
+    def batch_answered(self, kind: RequestKind, seconds: float) -> None:
         self.batch_seconds.labels(kind).observe(seconds)
 
     def batch_failed(self, reason: str) -> None:
@@ -223,9 +224,7 @@ def _gauge(name: str, documentation: str, label: str | None,
 
 
 #: The worker service's batch handlers and their request kinds.
-WORKER_HANDLERS = {"Loglikelihood": "loglikelihood",
-                   "LoglikelihoodRolling": "loglikelihood_rolling",
-                   "GenerateUntil": "generate_until"}
+WORKER_HANDLERS = {kind.rpc: kind for kind in RequestKind}
 
 
 class WorkerMetrics:
@@ -279,7 +278,7 @@ class WorkerMetrics:
         if backend is not None:
             self.registry.register(_DeviceMemory(backend))
 
-    def _counted(self, kind: str, handler: Callable[..., Awaitable[Any]]
+    def _counted(self, kind: RequestKind, handler: Callable[..., Awaitable[Any]]
                  ) -> Callable[..., Awaitable[Any]]:
         async def counted(request: Any, context: Any) -> Any:
             self.queue_depth.inc()
@@ -299,7 +298,7 @@ class WorkerMetrics:
 
         return counted
 
-    def batch_done(self, kind: str, response: Any, seconds: float) -> None:
+    def batch_done(self, kind: RequestKind, response: Any, seconds: float) -> None:
         """A batch of ``kind`` was answered with ``response`` after ``seconds``."""
         cost = response.cost
         results = response.results

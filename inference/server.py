@@ -22,6 +22,7 @@ from evalfleet.common.errors import EvalfleetError, InvalidArgumentError, Unavai
 from evalfleet.common.logging import get_logger
 from evalfleet.common.metrics import WorkerMetrics
 from evalfleet.common.redact import redact_mapping
+from evalfleet.common.request_kind import RequestKind
 from evalfleet.common.rpc import RunningServer, Service, start_server
 from evalfleet.common.security import ServerSecurity
 from evalfleet.inference.backends import get_backend
@@ -167,8 +168,8 @@ def item_error_for(exc: Exception) -> ItemError:
     return ItemError(message, retryable=not isinstance(exc, InvalidArgumentError))
 
 
-async def answer_each(kind: str, call: Callable[[list], Awaitable[Answers]], arguments: list,
-                      refused: dict[int, ItemError] | None = None) -> Answers:
+async def answer_each(kind: RequestKind, call: Callable[[list], Awaitable[Answers]],
+                      arguments: list, refused: dict[int, ItemError] | None = None) -> Answers:
     """``call(arguments)``, each request with its own outcome.
 
     Requests in ``refused`` (position -> error) are answered with their error and never reach
@@ -260,7 +261,7 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
         self._model_args = {k: str(v) for k, v in redact_mapping(model_args or {}).items()}
 
     @staticmethod
-    def _log(kind: str, n: int, answers: Answers) -> None:
+    def _log(kind: RequestKind, n: int, answers: Answers) -> None:
         failed = sum(isinstance(r, ItemError) for r in answers.results)
         log.info("batch_done", kind=kind, items=n, failed=failed,
                  positions=answers.cost.positions_computed,
@@ -280,7 +281,7 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
             library_versions=dict(info.library_versions),
         )
 
-    async def _scores(self, kind: str, call: Callable, arguments: list, ids: list[str]):
+    async def _scores(self, kind: RequestKind, call: Callable, arguments: list, ids: list[str]):
         answers = await answer_each(kind, call, arguments)
         self._log(kind, len(arguments), answers)
         return [_token_scores_pb(i, r) for i, r in zip(ids, answers.results, strict=True)], \
@@ -289,7 +290,7 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
     async def Loglikelihood(self, request: pb.LoglikelihoodRequest, context
                             ) -> pb.LoglikelihoodResponse:
         results, cost = await self._scores(
-            "loglikelihood", self._backend.loglikelihood,
+            RequestKind.LOGLIKELIHOOD, self._backend.loglikelihood,
             _loglikelihood_arguments(request.items),
             [item.request_id for item in request.items])
         return pb.LoglikelihoodResponse(results=results, cost=cost)
@@ -297,7 +298,7 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
     async def LoglikelihoodRolling(self, request: pb.LoglikelihoodRollingRequest, context
                                    ) -> pb.LoglikelihoodRollingResponse:
         results, cost = await self._scores(
-            "loglikelihood_rolling", self._backend.loglikelihood_rolling,
+            RequestKind.LOGLIKELIHOOD_ROLLING, self._backend.loglikelihood_rolling,
             [item.text for item in request.items], [item.request_id for item in request.items])
         return pb.LoglikelihoodRollingResponse(results=results, cost=cost)
 
@@ -313,9 +314,9 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
             except InvalidArgumentError as exc:
                 items.append(None)
                 refused[i] = ItemError(exc.message, retryable=False)
-        answers = await answer_each("generate_until", self._backend.generate_until, items,
-                                    refused)
-        self._log("generate_until", len(items), answers)
+        answers = await answer_each(RequestKind.GENERATE_UNTIL, self._backend.generate_until,
+                                    items, refused)
+        self._log(RequestKind.GENERATE_UNTIL, len(items), answers)
         return pb.GenerateUntilResponse(
             results=[_generation_pb(item.request_id, r)
                      for item, r in zip(request.items, answers.results, strict=True)],

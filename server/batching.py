@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from evalfleet.common.request_kind import RequestKind
 from evalfleet.server.wire import ExpectedIds, encode_loglikelihood_many
 from evalfleet.server.workers import WorkItem, encode_item
 
@@ -44,7 +45,7 @@ class Batch:
         return np.asarray(self.indices, dtype=np.int64)
 
     @property
-    def request_type(self) -> str:
+    def request_type(self) -> RequestKind:
         return self.queue.kind
 
 
@@ -52,7 +53,7 @@ class Batch:
 class KindQueue:
     """The requests of one kind still to be answered, in planned order."""
 
-    kind: str
+    kind: RequestKind
     items: list[WorkItem]
     max_bytes: int = 8 * 1024 * 1024
     stretch: int = 4
@@ -70,7 +71,7 @@ class KindQueue:
     def __post_init__(self) -> None:
         self.ids = [w.request_id for w in self.items]
         arguments = [w.arguments for w in self.items]
-        if self.kind == "loglikelihood":
+        if self.kind == RequestKind.LOGLIKELIHOOD:
             self.encoded, self.same_context = encode_loglikelihood_many(self.ids, arguments)
         else:
             self.encoded = [encode_item(w) for w in self.items]
@@ -177,5 +178,5 @@ def kind_queues(items: Sequence[WorkItem], *, max_bytes: int = 8 * 1024 * 1024,
         by_kind = {}
         for item in items:
             by_kind.setdefault(item.request_type, []).append(item)
-    return [KindQueue(kind, kind_items, max_bytes=max_bytes, stretch=stretch)
+    return [KindQueue(RequestKind(kind), kind_items, max_bytes=max_bytes, stretch=stretch)
             for kind, kind_items in by_kind.items()]

@@ -11,27 +11,26 @@ from __future__ import annotations
 from collections.abc import Collection, Iterable, Mapping
 
 from evalfleet.common.errors import FailedPreconditionError
+from evalfleet.common.request_kind import RequestKind
 from evalfleet.v1 import inference_pb2 as ipb
 
-_KIND_FIELD = {
-    "loglikelihood": "loglikelihood",
-    "loglikelihood_rolling": "loglikelihood_rolling",
-    "generate_until": "generate_until",
-}
 _DEFAULT_REMEDY = {
-    "loglikelihood": "use a backend that returns prompt logprobs (hf, vllm, or local-completions "
-                     "against vLLM's OpenAI-compatible server), or run generative tasks only",
-    "loglikelihood_rolling": "use a backend that returns prompt logprobs (hf, vllm, or "
-                             "local-completions against vLLM's OpenAI-compatible server)",
-    "generate_until": "use a backend that generates text",
+    RequestKind.LOGLIKELIHOOD: "use a backend that returns prompt logprobs (hf, vllm, or "
+                               "local-completions against vLLM's OpenAI-compatible server), or "
+                               "run generative tasks only",
+    RequestKind.LOGLIKELIHOOD_ROLLING: "use a backend that returns prompt logprobs (hf, vllm, "
+                                       "or local-completions against vLLM's OpenAI-compatible "
+                                       "server)",
+    RequestKind.GENERATE_UNTIL: "use a backend that generates text",
 }
 
 
-def _generate_hint(task: str, kind: str, caps: ipb.Capabilities,
+def _generate_hint(task: str, kind: RequestKind, caps: ipb.Capabilities,
                    multiple_choice: Collection[str], apply_chat_template: bool) -> str:
     """For a multiple-choice task refused loglikelihood: its ``@generate`` form (all such
     tasks of the job), and ``--apply_chat_template`` where a chat endpoint lacks it."""
-    if kind != "loglikelihood" or task not in multiple_choice or not caps.generate_until:
+    if kind is not RequestKind.LOGLIKELIHOOD or task not in multiple_choice \
+            or not caps.generate_until:
         return ""
     forms = ",".join(f"{t}@generate" for t in sorted(multiple_choice))
     chat = " --apply_chat_template" if caps.chat_only else ""
@@ -43,7 +42,7 @@ def _generate_hint(task: str, kind: str, caps: ipb.Capabilities,
     return hint
 
 
-def check_request_kinds(task_kinds: Mapping[str, Iterable[str]],
+def check_request_kinds(task_kinds: Mapping[str, Iterable[RequestKind]],
                         workers: Mapping[str, ipb.ModelInfo], *,
                         multiple_choice: Collection[str] = (),
                         apply_chat_template: bool = True) -> None:
@@ -55,13 +54,13 @@ def check_request_kinds(task_kinds: Mapping[str, Iterable[str]],
     add it, in the same message).
     """
     for task, kinds in task_kinds.items():
-        for kind in sorted(kinds):
+        for kind in sorted(RequestKind.parse(k) for k in kinds):
             for address, info in workers.items():
                 caps = info.capabilities
-                if getattr(caps, _KIND_FIELD[kind]):
+                if getattr(caps, kind.capability):
                     continue
-                reason = caps.logprobs_unavailable_reason if kind != "generate_until" else ""
-                remedy = (caps.logprobs_remedy if kind != "generate_until" else "") \
+                reason = caps.logprobs_unavailable_reason if kind.needs_logprobs else ""
+                remedy = (caps.logprobs_remedy if kind.needs_logprobs else "") \
                     or _DEFAULT_REMEDY[kind]
                 raise FailedPreconditionError(
                     f"task {task} needs {kind} requests, which worker {address} (backend "

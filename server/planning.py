@@ -16,6 +16,7 @@ from typing import Any
 from evalfleet.common.errors import InvalidArgumentError, NotFoundError
 from evalfleet.common.generation import GenerationParams
 from evalfleet.common.ids import request_id
+from evalfleet.common.request_kind import RequestKind
 from evalfleet.server import job_hooks
 from evalfleet.server import results as results_mod
 from evalfleet.server.chat import ChatRenderer
@@ -64,7 +65,7 @@ class TaskPlan:
     original_size: int
 
     @property
-    def request_types(self) -> set[str]:
+    def request_types(self) -> set[RequestKind]:
         """The model request kinds this task asks for."""
         return {r.request_type for r in self.requests}
 
@@ -135,7 +136,7 @@ def _work_items(req: Request, rid: str, parsed: ParsedSpec, chat: ChatRenderer |
     items = []
     for r in range(max(req.repeats, 1)):
         aid = rid if req.repeats <= 1 else f"{rid}#{r}"
-        if req.request_type == "generate_until":
+        if req.request_type == RequestKind.GENERATE_UNTIL:
             seed = parsed.seeds["random_seed"] + r if req.repeats > 1 else None
             items.append(WorkItem(aid, req.request_type, (req.arguments[0],),
                                   generation_params(req.arguments[1], seed),

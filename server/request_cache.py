@@ -38,6 +38,7 @@ from typing import Any
 
 from evalfleet.common.errors import InvalidArgumentError
 from evalfleet.common.logging import get_logger
+from evalfleet.common.request_kind import OutputType
 from evalfleet.tasks import Request, Task
 
 log = get_logger("request_cache")
@@ -178,7 +179,7 @@ def build_task_requests(task: Task, *, mode: str, limit: float | int | None,
             _restore(task, stored["state"])
             with contextlib.suppress(OSError):  # used now: the last to be pruned
                 os.utime(path)
-            if gen_kwargs and task.output_type == "generate_until" and \
+            if gen_kwargs and task.output_type == OutputType.GENERATE_UNTIL and \
                     task.cfg.generation_kwargs is not None:
                 task.cfg.generation_kwargs.update(gen_kwargs)
             log.info("requests_from_cache", task=task.name, path=str(path))

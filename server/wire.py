@@ -22,12 +22,15 @@ use_writable_cache()  # the scan's compiled kernels go to the writable kernel ca
 import numba as nb  # noqa: E402
 import numpy as np  # noqa: E402
 
+from evalfleet.common.request_kind import RequestKind  # noqa: E402
 from evalfleet.v1 import inference_pb2 as pb  # noqa: E402
 
-#: Field number of the ``error`` field in each kind's answer message.
-ERROR_FIELD = {"loglikelihood": 4, "loglikelihood_rolling": 4, "generate_until": 3}
-ANSWER_MESSAGE = {"loglikelihood": pb.TokenScores, "loglikelihood_rolling": pb.TokenScores,
-                  "generate_until": pb.Generation}
+#: Each kind's answer message, and the field number of its ``error`` field.
+ANSWER_MESSAGE = {RequestKind.LOGLIKELIHOOD: pb.TokenScores,
+                  RequestKind.LOGLIKELIHOOD_ROLLING: pb.TokenScores,
+                  RequestKind.GENERATE_UNTIL: pb.Generation}
+ERROR_FIELD = {kind: message.DESCRIPTOR.fields_by_name["error"].number
+               for kind, message in ANSWER_MESSAGE.items()}
 
 
 def _varint(n: int) -> bytes:
@@ -235,10 +238,10 @@ class MalformedResponseError(ValueError):
 
 def compile_kernels() -> None:
     """Compile (or load from the cache) the response scan, as ``split_response`` calls it."""
-    split_response(b"", "loglikelihood", ExpectedIds([]), np.zeros(0, dtype=np.int64))
+    split_response(b"", RequestKind.LOGLIKELIHOOD, ExpectedIds([]), np.zeros(0, dtype=np.int64))
 
 
-def split_response(raw: bytes, kind: str, expected: ExpectedIds,
+def split_response(raw: bytes, kind: RequestKind, expected: ExpectedIds,
                    indices: np.ndarray) -> SplitResponse:
     """Split a raw response to a batch of ``indices`` (into ``expected``)."""
     buf = np.frombuffer(raw, dtype=np.uint8)

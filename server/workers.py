@@ -15,14 +15,12 @@ from typing import Any
 import grpc
 
 from evalfleet.common.errors import EvalfleetError, FailedPreconditionError, UnavailableError
+from evalfleet.common.request_kind import RequestKind
 from evalfleet.common.security import ClientSecurity
 from evalfleet.server import wire
 from evalfleet.v1 import inference_pb2 as pb
 from evalfleet.v1 import inference_pb2_grpc as pb_grpc
 
-#: The request kinds, their RPC method and response message.
-_METHODS = {"loglikelihood": "Loglikelihood", "loglikelihood_rolling": "LoglikelihoodRolling",
-            "generate_until": "GenerateUntil"}
 _SERVICE = "/evalfleet.v1.InferenceService/"
 
 
@@ -31,7 +29,7 @@ class WorkItem:
     """One distinct model request: its content id, kind and arguments."""
 
     request_id: str
-    request_type: str  # loglikelihood | loglikelihood_rolling | generate_until
+    request_type: RequestKind
     arguments: tuple
     generation: pb.GenerationParams | None = None
     chat_messages: bool = False  # the context is JSON chat messages (chat API workers)
@@ -44,11 +42,11 @@ class WorkItem:
 
 def encode_item(item: WorkItem) -> bytes:
     """The item as one ``items`` (field 1) entry of its kind's request message, on the wire."""
-    if item.request_type == "loglikelihood":
+    if item.request_type == RequestKind.LOGLIKELIHOOD:
         return wire.encode_loglikelihood(item.request_id, item.arguments[0], item.arguments[1])
-    if item.request_type == "loglikelihood_rolling":
+    if item.request_type == RequestKind.LOGLIKELIHOOD_ROLLING:
         return wire.encode_rolling(item.request_id, item.arguments[0])
-    if item.request_type == "generate_until":
+    if item.request_type == RequestKind.GENERATE_UNTIL:
         return wire.encode_generate(item.request_id, item.arguments[0], item.generation,
                                     item.chat_messages)
     raise ValueError(f"unknown request type {item.request_type}")  # pragma: no cover
@@ -75,9 +73,9 @@ class WorkerClient:
         self._channel = self.security.channel(address, options)
         self._stub = pb_grpc.InferenceServiceStub(self._channel)
         self._calls = {
-            kind: self._channel.unary_unary(_SERVICE + method, request_serializer=None,
+            kind: self._channel.unary_unary(_SERVICE + kind.rpc, request_serializer=None,
                                             response_deserializer=None)
-            for kind, method in _METHODS.items()}
+            for kind in RequestKind}
 
     @property
     def channel(self) -> grpc.aio.Channel:
@@ -98,7 +96,8 @@ class WorkerClient:
                 f"worker {self.address} did not answer GetModelInfo ({exc.code().name}: "
                 f"{exc.details()})") from exc
 
-    def call(self, request_type: str, payload: bytes, timeout_s: float) -> grpc.aio.UnaryUnaryCall:
+    def call(self, request_type: RequestKind, payload: bytes, timeout_s: float
+             ) -> grpc.aio.UnaryUnaryCall:
         """Send one batch: ``payload`` is the concatenation of its items' ``encode_item``; the
         answer is the response message's bytes (see :func:`wire.split_response`)."""
         return self._calls[request_type](payload, timeout=timeout_s, metadata=self.metadata)

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from evalfleet.common.request_kind import RequestKind
 from evalfleet.scoring import aggregations as _agg
 from evalfleet.scoring.reductions import as_f64
 from evalfleet.scoring.reductions import mean as _mean
@@ -72,9 +73,10 @@ def acc_all(items: Iterable[tuple[Any, dict]]) -> float:
 # ---------------------------------------------------------------------- requests
 @dataclass
 class Instance:
-    """One model request (lm-eval's ``Instance``): ``arguments`` as the request type needs."""
+    """One model request (lm-eval's ``Instance``): ``arguments`` as the request type needs
+    (a :class:`RequestKind`, or its string as lm-eval's classes give it)."""
 
-    request_type: str
+    request_type: RequestKind | str
     doc: Any
     arguments: tuple
     idx: int = 0
@@ -94,15 +96,15 @@ class _RequestFactory:
 
     @staticmethod
     def loglikelihood(context: str, continuation: str) -> Instance:
-        return Instance("loglikelihood", None, (context, continuation))
+        return Instance(RequestKind.LOGLIKELIHOOD, None, (context, continuation))
 
     @staticmethod
     def loglikelihood_rolling(text: str) -> Instance:
-        return Instance("loglikelihood_rolling", None, (text,))
+        return Instance(RequestKind.LOGLIKELIHOOD_ROLLING, None, (text,))
 
     @staticmethod
     def generate_until(context: str, gen_kwargs: Mapping[str, Any] | None = None) -> Instance:
-        return Instance("generate_until", None, (context, dict(gen_kwargs or {})))
+        return Instance(RequestKind.GENERATE_UNTIL, None, (context, dict(gen_kwargs or {})))
 
     @classmethod
     def greedy_until(cls, context: str, until: Any = None) -> Instance:

@@ -15,8 +15,9 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from evalfleet.common.request_kind import OutputType, RequestKind
 from evalfleet.tasks import api
-from evalfleet.tasks.config import TaskConfig
+from evalfleet.tasks.config import OUTPUT_TYPES, TaskConfig
 from evalfleet.tasks.dataset import DatasetSource
 from evalfleet.tasks.errors import SampleIndexError, TaskError, config_error
 from evalfleet.tasks.filters import FilterPipeline
@@ -115,7 +116,9 @@ class ClassTask:
         if isinstance(meta, dict) and "version" in meta:
             self.version = meta["version"]
         # the class's OUTPUT_TYPE when it declares one, else learnt from its first requests
-        self.output_type: str | None = getattr(obj, "OUTPUT_TYPE", None)
+        declared = getattr(obj, "OUTPUT_TYPE", None)
+        self.output_type: OutputType | None = \
+            OutputType(declared) if declared in OUTPUT_TYPES else None
         self.unsafe_code = bool(cfg.get("unsafe_code") or getattr(obj, "UNSAFE_CODE", False))
         self.filter_list = [FilterPipeline("none", [("take_first", {})])]
         self.process_results_fn = obj.process_results
@@ -247,14 +250,16 @@ class ClassTask:
                 raise config_error(self.source, "class",
                                    f"construct_requests returned {item!r}, not a request "
                                    f"({', '.join(REQUEST_TYPES)})")
+            kind = RequestKind(kind)
             args = item.args if hasattr(item, "args") else tuple(item.arguments)
-            if kind == "generate_until":
+            if kind == RequestKind.GENERATE_UNTIL:
                 args = (args[0], dict(args[1]) if len(args) > 1 and args[1] else {})
             out.append(Request(self.name, doc_id, pos if renumber else item.idx, kind,
                                tuple(args), repeats=repeats))
         if out:
-            self.output_type = "multiple_choice" if len(out) > 1 and out[0].request_type == \
-                "loglikelihood" else out[0].request_type
+            first = out[0].request_type
+            self.output_type = OutputType.MULTIPLE_CHOICE \
+                if len(out) > 1 and first == RequestKind.LOGLIKELIHOOD else OutputType(first)
         return out
 
     # ------------------------------------------------------------------ results side

@@ -8,10 +8,11 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from evalfleet.common.request_kind import OutputType, UnknownKindError
 from evalfleet.tasks.errors import config_error
 from evalfleet.tasks.yaml_loader import resolve_functions
 
-OUTPUT_TYPES = ("loglikelihood", "loglikelihood_rolling", "generate_until", "multiple_choice")
+OUTPUT_TYPES = tuple(OutputType)
 #: keys accepted in a task YAML but dropped before building (structure / bookkeeping only)
 STRUCTURAL_KEYS = ("tag", "group", "task_list")
 FEWSHOT_KEYS = (
@@ -73,7 +74,7 @@ class TaskConfig:
     fewshot_config: dict | None = None
     num_fewshot: int | None = None
     metric_list: list | None = None
-    output_type: str = "generate_until"
+    output_type: OutputType = OutputType.GENERATE_UNTIL
     generation_kwargs: dict | None = None
     repeats: int = 1
     filter_list: list | None = None
@@ -105,23 +106,30 @@ def build_config(raw: dict[str, Any], source: Path | None) -> TaskConfig:
         raise config_error(source, "task", "missing or not a string")
     raw = resolve_functions(copy.deepcopy(raw))
     cfg = TaskConfig(**raw, source=source)
+    cfg.output_type = parse_output_type(cfg.output_type, source)
     _validate(cfg, source)
     if cfg.generation_kwargs is not None:
         cfg.generation_kwargs = dict(cfg.generation_kwargs)
         if "temperature" in cfg.generation_kwargs:
             cfg.generation_kwargs["temperature"] = float(cfg.generation_kwargs["temperature"])
         cfg.generation_kwargs.setdefault("until", [cfg.fewshot_delimiter])
-    elif cfg.output_type == "generate_until":
+    elif cfg.output_type == OutputType.GENERATE_UNTIL:
         cfg.generation_kwargs = default_gen_kwargs(cfg.fewshot_delimiter)
     cfg.fewshot = _fewshot_spec(cfg, source)
     return cfg
 
 
+def parse_output_type(value: Any, source: Any) -> OutputType:
+    """A task file's ``output_type`` as the enum; a TaskError naming the file and key if it
+    names none."""
+    try:
+        return OutputType.parse(value)
+    except UnknownKindError:
+        raise config_error(source, "output_type",
+                           f"{value!r} is not one of {', '.join(OUTPUT_TYPES)}") from None
+
+
 def _validate(cfg: TaskConfig, source: Any) -> None:
-    if cfg.output_type not in OUTPUT_TYPES:
-        raise config_error(
-            source, "output_type", f"{cfg.output_type!r} is not one of {', '.join(OUTPUT_TYPES)}"
-        )
     for key in ("dataset_path", "dataset_name", "training_split", "validation_split",
                 "test_split", "fewshot_split", "task_alias", "use_prompt"):  # fmt: skip
         _check_type(source, key, getattr(cfg, key), (str,), "a string")
@@ -140,7 +148,7 @@ def _validate(cfg: TaskConfig, source: Any) -> None:
         value = getattr(cfg, key)
         if value is not None and not callable(value):
             raise config_error(source, key, "expected a !function reference")
-    if cfg.output_type == "multiple_choice" and cfg.doc_to_choice is None:
+    if cfg.output_type == OutputType.MULTIPLE_CHOICE and cfg.doc_to_choice is None:
         raise config_error(source, "doc_to_choice", "required for output_type multiple_choice")
     if cfg.use_prompt is not None:
         raise config_error(source, "use_prompt", "promptsource prompts are not supported")

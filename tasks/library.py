@@ -24,8 +24,9 @@ from typing import Any
 import structlog
 
 from evalfleet.common.paths import cache_dir
+from evalfleet.common.request_kind import OutputType
 from evalfleet.tasks.dataset import configured_splits
-from evalfleet.tasks.errors import TaskError, config_error
+from evalfleet.tasks.errors import TaskError
 from evalfleet.tasks.index import IndexEntry, build_index, lmeval_task_library
 
 log = structlog.get_logger(__name__)
@@ -102,13 +103,13 @@ def _load_problem(cfg: dict[str, Any], path: Path | None) -> str | None:
     """What the index can tell, without importing the task's code, that keeps a task from
     loading: an output type or a named metric evalfleet does not compute (None otherwise).
     The task's full load gives the same reason when it is named."""
-    from evalfleet.tasks.config import OUTPUT_TYPES
+    from evalfleet.tasks.config import parse_output_type
     from evalfleet.tasks.metric_config import parse_metric_list
 
-    output_type = cfg.get("output_type", "generate_until")
-    if output_type not in OUTPUT_TYPES:
-        return str(config_error(path, "output_type", f"{output_type!r} is not one of "
-                                f"{', '.join(OUTPUT_TYPES)}"))
+    try:
+        output_type = parse_output_type(cfg.get("output_type", OutputType.GENERATE_UNTIL), path)
+    except TaskError as err:
+        return str(err)
     metrics = cfg.get("metric_list")
     if not isinstance(metrics, list):
         return None

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-REQUEST_TYPES = ("loglikelihood", "loglikelihood_rolling", "generate_until")
+from evalfleet.common.request_kind import RequestKind
+
+REQUEST_TYPES = tuple(RequestKind)
 
 
 @dataclass(frozen=True)
@@ -18,6 +20,6 @@ class Request:
     task_name: str
     doc_id: int
     idx: int
-    request_type: str
+    request_type: RequestKind
     arguments: tuple
     repeats: int = 1

@@ -15,6 +15,7 @@ from typing import Any
 import structlog
 from jinja2 import TemplateError
 
+from evalfleet.common.request_kind import OutputType, RequestKind
 from evalfleet.tasks.config import TaskConfig
 from evalfleet.tasks.dataset import DatasetSource, splits_read
 from evalfleet.tasks.errors import SampleIndexError, TaskError, config_error
@@ -49,7 +50,7 @@ class Task:
         self.alias: str | None = cfg.task_alias
         meta = cfg.metadata or {}
         self.version = meta.get("version", "Yaml")
-        self.output_type: str = cfg.output_type
+        self.output_type: OutputType = cfg.output_type
         self.process_results_fn: Callable | None = cfg.process_results
         self.metric_list: list[MetricConfig] = parse_metric_list(
             cfg.metric_list, cfg.output_type, cfg.source,
@@ -422,7 +423,7 @@ class Task:
             raise config_error(
                 self.cfg.source, "doc_to_image", "multimodal tasks are not supported"
             )
-        if gen_kwargs and self.output_type == "generate_until":
+        if gen_kwargs and self.output_type == OutputType.GENERATE_UNTIL:
             assert self.cfg.generation_kwargs is not None
             self.cfg.generation_kwargs.update(gen_kwargs)
         shots = self.resolve_num_fewshot(num_fewshot)
@@ -447,12 +448,13 @@ class Task:
         """The requests of one doc given its context(s)."""
         cfg = self.cfg
         make = partial(Request, self.name, doc_id, repeats=cfg.repeats)
-        if self.output_type == "loglikelihood":
-            return [make(0, "loglikelihood", (ctx, self.doc_target(doc)))]
-        if self.output_type == "loglikelihood_rolling":
-            return [make(0, "loglikelihood_rolling", (self.doc_target(doc),))]
-        if self.output_type == "generate_until":
-            return [make(0, "generate_until", (ctx, copy.deepcopy(cfg.generation_kwargs)))]
+        if self.output_type == OutputType.LOGLIKELIHOOD:
+            return [make(0, RequestKind.LOGLIKELIHOOD, (ctx, self.doc_target(doc)))]
+        if self.output_type == OutputType.LOGLIKELIHOOD_ROLLING:
+            return [make(0, RequestKind.LOGLIKELIHOOD_ROLLING, (self.doc_target(doc),))]
+        if self.output_type == OutputType.GENERATE_UNTIL:
+            return [make(0, RequestKind.GENERATE_UNTIL,
+                         (ctx, copy.deepcopy(cfg.generation_kwargs)))]
         choices = self.doc_choices(doc) or []
         delim = cfg.target_delimiter
         if apply_chat_template:
@@ -465,7 +467,7 @@ class Task:
             args = [(ctx, f"{delim}{choice}") for choice in choices]
         if "acc_mutual_info" in self._metric_names():
             args += [("", f"{delim}{choice}") for choice in choices]
-        return [make(i, "loglikelihood", arg) for i, arg in enumerate(args)]
+        return [make(i, RequestKind.LOGLIKELIHOOD, arg) for i, arg in enumerate(args)]
 
     # ------------------------------------------------------------------ results side
     def apply_filters(
@@ -491,4 +493,4 @@ class Task:
         }
 
     def __repr__(self) -> str:
-        return f"Task(name={self.name!r}, output_type={self.output_type!r})"
+        return f"Task(name={self.name!r}, output_type={str(self.output_type)!r})"

@@ -12,6 +12,7 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
+from evalfleet.common.request_kind import OutputType
 from evalfleet.tasks.config import default_gen_kwargs
 from evalfleet.tasks.errors import config_error
 from evalfleet.tasks.filters import FilterPipeline
@@ -41,7 +42,7 @@ class FormattedTask(Task):
                  metadata: dict | None) -> None:
         self.fmt = fmt
         cfg = base.cfg
-        if cfg.output_type != "multiple_choice":
+        if cfg.output_type != OutputType.MULTIPLE_CHOICE:
             raise config_error(cfg.source, "output_type", f"task {base.name!r} is "
                                f"{cfg.output_type}, not multiple_choice: @{fmt.name} turns a "
                                f"multiple-choice task into a generation task; run "
@@ -54,7 +55,7 @@ class FormattedTask(Task):
         super().__init__(dataclasses.replace(
             cfg, task=f"{base.name}@{fmt.name}", doc_to_choice=None,
             task_alias=f"{cfg.task_alias}@{fmt.name}" if cfg.task_alias else None,
-            output_type="generate_until", gen_prefix=fmt.gen_prefix,
+            output_type=OutputType.GENERATE_UNTIL, gen_prefix=fmt.gen_prefix,
             target_delimiter=fmt.target_delimiter, fewshot_delimiter=fmt.fewshot_delimiter,
             generation_kwargs=dict(cfg.generation_kwargs or default_gen_kwargs(
                 fmt.fewshot_delimiter)),
