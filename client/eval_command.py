@@ -517,7 +517,7 @@ def _ready_coordinator_modules(tree: TaskTree) -> None:
     from evalfleet import scoring
 
     for task in tree.tasks.values():
-        if hasattr(task, "all_eval_docs"):  # a YAML task (a Python class task loads its own)
+        if not task.loads_own_docs:  # a YAML task (a Python class task loads its own)
             task.all_eval_docs()
             break
     scoring.warm_up()

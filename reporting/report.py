@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from evalfleet.common.request_kind import OutputType
 from evalfleet.reporting.runs import Run
 
 #: Per-document metrics that say right (1) or wrong (0), in order of preference.
@@ -68,7 +69,7 @@ def _answer_html(record: dict[str, Any], output_type: str) -> tuple[str, str]:
     target = str(record.get("target", ""))
     filtered = record.get("filtered_resps", [])
     prompt_html = f'<pre class="prompt">{_e(prompt)}</pre>'
-    if output_type == "multiple_choice":
+    if output_type == OutputType.MULTIPLE_CHOICE:
         choices = [str(a[1]) if len(a) > 1 else "" for a in args]
         lls = []
         for resp in filtered:
@@ -89,14 +90,14 @@ def _answer_html(record: dict[str, Any], output_type: str) -> tuple[str, str]:
             items.append(f"<li>{_e(choice)} {ll_text} {' '.join(marks)}</li>")
         return (prompt_html + f'<ol class="choices" start="0">{"".join(items)}</ol>',
                 f'<div class="answer">choice {_e(pred)}</div>')
-    if output_type == "generate_until":
+    if output_type == OutputType.GENERATE_UNTIL:
         raw = record.get("resps", [])
         raw_text = raw[0][0] if raw and isinstance(raw[0], list) and raw[0] else raw
         answer = filtered[0] if isinstance(filtered, list) and filtered else filtered
         return (prompt_html + f'<div class="target">target: <code>{_e(target)}</code></div>',
                 f'<div class="answer"><code>{_e(answer)}</code></div>'
                 f'<details><summary>raw</summary><pre>{_e(raw_text)}</pre></details>')
-    if output_type == "loglikelihood":
+    if output_type == OutputType.LOGLIKELIHOOD:
         cont = str(args[0][1]) if args and len(args[0]) > 1 else target
         first = filtered[0] if isinstance(filtered, list) and filtered else filtered
         return (prompt_html + f'<div class="target">continuation: <code>{_e(cont)}</code></div>',

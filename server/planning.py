@@ -24,12 +24,13 @@ from evalfleet.server.spec import ParsedSpec
 from evalfleet.server.workers import WorkItem
 from evalfleet.tasks import (
     DataNotFoundError,
+    EvalTask,
     Request,
     SampleIndexError,
-    Task,
     TaskError,
     TaskManager,
     TaskNotFoundError,
+    TaskTree,
 )
 from evalfleet.v1 import inference_pb2 as ipb
 
@@ -57,7 +58,7 @@ def generation_params(gen_kwargs: dict[str, Any], seed: int | None) -> ipb.Gener
 class TaskPlan:
     """A task's documents and requests, with the content id of each request."""
 
-    task: Task
+    task: EvalTask
     docs: list[tuple[int, dict]]
     requests: list[Request]
     request_ids: list[str]
@@ -90,7 +91,7 @@ class JobPlan:
         return f"request {answer_id[:12]}"
 
 
-def _leaves(tree: Any, name: str) -> list[str]:
+def _leaves(tree: TaskTree, name: str) -> list[str]:
     """Leaf tasks under a group (recursively), in order."""
     group = tree.groups.get(name)
     if group is None:
@@ -102,7 +103,7 @@ def _leaves(tree: Any, name: str) -> list[str]:
 
 
 def load_tasks(parsed: ParsedSpec, data_dir: str | Path | None,
-               include_paths: Sequence[str]) -> Any:
+               include_paths: Sequence[str]) -> TaskTree:
     """Resolve the spec's task names; NOT_FOUND with close matches for an unknown one,
     INVALID_ARGUMENT naming the file for a bad task file."""
     try:
@@ -120,7 +121,7 @@ def load_tasks(parsed: ParsedSpec, data_dir: str | Path | None,
         raise InvalidArgumentError(f"task file error: {exc}") from exc
 
 
-def check_data(tree: Any, parsed: ParsedSpec) -> None:
+def check_data(tree: TaskTree, parsed: ParsedSpec) -> None:
     """NOT_FOUND, in a second and naming the task, the folder searched and how to point at a
     mirror, when a split one of the job's tasks reads cannot be had; reads no documents."""
     for task in tree.tasks.values():
@@ -147,7 +148,7 @@ def _work_items(req: Request, rid: str, parsed: ParsedSpec, chat: ChatRenderer |
 
 
 def build_plan(parsed: ParsedSpec, data_dir: str | Path | None, include_paths: Sequence[str],
-               chat: ChatRenderer | None = None, tree: Any = None) -> JobPlan:
+               chat: ChatRenderer | None = None, tree: TaskTree | None = None) -> JobPlan:
     """Build every request of the spec's tasks (lm-eval's, in lm-eval's order).
 
     ``chat`` renders prompts with the model's chat template (needed with apply_chat_template);

@@ -22,12 +22,14 @@ if TYPE_CHECKING:
     from evalfleet.tasks.listing import render_task_listing, show_task
     from evalfleet.tasks.manager import TaskEntry, TaskManager, TaskTree
     from evalfleet.tasks.metric_config import MetricConfig
+    from evalfleet.tasks.protocol import EvalTask
     from evalfleet.tasks.request import Request
     from evalfleet.tasks.task import Task
 
 #: Public name -> the module that defines it.
 _LAZY = {
     "AggregateMetric": "group",
+    "EvalTask": "protocol",
     "FilterPipeline": "filters",
     "GroupSpec": "group",
     "MetricConfig": "metric_config",
@@ -53,6 +55,7 @@ def __getattr__(name: str) -> Any:
 __all__ = [
     "AggregateMetric",
     "DataNotFoundError",
+    "EvalTask",
     "FilterPipeline",
     "GroupSpec",
     "MetricConfig",

@@ -10,7 +10,6 @@ Classes may subclass ``lm_eval.api.task.Task`` (lm-eval installed) or
 from __future__ import annotations
 
 import inspect
-import math
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -19,9 +18,10 @@ from evalfleet.common.request_kind import OutputType, RequestKind
 from evalfleet.tasks import api
 from evalfleet.tasks.config import OUTPUT_TYPES, TaskConfig
 from evalfleet.tasks.dataset import DatasetSource
-from evalfleet.tasks.errors import SampleIndexError, TaskError, config_error
+from evalfleet.tasks.errors import TaskError, config_error
 from evalfleet.tasks.filters import FilterPipeline
-from evalfleet.tasks.metric_config import MetricConfig
+from evalfleet.tasks.metric_config import MetricConfig, default_metric
+from evalfleet.tasks.protocol import EvalTask
 from evalfleet.tasks.request import REQUEST_TYPES, Request
 from evalfleet.tasks.yaml_loader import describe
 
@@ -102,8 +102,10 @@ def _accepted_kwargs(fn: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in kwargs.items() if k in params}
 
 
-class ClassTask:
+class ClassTask(EvalTask):
     """A Python class task seen through the interface the planner and scorer use."""
+
+    loads_own_docs = True
 
     def __init__(self, obj: Any, cfg: dict[str, Any], source: Path | None) -> None:
         self.obj = obj
@@ -170,6 +172,22 @@ class ClassTask:
     def doc_choices(self, doc: Any) -> None:
         return None
 
+    @property
+    def task_file(self) -> Path | None:
+        """The YAML file that names the class (``class: !function ...``)."""
+        return self.source
+
+    def origin_lines(self) -> list[str]:
+        """Its YAML file, and its class and document count."""
+        return [f"yaml: {self.source}",
+                f"class: {self.config['class']} ({len(self.all_eval_docs())} docs)"]
+
+    def set_predict_only(self) -> None:
+        """The only metric becomes ``bypass`` and the class's ``process_results`` is replaced
+        (as lm-eval's ``override_metric``)."""
+        self.metric_list = [default_metric("bypass")]
+        self.process_results_fn = lambda doc, results: {"bypass": None}
+
     # ------------------------------------------------------------------ docs
     def require_data(self, num_fewshot: int | None) -> None:
         """Nothing to check ahead: the class reads its own documents."""
@@ -179,26 +197,8 @@ class ClassTask:
             self._docs = list(self._call("eval_docs", lambda: self.obj.eval_docs))
         return self._docs
 
-    def sample_size(self, limit: int | float | None) -> int:
-        n = len(self.all_eval_docs())
-        if limit is None:
-            return n
-        size = int(math.ceil(n * limit)) if limit < 1.0 else int(limit)
-        if size <= 0:
-            raise TaskError(f"task {self.name!r}: limit {limit!r} selects no documents")
-        return min(size, n)
-
-    def eval_docs(self, limit: int | float | None = None,
-                  samples: Sequence[int] | None = None) -> list[tuple[int, Any]]:
-        docs = self.all_eval_docs()
-        if samples:
-            bad = [i for i in samples if not 0 <= i < len(docs)]
-            if bad:
-                raise SampleIndexError(f"task {self.name!r}: samples {bad} are outside its "
-                                       f"{len(docs)} documents (indices 0..{len(docs) - 1})")
-            wanted = set(samples)
-            return list(enumerate(d for i, d in enumerate(docs) if i in wanted))
-        return list(enumerate(docs[: self.sample_size(limit)]))
+    def _documents_phrase(self, count: int) -> str:
+        return f"its {count} documents"
 
     # ------------------------------------------------------------------ requests
     def resolve_num_fewshot(self, num_fewshot: int | None) -> int:

@@ -38,14 +38,7 @@ def show_task(manager: TaskManager, name: str, num_fewshot: int | None = None) -
         lines = [
             f"task {task.name} (version {task.version}, output_type {task.output_type}, "
             f"{task.effective_num_fewshot}-shot)"]
-        if hasattr(task, "cfg"):
-            lines += [
-                f"  yaml: {task.cfg.source}",
-                f"  dataset: {task.cfg.dataset_path} / {task.cfg.dataset_name or 'default'} "
-                f"split {task.eval_split} ({len(task.all_eval_docs())} docs)"]
-        else:  # a Python class task
-            lines += [f"  yaml: {task.source}", f"  class: {task.config['class']} "
-                      f"({len(task.all_eval_docs())} docs)"]
+        lines += [f"  {line}" for line in task.origin_lines()]
         lines += [
             f"  metrics: {', '.join(m.name for m in task.metric_list)}",
             f"  target: {task.doc_target(doc)!r}",

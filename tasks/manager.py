@@ -24,6 +24,7 @@ from evalfleet.tasks.formats import apply_format, split_format
 from evalfleet.tasks.group import GROUP_KEYS, GroupSpec, check_aggregates, make_group_spec
 from evalfleet.tasks.index import BrokenFile, IndexEntry, build_index, folders_of, index_file
 from evalfleet.tasks.library import group_children, library_entries, not_installed_note
+from evalfleet.tasks.protocol import EvalTask
 from evalfleet.tasks.suggest import suggestions
 from evalfleet.tasks.task import Task
 from evalfleet.tasks.yaml_loader import resolve_functions
@@ -58,7 +59,7 @@ class TaskEntry:
 class TaskTree:
     """Loaded tasks (leaves, stable order), groups, and the requested top-level names."""
 
-    tasks: dict[str, Task] = field(default_factory=dict)
+    tasks: dict[str, EvalTask] = field(default_factory=dict)
     groups: dict[str, GroupSpec] = field(default_factory=dict)
     roots: list[str] = field(default_factory=list)
 

@@ -6,7 +6,6 @@ import ast
 import copy
 import hashlib
 import json
-import math
 from collections.abc import Callable, Sequence
 from functools import partial
 from pathlib import Path
@@ -18,10 +17,11 @@ from jinja2 import TemplateError
 from evalfleet.common.request_kind import OutputType, RequestKind
 from evalfleet.tasks.config import TaskConfig
 from evalfleet.tasks.dataset import DatasetSource, splits_read
-from evalfleet.tasks.errors import SampleIndexError, TaskError, config_error
+from evalfleet.tasks.errors import TaskError, config_error
 from evalfleet.tasks.filters import FilterPipeline, get_filter
-from evalfleet.tasks.metric_config import MetricConfig, parse_metric_list
+from evalfleet.tasks.metric_config import MetricConfig, default_metric, parse_metric_list
 from evalfleet.tasks.prompt import Message, ends_with_whitespace, maybe_delimit, qa_turn, render
+from evalfleet.tasks.protocol import EvalTask
 from evalfleet.tasks.request import Request
 from evalfleet.tasks.samplers import SAMPLERS
 from evalfleet.tasks.templating import render as render_template
@@ -39,7 +39,7 @@ def _as_list(docs: Any) -> list[Doc]:
     return docs if isinstance(docs, list) else list(docs)
 
 
-class Task:
+class Task(EvalTask):
     """One leaf task built from a validated config (see ``TaskManager.load``)."""
 
     def __init__(
@@ -81,6 +81,26 @@ class Task:
                 continue
             out[key] = describe(value)
         return out
+
+    @property
+    def task_file(self) -> Path | None:
+        """The YAML file the task's config was read from."""
+        return self.cfg.source
+
+    def origin_lines(self) -> list[str]:
+        """Its YAML file, and its dataset, split and document count."""
+        cfg = self.cfg
+        return [f"yaml: {cfg.source}",
+                f"dataset: {cfg.dataset_path} / {cfg.dataset_name or 'default'} split "
+                f"{self.eval_split} ({len(self.all_eval_docs())} docs)"]
+
+    def set_predict_only(self) -> None:
+        """The only metric becomes ``bypass``, in the config too (as lm-eval's
+        ``override_metric``)."""
+        self.metric_list = [default_metric("bypass")]
+        self.process_results_fn = None
+        self.cfg.metric_list = [{"metric": "bypass"}]
+        self.cfg.process_results = "process_results"  # type: ignore[assignment]
 
     def _parse_filters(self) -> list[FilterPipeline]:
         raw = self.cfg.filter_list
@@ -149,31 +169,8 @@ class Task:
             self._probe()
         return self._eval_docs
 
-    def sample_size(self, limit: int | float | None) -> int:
-        """Docs evaluated under ``limit`` (a fraction < 1.0 is rounded up, as lm-eval)."""
-        n = len(self.all_eval_docs())
-        if limit is None:
-            return n
-        size = int(math.ceil(n * limit)) if limit < 1.0 else int(limit)
-        if size <= 0:
-            raise TaskError(f"task {self.name!r}: limit {limit!r} selects no documents")
-        return min(size, n)
-
-    def eval_docs(self, limit: int | float | None = None,
-                  samples: Sequence[int] | None = None) -> list[tuple[int, Doc]]:
-        """``(doc_id, doc)`` pairs of the evaluated split: the first ``limit`` docs, or the docs
-        at the ``samples`` indices in split order, renumbered from 0 (lm-eval's ``--samples``).
-        """
-        docs = self.all_eval_docs()
-        if samples:
-            bad = [i for i in samples if not 0 <= i < len(docs)]
-            if bad:
-                raise SampleIndexError(
-                    f"task {self.name!r}: samples {bad} are outside the {len(docs)} documents "
-                    f"of split {self.eval_split!r} (indices 0..{len(docs) - 1})")
-            wanted = set(samples)
-            return list(enumerate(d for i, d in enumerate(docs) if i in wanted))
-        return list(enumerate(docs[: self.sample_size(limit)]))
+    def _documents_phrase(self, count: int) -> str:
+        return f"the {count} documents of split {self.eval_split!r}"
 
     @property
     def features(self) -> list[str]:

@@ -9,6 +9,7 @@ import inspect
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from enum import Enum
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -155,6 +156,8 @@ def describe(value: Any) -> Any:
         return {k: describe(v) for k, v in value.items()}
     if isinstance(value, list):
         return [describe(v) for v in value]
+    if isinstance(value, Enum):  # e.g. OutputType: its string, as the task file gave it
+        return value.value
     return value
 
 

@@ -28,6 +28,7 @@ from rich.console import Console
 
 from evalfleet.common.errors import InvalidArgumentError
 from evalfleet.common.redact import redact_argv, redact_results
+from evalfleet.common.request_kind import OutputType
 
 _NONE_SUFFIX = re.compile(r",none$")
 
@@ -107,7 +108,7 @@ def samples_frame(samples: list[dict[str, Any]], config: dict[str, Any]) -> Any:
         elif all(metric in x for x in samples):
             metrics[metric] = [x[metric] for x in samples]
     frame: dict[str, Any] = {"id": ids}
-    if output_type == "loglikelihood":
+    if output_type == OutputType.LOGLIKELIHOOD:
         instance = [a[0][0] for a in args]
         labels = [a[0][1] for a in args]
         resps = [f"log probability of continuation is {x['resps'][0][0][0]} \n\ncontinuation "
@@ -117,18 +118,18 @@ def samples_frame(samples: list[dict[str, Any]], config: dict[str, Any]) -> Any:
                     f"continuation will "
                     f"{'be' if str(x['filtered_resps'][0][1]) == 'True' else 'not be'} "
                     "generated with greedy sampling" for x in samples]
-    elif output_type == "multiple_choice":
+    elif output_type == OutputType.MULTIPLE_CHOICE:
         instance = [a[0][0] for a in args]
         frame_choices = ["\n".join(f"{i}. {c[1]}" for i, c in enumerate(a)) for a in args]
         resps = [int(np.argmax([_float(n[0]) for n in x["resps"]])) for x in samples]
         filtered = [int(np.argmax([_float(n) for n in x["filtered_resps"]])) for x in samples]
-    elif output_type in ("loglikelihood_rolling", "generate_until"):
+    elif output_type in (OutputType.LOGLIKELIHOOD_ROLLING, OutputType.GENERATE_UNTIL):
         instance = [a[0][0] for a in args]
         resps = [x["resps"][0][0] if isinstance(x["resps"][0], list) else x["resps"][0]
                  for x in samples]
         filtered = [x["filtered_resps"][0] for x in samples]
     frame["data"] = instance
-    if output_type == "multiple_choice":
+    if output_type == OutputType.MULTIPLE_CHOICE:
         frame["choices"] = frame_choices
     frame.update({"input_len": [len(x) for x in instance], "labels": labels,
                   "output_type": output_type, "raw_predictions": resps,
