@@ -79,3 +79,23 @@ def check_chat_only(apply_chat_template: bool, workers: Mapping[str, ipb.ModelIn
                 f"worker {address} (backend {info.backend}) is a chat endpoint and takes chat "
                 "messages only: add --apply_chat_template (spec.apply_chat_template) so that "
                 "prompts are sent as messages")
+
+
+def wants_batch_api(model_args: Mapping[str, object]) -> bool:
+    """Whether a job's model args ask for the provider's batch API (``batch_api=true``)."""
+    return str(model_args.get("batch_api", "")).strip().lower() in ("true", "1", "yes")
+
+
+def check_batch_api(model_args: Mapping[str, object], workers: Mapping[str, ipb.ModelInfo]
+                    ) -> None:
+    """A job whose model args say ``batch_api=true`` needs workers that send batches through
+    the provider's batch API (``Capabilities.batch_api``)."""
+    if not wants_batch_api(model_args):
+        return
+    for address, info in workers.items():
+        if not info.capabilities.batch_api:
+            raise FailedPreconditionError(
+                f"model_args batch_api=true, but worker {address} (backend {info.backend}) "
+                "has no provider batch API: start its worker with batch_api=true in its "
+                "model_args on openai-completions, local-completions, openai-chat-completions, "
+                "local-chat-completions or anthropic-chat, or drop batch_api from the job")

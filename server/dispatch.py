@@ -11,7 +11,9 @@ import numpy as np
 from evalfleet.common.logging import get_logger
 from evalfleet.common.metrics import CoordinatorEvents
 from evalfleet.server.batching import KindQueue
+from evalfleet.server.capabilities import wants_batch_api
 from evalfleet.server.job import Job
+from evalfleet.server.provider_batches import compute_by_provider_batches
 from evalfleet.server.scheduler import JobDispatch, Scheduler
 from evalfleet.server.store import AnswerSlices, JobStore, StoreUnwritableError
 from evalfleet.server.workers import WorkItem
@@ -20,7 +22,7 @@ from evalfleet.v1 import inference_pb2 as ipb
 log = get_logger("dispatch")
 
 
-def _task_owners(job: Job) -> tuple[dict[str, int], dict[str, list[int]]]:
+def task_owners(job: Job) -> tuple[dict[str, int], dict[str, list[int]]]:
     """answer id -> the index of the first task that uses it, and, for the few answers shared
     by several tasks, the indices of the others."""
     tasks = job.plan.tasks
@@ -94,7 +96,11 @@ async def compute_missing(job: Job, store: JobStore, scheduler: Scheduler) -> No
     """
     fingerprint = job.model_info.fingerprint
     names = [p.task.name for p in job.plan.tasks]
-    first, extra = _task_owners(job)
+    first, extra = task_owners(job)
+    if wants_batch_api(job.parsed.model_args):
+        # What the provider's batches answer is in the store before the online pass below,
+        # which computes what is left (rolling loglikelihood requests, which have no batch).
+        await compute_by_provider_batches(job, store, scheduler, (first, extra), store_answers)
     tasks_of: dict[int, TaskOwners] = {}
     progress = _ProgressEvents(job)
 

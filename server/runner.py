@@ -31,7 +31,7 @@ from evalfleet.execution.policy import check_unsafe_code
 from evalfleet.server import job_hooks, lmeval_sections
 from evalfleet.server import results as results_mod
 from evalfleet.server.access import AccessPolicy
-from evalfleet.server.capabilities import check_chat_only, check_request_kinds
+from evalfleet.server.capabilities import check_batch_api, check_chat_only, check_request_kinds
 from evalfleet.server.chat import (
     ChatRenderer,
     json_messages_renderer,
@@ -221,6 +221,7 @@ class JobRunner:
                              if t.output_type == "multiple_choice"},
             apply_chat_template=parsed.apply_chat_template)
         check_chat_only(parsed.apply_chat_template, infos)  # after: that refusal names both
+        check_batch_api(parsed.model_args, infos)
         chat = await _chat_renderer(parsed, workers)
         async with self._planning:
             plan = await asyncio.to_thread(build_plan, parsed, self.data_dir,
