@@ -193,6 +193,9 @@ def _add_eval_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--coordinator_sink", action="append", default=[], metavar="<args>",
                    help="name=SINK[,run_name=...,registered_model=...,model_version=N]: ask the "
                         "coordinator to log the job to one of its configured sinks")
+    p.add_argument("--price_table", default=None, metavar="FILE",
+                   help="YAML or JSON prices per model (per million input, cached_input and "
+                        "output tokens, batch_discount): the results carry the job's cost")
     for flag in UNSUPPORTED_FLAGS:
         p.add_argument(flag, nargs="*", default=None, help=argparse.SUPPRESS)
     p.add_argument("--data_dir", default=None,

@@ -24,6 +24,7 @@ from evalfleet.common.args import format_kv_args, parse_kv_args
 from evalfleet.common.errors import EvalfleetError, InvalidArgumentError
 from evalfleet.common.logging import get_logger
 from evalfleet.common.paths import default_store_path
+from evalfleet.common.price_table import load_price_table
 from evalfleet.v1 import coordinator_pb2 as cpb
 
 if TYPE_CHECKING:
@@ -111,6 +112,8 @@ def build_spec(args: argparse.Namespace, *, worker_addresses: list[str] | None =
         spec.fewshot_as_multiturn = args.fewshot_as_multiturn
     for text in args.coordinator_sink:
         spec.sinks.append(parse_sink_request(text))
+    if getattr(args, "price_table", None):
+        spec.price_table.CopyFrom(load_price_table(args.price_table))
     if args.num_fewshot is not None:
         spec.num_fewshot = args.num_fewshot
     if args.limit is not None:

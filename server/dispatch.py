@@ -16,6 +16,7 @@ from evalfleet.server.job import Job
 from evalfleet.server.provider_batches import compute_by_provider_batches
 from evalfleet.server.scheduler import JobDispatch, Scheduler
 from evalfleet.server.store import AnswerSlices, JobStore, StoreUnwritableError
+from evalfleet.server.usage import worker_counted
 from evalfleet.server.workers import WorkItem
 from evalfleet.v1 import inference_pb2 as ipb
 
@@ -109,6 +110,8 @@ async def compute_missing(job: Job, store: JobStore, scheduler: Scheduler) -> No
         await store_answers(store, fingerprint, answers, job, scheduler.metrics)
         _merge_cost(job, cost)
         job.served_by.add(worker)
+        job.usage.count_batch(queue.kind, answers, tasks_of[id(queue)].first[indices], names,
+                              worker_counted(queue.kind, cost))
         counts = tasks_of[id(queue)].count(indices, len(names))
         for name, n in zip(names, counts.tolist(), strict=True):
             if n:
@@ -227,7 +230,7 @@ class _ProgressEvents:
 def _merge_cost(job: Job, cost: ipb.BatchCost) -> None:
     total = job.cost
     for name in ("positions_computed", "prompt_tokens", "completion_tokens", "http_requests",
-                 "retries"):
+                 "retries", "cached_tokens", "reasoning_tokens"):
         setattr(total, name, getattr(total, name) + getattr(cost, name))
     total.throttled_seconds += cost.throttled_seconds
     total.compute_seconds += cost.compute_seconds

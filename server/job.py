@@ -15,6 +15,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from evalfleet.server.planning import JobPlan
 from evalfleet.server.spec import ParsedSpec
+from evalfleet.server.usage import JobUsage, Pricing, job_pricing, usage_event
 from evalfleet.v1 import coordinator_pb2 as cpb
 from evalfleet.v1 import inference_pb2 as ipb
 
@@ -59,6 +60,8 @@ class Job:
     #: This process no longer holds the job's lease (another coordinator took it, or it was
     #: handed back at shutdown): it is stopped and its state is no longer written from here.
     lost: bool = False
+    usage: JobUsage = field(default_factory=JobUsage)  # tokens spent, per task (server.usage)
+    _pricing: Pricing | None = field(default=None, repr=False)
     _groups: dict[str, str] | None = field(default=None, repr=False)
     #: what a retired job keeps of its plan: its final progress and its unique requests
     _final_progress: list[cpb.TaskProgress] = field(default_factory=list, repr=False)
@@ -83,6 +86,14 @@ class Job:
         self.dispatch = None
         self._groups = None
         del self.history[1:max(1, len(self.history) - RETIRED_HISTORY + 1)]
+
+    @property
+    def pricing(self) -> Pricing:
+        """How the job's usage is priced (its model's row in the spec's price table)."""
+        if self._pricing is None:
+            self._pricing = job_pricing(self.parsed.spec, self.parsed.model_args,
+                                        self.model_info.model_name)
+        return self._pricing
 
     @property
     def positions_computed(self) -> int:
@@ -121,7 +132,8 @@ class Job:
         """Record an event and hand it to every watcher."""
         self.updated_at = now()
         event = cpb.EvaluationEvent(id=self.id, state=self.state, progress=self.progress(),
-                                    message=message, time=self.updated_at)
+                                    message=message, time=self.updated_at,
+                                    usage=usage_event(self.usage, self.pricing))
         self.history.append(event)
         if len(self.history) > MAX_HISTORY:
             del self.history[1:len(self.history) - MAX_HISTORY + 1]

@@ -9,6 +9,7 @@ from typing import Any
 from evalfleet.common.args import parse_kv_args
 from evalfleet.common.errors import InvalidArgumentError
 from evalfleet.common.generation import GenerationParams
+from evalfleet.common.price_table import check_price_table
 from evalfleet.v1 import coordinator_pb2 as cpb
 
 DEFAULT_BOOTSTRAP_ITERS = 100_000
@@ -107,6 +108,7 @@ def parse_spec(spec: cpb.EvaluationSpec) -> ParsedSpec:
         DEFAULT_BOOTSTRAP_ITERS
     if bootstrap < 0:
         raise InvalidArgumentError("spec.bootstrap_iters: must be >= 0")
+    check_price_table(spec.price_table, "spec.price_table")
     for i, address in enumerate(spec.worker_addresses):
         host, sep, port = address.rpartition(":")
         if not sep or not host or not port.isdigit():

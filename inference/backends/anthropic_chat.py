@@ -37,6 +37,7 @@ from evalfleet.inference.backends.base import (
 )
 from evalfleet.inference.backends.openai_chat import refuse_scoring
 from evalfleet.inference.backends.reasoning import GeneratedText, api_generation
+from evalfleet.inference.backends.token_usage import add_usage
 
 log = get_logger("backend.anthropic")
 
@@ -132,9 +133,7 @@ class AnthropicChatBackend(RemoteBackend):
 
         raw = await self.http(send, cost, "generate_until")
         data = raw.http_response.json()
-        usage = data.get("usage") or {}
-        cost.prompt_tokens += int(usage.get("input_tokens") or 0)
-        cost.completion_tokens += int(usage.get("output_tokens") or 0)
+        add_usage(cost, data.get("usage"))  # every token kind, cached and reasoning too
         return data
 
     async def generate_until(self, requests: Sequence[GenerationRequest]) -> Answers[str]:

@@ -37,6 +37,7 @@ from evalfleet.inference.backends.base import (
 )
 from evalfleet.inference.backends.loading import library_versions
 from evalfleet.inference.backends.reasoning import reasoning_fingerprint
+from evalfleet.inference.backends.token_usage import with_call_usage
 
 log = get_logger("backend.api")
 
@@ -153,8 +154,8 @@ class RemoteBackend(Backend):
         started = time.perf_counter()
 
         async def run(positions: list[int], make) -> None:
-            try:
-                outcomes = await make(cost)
+            try:  # the call's usage (every response it read) shared out over its answers
+                outcomes = await with_call_usage(make(cost))
             except RetryError as exc:
                 outcomes = [ItemError(f"{what}: {exc}", exc.failure.retryable)] * len(positions)
             except Exception as exc:  # noqa: BLE001 - an unreadable answer fails its items

@@ -110,6 +110,7 @@ class TokenScores:
     logprobs: np.ndarray  # float32, one per scored token
     greedy: np.ndarray  # bool, one per scored token
     backend_total: float | None = None
+    usage: Any = None  # token_usage.TokenUsage: this request's share of a remote API's usage
 
     @property
     def total(self) -> float:
@@ -157,6 +158,8 @@ class Cost:
     compute_seconds: float = 0.0
     throttled_responses: int = 0  # 429/503/timeouts that made the limiter cut
     concurrency: int = 0  # the endpoint's limit of calls in flight (adaptive) as the batch ran
+    cached_tokens: int = 0  # the part of prompt_tokens read from the API's prompt cache
+    reasoning_tokens: int = 0  # the part of completion_tokens spent thinking
 
     def add(self, other: Cost) -> None:
         """Accumulate ``other`` into this cost (``concurrency``: the higher of the two)."""

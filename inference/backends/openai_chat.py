@@ -41,6 +41,7 @@ from evalfleet.inference.backends.base import (
     TokenScores,
 )
 from evalfleet.inference.backends.reasoning import api_generation
+from evalfleet.inference.backends.token_usage import add_usage
 
 log = get_logger("backend.chat")
 
@@ -132,9 +133,7 @@ class LocalChatBackend(RemoteBackend):
 
         raw = await self.http(send, cost, "generate_until")
         data = raw.http_response.json()
-        usage = data.get("usage") or {}
-        cost.prompt_tokens += int(usage.get("prompt_tokens") or 0)
-        cost.completion_tokens += int(usage.get("completion_tokens") or 0)
+        add_usage(cost, data.get("usage"))  # every token kind, cached and reasoning too
         return data
 
     def parse(self, data: dict[str, Any]) -> str:

@@ -69,6 +69,7 @@ from evalfleet.inference.backends.logprob_probe import (
     summary,
 )
 from evalfleet.inference.backends.reasoning import api_generation
+from evalfleet.inference.backends.token_usage import add_usage, scores_usage
 from evalfleet.inference.backends.windows import rolling_windows
 
 log = get_logger("backend.completions")
@@ -322,9 +323,7 @@ class LocalCompletionsBackend(RemoteBackend):
 
         raw = await self.http(send, cost, what, attempts=attempts)
         data = raw.http_response.json()
-        usage = data.get("usage") or {}
-        cost.prompt_tokens += int(usage.get("prompt_tokens") or 0)
-        cost.completion_tokens += int(usage.get("completion_tokens") or 0)
+        add_usage(cost, data.get("usage"))  # every token kind, cached and reasoning too
         return data
 
     # ------------------------------------------------------------------ loglikelihood
@@ -420,7 +419,8 @@ class LocalCompletionsBackend(RemoteBackend):
             error = next((p for p in parts if isinstance(p, ItemError)), None)
             out.append(error or TokenScores(
                 np.concatenate([p.logprobs for p in parts]) if parts else np.zeros(0, np.float32),
-                np.concatenate([p.greedy for p in parts]) if parts else np.zeros(0, bool)))
+                np.concatenate([p.greedy for p in parts]) if parts else np.zeros(0, bool),
+                usage=scores_usage(parts)))
         return Answers(out, answers.cost)
 
     # ------------------------------------------------------------------ generation

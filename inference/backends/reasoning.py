@@ -29,10 +29,12 @@ class GeneratedText(str):
     prompt_tokens: int
     completion_tokens: int
     reasoning_tokens: int
+    cached_tokens: int
 
     def __new__(cls, text: str, *, reasoning: str = "", hit_length_limit: bool = False,
                 unfinished_thinking: bool = False, prompt_tokens: int = 0,
-                completion_tokens: int = 0, reasoning_tokens: int = 0) -> GeneratedText:
+                completion_tokens: int = 0, reasoning_tokens: int = 0,
+                cached_tokens: int = 0) -> GeneratedText:
         out = super().__new__(cls, text)
         out.reasoning = reasoning
         out.hit_length_limit = hit_length_limit
@@ -40,6 +42,7 @@ class GeneratedText(str):
         out.prompt_tokens = prompt_tokens
         out.completion_tokens = completion_tokens
         out.reasoning_tokens = reasoning_tokens
+        out.cached_tokens = cached_tokens
         return out
 
     def generation_fields(self) -> dict[str, Any]:
@@ -48,7 +51,8 @@ class GeneratedText(str):
                   "unfinished_thinking": self.unfinished_thinking,
                   "prompt_tokens": self.prompt_tokens,
                   "completion_tokens": self.completion_tokens,
-                  "reasoning_tokens": self.reasoning_tokens}
+                  "reasoning_tokens": self.reasoning_tokens,
+                  "cached_tokens": self.cached_tokens}
         return {k: v for k, v in fields.items() if v}
 
 

@@ -15,6 +15,12 @@ answers ``{"id", "type": "message", "role": "assistant", "model", "content": [{"
 {"type", "message"}}``; ``--rate-limit-first N`` answers the first N requests 429
 ``rate_limit_error`` with a ``retry-after`` header (``POST /admin/rate-limit {"count",
 "retry_after"}`` arms that at run time). ``GET /v1/models`` lists the model.
+
+``--prompt-cache-block N`` answers as if the prompt had a cache breakpoint: a prompt's leading
+blocks of N tokens that an earlier prompt began with are ``cache_read_input_tokens`` (and left
+out of ``input_tokens``, as Anthropic counts them). ``GET /admin/stats`` returns ``{"usage":
+{"responses", "prompt_tokens" (input, cached included), "cached_tokens",
+"completion_tokens"}}``, the server's own totals of what its answers reported.
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from model_engine import Engine  # noqa: E402
+from prompt_cache import PromptCache, UsageTotals  # noqa: E402
 
 
 class State:
@@ -41,6 +48,8 @@ class State:
         self.rate_limited_left, self.retry_after = rate_limited, retry_after
         self.record = record
         self.lock = threading.Lock()
+        self.cache = PromptCache(0)  # --prompt-cache-block: repeated prefixes read as cached
+        self.usage = UsageTotals()  # what the answers reported, for GET /admin/stats
 
     def take_rate_limit(self) -> bool:
         with self.lock:
@@ -76,10 +85,15 @@ def create_message(state: State, body: dict[str, Any]) -> dict[str, Any]:
     stop = list(body.get("stop_sequences") or [])
     text, out, finish, which = state.engine.generate(ids, body["max_tokens"], stop)
     reason = {"length": "max_tokens"}.get(finish, "stop_sequence" if which else "end_turn")
+    cached = state.cache.cached(ids)
+    usage = {"input_tokens": len(ids) - cached, "output_tokens": len(out)}
+    if state.cache.block:  # as with a cache breakpoint: what was read from the cache
+        usage.update(cache_read_input_tokens=cached, cache_creation_input_tokens=0)
+    state.usage.add("generate", len(ids), cached, len(out))
     return {"id": f"msg_{uuid.uuid4().hex[:24]}", "type": "message", "role": "assistant",
             "model": body.get("model"), "content": [{"type": "text", "text": text}],
             "stop_reason": reason, "stop_sequence": which,
-            "usage": {"input_tokens": len(ids), "output_tokens": len(out)}}
+            "usage": usage}
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -110,6 +124,8 @@ class Handler(BaseHTTPRequestHandler):
         if self.path.rstrip("/").split("?")[0] == "/v1/models":
             self._send(200, {"data": [{"type": "model", "id": self.state.name}],
                              "has_more": False})
+        elif self.path == "/admin/stats":
+            self._send(200, {"usage": self.state.usage.as_dict()})
         else:
             self._error(404, "not_found_error", f"no route {self.path}")
 
@@ -159,9 +175,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rate-limit-first", type=int, default=0)
     parser.add_argument("--retry-after", type=float, default=1.0)
     parser.add_argument("--record", default=None)
+    parser.add_argument("--prompt-cache-block", type=int, default=0, metavar="N",
+                        help="report a prompt's leading blocks of N tokens that an earlier "
+                             "prompt began with as cache_read_input_tokens (0: no cache)")
     args = parser.parse_args(argv)
     Handler.state = State(Engine(args.model), args.served_name, args.rate_limit_first,
                           args.retry_after, args.record)
+    Handler.state.cache = PromptCache(args.prompt_cache_block)
     server = ThreadingHTTPServer(("127.0.0.1", args.port), Handler)
     server.daemon_threads = True
     print(f"PORT {server.server_address[1]}", flush=True)

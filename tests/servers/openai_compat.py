@@ -47,7 +47,13 @@ with the case's ``usage`` (default zeros) as the response's.
 completion or chat request arriving while N are being answered gets 429 with
 ``Retry-After: --retry-after`` (default 1 s); without ``--reasoning`` the chat endpoint then
 answers ``"The best answer is A"`` with no model loaded. ``GET /admin/stats`` returns
-``{"answered", "rate_limited", "peak_concurrent"}``.
+``{"answered", "rate_limited", "peak_concurrent", "usage"}``, ``usage`` being the server's own
+totals of what its answers reported (``responses``, ``prompt_tokens``, ``cached_tokens``,
+``completion_tokens``; the same by request kind under ``echo`` and ``generate``).
+
+``--prompt-cache-block N`` is a provider's automatic prompt cache: a prompt's leading blocks of
+N tokens that an earlier prompt began with are reported as
+``usage.prompt_tokens_details.cached_tokens`` (as OpenAI does), e.g. a shared few-shot prefix.
 """
 
 from __future__ import annotations
@@ -64,6 +70,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from prompt_cache import PromptCache, UsageTotals  # noqa: E402
+
 if TYPE_CHECKING:  # imported in main() unless --reasoning (which needs no model nor torch)
     from model_engine import Engine, Position
 
@@ -85,6 +93,8 @@ class State:
         self.max_concurrent = 0  # --max-concurrent: 429 above this many requests in progress
         self.retry_after = "1"
         self.in_progress = self.peak = self.answered = self.rate_limited = 0
+        self.cache = PromptCache(0)  # --prompt-cache-block: repeated prefixes read as cached
+        self.usage = UsageTotals()  # what the answers reported, for /admin/stats
 
     def enter(self) -> bool:
         """Count a request in progress; False (and not counted) above ``--max-concurrent``."""
@@ -170,11 +180,12 @@ def completion(state: State, body: dict[str, Any]) -> dict[str, Any]:
     k = body.get("logprobs")
     stop = body.get("stop") or []
     stop = [stop] if isinstance(stop, str) else list(stop)
-    choices, n_prompt, n_out = [], 0, 0
+    choices, n_prompt, n_out, n_cached = [], 0, 0, 0
     for index, p in enumerate(prompts):
         ids = engine.encode(p) if isinstance(p, str) else [int(t) for t in p]
         text_in = p if isinstance(p, str) else engine.tokenizer.decode(ids)
         n_prompt += len(ids)
+        n_cached += state.cache.cached(ids)
         if k is not None:
             positions, nxt = engine.prompt_logprobs(ids, int(k), shifted=state.shifted)
         if k is not None and max_tokens == 1:
@@ -200,7 +211,8 @@ def completion(state: State, body: dict[str, Any]) -> dict[str, Any]:
     return {"id": f"cmpl-{uuid.uuid4().hex}", "object": "text_completion",
             "created": int(time.time()), "model": state.name, "choices": choices,
             "usage": {"prompt_tokens": n_prompt, "total_tokens": n_prompt + n_out,
-                      "completion_tokens": n_out}}
+                      "completion_tokens": n_out,
+                      "prompt_tokens_details": {"cached_tokens": n_cached}}}
 
 
 def reasoning_case(messages: list[dict[str, Any]], cases: list[dict[str, Any]]
@@ -245,7 +257,8 @@ def chat_completion(state: State, body: dict[str, Any]) -> dict[str, Any]:
                                                  "tool_calls": []},
                          "logprobs": None, "finish_reason": finish, "stop_reason": reason}],
             "usage": {"prompt_tokens": len(ids), "total_tokens": len(ids) + len(out_ids),
-                      "completion_tokens": len(out_ids)}}
+                      "completion_tokens": len(out_ids),
+                      "prompt_tokens_details": {"cached_tokens": state.cache.cached(ids)}}}
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -275,7 +288,7 @@ class Handler(BaseHTTPRequestHandler):
         if self.path == "/admin/stats":
             st = self.state
             self._send(200, {"answered": st.answered, "rate_limited": st.rate_limited,
-                             "peak_concurrent": st.peak})
+                             "peak_concurrent": st.peak, "usage": st.usage.as_dict()})
         elif self.path.rstrip("/") == "/v1/models":
             self._send(200, {"object": "list", "data": [
                 {"id": self.state.name, "object": "model", "owned_by": "evalfleet-tests"}]})
@@ -340,6 +353,11 @@ class Handler(BaseHTTPRequestHandler):
             self.state.leave(False)
             raise
         self.state.leave(True)  # done before the reply leaves: the client may call again at once
+        usage = payload.get("usage") or {}
+        self.state.usage.add("echo" if body.get("echo") else "generate",
+                             int(usage.get("prompt_tokens") or 0),
+                             int((usage.get("prompt_tokens_details") or {}).get("cached_tokens")
+                                 or 0), int(usage.get("completion_tokens") or 0))
         self._send(200, payload)
 
 
@@ -362,6 +380,9 @@ def main(argv: list[str] | None = None) -> None:
                         help="answer 429 to a request arriving while N are in progress; chat "
                              "answers are then scripted (no model loaded)")
     parser.add_argument("--retry-after", default="1", help="Retry-After of those 429s")
+    parser.add_argument("--prompt-cache-block", type=int, default=0, metavar="N",
+                        help="report a prompt's leading blocks of N tokens that an earlier "
+                             "prompt began with as cached_tokens (0: no prompt cache)")
     args = parser.parse_args(argv)
     if args.max_concurrent and not args.reasoning:
         args.reasoning = "-"  # a rate-limited stand-in: scripted chat answers, no model
@@ -380,6 +401,7 @@ def main(argv: list[str] | None = None) -> None:
         Handler.state.reasoning = json.loads(Path(args.reasoning).read_text())
     Handler.state.max_concurrent = args.max_concurrent
     Handler.state.retry_after = args.retry_after
+    Handler.state.cache = PromptCache(args.prompt_cache_block)
     server = ThreadingHTTPServer(("127.0.0.1", args.port), Handler)
     server.daemon_threads = True
     print(f"PORT {server.server_address[1]}", flush=True)
