@@ -17,6 +17,10 @@ answered, N unknown to the client; scripted chat answers after ``--delay``, no m
 adaptive worker. ``adaptive_efficiency`` is adaptive / reference throughput (target 0.8) and
 ``fixed_overload_failed_or_slower`` says whether the fixed 4N run failed or was slower than the
 adaptive one; ``fair_share_ratio`` is the slower job's rate over the faster's (target 0.75).
+``requests_per_s`` and ``tokens_per_s`` are the adaptive job's throughput against that
+rate-limited stand-in, its tokens (prompt + completion) as the stand-in itself counted them
+(``/admin/stats``); each run in ``adaptive_runs`` carries its own (``run_requests_per_s``,
+``run_tokens_per_s``).
 
 Run: ``.venv/bin/python bench/bench_remote.py [--limit 200] [--delay 0.2] [--only
 adaptive|fixed]``; the last line is JSON with the rate at each concurrency and the efficiency at
@@ -144,18 +148,28 @@ async def run_chat(base_url: str, data_dir: str, concurrent: int, adaptive: bool
     return jobs
 
 
-def rate_limited(base_url: str) -> int:
-    """429s the stand-in answered so far (its ``/admin/stats``)."""
+def server_stats(base_url: str) -> dict:
+    """The stand-in's own counts so far (its ``/admin/stats``: 429s answered, and the tokens
+    its answers reported under ``usage``)."""
     with urllib.request.urlopen(f"{base_url.removesuffix('/v1')}/admin/stats", timeout=10) as r:
-        return json.load(r)["rate_limited"]
+        return json.load(r)
 
 
 async def counted(base_url: str, run) -> list[dict]:
-    """``await run``, each job marked with the 429s the server answered meanwhile."""
-    before = rate_limited(base_url)
+    """``await run``, each job marked with the 429s the server answered meanwhile, and the
+    run's requests/s and tokens/s (prompt and completion tokens the server reported, over the
+    run's wall time: its longest job)."""
+    before = server_stats(base_url)
     jobs = await run
+    after = server_stats(base_url)
+    tokens = sum(after["usage"][k] - before["usage"][k]
+                 for k in ("prompt_tokens", "completion_tokens"))
+    seconds = max(job["seconds"] for job in jobs)
     for job in jobs:
-        job["server_429s_during_run"] = rate_limited(base_url) - before
+        job["server_429s_during_run"] = after["rate_limited"] - before["rate_limited"]
+        job["run_tokens"] = tokens
+        job["run_requests_per_s"] = round(sum(j["requests"] for j in jobs) / seconds, 2)
+        job["run_tokens_per_s"] = round(tokens / seconds, 1)
     return jobs
 
 
@@ -193,6 +207,10 @@ async def adaptive_part(args: argparse.Namespace) -> dict:
             "fixed_overload_failed_or_slower": overload["failed"]
             or overload["rate"] < adaptive["rate"],
             "fair_share_ratio": round(fair, 3) if fair is not None else None,
+            # throughput of the adaptive job against the rate-limited stand-in: requests/s, and
+            # tokens/s as the stand-in itself counted them (prompt + completion)
+            "requests_per_s": adaptive["run_requests_per_s"],
+            "tokens_per_s": adaptive["run_tokens_per_s"],
             "fair_share_ok": fair is not None and fair >= 0.75 and not any(
                 j["failed"] for j in pair)}
 
@@ -204,7 +222,8 @@ async def main_async(args: argparse.Namespace) -> dict:
     if args.only in (None, "adaptive"):
         out.update(await adaptive_part(args))
     else:
-        out.update(adaptive_efficiency=None, fixed_overload_failed_or_slower=None)
+        out.update(adaptive_efficiency=None, fixed_overload_failed_or_slower=None,
+                   requests_per_s=None, tokens_per_s=None)
     out.update(batch_api_equal_to_online=None, batch_submissions_after_restart=None,
                note="batch API keys: not measured by this bench yet (null, not a result)",
                loadavg=Path("/proc/loadavg").read_text().split()[:3])

@@ -5,6 +5,10 @@ Run: ``python tests/servers/openai_compat.py --model models/smollm2-135m [--port
 [--served-name NAME] [--delay S] [--rate-limit-first N] [--record FILE]``; it prints
 ``PORT <n>`` on stdout once it listens on 127.0.0.1.
 
+OpenAI's Files and Batch APIs (``/v1/files``, ``/v1/batches``) answer each batch line with the
+online handler (:func:`batch_line`); ``--hold-batches``, ``--batch-error-first N`` and the
+``/control/...`` requests steer them (openai_batches.py, batch_standin.py).
+
 Shapes follow vLLM's OpenAI-compatible server (docs: "OpenAI-Compatible Server",
 https://docs.vllm.ai/en/latest/serving/openai_compatible_server.html; code:
 ``vllm/entrypoints/openai/completion/serving.py``, ``request_output_to_completion_response``
@@ -70,6 +74,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from batch_standin import BatchRunner  # noqa: E402
+from openai_batches import OpenAIBatches  # noqa: E402
 from prompt_cache import PromptCache, UsageTotals  # noqa: E402
 
 if TYPE_CHECKING:  # imported in main() unless --reasoning (which needs no model nor torch)
@@ -261,9 +267,24 @@ def chat_completion(state: State, body: dict[str, Any]) -> dict[str, Any]:
                       "prompt_tokens_details": {"cached_tokens": state.cache.cached(ids)}}}
 
 
+def batch_line(state: State, url: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+    """(HTTP status, JSON body) of one batch line: what ``POST url`` with ``body`` answers
+    online (the same model check, handler and 400 for a malformed request)."""
+    handler = {"/v1/completions": completion, "/v1/chat/completions": chat_completion}[url]
+    if body.get("model") != state.name:
+        return 404, {"error": {"message": f"The model `{body.get('model')}` does not exist.",
+                               "type": "NotFoundError", "param": None, "code": 404}}
+    try:
+        return 200, state.answer(handler, body)
+    except (ValueError, TypeError) as exc:
+        return 400, {"error": {"message": str(exc), "type": "BadRequestError", "param": None,
+                               "code": 400}}
+
+
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive: clients reuse their pooled connections
     state: State
+    batches: OpenAIBatches | None = None  # /v1/files, /v1/batches and /control/...
 
     def log_message(self, *args: Any) -> None:  # quiet
         return
@@ -285,6 +306,8 @@ class Handler(BaseHTTPRequestHandler):
                                       "code": status}}, headers)
 
     def do_GET(self) -> None:
+        if self.batches is not None and self.batches.handle(self, "GET"):
+            return
         if self.path == "/admin/stats":
             st = self.state
             self._send(200, {"answered": st.answered, "rate_limited": st.rate_limited,
@@ -296,6 +319,8 @@ class Handler(BaseHTTPRequestHandler):
             self._error(404, f"no route {self.path}", "NotFoundError")
 
     def do_POST(self) -> None:
+        if self.batches is not None and self.batches.handle(self, "POST"):
+            return
         length = int(self.headers.get("Content-Length") or 0)
         try:
             body = json.loads(self.rfile.read(length) or b"{}")
@@ -380,6 +405,10 @@ def main(argv: list[str] | None = None) -> None:
                         help="answer 429 to a request arriving while N are in progress; chat "
                              "answers are then scripted (no model loaded)")
     parser.add_argument("--retry-after", default="1", help="Retry-After of those 429s")
+    parser.add_argument("--hold-batches", action="store_true",
+                        help="keep batches in progress until POST /control/batches/release")
+    parser.add_argument("--batch-error-first", type=int, default=0, metavar="N",
+                        help="the first N batch lines answered fail with a server error")
     parser.add_argument("--prompt-cache-block", type=int, default=0, metavar="N",
                         help="report a prompt's leading blocks of N tokens that an earlier "
                              "prompt began with as cached_tokens (0: no prompt cache)")
@@ -400,6 +429,9 @@ def main(argv: list[str] | None = None) -> None:
     elif args.reasoning:
         Handler.state.reasoning = json.loads(Path(args.reasoning).read_text())
     Handler.state.max_concurrent = args.max_concurrent
+    Handler.batches = OpenAIBatches(
+        lambda url, body: batch_line(Handler.state, url, body),
+        BatchRunner(args.hold_batches, args.batch_error_first))
     Handler.state.retry_after = args.retry_after
     Handler.state.cache = PromptCache(args.prompt_cache_block)
     server = ThreadingHTTPServer(("127.0.0.1", args.port), Handler)

@@ -4,14 +4,16 @@
 earlier prompt began with are "read from the cache" (OpenAI caches prompt prefixes in blocks
 automatically; Anthropic reads what a cache breakpoint wrote). Every prompt's blocks are
 remembered. ``block`` 0: no cache. ``UsageTotals`` sums what the server reported in its
-answers (200s only), for ``GET /admin/stats``.
+answers (200s only), for ``GET /admin/stats``. ``token_counter`` counts tokens for stand-ins
+that answer without a model.
 """
 
 from __future__ import annotations
 
 import hashlib
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 
@@ -68,3 +70,15 @@ class UsageTotals:
             out: dict[str, Any] = dict(self.totals.get("all", dict.fromkeys(_KEYS, 0)))
             out.update({k: dict(v) for k, v in self.totals.items() if k != "all"})
             return out
+
+
+def token_counter(model_dir: str) -> Callable[[str], int] | None:
+    """Counts a text's tokens with ``model_dir``'s ``tokenizer.json`` (the fast ``tokenizers``
+    library: no torch, no model), for stand-ins that answer without a model; None without one."""
+    path = Path(model_dir) / "tokenizer.json"
+    if not path.is_file():
+        return None
+    from tokenizers import Tokenizer
+
+    tokenizer = Tokenizer.from_file(str(path))
+    return lambda text: len(tokenizer.encode(text, add_special_tokens=False).ids)
