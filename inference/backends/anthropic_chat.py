@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from typing import Any, ClassVar
 
 from evalfleet.common.logging import get_logger
+from evalfleet.inference.backends.anthropic_batch import AnthropicBatches
 from evalfleet.inference.backends.api_args import parse_api_args
 from evalfleet.inference.backends.api_http import pooled_client
 from evalfleet.inference.backends.api_template import (
@@ -28,6 +29,7 @@ from evalfleet.inference.backends.api_template import (
 from evalfleet.inference.backends.base import (
     Answers,
     BackendArgumentError,
+    BatchRequests,
     Capabilities,
     ChatTemplateSupport,
     Cost,
@@ -35,7 +37,12 @@ from evalfleet.inference.backends.base import (
     ItemError,
     TokenScores,
 )
-from evalfleet.inference.backends.openai_chat import refuse_scoring
+from evalfleet.inference.backends.openai_chat import (
+    LocalChatBackend,
+    chat_messages_plan,
+    refuse_scoring,
+)
+from evalfleet.inference.backends.provider_batch import BatchApiMixin, BatchPlan
 from evalfleet.inference.backends.reasoning import GeneratedText, api_generation
 from evalfleet.inference.backends.token_usage import add_usage
 
@@ -50,7 +57,7 @@ LOGPROBS_REMEDY = ("run generative tasks only (e.g. gsm8k with --apply_chat_temp
                    "vllm, or local-completions against vLLM's server)")
 
 
-class AnthropicChatBackend(RemoteBackend):
+class AnthropicChatBackend(BatchApiMixin, RemoteBackend):
     """Claude models through the Messages API."""
 
     name: ClassVar[str] = "anthropic-chat"
@@ -97,7 +104,7 @@ class AnthropicChatBackend(RemoteBackend):
             loglikelihood=False, loglikelihood_rolling=False, generate_until=True,
             logprobs_unavailable_reason=LOGPROBS_REASON, logprobs_remedy=LOGPROBS_REMEDY,
             chat_only=True, chat_template=ChatTemplateSupport.MESSAGES,
-            max_concurrent_batches=self.args.num_concurrent)
+            max_concurrent_batches=self.args.num_concurrent, batch_api=self.args.batch_api)
 
     async def loglikelihood(self, requests: Sequence[tuple[str, str]]) -> Answers[TokenScores]:
         return refuse_scoring(len(requests), LOGPROBS_REASON)
@@ -136,13 +143,25 @@ class AnthropicChatBackend(RemoteBackend):
         add_usage(cost, data.get("usage"))  # every token kind, cached and reasoning too
         return data
 
+    logprobs_reason: ClassVar[str] = LOGPROBS_REASON
+    refusal = LocalChatBackend.refusal
+
+    def batch_provider(self) -> AnthropicBatches:
+        return AnthropicBatches(self)
+
+    async def batch_plan(self, requests: BatchRequests) -> BatchPlan:
+        """Each conversation's online Messages body and parser (chat_messages_plan)."""
+        return chat_messages_plan(
+            self, requests, self.payload,
+            lambda data: anthropic_answer(data, self.args.think_end_token))
+
     async def generate_until(self, requests: Sequence[GenerationRequest]) -> Answers[str]:
         jobs = []
         refusals: dict[int, ItemError] = {}
         for i, request in enumerate(requests):
-            if not isinstance(request.context, list) or not request.context:
-                refusals[i] = ItemError(f"{self.name} takes chat messages: run the job with "
-                                        "--apply_chat_template")
+            refusal = self.refusal(request)
+            if refusal is not None:
+                refusals[i] = refusal
                 continue
 
             async def make(cost: Cost, request: GenerationRequest = request) -> list[str]:

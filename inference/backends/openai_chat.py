@@ -16,9 +16,10 @@ Chat endpoints return no prompt logprobs, so loglikelihood tasks are refused bef
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
 
+from evalfleet.common.errors import FailedPreconditionError
 from evalfleet.common.logging import get_logger
 from evalfleet.inference.backends.api_args import parse_api_args
 from evalfleet.inference.backends.api_http import openai_client
@@ -33,6 +34,7 @@ from evalfleet.inference.backends.api_tokenizer import load_api_tokenizer
 from evalfleet.inference.backends.base import (
     Answers,
     BackendArgumentError,
+    BatchRequests,
     Capabilities,
     ChatTemplateSupport,
     Cost,
@@ -40,6 +42,8 @@ from evalfleet.inference.backends.base import (
     ItemError,
     TokenScores,
 )
+from evalfleet.inference.backends.openai_batch import OpenAIBatches
+from evalfleet.inference.backends.provider_batch import BatchApiMixin, BatchLine, BatchPlan
 from evalfleet.inference.backends.reasoning import api_generation
 from evalfleet.inference.backends.token_usage import add_usage
 
@@ -55,7 +59,25 @@ def refuse_scoring(n: int, reason: str) -> Answers[TokenScores]:
     return Answers([ItemError(reason)] * n)
 
 
-class LocalChatBackend(RemoteBackend):
+def chat_messages_plan(backend: Any, requests: BatchRequests,
+                       payload: Callable[[list[dict[str, str]], GenerationRequest], dict],
+                       parse: Callable[[dict[str, Any]], Any]) -> BatchPlan:
+    """The provider batch of a chat backend (one conversation per online call): each item's
+    body ``payload(messages, request)`` parsed by ``parse``, or its refusal
+    (``backend.refusal``); scoring kinds are refused (``backend.logprobs_reason``)."""
+    if requests.kind != "generate_until":
+        raise FailedPreconditionError(f"{requests.kind}: {backend.logprobs_reason}")
+    plan = BatchPlan()
+    for i, request in enumerate(requests.items):
+        refusal = backend.refusal(request)
+        if refusal is not None:
+            plan.local[i] = refusal
+        else:
+            plan.lines[i] = BatchLine(payload(request.context, request), parse)
+    return plan
+
+
+class LocalChatBackend(BatchApiMixin, RemoteBackend):
     """An OpenAI-compatible /v1/chat/completions server (vLLM, LM Studio, llama.cpp, ...)."""
 
     name: ClassVar[str] = "local-chat-completions"
@@ -102,7 +124,7 @@ class LocalChatBackend(RemoteBackend):
             loglikelihood=False, loglikelihood_rolling=False, generate_until=True,
             logprobs_unavailable_reason=self.logprobs_reason, logprobs_remedy=CHAT_REMEDY,
             chat_only=True, chat_template=ChatTemplateSupport.MESSAGES,
-            max_concurrent_batches=self.args.num_concurrent)
+            max_concurrent_batches=self.args.num_concurrent, batch_api=self.args.batch_api)
 
     async def loglikelihood(self, requests: Sequence[tuple[str, str]]) -> Answers[TokenScores]:
         return refuse_scoring(len(requests), self.logprobs_reason)
@@ -153,13 +175,27 @@ class LocalChatBackend(RemoteBackend):
                               finish_reason=choices[0].get("finish_reason"),
                               usage=data.get("usage"), none_answer=NONE_ANSWER)
 
+    def batch_provider(self) -> OpenAIBatches:
+        return OpenAIBatches(self, "/v1/chat/completions")
+
+    async def batch_plan(self, requests: BatchRequests) -> BatchPlan:
+        """Each conversation's online body and parser (chat_messages_plan)."""
+        return chat_messages_plan(self, requests, self.payload, self.parse)
+
+    def refusal(self, request: GenerationRequest) -> ItemError | None:
+        """Why ``request`` cannot be sent (prompt text, not chat messages); None if it can."""
+        if not isinstance(request.context, list) or not request.context:
+            return ItemError(f"{self.name} takes chat messages: run the job with "
+                             "--apply_chat_template")
+        return None
+
     async def generate_until(self, requests: Sequence[GenerationRequest]) -> Answers[str]:
         jobs = []
         refusals: dict[int, ItemError] = {}
         for i, request in enumerate(requests):
-            if not isinstance(request.context, list):
-                refusals[i] = ItemError(f"{self.name} takes chat messages: run the job with "
-                                        "--apply_chat_template")
+            refusal = self.refusal(request)
+            if refusal is not None:
+                refusals[i] = refusal
                 continue
 
             async def make(cost: Cost, request: GenerationRequest = request) -> list[str]:

@@ -34,7 +34,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from evalfleet.common.errors import EvalfleetError, UnavailableError
+from evalfleet.common.errors import EvalfleetError, FailedPreconditionError, UnavailableError
 from evalfleet.common.logging import get_logger
 from evalfleet.inference.backends.api_args import ApiArgs, parse_api_args
 from evalfleet.inference.backends.api_http import RetryError, openai_client
@@ -50,6 +50,7 @@ from evalfleet.inference.backends.api_tokenizer import ApiTokenizer, load_api_to
 from evalfleet.inference.backends.base import (
     Answers,
     BackendArgumentError,
+    BatchRequests,
     Capabilities,
     ChatRendering,
     ChatTemplateSupport,
@@ -68,6 +69,8 @@ from evalfleet.inference.backends.logprob_probe import (
     probe_server,
     summary,
 )
+from evalfleet.inference.backends.openai_batch import OpenAIBatches
+from evalfleet.inference.backends.provider_batch import BatchApiMixin, BatchLine, BatchPlan
 from evalfleet.inference.backends.reasoning import api_generation
 from evalfleet.inference.backends.token_usage import add_usage, scores_usage
 from evalfleet.inference.backends.windows import rolling_windows
@@ -117,7 +120,17 @@ def parse_echo_scores(choice: dict[str, Any], n_inputs: int, ctxlen: int
     return TokenScores(np.asarray(scored, np.float32), np.asarray(greedy, bool))
 
 
-class LocalCompletionsBackend(RemoteBackend):
+def parse_chunk_scores(data: dict[str, Any], windows: list[_Window]
+                       ) -> list[TokenScores | ItemError]:
+    """The scores of each window of one loglikelihood call from the server's answer."""
+    choices = sorted(data.get("choices") or [], key=lambda c: c.get("index", 0))
+    if len(choices) != len(windows):
+        return [ItemError(f"the server answered {len(choices)} choices for "
+                          f"{len(windows)} prompts")] * len(windows)
+    return [parse_echo_scores(c, len(w[0]), w[1]) for c, w in zip(choices, windows, strict=True)]
+
+
+class LocalCompletionsBackend(BatchApiMixin, RemoteBackend):
     """An OpenAI-compatible /v1/completions server (vLLM, llama.cpp, LM Studio, ...)."""
 
     name: ClassVar[str] = "local-completions"
@@ -257,7 +270,7 @@ class LocalCompletionsBackend(RemoteBackend):
             logprobs_unavailable_reason=reason, logprobs_remedy=self._remedy() if reason else "",
             chat_template=chat, max_context_tokens=self.args.max_length,
             max_concurrent_batches=self.args.num_concurrent,
-            probe=self.probe.result)
+            probe=self.probe.result, batch_api=self.args.batch_api)
 
     # ------------------------------------------------------------------ HTTP
     def _score_payload(self, prompt: Any) -> dict[str, Any]:
@@ -365,12 +378,7 @@ class LocalCompletionsBackend(RemoteBackend):
                 data = await self._post_prompt(self._score_payload, inputs,
                                                lambda: self._prompt(inputs), cost,
                                                "loglikelihood")
-                choices = sorted(data.get("choices") or [], key=lambda c: c.get("index", 0))
-                if len(choices) != len(chunk):
-                    return [ItemError(f"the server answered {len(choices)} choices for "
-                                      f"{len(chunk)} prompts")] * len(chunk)
-                return [parse_echo_scores(c, len(windows[i][0]), windows[i][1])  # type: ignore
-                        for c, i in zip(choices, chunk, strict=True)]
+                return parse_chunk_scores(data, [windows[i] for i in chunk])  # type: ignore
 
             jobs.append((chunk, make))
         answers = await self.fan_out(jobs, len(windows), "loglikelihood")
@@ -442,17 +450,39 @@ class LocalCompletionsBackend(RemoteBackend):
         keep = self.args.max_tokens_in_window - request.params.max_gen_toks
         return ids[-keep:]
 
+    def _parse_generations(self, data: dict[str, Any], n: int) -> list[Any]:
+        """The generations of one call of ``n`` prompts from the server's answer."""
+        texts: list[Any] = [None] * len(data.get("choices") or [])
+        # usage is the call's: an item's own only when it is alone in the call
+        usage = data.get("usage") if n == 1 else None
+        for choice in data.get("choices") or []:
+            texts[choice["index"]] = api_generation(
+                choice.get("text"), self.args.think_end_token,
+                separate_reasoning=None, finish_reason=choice.get("finish_reason"),
+                usage=usage, none_answer=NONE_ANSWER)
+        if len(texts) != n:
+            return [ItemError(f"the server answered {len(texts)} choices for "
+                              f"{n} prompts")] * n
+        return texts
+
+    def _gen_refusal(self, req: GenerationRequest) -> ItemError | None:
+        """Why ``req`` cannot be sent (chat messages, no room for the prompt); None if it can."""
+        if not isinstance(req.context, str):
+            return ItemError(f"{self.name} takes prompt text; chat templates are "
+                             "rendered by the worker (ApplyChatTemplate)")
+        if req.params.max_gen_toks >= self.args.max_tokens_in_window:
+            return ItemError(
+                f"gen_kwargs.max_gen_toks {req.params.max_gen_toks} leaves no room for the "
+                f"prompt within max_length {self.args.max_length}")
+        return None
+
     async def generate_until(self, requests: Sequence[GenerationRequest]) -> Answers[str]:
         refusals: dict[int, ItemError] = {}
         groups: dict[tuple, list[int]] = {}
         for i, req in enumerate(requests):
-            if not isinstance(req.context, str):
-                refusals[i] = ItemError(f"{self.name} takes prompt text; chat templates are "
-                                        "rendered by the worker (ApplyChatTemplate)")
-            elif req.params.max_gen_toks >= self.args.max_tokens_in_window:
-                refusals[i] = ItemError(
-                    f"gen_kwargs.max_gen_toks {req.params.max_gen_toks} leaves no room for the "
-                    f"prompt within max_length {self.args.max_length}")
+            refusal = self._gen_refusal(req)
+            if refusal is not None:
+                refusals[i] = refusal
             else:
                 groups.setdefault(req.params.key(), []).append(i)
         prompts = await asyncio.to_thread(
@@ -471,24 +501,60 @@ class LocalCompletionsBackend(RemoteBackend):
                         [prompts[i] for i in chunk],
                         lambda: texts if self.args.batch_size > 1 else texts[0],
                         cost, "generate_until")
-                    texts: list[Any] = [None] * len(data.get("choices") or [])
-                    # usage is the call's: an item's own only when it is alone in the call
-                    usage = data.get("usage") if len(chunk) == 1 else None
-                    for choice in data.get("choices") or []:
-                        texts[choice["index"]] = api_generation(
-                            choice.get("text"), self.args.think_end_token,
-                            separate_reasoning=None, finish_reason=choice.get("finish_reason"),
-                            usage=usage, none_answer=NONE_ANSWER)
-                    if len(texts) != len(chunk):
-                        return [ItemError(f"the server answered {len(texts)} choices for "
-                                          f"{len(chunk)} prompts")] * len(chunk)
-                    return texts
+                    return self._parse_generations(data, len(chunk))
 
                 jobs.append((chunk, make))
         answers = await self.fan_out(jobs, len(requests), "generate_until")
         for i, error in refusals.items():
             answers.results[i] = error
         return answers
+
+    # ------------------------------------------------------------------ provider batches
+    def batch_provider(self) -> OpenAIBatches:
+        return OpenAIBatches(self, "/v1/completions")
+
+    def _one_prompt(self, ids: list[int], text: Callable[[], Any]) -> Any:
+        """The ``prompt`` of the online call for one item: its token ids as a one-prompt batch
+        (``tokenized_requests``), else ``text()`` (the online path's text prompt)."""
+        return [ids] if self.args.tokenized_requests else text()
+
+    def _gen_text(self, request: GenerationRequest) -> Any:
+        """The online path's text prompt of one generation (a list of one with batch_size > 1)."""
+        return request.context if self.args.batch_size <= 1 else [request.context]
+
+    async def batch_plan(self, requests: BatchRequests) -> BatchPlan:
+        """Each item's online body (one item per body, as with ``batch_size=1``) and parser."""
+        plan = BatchPlan()
+        if requests.kind == "loglikelihood":
+            refused = await self._ensure_logprobs()
+            if refused:
+                raise FailedPreconditionError(f"loglikelihood: {refused}")
+            windows = await asyncio.to_thread(self._prepare_pairs, requests.items)
+            for i, w in enumerate(windows):
+                if isinstance(w, tuple):
+                    body = self._score_payload(
+                        self._one_prompt(w[0], lambda w=w: self._prompt([w[0]])))
+                    plan.lines[i] = BatchLine(
+                        body, lambda data, w=w: parse_chunk_scores(data, [w])[0])
+                else:
+                    plan.local[i] = w or TokenScores(np.zeros(0, np.float32), np.zeros(0, bool))
+            return plan
+        if requests.kind != "generate_until":
+            raise FailedPreconditionError(f"{requests.kind} requests have no provider batch in "
+                                          f"the {self.name} backend; send them online")
+        items: Sequence[GenerationRequest] = requests.items
+        for i, req in enumerate(items):
+            refusal = self._gen_refusal(req)
+            if refusal is not None:
+                plan.local[i] = refusal
+        prompts = await asyncio.to_thread(
+            lambda: {i: self._gen_prompt(r) for i, r in enumerate(items) if i not in plan.local})
+        for i, prompt in prompts.items():
+            plan.lines[i] = BatchLine(
+                self._gen_payload(self._one_prompt(prompt, lambda i=i: self._gen_text(items[i])),
+                                  items[i]),
+                lambda data: self._parse_generations(data, 1)[0])
+        return plan
 
     # ------------------------------------------------------------------ chat templates
     async def apply_chat_template(self, conversations: Sequence[Conversation],

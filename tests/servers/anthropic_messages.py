@@ -16,6 +16,10 @@ answers ``{"id", "type": "message", "role": "assistant", "model", "content": [{"
 ``rate_limit_error`` with a ``retry-after`` header (``POST /admin/rate-limit {"count",
 "retry_after"}`` arms that at run time). ``GET /v1/models`` lists the model.
 
+The Message Batches API (``/v1/messages/batches``) answers each request with the online handler
+(:func:`batch_message`); ``--hold-batches``, ``--batch-error-first N`` and the
+``/control/...`` requests steer it (anthropic_batches.py, batch_standin.py).
+
 ``--prompt-cache-block N`` answers as if the prompt had a cache breakpoint: a prompt's leading
 blocks of N tokens that an earlier prompt began with are ``cache_read_input_tokens`` (and left
 out of ``input_tokens``, as Anthropic counts them). ``GET /admin/stats`` returns ``{"usage":
@@ -35,6 +39,8 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from anthropic_batches import AnthropicBatches  # noqa: E402
+from batch_standin import BatchRunner  # noqa: E402
 from model_engine import Engine  # noqa: E402
 from prompt_cache import PromptCache, UsageTotals  # noqa: E402
 
@@ -96,9 +102,21 @@ def create_message(state: State, body: dict[str, Any]) -> dict[str, Any]:
             "usage": usage}
 
 
+def batch_message(state: State, params: dict[str, Any]) -> tuple[bool, dict[str, Any]]:
+    """(succeeded, message or error object) of one batch request: what ``POST /v1/messages``
+    with ``params`` answers online (400 invalid_request_error for a malformed one). Recorded
+    (``--record``) as a request with no headers."""
+    state.log_request(params, {})
+    try:
+        return True, create_message(state, params)
+    except (ValueError, KeyError, TypeError) as exc:
+        return False, {"type": "invalid_request_error", "message": str(exc)}
+
+
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     state: State
+    batches: AnthropicBatches | None = None  # /v1/messages/batches and /control/...
 
     def log_message(self, *args: Any) -> None:
         return
@@ -121,6 +139,8 @@ class Handler(BaseHTTPRequestHandler):
                    headers)
 
     def do_GET(self) -> None:
+        if self.batches is not None and self.batches.handle(self, "GET"):
+            return
         if self.path.rstrip("/").split("?")[0] == "/v1/models":
             self._send(200, {"data": [{"type": "model", "id": self.state.name}],
                              "has_more": False})
@@ -130,6 +150,8 @@ class Handler(BaseHTTPRequestHandler):
             self._error(404, "not_found_error", f"no route {self.path}")
 
     def do_POST(self) -> None:
+        if self.batches is not None and self.batches.handle(self, "POST"):
+            return
         length = int(self.headers.get("Content-Length") or 0)
         try:
             body = json.loads(self.rfile.read(length) or b"{}")
@@ -175,6 +197,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rate-limit-first", type=int, default=0)
     parser.add_argument("--retry-after", type=float, default=1.0)
     parser.add_argument("--record", default=None)
+    parser.add_argument("--hold-batches", action="store_true",
+                        help="keep batches in progress until POST /control/batches/release")
+    parser.add_argument("--batch-error-first", type=int, default=0, metavar="N",
+                        help="the first N batch requests answered fail with an api_error")
     parser.add_argument("--prompt-cache-block", type=int, default=0, metavar="N",
                         help="report a prompt's leading blocks of N tokens that an earlier "
                              "prompt began with as cache_read_input_tokens (0: no cache)")
@@ -182,6 +208,9 @@ def main(argv: list[str] | None = None) -> None:
     Handler.state = State(Engine(args.model), args.served_name, args.rate_limit_first,
                           args.retry_after, args.record)
     Handler.state.cache = PromptCache(args.prompt_cache_block)
+    Handler.batches = AnthropicBatches(
+        lambda params: batch_message(Handler.state, params),
+        BatchRunner(args.hold_batches, args.batch_error_first))
     server = ThreadingHTTPServer(("127.0.0.1", args.port), Handler)
     server.daemon_threads = True
     print(f"PORT {server.server_address[1]}", flush=True)

@@ -1,0 +1,192 @@
+"""Provider batch APIs (``batch_api=true``): a remote backend's SubmitBatch and PollBatch.
+
+A backend that supports them (completions, chat completions, Anthropic messages) plans a batch
+as one line per item: the item's index as ``custom_id`` and, as the line's body, exactly the
+JSON body its online path posts for that item alone (its own payload builder), with the online
+path's response parser for the answer. Items the online path answers without a call (an empty
+continuation, a refused request) are answered here too and never sent. So a batch's answers are
+the online answers, and the model fingerprint does not change.
+
+The provider side (:mod:`.openai_batch`, :mod:`.anthropic_batch`) uploads the lines, reads the
+batch's state and counts, and returns each line's response body or its error. The worker keeps
+no state: the poll that reads answers is given the submitted requests and plans them again
+(deterministic: same tokenizer, same arguments) to parse each line and to answer the local ones.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from evalfleet.common.errors import FailedPreconditionError, InvalidArgumentError
+from evalfleet.common.logging import get_logger
+from evalfleet.inference.backends.base import (
+    Answers,
+    BatchRequests,
+    BatchStatus,
+    BatchSubmission,
+    Cost,
+    ItemError,
+    ProviderBatchState,
+)
+
+log = get_logger("backend.batch")
+
+#: Prefix of the id of a batch whose items the worker answered by itself (nothing was sent).
+LOCAL_BATCH_PREFIX = "evalfleet-local-"
+#: HTTP statuses of a line the provider refused as invalid: sending it again cannot help.
+INVALID_STATUS = frozenset({400, 401, 403, 404, 413, 422})
+
+
+@dataclass(frozen=True)
+class BatchLine:
+    """One provider batch line: the online request body and the online parser of its answer."""
+
+    body: dict[str, Any]
+    parse: Callable[[dict[str, Any]], Any]
+
+
+@dataclass
+class BatchPlan:
+    """A batch's items: those sent to the provider (by item index) and those answered here."""
+
+    lines: dict[int, BatchLine] = field(default_factory=dict)
+    local: dict[int, Any] = field(default_factory=dict)
+
+
+@dataclass
+class ProviderStatus:
+    """A provider batch's state and counts; ``ref`` is the provider's batch object (what
+    :meth:`ProviderBatches.results` reads the answers from)."""
+
+    state: ProviderBatchState
+    total: int = 0
+    succeeded: int = 0
+    errored: int = 0
+    pending: int = 0
+    ref: Any = None
+
+
+class ProviderBatches(Protocol):
+    """One provider's batch API."""
+
+    async def submit(self, tag: str, bodies: dict[int, dict[str, Any]], cost: Cost
+                     ) -> BatchSubmission:
+        """Create a batch of ``bodies`` (item index -> request body) tagged ``tag``, or return
+        an earlier batch carrying ``tag`` where the provider can find one."""
+        ...
+
+    async def status(self, batch_id: str, cost: Cost) -> ProviderStatus:
+        """The batch's state and counts."""
+        ...
+
+    async def results(self, status: ProviderStatus, cost: Cost
+                      ) -> dict[int, dict[str, Any] | ItemError]:
+        """Each answered line's response body, or the error the provider gave it."""
+        ...
+
+
+def line_error(status: int | None, message: str) -> ItemError:
+    """The ItemError of a line the provider did not answer: retryable unless the provider
+    refused the request itself as invalid (then sending it again cannot help)."""
+    code = f"HTTP {status}: " if status else ""
+    return ItemError(f"the provider's batch did not answer this request ({code}{message})",
+                     retryable=status not in INVALID_STATUS)
+
+
+def usage_tokens(body: dict[str, Any]) -> tuple[int, int]:
+    """(prompt, completion) tokens of a response body's usage (OpenAI or Anthropic names)."""
+    usage = body.get("usage") or {}
+    return (int(usage.get("prompt_tokens") or usage.get("input_tokens") or 0),
+            int(usage.get("completion_tokens") or usage.get("output_tokens") or 0))
+
+
+class BatchApiMixin:
+    """SubmitBatch/PollBatch for a remote backend (list it before ``RemoteBackend``).
+
+    The backend gives :meth:`batch_provider` and :meth:`batch_plan`; ``args.batch_api`` must be
+    true (``Capabilities.batch_api``).
+    """
+
+    name: str
+    args: Any
+
+    def batch_provider(self) -> ProviderBatches:
+        """The provider's batch API, on this backend's client."""
+        raise NotImplementedError
+
+    async def batch_plan(self, requests: BatchRequests) -> BatchPlan:
+        """Each item as a batch line (its online body and parser) or a local answer; raise
+        FailedPreconditionError for a kind this backend cannot answer."""
+        raise NotImplementedError
+
+    def _require_batch_api(self) -> None:
+        if not self.args.batch_api:
+            raise FailedPreconditionError(
+                f"the {self.name} worker was started without model_args batch_api=true; start "
+                "it with batch_api=true to use the provider's batch API, or send the requests "
+                "online")
+
+    async def submit_batch(self, tag: str, requests: BatchRequests) -> BatchSubmission:
+        """Send the planned lines as one provider batch tagged ``tag``."""
+        self._require_batch_api()
+        plan = await self.batch_plan(requests)
+        if not plan.lines:
+            return BatchSubmission(LOCAL_BATCH_PREFIX + hashlib.sha256(tag.encode()).hexdigest())
+        submitted = await self.batch_provider().submit(
+            tag, {i: line.body for i, line in sorted(plan.lines.items())}, Cost())
+        log.info("provider_batch", backend=self.name, batch_id=submitted.batch_id,
+                 lines=len(plan.lines), reused=submitted.reused)
+        return submitted
+
+    async def poll_batch(self, batch_id: str, requests: BatchRequests | None) -> BatchStatus:
+        """The batch's state and counts; with ``requests`` and a terminal state, its answers."""
+        self._require_batch_api()
+        if batch_id.startswith(LOCAL_BATCH_PREFIX):
+            status = ProviderStatus(ProviderBatchState.ENDED)
+        else:
+            status = await self.batch_provider().status(batch_id, Cost())
+        out = BatchStatus(status.state, status.total, status.succeeded, status.errored,
+                          status.pending)
+        if requests is None or status.state is ProviderBatchState.IN_PROGRESS:
+            return out
+        plan = await self.batch_plan(requests)
+        if len(plan.lines) != status.total:
+            raise InvalidArgumentError(
+                f"requests: {len(plan.lines)} of them go to the provider but batch {batch_id} "
+                f"holds {status.total}; give PollBatch the very requests given to SubmitBatch")
+        cost = Cost()
+        found = await self.batch_provider().results(status, cost) if plan.lines else {}
+        out.answers = Answers(
+            [self._answer(i, plan, found, status.state, cost) for i in range(len(requests.items))],
+            cost)
+        return out
+
+    @staticmethod
+    def _answer(index: int, plan: BatchPlan, found: dict[int, Any], state: ProviderBatchState,
+                cost: Cost) -> Any:
+        if index in plan.local:
+            return plan.local[index]
+        body = found.get(index)
+        if body is None:
+            return ItemError(f"the provider's batch ended ({state.value}) without answering "
+                             "this request", retryable=True)
+        if isinstance(body, ItemError):
+            return body
+        prompt, completion = usage_tokens(body)
+        cost.prompt_tokens += prompt
+        cost.completion_tokens += completion
+        try:
+            return plan.lines[index].parse(body)
+        except Exception as exc:  # noqa: BLE001 - an unreadable answer fails its item
+            detail = " ".join(f"{type(exc).__name__}: {exc}".split())[:300]
+            return ItemError(f"the provider's batch answer could not be read ({detail})",
+                             retryable=True)
+
+
+def jsonl(records: list[dict[str, Any]]) -> bytes:
+    """JSON Lines of ``records`` (compact, one per line)."""
+    return "".join(json.dumps(r, separators=(",", ":")) + "\n" for r in records).encode()
