@@ -47,6 +47,7 @@ from evalfleet.server.store.batch_records import (
     SUBMITTING,
     ProviderBatchRecord,
 )
+from evalfleet.server.usage import count_provider_batch
 from evalfleet.server.wire import ExpectedIds, split_response
 from evalfleet.server.workers import RequestFailedError, WorkItem, encode_item
 from evalfleet.v1 import inference_pb2 as ipb
@@ -172,9 +173,10 @@ class ProviderBatches:
         split = split_response(raw, record.kind, ExpectedIds(ids), np.arange(len(ids)))
         if len(split.answered):
             answered = [ids[i] for i in split.answered.tolist()]
-            await self.store_answers(self.store, self.fingerprint,
-                                     AnswerSlices(answered, raw, split.starts, split.ends),
-                                     self.job, self.scheduler.metrics)
+            slices = AnswerSlices(answered, raw, split.starts, split.ends)
+            await self.store_answers(self.store, self.fingerprint, slices, self.job,
+                                     self.scheduler.metrics)
+            count_provider_batch(self.job, record.kind, slices)  # usage (server.usage)
             self.count(answered)
         unanswered = [(ids[j], error) for j, error in split.errors]
         for rid, error in unanswered:

@@ -78,6 +78,8 @@ class JobUsage:
     """A job's usage per task (by name), as its batches return."""
 
     tasks: dict[str, UsageCounts] = field(default_factory=dict)
+    #: answer id -> index of the first task asking it (built once, for provider batches)
+    _first: dict[str, int] | None = field(default=None, repr=False)
 
     def count_batch(self, kind: str, answers: AnswerSlices, owners: np.ndarray,
                     names: Sequence[str], worker_counted: bool) -> None:
@@ -113,6 +115,19 @@ class JobUsage:
         for counts in self.tasks.values():
             out.merge(counts)
         return out
+
+
+def count_provider_batch(job: Any, kind: str, answers: AnswerSlices) -> None:
+    """Count the answers a provider batch computed for ``job`` (a ``server.job.Job``), each for
+    the first task that asks it, as :func:`dispatch.compute_missing` counts online batches."""
+    from evalfleet.server.dispatch import task_owners  # dispatch imports this module
+
+    usage = job.usage
+    if usage._first is None:
+        usage._first = task_owners(job)[0]
+    owners = np.fromiter((usage._first.get(aid, -1) for aid in answers.ids), dtype=np.int64,
+                         count=len(answers))
+    usage.count_batch(kind, answers, owners, [p.task.name for p in job.plan.tasks], True)
 
 
 def worker_counted(kind: str, cost: ipb.BatchCost) -> bool:
