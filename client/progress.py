@@ -83,6 +83,17 @@ class Line:
         return f"{rate:.1f} docs/s, ETA {format_duration(eta or 0)}"
 
 
+def usage_note(usage: cpb.TokenUsage | None) -> str:
+    """``1,234 in (512 cached) / 56 out tokens, 0.0012 USD``: what the job spent so far; empty
+    before any token was reported (local models' scoring, older coordinators)."""
+    if usage is None or not (usage.prompt_tokens or usage.completion_tokens):
+        return ""
+    cached = f" ({usage.cached_tokens:,} cached)" if usage.cached_tokens else ""
+    cost = f", {usage.cost:.4g} {usage.currency}" if usage.HasField("cost") else ""
+    return (f"{usage.prompt_tokens:,} in{cached} / {usage.completion_tokens:,} out "
+            f"tokens{cost}")
+
+
 def fold(progress: Sequence[cpb.TaskProgress]) -> dict[str, tuple[int, int]]:
     """Documents (done, total) per task or group asked for, in the coordinator's order. A
     coordinator that does not report documents (before ``docs_total``) counts requests."""
@@ -116,6 +127,7 @@ class ProgressDisplay:
         self._bars: dict[str, Any] = {}
         self._progress: Progress | None = None
         self._last_line = ""
+        self.usage = ""  # usage_note of the latest event
 
     def __enter__(self) -> ProgressDisplay:
         if self.live:
@@ -133,13 +145,15 @@ class ProgressDisplay:
         elif self.enabled and exc[0] is None and self.lines:
             self._print(self.plain_line())
 
-    def update(self, state: int, progress: Sequence[cpb.TaskProgress]) -> None:
-        """A progress event: update the lines, and show them (at most every few seconds when
-        not on a terminal)."""
+    def update(self, state: int, progress: Sequence[cpb.TaskProgress],
+               usage: cpb.TokenUsage | None = None) -> None:
+        """A progress event: update the lines (and the tokens spent so far, ``usage``), and
+        show them (at most every few seconds when not on a terminal)."""
         if not self.enabled:
             return
         now = self.clock()
         self.state = state
+        self.usage = usage_note(usage) or self.usage
         for name, (done, total) in fold(progress).items():
             line = self.lines.setdefault(name, Line(name))
             line.done, line.total = done, total
@@ -185,7 +199,8 @@ class ProgressDisplay:
         total = self.overall
         percent = f" ({100 * total.done // total.total}%)" if total.total else ""
         head = (f"progress {format_duration(self.clock() - self.started)} "
-                f"{total.done}/{total.total} docs{percent}, {total.status(self.state)}")
+                f"{total.done}/{total.total} docs{percent}, {total.status(self.state)}"
+                + (f", {self.usage}" if self.usage else ""))
         parts = [f"{line.name} {line.done}/{line.total}" for line in self.shown()
                  if line is not self.overall]
         if len(self.lines) > MAX_LINES:

@@ -237,7 +237,7 @@ async def _follow(conn: Connection, evaluation: cpb.Evaluation, console: Console
                             seen.add(key)
                             if STORE_REPORT in event.message:  # what a resumed job reuses
                                 console.print(f"evaluation {evaluation.id}: {event.message}")
-                        display.update(event.state, event.progress)
+                        display.update(event.state, event.progress, event.usage)
                         if event.state in TERMINAL:
                             return last
                 except grpc.aio.AioRpcError as exc:

@@ -12,7 +12,9 @@ The results document carries them in its own section, beside lm-eval's (whose sc
 
 Only tasks with generations appear; the section is absent when the job has none. Usage is as
 the API reports it (``usage``; reasoning tokens from ``completion_tokens_details``), counted by
-the tokenizer on hf and vllm, 0 where unknown.
+the tokenizer on hf and vllm, 0 where unknown. It describes the responses scored, answers from
+the answer store included; what the job itself spent (every request kind, cached input tokens,
+cost) is the ``evalfleet_usage`` section (:mod:`evalfleet.server.usage`).
 """
 
 from __future__ import annotations
