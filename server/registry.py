@@ -3,9 +3,8 @@
 Workers come from three sources, and may come and go:
 
 - ``--workers host:port,...`` (``static``);
-- a DNS name (``dns:///NAME:PORT``, or ``dns://NAMESERVER[:PORT]/NAME:PORT`` to ask one server),
-  re-resolved every ``dns_interval_s``: every address it resolves to is a worker (a Kubernetes
-  headless service gives one per ready pod); an address that disappears is drained;
+- a DNS name (:class:`~evalfleet.server.worker_address.DnsTarget`), re-resolved every
+  ``dns_interval_s``; an address that disappears is drained;
 - workers that register themselves (``evalfleet serve worker --register``) under a lease they
   renew with heartbeats; one whose lease runs out is drained.
 
@@ -19,35 +18,35 @@ itself answers for a batch (a status from its handler: INTERNAL, INVALID_ARGUMEN
 batch's, not the worker's: it is counted and shown, and the worker stays READY
 (:meth:`WorkerRegistry.note_batch_error`), so no client's requests can take a worker out.
 
-Jobs choose workers by model (see :func:`worker_matches`): a job is bound to one
-(backend, fingerprint) and runs on every READY worker serving it, including ones that join
-later.
+Jobs choose workers by model (:mod:`evalfleet.server.worker_matching`). The registry owns
+the workers' batch slots (:meth:`WorkerRegistry.acquire_slot`, :meth:`~WorkerRegistry.release_slot`,
+:meth:`~WorkerRegistry.mark_failed`): the scheduler never edits a worker's counters.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
-import re
 import time
-from collections import deque
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from evalfleet.common.errors import (
-    FailedPreconditionError,
-    InvalidArgumentError,
-    NotFoundError,
-    UnavailableError,
-)
+from evalfleet.common.errors import NotFoundError, UnavailableError
 from evalfleet.common.logging import get_logger
-from evalfleet.common.rpc import CHANNEL_OPTIONS
 from evalfleet.common.security import ClientSecurity
+from evalfleet.server.worker_address import DnsTarget, parse_host_port
+from evalfleet.server.worker_matching import select_workers
+from evalfleet.server.worker_record import (
+    CONNECTING,
+    DOWN,
+    DRAINING,
+    READY,
+    WORKER_CHANNEL_OPTIONS,
+    Worker,
+)
 from evalfleet.server.workers import WorkerClient
 from evalfleet.v1 import coordinator_pb2 as cpb
 from evalfleet.v1 import inference_pb2 as ipb
@@ -57,225 +56,7 @@ log = get_logger("registry")
 #: Seconds a worker may take to answer GetModelInfo when a job starts (a remote backend may
 #: re-probe its server's logprobs first, in at most 5 s).
 MODEL_INFO_TIMEOUT_S = 15.0
-CONNECTING = cpb.WORKER_STATE_CONNECTING
-READY = cpb.WORKER_STATE_READY
-DOWN = cpb.WORKER_STATE_DOWN
-DRAINING = cpb.WORKER_STATE_DRAINING
 HEALTH_SERVICE = "evalfleet.v1.InferenceService"
-#: Channels to workers reconnect within seconds of a worker coming back (gRPC's default
-#: back-off grows to two minutes while a worker is down, e.g. loading its model).
-WORKER_CHANNEL_OPTIONS: list[tuple[str, Any]] = [
-    *CHANNEL_OPTIONS,
-    ("grpc.initial_reconnect_backoff_ms", 250),
-    ("grpc.min_reconnect_backoff_ms", 250),
-    ("grpc.max_reconnect_backoff_ms", 2000),
-]
-#: Seconds of answers a worker's throughput figure covers.
-THROUGHPUT_WINDOW_S = 30.0
-
-
-def parse_host_port(address: str, field_name: str) -> str:
-    """``address`` if it is host:port: a host name or IPv4 address (letters, digits, ``.-_``) or
-    an IPv6 address in brackets ([::1]:port), and a port 1-65535; INVALID_ARGUMENT naming the
-    field otherwise."""
-    host, sep, port = address.rpartition(":")
-    valid = bool(sep) and re.fullmatch(r"[0-9]{1,5}", port) is not None \
-        and 0 < int(port) < 65536
-    if valid and host.startswith("[") and host.endswith("]"):
-        try:
-            valid = ipaddress.ip_address(host[1:-1]).version == 6
-        except ValueError:
-            valid = False
-    elif valid:
-        valid = re.fullmatch(r"[A-Za-z0-9_](?:[A-Za-z0-9._-]{0,252})", host) is not None
-    if not valid:
-        raise InvalidArgumentError(
-            f"{field_name}: {address[:200]!r} is not host:port (a host name, IPv4 address or "
-            "[IPv6] address, and a port 1-65535)")
-    return address
-
-
-def join_host_port(host: str, port: int) -> str:
-    """host:port, with brackets around an IPv6 host."""
-    with contextlib.suppress(ValueError):
-        if ipaddress.ip_address(host).version == 6:
-            return f"[{host}]:{port}"
-    return f"{host}:{port}"
-
-
-@dataclass
-class Worker:
-    """One worker as the registry sees it."""
-
-    address: str
-    source: str
-    client: WorkerClient
-    state: int = CONNECTING
-    info: ipb.ModelInfo | None = None
-    state_since: float = field(default_factory=time.time)
-    last_error: str = ""
-    last_error_at: float | None = None  # wall clock of last_error
-    in_flight: int = 0
-    jobs_in_flight: dict[str, int] = field(default_factory=dict)
-    requests_answered: int = 0
-    api_concurrency: int = 0  # remote backends: the limiter's level in its last batch
-    throttled_responses: int = 0  # remote backends: 429/503/timeouts, summed over batches
-    batches_done: int = 0
-    batches_failed: int = 0
-    consecutive_failures: int = 0
-    retry_at: float = 0.0  # monotonic: not checked again before this after a failure
-    lease_until: float | None = None  # wall clock, registered workers
-    refs: int = 0  # jobs naming it in spec.worker_addresses (source "spec")
-    recent: deque[tuple[float, int]] = field(default_factory=deque)
-    monitor: asyncio.Task | None = None
-    wake: asyncio.Event = field(default_factory=asyncio.Event)
-
-    @property
-    def model_key(self) -> tuple[str, str] | None:
-        """(backend, fingerprint) of its model; None before it answered."""
-        return (self.info.backend, self.info.fingerprint) if self.info is not None else None
-
-    @property
-    def max_in_flight(self) -> int:
-        """Batches kept in flight: what it computes at once, plus one queued behind."""
-        concurrent = self.info.capabilities.max_concurrent_batches if self.info else 1
-        limit = max(1, concurrent) + 1
-        # After a failure, one batch at a time until a batch succeeds again.
-        return 1 if self.consecutive_failures else limit
-
-    @property
-    def free_slots(self) -> int:
-        return self.max_in_flight - self.in_flight if self.state == READY else 0
-
-    def throughput(self, now: float | None = None) -> float:
-        """Requests answered per second over the last ``THROUGHPUT_WINDOW_S``."""
-        now = time.monotonic() if now is None else now
-        while self.recent and self.recent[0][0] < now - THROUGHPUT_WINDOW_S:
-            self.recent.popleft()
-        if not self.recent:
-            return 0.0
-        span = max(now - self.recent[0][0], 1.0)
-        return sum(n for _, n in self.recent) / span
-
-    def to_proto(self) -> cpb.WorkerStatus:
-        status = cpb.WorkerStatus(
-            address=self.address, source=self.source, state=self.state,
-            in_flight_batches=self.in_flight, max_in_flight_batches=self.max_in_flight,
-            requests_per_second=round(self.throughput(), 3),
-            requests_answered=self.requests_answered, batches_done=self.batches_done,
-            batches_failed=self.batches_failed, last_error=self.last_error,
-            api_concurrency=self.api_concurrency, throttled_responses=self.throttled_responses,
-            evaluations=sorted(j for j, n in self.jobs_in_flight.items() if n > 0))
-        status.state_since.FromNanoseconds(int(self.state_since * 1e9))
-        if self.last_error_at is not None:
-            status.last_error_at.FromNanoseconds(int(self.last_error_at * 1e9))
-        if self.info is not None:
-            status.backend = self.info.backend
-            status.model_name = self.info.model_name
-            status.fingerprint = self.info.fingerprint
-        if self.lease_until is not None:
-            status.lease_expires_at.FromNanoseconds(int(self.lease_until * 1e9))
-        return status
-
-
-def _same_model_name(wanted: str, served: str) -> bool:
-    """Whether two model names or paths name the same model: equal, or one is the other's
-    trailing path components (``models/smollm2`` and ``/srv/models/smollm2``)."""
-    a, b = wanted.rstrip("/"), served.rstrip("/")
-    return bool(a and b) and (a == b or a.endswith("/" + b) or b.endswith("/" + a))
-
-
-def worker_matches(info: ipb.ModelInfo, *, backend: str, model_args: dict[str, Any],
-                   fingerprint: str) -> bool:
-    """Whether a worker serves the model a job asks for.
-
-    - ``fingerprint`` (``spec.model_fingerprint``), when given, decides alone: the worker's
-      fingerprint equals it or starts with it (``sha256:`` optional).
-    - Otherwise the backend must match (``spec.model``: equal, or a prefix of the worker's) and,
-      when ``model_args`` names the model (``pretrained``, or ``model`` for API backends), the
-      worker's own ``pretrained``/``model`` (or model name) must name the same one.
-    """
-    if fingerprint:
-        wanted = fingerprint.removeprefix("sha256:")
-        return info.fingerprint.removeprefix("sha256:").startswith(wanted)
-    if backend and not info.backend.startswith(backend):
-        return False
-    name = str(model_args.get("pretrained") or model_args.get("model") or "")
-    if not name:
-        return True
-    served = [info.model_args.get("pretrained", ""), info.model_args.get("model", ""),
-              info.model_name]
-    return any(_same_model_name(name, s) for s in served if s)
-
-
-def describe_worker(worker: Worker) -> str:
-    """'address (STATE, backend model fingerprint…)' for error messages."""
-    state = cpb.WorkerState.Name(worker.state).removeprefix("WORKER_STATE_")
-    parts = [state]
-    if worker.info is not None:
-        parts.append(f"{worker.info.backend} {worker.info.model_name} "
-                     f"{worker.info.fingerprint[:19]}")
-    if worker.last_error and worker.state != READY:
-        parts.append(worker.last_error)
-    return f"{worker.address} ({', '.join(parts)})"
-
-
-@dataclass(frozen=True)
-class DnsTarget:
-    """A DNS name whose addresses are workers: ``dns:[//NAMESERVER[:PORT]/]NAME:PORT``."""
-
-    name: str
-    port: int
-    nameserver: str | None = None
-    nameserver_port: int = 53
-
-    @classmethod
-    def parse(cls, text: str, field_name: str = "--workers") -> DnsTarget:
-        rest = text.removeprefix("dns:")
-        nameserver, ns_port = None, 53
-        if rest.startswith("//"):
-            authority, slash, rest = rest[2:].partition("/")
-            if not slash:
-                raise InvalidArgumentError(f"{field_name}: '{text}': expected "
-                                           "dns://[NAMESERVER[:PORT]]/NAME:PORT")
-            if authority:
-                host, sep, port = authority.rpartition(":")
-                if sep and port.isdigit():
-                    nameserver, ns_port = host.strip("[]"), int(port)
-                else:
-                    nameserver = authority.strip("[]")
-        name, sep, port = rest.rpartition(":")
-        if not sep or not name or not port.isdigit():
-            raise InvalidArgumentError(f"{field_name}: '{text}': give the workers' port, as in "
-                                       "dns:///workers.ns.svc.cluster.local:50061")
-        return cls(name, int(port), nameserver, ns_port)
-
-    @property
-    def source(self) -> str:
-        return f"dns:{self.name}"
-
-    async def resolve(self) -> set[str]:
-        """The worker addresses the name resolves to now."""
-        if self.nameserver is None:
-            loop = asyncio.get_running_loop()
-            infos = await loop.getaddrinfo(self.name, self.port, type=0,
-                                           proto=6)  # TCP, either family
-            return {join_host_port(i[4][0], self.port) for i in infos}
-        import dns.asyncresolver
-        import dns.resolver
-
-        resolver = dns.asyncresolver.Resolver(configure=False)
-        resolver.nameservers = [self.nameserver]
-        resolver.port = self.nameserver_port
-        resolver.lifetime = 5.0
-        found: set[str] = set()
-        for rdtype in ("A", "AAAA"):
-            try:
-                answer = await resolver.resolve(self.name, rdtype, search=False)
-            except (dns.resolver.NoAnswer, dns.resolver.NXDOMAIN):
-                continue
-            found.update(join_host_port(r.address, self.port) for r in answer)
-        return found
 
 
 class WorkerRegistry:
@@ -375,6 +156,22 @@ class WorkerRegistry:
             worker.refs = max(0, worker.refs - 1)
             if worker.refs == 0 and worker.source == "spec":
                 self.drain(address, "no job names it any more")
+
+    # -- batch slots ---------------------------------------------------------------------------
+
+    def acquire_slot(self, worker: Worker, job_id: str) -> None:
+        """A batch of ``job_id`` was sent to ``worker``: one of its slots is taken."""
+        worker.in_flight += 1
+        worker.jobs_in_flight[job_id] = worker.jobs_in_flight.get(job_id, 0) + 1
+
+    def release_slot(self, worker: Worker, job_id: str) -> None:
+        """The batch's call returned: its slot is free again (a draining worker whose last
+        batch returned is removed)."""
+        worker.in_flight -= 1
+        worker.jobs_in_flight[job_id] -= 1
+        if worker.jobs_in_flight[job_id] <= 0:
+            del worker.jobs_in_flight[job_id]
+        self._maybe_remove(worker)
 
     # -- self-registration --------------------------------------------------------------------
 
@@ -517,50 +314,9 @@ class WorkerRegistry:
 
     async def select(self, *, backend: str, model_args: dict[str, Any], fingerprint: str,
                      allowed: set[str] | None, wait_s: float) -> list[Worker]:
-        """The READY workers a new job runs on; they all serve one (backend, fingerprint).
-
-        Waits up to ``wait_s`` while candidate workers are still connecting (a job is never
-        placed on part of the fleet while the rest is still unknown). UNAVAILABLE when
-        no worker is up; FAILED_PRECONDITION when none serves the model asked for, or several
-        models match (then name one with spec.model_fingerprint).
-        """
-        deadline = time.monotonic() + wait_s
-        while True:
-            candidates = [w for w in self.workers.values()
-                          if allowed is None or w.address in allowed]
-            matched = [w for w in candidates if w.state == READY and w.info is not None
-                       and worker_matches(w.info, backend=backend, model_args=model_args,
-                                          fingerprint=fingerprint)]
-            keys = {w.model_key for w in matched}
-            if len(keys) > 1:
-                detail = "; ".join(describe_worker(w) for w in matched)
-                raise FailedPreconditionError(
-                    f"workers of several models match the job: {detail}. Name one with "
-                    "spec.model_fingerprint (--model_fingerprint), or give model_args "
-                    "pretrained=NAME")
-            # A worker still connecting may serve the model too (or another that matches):
-            # decide once every candidate has answered, or at the deadline.
-            connecting = any(w.state == CONNECTING for w in candidates)
-            if matched and (not connecting or time.monotonic() >= deadline):
-                return matched
-            if time.monotonic() >= deadline or (
-                    candidates and all(w.state == READY for w in candidates)):
-                break
-            await self.wait_changed(min(0.5, max(0.01, deadline - time.monotonic())))
-        want = (f"model_fingerprint {fingerprint}" if fingerprint else
-                f"backend '{backend or 'any'}'" + (
-                    f" with {model_args.get('pretrained') or model_args.get('model')}"
-                    if model_args.get("pretrained") or model_args.get("model") else ""))
-        if not candidates:
-            raise UnavailableError(
-                "no inference workers: start the coordinator with --workers host:port (or a "
-                "dns:/// name), or start workers with `evalfleet serve worker --register "
-                "COORDINATOR`")
-        listing = "; ".join(describe_worker(w) for w in sorted(candidates,
-                                                               key=lambda w: w.address))
-        if not any(w.state == READY for w in candidates):
-            raise UnavailableError(f"no worker is up for {want}: {listing}")
-        raise FailedPreconditionError(f"no worker serves {want}: {listing}")
+        """The READY workers a new job runs on (see :func:`worker_matching.select_workers`)."""
+        return await select_workers(self, backend=backend, model_args=model_args,
+                                    fingerprint=fingerprint, allowed=allowed, wait_s=wait_s)
 
     async def refresh_info(self, workers: list[Worker]) -> None:
         """Fetch the workers' model info again (GetModelInfo; a remote backend re-probes its

@@ -226,7 +226,8 @@ def test_requests_a_stopping_worker_cancelled_are_asked_again_without_counting_a
         response = ipb.LoglikelihoodResponse(results=[
             ipb.TokenScores(request_id=ids[0], logprobs=[-1.0], greedy=[True]),
             *[ipb.TokenScores(request_id=rid, error=cancelled) for rid in ids[1:]]])
-        await scheduler._batch_answered(worker, job, batch, response.SerializeToString(), 0.1)
+        await scheduler.outcomes.batch_answered(worker, job, batch,
+                                                response.SerializeToString(), 0.1)
         assert stored == [0] and job.answered == 1
         assert not job.finished.done()  # not failed
         assert job.pending == 3 and batch.queue.attempts.tolist() == [0, 0, 0, 0]
