@@ -21,6 +21,8 @@ _EXPORTS = {
     "AGGREGATIONS": "registry", "AggregationSpec": "registry", "METRICS": "registry",
     "MetricSpec": "registry", "DEFAULT_METRICS": "registry",
     "aggregation_for_callable": "registry", "get_metric": "registry",
+    "GROUPS": "registry", "MetricGroup": "registry", "register_metric": "registry",
+    "register_aggregation": "registry", "DocBatch": "doc_batch", "MetricError": "per_document",
     "MC_METRICS": "multiple_choice",
     "multiple_choice_metrics": "multiple_choice", "truthfulqa_mc2": "multiple_choice",
     "NA": "standard_errors", "aggregate": "standard_errors", "stderr": "standard_errors",
@@ -33,11 +35,15 @@ _EXPORTS = {
 }
 __all__ = [
     "AGGREGATIONS",
+    "GROUPS",
     "MC_METRICS",
     "METRICS",
     "NA",
     "DEFAULT_METRICS",
     "AggregationSpec",
+    "DocBatch",
+    "MetricError",
+    "MetricGroup",
     "MetricSpec",
     "aggregate",
     "aggregation_for_callable",
@@ -52,6 +58,8 @@ __all__ = [
     "multiple_choice_metrics",
     "pass_at_k",
     "pooled_sample_stderr",
+    "register_aggregation",
+    "register_metric",
     "request_loglikelihoods",
     "rolling_metrics",
     "sample_stddev",
@@ -63,6 +71,7 @@ __all__ = [
 
 if TYPE_CHECKING:
     from .aggregations import weighted_mean
+    from .doc_batch import DocBatch
     from .group import (
         aggregate_subtask_metrics,
         group_aggregate,
@@ -78,15 +87,20 @@ if TYPE_CHECKING:
     )
     from .multiple_choice import MC_METRICS, multiple_choice_metrics, truthfulqa_mc2
     from .passk import pass_at_k
+    from .per_document import MetricError
     from .reductions import mean_stderr, sample_stddev
     from .registry import (
         AGGREGATIONS,
         DEFAULT_METRICS,
+        GROUPS,
         METRICS,
         AggregationSpec,
+        MetricGroup,
         MetricSpec,
         aggregation_for_callable,
         get_metric,
+        register_aggregation,
+        register_metric,
     )
     from .standard_errors import NA, aggregate, stderr
     from .text import exact_match

@@ -16,14 +16,12 @@ from ._jit import jit, launch, pjit
 
 INVALID_GOLD = -100
 
+#: The per-document metrics of the kernel (float64, one value per document).
+KERNEL_METRICS = ("acc", "acc_norm", "acc_bytes", "acc_mutual_info", "exact_match",
+                  "brier_score")
 #: Metric names ``multiple_choice_metrics`` understands.
 MC_METRICS = (
-    "acc",
-    "acc_norm",
-    "acc_bytes",
-    "acc_mutual_info",
-    "exact_match",
-    "brier_score",
+    *KERNEL_METRICS,
     "pred",
     "pred_norm",
     "pred_bytes",

@@ -1,17 +1,25 @@
-"""The one metric / aggregation registry. Adding a metric or aggregation = adding one entry."""
+"""The one metric registry: metrics, the metric groups that compute them per output type, and
+aggregations (with their stderr rules). Adding a metric or aggregation is adding one entry
+(``register_metric`` / ``register_aggregation``, or one line below)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from dataclasses import replace as replace_fields
 from types import MappingProxyType
 from typing import Any
 
 import numpy as np
 
+from evalfleet.common.registry import DuplicateNameError, Registry
+from evalfleet.common.request_kind import OutputType
+
 from . import aggregations as ag
 from . import bootstrap as bs
+from . import builtin_metrics as bm
 from . import confusion as cm
+from .doc_batch import Column, DocBatch, MetricEntry
 from .reductions import as_f64
 
 Replicates = Callable[[Any, int, int], np.ndarray]
@@ -35,21 +43,66 @@ class AggregationSpec:
     stderr_fn: Callable[[Any], float] | None = None
 
 
+#: a metric's value for one document: ``per_doc(gold, prediction, **kwargs)``
+DocMetric = Callable[..., Any]
+#: one value per document for all of a task's documents at once:
+#: ``batch(golds, predictions, allow_code=..., **kwargs)`` (code metrics run every program once)
+BatchMetric = Callable[..., list[Any]]
+
+
 @dataclass(frozen=True)
 class MetricSpec:
-    """A metric: default aggregation and direction (lm-eval ``register_metric`` defaults) and
-    the output types whose built-in scoring produces it.
+    """A metric: how a document's value is computed, its default aggregation (a registered
+    aggregation's name) and direction (lm-eval ``register_metric`` defaults), and the output
+    types a task may name it for.
 
-    ``kind`` says how a document's value is computed: ``"builtin"`` (the task engine's own
-    per-output-type scoring) or ``"code"`` (generated programs run by ``evalfleet.execution``,
-    batched over the task's documents).
+    On the output types in ``per_doc_types`` (generate_until by default, lm-eval's call of
+    every metric function) a document's value is ``per_doc(gold, prediction, **kwargs)``;
+    ``per_doc`` None is lm-eval's passthrough: the item is the pair ``[gold, prediction]``.
+    ``any_gold(golds, prediction, **kwargs)`` scores a multiple-target document at once (else
+    each gold is scored alone and any hit counts, as lm-eval does); ``batch`` computes every
+    document at once (``kind == "code"``: pass@k runs the task's programs in parallel).
+    ``keeps_gold_type``: naming this metric keeps a generation's gold uncast (lm-eval's
+    ``bypass``). On other output types a metric is computed by its output type's
+    :class:`MetricGroup`. ``register_metric`` also registers ``aggregation`` when it is an
+    :class:`AggregationSpec` (a metric with its own corpus aggregation and stderr rule).
     """
 
     name: str
-    aggregation: str
+    aggregation: str | AggregationSpec
     higher_is_better: bool
     output_types: tuple[str, ...] = ()
     kind: str = "builtin"
+    per_doc: DocMetric | None = None
+    per_doc_types: tuple[str, ...] = (OutputType.GENERATE_UNTIL,)
+    any_gold: Callable[..., float] | None = None
+    batch: BatchMetric | None = None
+    keeps_gold_type: bool = False
+
+    @property
+    def aggregation_name(self) -> str:
+        """The name of the metric's default aggregation."""
+        agg = self.aggregation
+        return agg.name if isinstance(agg, AggregationSpec) else agg
+
+
+@dataclass(frozen=True)
+class MetricGroup:
+    """The metrics of one output type computed together (lm-eval's ``process_results`` for
+    that output type; lighteval's ``MetricGrouping``).
+
+    ``compute(batch, configs)`` returns one :data:`Column` per config it computes, in the
+    configs' order; a config it does not compute is left out, as lm-eval leaves it out (e.g.
+    ``bypass`` on multiple_choice). ``metrics`` are the registered names it computes itself
+    (the multiple-choice group: one Numba kernel gives acc, acc_norm, ... at once).
+    """
+
+    output_type: str
+    metrics: tuple[str, ...]
+    compute: Callable[[DocBatch, Sequence[MetricEntry]], list[Column]]
+    #: whether it scores per-document functions from each document's (gold, prediction): a
+    #: task's ``!function`` metric (a task loading one where this is False is refused)
+    per_doc: bool = False
 
 
 def _values(stat: int) -> Replicates:
@@ -101,11 +154,11 @@ _AGGS = [
     _sacre("ter"),
 ]
 
-_LL, _MC = "loglikelihood", "multiple_choice"
-_ROLL, _GEN = "loglikelihood_rolling", "generate_until"
+_LL, _MC = OutputType.LOGLIKELIHOOD, OutputType.MULTIPLE_CHOICE
+_ROLL, _GEN = OutputType.LOGLIKELIHOOD_ROLLING, OutputType.GENERATE_UNTIL
 # On generate_until, lm-eval calls a passthrough metric with one ``[gold, result]`` pair, which
 # its aggregation then receives: every metric below whose lm-eval function is a passthrough
-# lists _GEN among its output types for that reason.
+# lists _GEN among its output types for that reason (and has no per_doc).
 _METRICS = [
     MetricSpec("acc", "mean", True, (_LL, _MC, _GEN)),
     MetricSpec("acc_norm", "mean", True, (_MC, _GEN)),
@@ -114,7 +167,8 @@ _METRICS = [
     # lm-eval registers acc_all but its YAML scoring never emits it; evalfleet emits
     # (pred, doc) items for multiple-choice tasks, aggregated per question as lm-eval's acc_all.
     MetricSpec("acc_all", "acc_all", True, (_MC,)),
-    MetricSpec("exact_match", "mean", True, (_MC, _GEN)),
+    MetricSpec("exact_match", "mean", True, (_MC, _GEN), per_doc=bm.exact_match_doc,
+               any_gold=bm.exact_match_any_gold),
     MetricSpec("likelihood", "mean", True, (_MC, _GEN)),
     MetricSpec("perplexity", "perplexity", False, (_LL, _GEN)),
     MetricSpec("word_perplexity", "weighted_perplexity", False, (_ROLL, _GEN)),
@@ -127,10 +181,21 @@ _METRICS = [
     MetricSpec("chrf", "chrf", True, (_GEN,)),
     MetricSpec("chrf++", "chrf++", True, (_GEN,)),
     MetricSpec("ter", "ter", False, (_GEN,)),
-    MetricSpec("bypass", "bypass", True, (_LL, _MC, _ROLL, _GEN)),
+    MetricSpec("bypass", "bypass", True, (_LL, _MC, _ROLL, _GEN), per_doc=bm.bypass_doc,
+               keeps_gold_type=True),
     # code generation: pass@k over `repeats` samples (humaneval/mbpp's code_eval)
-    MetricSpec("pass_at_k", "mean", True, (_GEN,), kind="code"),
-    MetricSpec("pass_at_1", "mean", True, (_GEN,), kind="code"),
+    MetricSpec("pass_at_k", "mean", True, (_GEN,), kind="code",
+               batch=bm.code_batch("pass_at_k")),
+    MetricSpec("pass_at_1", "mean", True, (_GEN,), kind="code",
+               batch=bm.code_batch("pass_at_1")),
+]
+
+_GROUPS = [
+    MetricGroup(_LL, ("perplexity", "acc"), bm.loglikelihood_columns),
+    MetricGroup(_ROLL, ("word_perplexity", "byte_perplexity", "bits_per_byte"),
+                bm.rolling_columns),
+    MetricGroup(_MC, bm.CHOICE_METRICS, bm.multiple_choice_columns, per_doc=True),
+    MetricGroup(_GEN, (), bm.generation_columns, per_doc=True),
 ]
 
 #: metrics computed when a task has no ``metric_list`` (lm-eval's DEFAULT_METRIC_REGISTRY)
@@ -142,9 +207,41 @@ DEFAULT_METRICS: Mapping[str, tuple[str, ...]] = MappingProxyType({
 })
 
 #: aggregation name -> spec
-AGGREGATIONS: Mapping[str, AggregationSpec] = MappingProxyType({a.name: a for a in _AGGS})
-#: metric name -> spec (default aggregation, higher_is_better)
-METRICS: Mapping[str, MetricSpec] = MappingProxyType({m.name: m for m in _METRICS})
+AGGREGATIONS: Registry[AggregationSpec] = Registry("aggregation", ((a.name, a) for a in _AGGS))
+#: metric name -> spec (how it is computed, default aggregation, higher_is_better)
+METRICS: Registry[MetricSpec] = Registry("metric", ((m.name, m) for m in _METRICS))
+#: output type -> the group computing its metrics
+GROUPS: Registry[MetricGroup] = Registry("output type", ((g.output_type, g) for g in _GROUPS))
+
+
+def register_aggregation(spec: AggregationSpec, *, replace: bool = False) -> AggregationSpec:
+    """Add an aggregation (its corpus function and stderr rule)."""
+    return AGGREGATIONS.register(spec.name, spec, replace=replace)
+
+
+def register_metric(spec: MetricSpec, *, replace: bool = False) -> MetricSpec:
+    """Add a metric; an :class:`AggregationSpec` given as its aggregation is registered with
+    it (both names must be free unless ``replace``)."""
+    agg = spec.aggregation
+    if spec.name in METRICS and not replace:
+        raise DuplicateNameError(f"metric {spec.name!r} is already registered; pick another "
+                                 "name or pass replace=True")
+    if isinstance(agg, AggregationSpec):
+        register_aggregation(agg, replace=replace)
+        spec = replace_fields(spec, aggregation=agg.name)
+    else:
+        AGGREGATIONS.get(agg)  # an unknown aggregation name fails here, naming the known ones
+    return METRICS.register(spec.name, spec, replace=replace)
+
+
+def unregister_metric(name: str) -> MetricSpec:
+    """Remove a metric (its aggregation stays registered)."""
+    return METRICS.unregister(name)
+
+
+def group_for(output_type: str) -> MetricGroup:
+    """The metric group of an output type."""
+    return GROUPS.get(output_type)
 
 
 #: lm-eval's aggregation functions (``lm_eval.api.metrics``) by ``__name__`` -> our spec name;
@@ -169,15 +266,9 @@ def aggregation_for_callable(fn: Callable) -> str | None:
 
 def get_metric(name: str) -> MetricSpec:
     """The spec of metric ``name``; KeyError lists the known names."""
-    try:
-        return METRICS[name]
-    except KeyError:
-        raise KeyError(f"unknown metric {name!r}; known: {', '.join(sorted(METRICS))}") from None
+    return METRICS.get(name)
 
 
 def get_aggregation(name: str) -> AggregationSpec:
     """The spec of aggregation ``name``; KeyError lists the known names."""
-    try:
-        return AGGREGATIONS[name]
-    except KeyError:
-        raise KeyError(f"unknown aggregation {name!r}; known: {sorted(AGGREGATIONS)}") from None
+    return AGGREGATIONS.get(name)

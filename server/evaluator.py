@@ -3,8 +3,9 @@
 The steps are lm-eval 0.4.13's: every request's responses (one per repeat) go through each of
 the task's filter pipelines, together with the request's document; per document and filter the
 filtered values are scored, by the task's own ``process_results`` when it has one (YAML
-``process_results`` or a Python class task), else by the built-in scoring of its output type
-with the metrics of the one registry (``evalfleet.scoring.registry``). The numeric work
+``process_results`` or a Python class task), else by the metric group the one registry
+(``evalfleet.scoring.registry``) holds for its output type: the registry says how each metric
+is computed, this module names none. The numeric work
 (log-likelihood sums, multiple-choice argmaxes, aggregation, standard errors) is done by
 :mod:`evalfleet.scoring` on flat arrays; code metrics (pass@k) run every program of the task at
 once through :mod:`evalfleet.execution`, in parallel subprocesses.
@@ -14,21 +15,20 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from evalfleet import scoring
+from evalfleet.common.request_kind import RequestKind
+from evalfleet.scoring.doc_batch import DocBatch
+from evalfleet.scoring.registry import group_for
 from evalfleet.server.generation_stats import GenerationStats
 from evalfleet.tasks import Request, Task
 from evalfleet.tasks.metric_config import MetricConfig
 from evalfleet.v1 import inference_pb2 as pb
-
-#: Metrics of multiple-choice tasks computed by the vectorized kernel.
-_MC_KERNEL_METRICS = ("acc", "acc_norm", "acc_bytes", "acc_mutual_info", "exact_match",
-                      "brier_score")
 
 
 @dataclass
@@ -38,7 +38,8 @@ class TaskScores:
     task: Task
     sample_len: int
     items: dict[tuple[str, str], list[Any]] = field(default_factory=dict)
-    aggregates: dict[str, Any] = field(default_factory=dict)  # "acc,none" / "acc_stderr,none"
+    #: "<metric>,<filter>" and "<metric>_stderr,<filter>" -> value
+    aggregates: dict[str, Any] = field(default_factory=dict)
     samples: list[dict[str, Any]] = field(default_factory=list)
     #: metric key -> its config, including keys a metric expands into (pass_at_k -> pass@1)
     configs: dict[str, MetricConfig] = field(default_factory=dict)
@@ -107,14 +108,6 @@ def _expand_repeats(requests: Sequence[Request], ids: Sequence[str]) -> list[lis
     return out
 
 
-def call_metric(fn: Callable, gold: Any, result: Any, kwargs: Mapping[str, Any]) -> Any:
-    """lm-eval's call of a metric function for one document (keywords, else one pair)."""
-    try:
-        return fn(references=[gold], predictions=[result], **kwargs)
-    except TypeError:
-        return fn([gold, result])
-
-
 class TaskScorer:
     """Scores one task from its requests, their content ids and the answers.
 
@@ -134,7 +127,6 @@ class TaskScorer:
         self.answer_ids = _expand_repeats(requests, request_ids)
         self.answers = answers
         self.by_doc = _by_doc(self.requests)
-        self.metric_names = [m.name for m in task.metric_list]
         self.allow_code = allow_code
         self.configs: dict[str, MetricConfig] = {m.name: m for m in task.metric_list}
         #: per request, the reasoning of each repeat's generation (filled by _responses)
@@ -147,18 +139,18 @@ class TaskScorer:
         for rolling, the text for generation (lm-eval's ``Instance.resps``)."""
         out: list[list[Any]] = [[] for _ in self.requests]
         scored = [(p, aid) for p, req in enumerate(self.requests)
-                  if req.request_type != "generate_until" for aid in self.answer_ids[p]]
+                  if req.request_type != RequestKind.GENERATE_UNTIL for aid in self.answer_ids[p]]
         if scored:
             values, greedy, offsets, totals = _decode_scores(
                 [self.answers[a] for _, a in scored])
             lls, is_greedy = scoring.request_loglikelihoods(values, greedy, offsets, totals)
             for (pos, _), ll, g in zip(scored, lls, is_greedy, strict=True):
-                if self.requests[pos].request_type == "loglikelihood_rolling":
+                if self.requests[pos].request_type == RequestKind.LOGLIKELIHOOD_ROLLING:
                     out[pos].append(float(ll))
                 else:
                     out[pos].append((float(ll), bool(g)))
         for pos, req in enumerate(self.requests):
-            if req.request_type == "generate_until":
+            if req.request_type == RequestKind.GENERATE_UNTIL:
                 generations = [pb.Generation.FromString(self.answers[a])
                                for a in self.answer_ids[pos]]
                 self.generation = self.generation or GenerationStats()
@@ -193,153 +185,25 @@ class TaskScorer:
         return [[values[p] for p in self.by_doc[doc_id]] for doc_id, _ in self.docs]
 
     def _score_filter(self, values: Sequence[Any]) -> list[dict[str, Any]]:
+        """Per document, its metrics: the task's own ``process_results``, else the metric
+        group of its output type (the registry says how each metric is computed)."""
         task = self.task
         per_doc_results = self._results(values)
         if task.process_results_fn is not None:
             return [dict(task.process_results_fn(doc, results))
                     for (_, doc), results in zip(self.docs, per_doc_results, strict=True)]
-        kind = task.output_type
-        if kind == "multiple_choice":
-            return self._score_multiple_choice(per_doc_results)
-        if kind == "loglikelihood":
-            rows = []
-            for results in per_doc_results:
-                ll, is_greedy = results[0]
-                row = {"perplexity": ll, "acc": int(is_greedy)}
-                rows.append({m: row[m] for m in self.metric_names if m in row})
-            return rows
-        if kind == "loglikelihood_rolling":
-            rows = []
-            for (_, doc), results in zip(self.docs, per_doc_results, strict=True):
-                ll = results[0]
-                target = task.doc_target(doc)
-                words, nbytes = scoring.count_words(target), scoring.count_bytes(target)
-                row = {"word_perplexity": (ll, words), "byte_perplexity": (ll, nbytes),
-                       "bits_per_byte": (ll, nbytes)}
-                rows.append({m: row[m] for m in self.metric_names if m in row})
-            return rows
-        if kind == "generate_until":
-            return self._score_generation([r[0] for r in per_doc_results])
-        raise ValueError(f"unsupported output_type {kind}")  # pragma: no cover
-
-    def _score_multiple_choice(self, per_doc_results: list[list[Any]]) -> list[dict[str, Any]]:
-        task, docs = self.task, self.docs
-        choices = [task.doc_choices(doc) or [] for _, doc in docs]
-        mutual = "acc_mutual_info" in self.metric_names
-        lls_l, greedy_l, uncond_l = [], [], []
-        choice_offsets = np.zeros(len(docs) + 1, dtype=np.int64)
-        gold_values: list[int] = []
-        gold_offsets = np.zeros(len(docs) + 1, dtype=np.int64)
-        for d, ((_, doc), doc_choices, results) in enumerate(
-                zip(docs, choices, per_doc_results, strict=True)):
-            n = len(doc_choices)
-            lls_l += [r[0] for r in results[:n]]
-            greedy_l += [r[1] for r in results[:n]]
-            if mutual:
-                uncond_l += [r[0] for r in results[n:2 * n]]
-            choice_offsets[d + 1] = choice_offsets[d] + n
-            gold = task.doc_gold(doc)
-            golds = list(gold) if isinstance(gold, list | tuple) else [gold]
-            gold_values.extend(int(g) for g in golds)
-            gold_offsets[d + 1] = gold_offsets[d] + len(golds)
-        flat_choices = [c for cs in choices for c in cs]
-        chars = np.array([float(len(c)) for c in flat_choices], dtype=np.float64)
-        nbytes = np.array([float(len(c.encode("utf-8"))) for c in flat_choices], dtype=np.float64)
-        kernel_metrics = [m for m in self.metric_names if m in _MC_KERNEL_METRICS]
-        computed = scoring.multiple_choice_metrics(
-            np.asarray(lls_l, dtype=np.float64), np.asarray(greedy_l, dtype=np.bool_),
-            choice_offsets, np.asarray(gold_values, dtype=np.int64), gold_offsets, chars, nbytes,
-            [*kernel_metrics, "pred"],
-            lls_unconditional=np.asarray(uncond_l, dtype=np.float64) if mutual else None,
-        )
-        per_doc: list[dict[str, Any]] = []
-        for d, ((_, doc), results) in enumerate(zip(docs, per_doc_results, strict=True)):
-            metrics: dict[str, Any] = {}
-            gold = gold_values[gold_offsets[d]:gold_offsets[d + 1]]
-            pred = int(computed["pred"][d])
-            for name in self.metric_names:
-                if name in computed:
-                    metrics[name] = float(computed[name][d])
-                elif name in ("f1", "mcc"):
-                    metrics[name] = (gold[0], pred)
-                elif name == "likelihood":
-                    metrics[name] = (gold[0], [r[0] for r in results[:len(choices[d])]])
-                elif name == "acc_all":
-                    metrics[name] = (pred, doc)
-            per_doc.append(metrics)
-        return per_doc
-
-    # -- generation -------------------------------------------------------------------------
-    def _gold(self, doc: dict, result: Any) -> Any:
-        """lm-eval's gold for a generation doc (choice text, list, or cast to the result's
-        type)."""
-        task = self.task
-        gold = task.doc_target(doc)
-        if task.cfg.doc_to_choice is not None:
-            gold = (task.doc_choices(doc) or [])[gold]
-        elif task.multiple_target:
-            gold = list(gold)
-        elif type(gold) is not type(result) and not (
-                "bypass" in self.metric_names or isinstance(result, list)):
-            gold = type(result)(gold)
-        return gold
-
-    def _score_generation(self, results: Sequence[Any]) -> list[dict[str, Any]]:
-        golds = [self._gold(doc, result)
-                 for (_, doc), result in zip(self.docs, results, strict=True)]
+        batch = DocBatch(task, [doc for _, doc in self.docs], per_doc_results,
+                         allow_code=self.allow_code)
         rows: list[dict[str, Any]] = [{} for _ in self.docs]
-        for config in self.task.metric_list:
-            if config.is_code:
-                values = self._code_metric(config, golds, results)
-            else:
-                values = [self._generation_metric(config, gold, result)
-                          for gold, result in zip(golds, results, strict=True)]
-            for row, value in zip(rows, values, strict=True):
-                if isinstance(value, dict):
+        for config, column in group_for(task.output_type).compute(batch, task.metric_list):
+            for row, value in zip(rows, column, strict=True):
+                if isinstance(value, dict):  # one function giving several metrics (lm-eval)
                     for key, v in value.items():
                         row[key] = v
-                        self.configs.setdefault(key, config)
+                        self.configs.setdefault(key, config)  # type: ignore[arg-type]
                 else:
                     row[config.name] = value
         return rows
-
-    def _generation_metric(self, config: MetricConfig, gold: Any, result: Any) -> Any:
-        name = config.name
-        if self.task.multiple_target:
-            golds = gold if isinstance(gold, list) else [gold]
-            if name == "exact_match" and config.fn is None:
-                scores = scoring.exact_match([str(result)] * len(golds),
-                                             [str(g) for g in golds], **config.kwargs)
-                return 1.0 if float(np.mean(scores)) > 0.0 else 0.0
-            # lm-eval scores each gold alone and keeps "any" (a passthrough pair counts as 1)
-            scores = [self._single_metric(config, g, result) for g in golds]
-            scores = [s[name] if isinstance(s, dict) else s for s in scores]
-            return 1.0 if any(scores) else 0.0
-        return self._single_metric(config, gold, result)
-
-    def _single_metric(self, config: MetricConfig, gold: Any, result: Any) -> Any:
-        name = config.name
-        if config.fn is not None:
-            return call_metric(config.fn, gold, result, config.kwargs)
-        if name == "exact_match":
-            return float(scoring.exact_match([result], [gold], **config.kwargs)[0])
-        if name == "bypass":
-            return None
-        # every other registered metric is a passthrough in lm-eval: its item is the pair
-        return [gold, result]
-
-    def _code_metric(self, config: MetricConfig, golds: Sequence[Any],
-                     results: Sequence[Any]) -> list[Any]:
-        """pass@k for every document at once (all programs run in parallel subprocesses)."""
-        from evalfleet.execution import CODE_METRICS, allow_code_execution
-
-        fn = config.fn if hasattr(config.fn, "batch") else CODE_METRICS.get(config.name)
-        if fn is None:  # a user's own code metric: lm-eval's one call per document
-            with allow_code_execution(self.allow_code):
-                return [call_metric(config.fn, g, r, config.kwargs)  # type: ignore[arg-type]
-                        for g, r in zip(golds, results, strict=True)]
-        with allow_code_execution(self.allow_code):
-            return fn.batch(list(golds), list(results), **config.kwargs)
 
     # -- samples ----------------------------------------------------------------------------
     def _sample_record(self, d: int, filter_name: str, metrics: dict[str, Any],

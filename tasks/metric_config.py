@@ -14,6 +14,7 @@ from typing import Any
 from evalfleet.scoring.registry import (
     AGGREGATIONS,
     DEFAULT_METRICS,
+    GROUPS,
     METRICS,
     MetricSpec,
     aggregation_for_callable,
@@ -45,7 +46,7 @@ class MetricConfig:
 def default_metric(name: str) -> MetricConfig:
     """The registry defaults for a metric name (KeyError when unregistered)."""
     spec = METRICS[name]
-    return MetricConfig(name=name, aggregation=spec.aggregation,
+    return MetricConfig(name=name, aggregation=spec.aggregation_name,
                         higher_is_better=spec.higher_is_better, spec=spec)
 
 
@@ -54,7 +55,7 @@ def _aggregation(entry: dict, spec: MetricSpec | None, fn: Callable | None, wher
     agg = entry.get("aggregation")
     if agg is None:
         if spec is not None:
-            return spec.aggregation
+            return spec.aggregation_name
         named = aggregation_for_callable(fn) if fn is not None else None
         if named is None:
             raise config_error(source, where, f"metric {entry['metric']!r} has no registered "
@@ -90,7 +91,14 @@ def parse_metric_list(raw: Any, output_type: str, source: Any, *,
             fn, metric = metric, metric.__name__
         elif not isinstance(metric, str):
             raise config_error(source, f"{where}.metric", f"expected a name, got {metric!r}")
-        spec = METRICS.get(metric)
+        spec = METRICS.find(metric)
+        group = GROUPS.get(output_type)
+        if fn is not None and not custom_results and not group.per_doc \
+                and metric not in group.metrics:
+            raise config_error(
+                source, f"{where}.metric", f"a '!function' metric is not computed for "
+                f"output_type {output_type} (lm-eval 0.4.13 leaves it out); compute "
+                f"{metric!r} in the task's process_results")
         if fn is None and not custom_results:
             if spec is None:
                 raise config_error(

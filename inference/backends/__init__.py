@@ -11,11 +11,12 @@ import importlib
 from typing import TYPE_CHECKING
 
 from evalfleet.common.errors import InvalidArgumentError
+from evalfleet.common.registry import Registry
 
 if TYPE_CHECKING:
     from evalfleet.inference.backends.base import Backend
 
-_REGISTRY: dict[str, str] = {
+_REGISTRY: Registry[str] = Registry("backend", {
     "hf": "evalfleet.inference.backends.hf:HFBackend",
     "local-completions": "evalfleet.inference.backends.openai_completions:LocalCompletionsBackend",
     "openai-completions":
@@ -24,7 +25,7 @@ _REGISTRY: dict[str, str] = {
     "openai-chat-completions": "evalfleet.inference.backends.openai_chat:OpenAIChatBackend",
     "anthropic-chat": "evalfleet.inference.backends.anthropic_chat:AnthropicChatBackend",
     "vllm": "evalfleet.inference.backends.vllm:VLLMBackend",
-}
+}.items())
 _ALIASES: dict[str, str] = {
     "hf-auto": "hf",
     "huggingface": "hf",

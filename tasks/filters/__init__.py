@@ -1,10 +1,12 @@
 """Registry of response filters (lm-eval names -> classes).
 
-Adding a filter = one class in a family module + one entry in ``FILTERS``.
+Adding a filter = one class in a family module + one entry in ``FILTERS`` (or one
+``register_filter`` call).
 """
 
 from __future__ import annotations
 
+from evalfleet.common.registry import Registry
 from evalfleet.tasks.filters.base import Filter, FilterPipeline
 from evalfleet.tasks.filters.custom import CustomFilter
 from evalfleet.tasks.filters.extraction import MultiChoiceRegexFilter, POSFilter, RegexFilter
@@ -17,7 +19,7 @@ from evalfleet.tasks.filters.transformation import (
     WhitespaceFilter,
 )
 
-FILTERS: dict[str, type[Filter]] = {
+FILTERS: Registry[type[Filter]] = Registry("filter", {
     "take_first": TakeFirstFilter,
     "take_first_k": TakeKFilter,
     "majority_vote": MajorityVoteFilter,
@@ -30,20 +32,17 @@ FILTERS: dict[str, type[Filter]] = {
     "custom": CustomFilter,
     "regex_pos": POSFilter,
     "format_span": SpanFilter,
-}
+}.items())
 
 
-def register_filter(name: str, cls: type[Filter]) -> None:
-    """Add (or replace) a filter class under ``name``."""
-    FILTERS[name] = cls
+def register_filter(name: str, cls: type[Filter], *, replace: bool = False) -> type[Filter]:
+    """Add a filter class under ``name`` (a taken name is an error unless ``replace``)."""
+    return FILTERS.register(name, cls, replace=replace)
 
 
 def get_filter(name: str) -> type[Filter]:
     """The filter class registered as ``name`` (KeyError lists the known names)."""
-    try:
-        return FILTERS[name]
-    except KeyError:
-        raise KeyError(f"unknown filter {name!r}; known: {', '.join(sorted(FILTERS))}") from None
+    return FILTERS.get(name)
 
 
 DEFAULT_PIPELINES = (("none", (("take_first", {}),)),)
