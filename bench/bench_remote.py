@@ -22,11 +22,14 @@ rate-limited stand-in, its tokens (prompt + completion) as the stand-in itself c
 (``/admin/stats``); each run in ``adaptive_runs`` carries its own (``run_requests_per_s``,
 ``run_tokens_per_s``).
 
+Provider batch APIs (``--only batch`` runs this part alone; bench/bench_provider_batches.py):
+``batch_api_equal_to_online`` (a batch_api=true job's results equal the online job's) and
+``batch_submissions_after_restart`` (batches the stand-in created for a job whose coordinator
+was killed -9 while its batch was held, then restarted on the same store; target 1).
+
 Run: ``.venv/bin/python bench/bench_remote.py [--limit 200] [--delay 0.2] [--only
-adaptive|fixed]``; the last line is JSON with the rate at each concurrency and the efficiency at
-16 (rate16 / (16 x rate1); target 0.8), and the adaptive keys above. The issue's batch API keys
-(``batch_api_equal_to_online``, ``batch_submissions_after_restart``) are null: batch APIs are
-not measured here yet.
+adaptive|fixed|batch]``; the last line is JSON with the rate at each concurrency and the
+efficiency at 16 (rate16 / (16 x rate1); target 0.8), the adaptive keys and the batch keys above.
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ import urllib.request
 from pathlib import Path
 
 import grpc
+from bench_provider_batches import batch_part  # bench/ is sys.path[0] when run
 
 from evalfleet.inference.server import load_backend, start_worker
 from evalfleet.server.service import start_coordinator
@@ -224,9 +228,17 @@ async def main_async(args: argparse.Namespace) -> dict:
     else:
         out.update(adaptive_efficiency=None, fixed_overload_failed_or_slower=None,
                    requests_per_s=None, tokens_per_s=None)
-    out.update(batch_api_equal_to_online=None, batch_submissions_after_restart=None,
-               note="batch API keys: not measured by this bench yet (null, not a result)",
-               loadavg=Path("/proc/loadavg").read_text().split()[:3])
+    if args.only in (None, "batch"):
+        proc, base_url = start_server(args.model_dir, 0.0, "--memo")
+        try:
+            out.update(await batch_part(base_url, args.model_dir, args.data_dir,
+                                        args.batch_limit))
+        finally:
+            proc.terminate()
+            proc.wait(timeout=30)
+    else:
+        out.update(batch_api_equal_to_online=None, batch_submissions_after_restart=None)
+    out.update(loadavg=Path("/proc/loadavg").read_text().split()[:3])
     return out
 
 
@@ -254,8 +266,10 @@ async def fixed_part(args: argparse.Namespace) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--only", choices=("fixed", "adaptive"), default=None,
-                        help="run one part (default both)")
+    parser.add_argument("--only", choices=("fixed", "adaptive", "batch"), default=None,
+                        help="run one part (default all)")
+    parser.add_argument("--batch_limit", type=int, default=4,
+                        help="docs per task in the batch part")
     parser.add_argument("--server_limit", type=int, default=4,
                         help="N: the rate-limited server's concurrent calls")
     parser.add_argument("--adaptive_delay", type=float, default=0.075,

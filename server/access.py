@@ -72,8 +72,8 @@ class AccessPolicy:
                 "(--max_spec_bytes)")
 
     def check_spec(self, spec: cpb.EvaluationSpec, model_args: dict[str, Any]) -> None:
-        """Refuse what this coordinator does not allow, before any work."""
-        self.check_size(spec)
+        """Refuse what this coordinator does not allow, before any work (the spec's size is
+        checked before it is parsed: :meth:`check_size`)."""
         if spec.include_paths and not self.allow_include_paths:
             raise PermissionDeniedError(
                 "spec.include_paths: this coordinator does not read task directories named by "

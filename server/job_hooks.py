@@ -1,8 +1,9 @@
 """What a job does for the spec fields of lm_eval's remaining flags and for result sinks, kept
 out of the planning and finishing code, which call these hooks:
 
-- :func:`prepare_spec` (job creation): ``predict_only`` implies ``log_samples``;
-  ``cache_requests`` and ``sinks`` are checked (INVALID_ARGUMENT naming the field).
+- :func:`normalized_spec` (job creation): a copy of the spec where ``predict_only`` implies
+  ``log_samples``; ``cache_requests`` and ``sinks`` are checked (INVALID_ARGUMENT naming the
+  field).
 - :func:`prepare_task` (planning): ``predict_only`` replaces a task's metrics by lm-eval's
   ``bypass`` (as lm-eval's ``override_metric``).
 - :func:`task_requests` (planning): a task's requests, through the request cache.
@@ -28,15 +29,20 @@ from evalfleet.v1 import coordinator_pb2 as cpb
 log = get_logger("job_hooks")
 
 
-def prepare_spec(spec: cpb.EvaluationSpec, sinks: dict[str, Any] | None) -> None:
-    """Normalise and check the spec fields handled here (mutates ``spec``)."""
-    if spec.predict_only:
-        spec.log_samples = True
-    request_cache.check_mode(spec.cache_requests)
-    if spec.sinks:
+def normalized_spec(spec: cpb.EvaluationSpec, sinks: dict[str, Any] | None
+                    ) -> cpb.EvaluationSpec:
+    """A copy of ``spec`` with the fields handled here normalised and checked (``spec`` is
+    left as it is)."""
+    normalized = cpb.EvaluationSpec()
+    normalized.CopyFrom(spec)
+    if normalized.predict_only:
+        normalized.log_samples = True
+    request_cache.check_mode(normalized.cache_requests)
+    if normalized.sinks:
         from evalfleet.reporting.sinks.config import check_requests
 
-        check_requests(spec.sinks, sinks)
+        check_requests(normalized.sinks, sinks)
+    return normalized
 
 
 def prepare_task(task: Task, spec: cpb.EvaluationSpec) -> None:

@@ -5,26 +5,23 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from grpc_health.v1 import health_pb2
 
-from evalfleet.common.errors import FailedPreconditionError, NotFoundError
 from evalfleet.common.logging import get_logger
-from evalfleet.common.redact import redact_spec
 from evalfleet.common.rpc import RunningServer, Service, start_server
 from evalfleet.common.security import ClientSecurity, ServerSecurity
 from evalfleet.server.access import AccessPolicy
-from evalfleet.server.gate_service import evaluate_stored_gate
 from evalfleet.server.job import Job
+from evalfleet.server.job_queries import JobQueries, stored_evaluation
+from evalfleet.server.job_setup import JobSetup
 from evalfleet.server.registry import WorkerRegistry
 from evalfleet.server.runner import DEFAULT_LEASE_S, JobRunner
 from evalfleet.server.scheduler import Scheduler, SchedulerConfig
-from evalfleet.server.store import JobRecord, JobStore, SqliteJobStore
-from evalfleet.server.store.base import decode_progress
-from evalfleet.tasks import TaskManager
+from evalfleet.server.store import JobStore, SqliteJobStore
 from evalfleet.v1 import coordinator_pb2 as cpb
 from evalfleet.v1 import coordinator_pb2_grpc as cpb_grpc
 
@@ -32,10 +29,15 @@ log = get_logger("coordinator")
 
 
 class EvaluationServicer(cpb_grpc.EvaluationServiceServicer):
-    """Thin translation between the API and the :class:`JobRunner`."""
+    """Thin translation between the API and the coordinator's parts: the :class:`JobRunner`
+    (create, watch, cancel), :class:`JobQueries` (what is stored), the workers, the tasks."""
 
-    def __init__(self, runner: JobRunner) -> None:
+    def __init__(self, runner: JobRunner, queries: JobQueries, registry: WorkerRegistry,
+                 setup: JobSetup) -> None:
         self.runner = runner
+        self.queries = queries
+        self.registry = registry
+        self.setup = setup
 
     async def CreateEvaluation(self, request: cpb.CreateEvaluationRequest, context
                                ) -> cpb.Evaluation:
@@ -43,16 +45,7 @@ class EvaluationServicer(cpb_grpc.EvaluationServiceServicer):
         return job.to_proto()
 
     async def GetEvaluation(self, request: cpb.GetEvaluationRequest, context) -> cpb.Evaluation:
-        return await self._evaluation(request.id)
-
-    async def _evaluation(self, job_id: str) -> cpb.Evaluation:
-        job = self.runner.jobs.get(job_id)
-        if job is not None and not job.lost:
-            return job.to_proto()
-        record = await self.runner.store.get_job(job_id)
-        if record is None:
-            raise NotFoundError(f"evaluation '{job_id}' not found")
-        return _stored_evaluation(record)
+        return await self.queries.evaluation(request.id)
 
     async def WatchEvaluation(self, request: cpb.WatchEvaluationRequest, context):
         async for event in self.runner.watch(request.id):
@@ -61,51 +54,31 @@ class EvaluationServicer(cpb_grpc.EvaluationServiceServicer):
     async def CancelEvaluation(self, request: cpb.CancelEvaluationRequest, context
                                ) -> cpb.Evaluation:
         job = await self.runner.cancel(request.id)
-        return job.to_proto() if isinstance(job, Job) else _stored_evaluation(job)
+        return job.to_proto() if isinstance(job, Job) else stored_evaluation(job)
 
     async def ListEvaluations(self, request: cpb.ListEvaluationsRequest, context
                               ) -> cpb.ListEvaluationsResponse:
-        records = await self.runner.store.list_jobs(request.limit)
-        jobs = self.runner.jobs
-        return cpb.ListEvaluationsResponse(evaluations=[
-            jobs[r.id].to_proto() if r.id in jobs and not jobs[r.id].lost else
-            _stored_evaluation(r) for r in records])
+        return cpb.ListEvaluationsResponse(
+            evaluations=await self.queries.list_evaluations(request.limit))
 
     async def GetResults(self, request: cpb.GetResultsRequest, context
                          ) -> cpb.EvaluationResults:
-        record = await self.runner.store.get_job(request.id)
-        if record is None:
-            raise NotFoundError(f"evaluation '{request.id}' not found")
-        if record.state != cpb.EVALUATION_STATE_SUCCEEDED or record.results is None:
-            state = cpb.EvaluationState.Name(record.state)
-            detail = f": {record.error}" if record.error else ""
-            raise FailedPreconditionError(
-                f"evaluation '{request.id}' has no results (state {state}{detail})")
-        return cpb.EvaluationResults.FromString(record.results)
+        return await self.queries.results(request.id)
 
     async def StreamSamples(self, request: cpb.StreamSamplesRequest, context):
-        record = await self.runner.store.get_job(request.id)
-        if record is None:
-            raise NotFoundError(f"evaluation '{request.id}' not found")
-        if record.state != cpb.EVALUATION_STATE_SUCCEEDED:
-            raise FailedPreconditionError(f"evaluation '{request.id}' has not succeeded")
-        async for task, record_json in self.runner.store.iter_samples(request.id, request.tasks):
-            yield cpb.SampleRecord(task=task, json=record_json)
+        async for record in self.queries.samples(request.id, request.tasks):
+            yield record
 
     async def ListWorkers(self, request: cpb.ListWorkersRequest, context
                           ) -> cpb.ListWorkersResponse:
-        return cpb.ListWorkersResponse(workers=self.runner.registry.list())
+        return cpb.ListWorkersResponse(workers=self.registry.list())
 
     async def EvaluateGate(self, request: cpb.EvaluateGateRequest, context
                            ) -> cpb.EvaluateGateResponse:
-        return await evaluate_stored_gate(self.runner.store, request)
+        return await self.queries.gate(request)
 
     async def ListTasks(self, request: cpb.ListTasksRequest, context) -> cpb.ListTasksResponse:
-        self.runner.policy.check_include_paths(list(request.include_paths),
-                                               "include_paths")
-        manager = TaskManager(include_paths=[*self.runner.include_paths,
-                                             *request.include_paths],
-                              data_dir=self.runner.data_dir)
+        manager = self.setup.task_manager(request.include_paths)
         entries = await asyncio.to_thread(manager.list)
         return cpb.ListTasksResponse(tasks=[
             cpb.TaskInfo(name=e.name, kind=e.kind, path=str(e.yaml_path or ""),
@@ -113,21 +86,6 @@ class EvaluationServicer(cpb_grpc.EvaluationServiceServicer):
                          data_available=bool(e.in_mirror),
                          output_type=getattr(e, "output_type", "") or "")
             for e in sorted(entries, key=lambda e: e.name)])
-
-
-def _stored_evaluation(record: JobRecord) -> cpb.Evaluation:
-    """An evaluation as the store has it (this process does not run it): its progress is
-    what its coordinator stored at its last lease renewal or when it ended (none for a record
-    stored without); a spec stored before secrets were hidden at creation is answered with
-    them hidden. Its times are the store's (a finished job this process no longer keeps is
-    answered so)."""
-    evaluation = decode_progress(record.progress)
-    evaluation.MergeFrom(cpb.Evaluation(
-        id=record.id, state=record.state,
-        spec=redact_spec(cpb.EvaluationSpec.FromString(record.spec)), error=record.error))
-    evaluation.created_at.FromNanoseconds(int(record.created_at * 1e9))
-    evaluation.updated_at.FromNanoseconds(int(record.updated_at * 1e9))
-    return evaluation
 
 
 class WorkerRegistryServicer(cpb_grpc.WorkerRegistryServiceServicer):
@@ -204,6 +162,23 @@ def _stopper(task: asyncio.Future) -> Callable[[], Awaitable[None]]:
     return stop
 
 
+def _with_overrides(options: CoordinatorOptions, *, workers: Sequence[str],
+                    data_dir: str | Path | None, include_paths: Sequence[str],
+                    batch_items: int | None) -> CoordinatorOptions:
+    """A copy of ``options`` with the arguments given instead of its fields (the caller's
+    options, and their scheduler settings, are left as they are)."""
+    changes: dict[str, Any] = {}
+    if workers:
+        changes["workers"] = list(workers)
+    if data_dir is not None:
+        changes["data_dir"] = data_dir
+    if include_paths:
+        changes["include_paths"] = list(include_paths)
+    if batch_items is not None:
+        changes["scheduler"] = replace(options.scheduler, max_batch_items=batch_items)
+    return replace(options, **changes)
+
+
 async def start_coordinator(*, host: str = "127.0.0.1", port: int = 0,
                             workers: Sequence[str] = (), store: JobStore | None = None,
                             data_dir: str | Path | None = None,
@@ -221,15 +196,9 @@ async def start_coordinator(*, host: str = "127.0.0.1", port: int = 0,
     ``confirm_run_unsafe_code`` is the operator's consent to run model-generated code
     (humaneval, mbpp); jobs must confirm it too.
     """
-    options = options or CoordinatorOptions()
-    if workers:
-        options.workers = list(workers)
-    if data_dir is not None:
-        options.data_dir = data_dir
-    if include_paths:
-        options.include_paths = list(include_paths)
-    if batch_items is not None:
-        options.scheduler.max_batch_items = batch_items
+    options = _with_overrides(options or CoordinatorOptions(), workers=workers,
+                              data_dir=data_dir, include_paths=include_paths,
+                              batch_items=batch_items)
     store = store or SqliteJobStore()
     await store.open()  # a bad path or URL is reported now, not at the first job
     registry = WorkerRegistry(options.worker_security,
@@ -243,7 +212,9 @@ async def start_coordinator(*, host: str = "127.0.0.1", port: int = 0,
                        lease_s=options.job_lease_s, claim_interval_s=options.claim_interval_s,
                        sinks=sinks, confirm_run_unsafe_code=confirm_run_unsafe_code)
     server = await start_server(
-        [Service(cpb_grpc.add_EvaluationServiceServicer_to_server, EvaluationServicer(runner),
+        [Service(cpb_grpc.add_EvaluationServiceServicer_to_server,
+                 EvaluationServicer(runner, JobQueries(store, runner.jobs), registry,
+                                    runner.setup),
                  cpb.DESCRIPTOR.services_by_name["EvaluationService"].full_name),
          Service(cpb_grpc.add_WorkerRegistryServiceServicer_to_server,
                  WorkerRegistryServicer(registry),

@@ -35,16 +35,16 @@ def soak_coordinator(background_loop, tiny_worker, data_dir, tmp_path):
     server, runner = background_loop.run(start_coordinator(
         workers=[tiny_worker.address], store=SqliteJobStore(tmp_path / "jobs.db"),
         data_dir=data_dir))
-    runner.keep_finished = 1
+    runner.execution.keep_finished = 1
     plans: list[weakref.ref] = []
-    plan = runner._plan
+    plan = runner.setup.plan
 
     async def recording_plan(*args, **kwargs):
         built = await plan(*args, **kwargs)
         plans.append(weakref.ref(built))
         return built
 
-    runner._plan = recording_plan
+    runner.setup.plan = recording_plan
     yield server, runner, plans
     background_loop.run(server.stop(0.5))
 
@@ -141,10 +141,10 @@ def test_retry_times_of_jobs_no_longer_waiting_are_forgotten():
         registry = WorkerRegistry()
         runner = JobRunner(store, registry, Scheduler(registry))
         now = time.monotonic()
-        runner._retry_at.update({"taken elsewhere": now - 1, "waiting": now + 60})
+        runner.leases.retry_at.update({"taken elsewhere": now - 1, "waiting": now + 60})
         try:
             await runner.claim_once()
-            return list(runner._retry_at)
+            return list(runner.leases.retry_at)
         finally:
             await store.close()
 

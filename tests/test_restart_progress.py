@@ -110,7 +110,7 @@ def test_a_restarted_coordinator_answers_the_stored_progress_then_resumes(
 def test_a_stored_record_answers_its_progress_or_none_as_before():
     """``_stored_evaluation``: a record with progress answers it (and its distinct requests);
     one stored before progress was kept answers none; the spec's secrets stay hidden."""
-    from evalfleet.server.service import _stored_evaluation
+    from evalfleet.server.job_queries import stored_evaluation as _stored_evaluation
 
     spec = cpb.EvaluationSpec(model="hf", tasks=["arc_easy"], model_args="api_key=sk-x")
     progress = [cpb.TaskProgress(task="arc_easy", done=3, total=8, docs_total=2, docs_done=0)]

@@ -113,7 +113,7 @@ def test_choosing_a_jobs_workers_waits_once_in_all():
     the second may only wait what is left of ``wait_s``, not ``wait_s`` again."""
     from types import SimpleNamespace
 
-    from evalfleet.server.runner import JobRunner
+    from evalfleet.server.job_setup import JobSetup
     from evalfleet.v1 import coordinator_pb2 as cpb
 
     waits: list[float] = []
@@ -126,9 +126,9 @@ def test_choosing_a_jobs_workers_waits_once_in_all():
     async def refresh_info(workers):
         pass
 
-    runner = SimpleNamespace(registry=SimpleNamespace(select=select, refresh_info=refresh_info))
+    setup = SimpleNamespace(registry=SimpleNamespace(select=select, refresh_info=refresh_info))
     parsed = SimpleNamespace(model_args={})
-    asyncio.run(JobRunner._select(runner, cpb.EvaluationSpec(model="sim"), parsed, None, 1.0))
+    asyncio.run(JobSetup.select(setup, cpb.EvaluationSpec(model="sim"), parsed, None, 1.0))
     assert waits[0] == pytest.approx(1.0, abs=0.05) and waits[1] <= 0.75
 
 

@@ -79,7 +79,7 @@ def test_a_spec_keeps_its_settings_and_loses_its_secrets():
 def test_a_spec_stored_with_a_secret_is_answered_without_it():
     """A job stored before creation hid secrets is shown by GetEvaluation/ListEvaluations
     without them."""
-    from evalfleet.server.service import _stored_evaluation
+    from evalfleet.server.job_queries import stored_evaluation as _stored_evaluation
     from evalfleet.server.store import JobRecord
 
     spec = cpb.EvaluationSpec(model="local-completions", tasks=["gsm8k"],
