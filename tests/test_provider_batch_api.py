@@ -4,15 +4,17 @@ SDKs), and real inference workers on loopback send SubmitBatch/PollBatch through
 answers equal to the same worker's online answers, an errored line coming back as an item
 error, and a second submit of a tag reusing the first batch (OpenAI).
 
-One stand-in per provider for the module (OpenAI's serving the real SmolLM2, whose prompt
-logprobs pass the completions worker's probe; Anthropic's the tiny model); the batch controls
-(hold/release, forced line errors) are switched per test and restored.
+The stand-ins serve the tiny model, and for loglikelihood a second OpenAI stand-in the real
+SmolLM2 (whose prompt logprobs pass the completions worker's probe), one each for the module;
+the batch controls (hold/release, forced line errors) are switched per test and restored.
 """
 
 from __future__ import annotations
 
 import json
 import time
+import urllib.error
+import urllib.request
 
 import grpc
 import pytest
@@ -30,10 +32,18 @@ STOP = ["\n\n"]
 
 # ---------------------------------------------------------------------- fixtures
 @pytest.fixture(scope="module")
-def openai_srv(real_model_dir, tmp_path_factory):
-    # the real model: the loglikelihood worker needs prompt logprobs that pass its probe
-    srv = openai_standin(real_model_dir,
+def openai_srv(tiny_model_dir, tmp_path_factory):
+    srv = openai_standin(tiny_model_dir,
                          record=tmp_path_factory.mktemp("openai-batch") / "requests.jsonl")
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture(scope="module")
+def openai_real_srv(real_model_dir, tmp_path_factory):
+    """The real model: a loglikelihood worker needs prompt logprobs that pass its probe."""
+    srv = openai_standin(real_model_dir,
+                         record=tmp_path_factory.mktemp("openai-real") / "requests.jsonl")
     yield srv
     srv.stop()
 
@@ -68,17 +78,20 @@ def _args(kind: str, openai_srv, anthropic_srv, model_dir, **extra) -> dict:
 
 
 @pytest.fixture(scope="module")
-def workers(background_loop, openai_srv, anthropic_srv, real_model_dir):
-    """InferenceService stubs of real workers, by backend (and "plain": completions without
-    batch_api)."""
+def workers(background_loop, openai_srv, openai_real_srv, anthropic_srv, tiny_model_dir,
+            real_model_dir):
+    """InferenceService stubs of real workers, by backend ("plain": completions without
+    batch_api; "loglikelihood": completions with batch_api on the real model's stand-in)."""
     from evalfleet.inference.server import load_backend, start_worker
 
-    specs = {name: (name, {"batch_api": True}) for name in
+    specs = {name: (name, openai_srv, tiny_model_dir, {"batch_api": True}) for name in
              ("local-completions", "local-chat-completions", "anthropic-chat")}
-    specs["plain"] = ("local-completions", {})
+    specs["plain"] = ("local-completions", openai_srv, tiny_model_dir, {})
+    specs["loglikelihood"] = ("local-completions", openai_real_srv, real_model_dir,
+                              {"batch_api": True})
     servers, channels, stubs = [], [], {}
-    for key, (backend, extra) in specs.items():
-        args = _args(backend, openai_srv, anthropic_srv, real_model_dir, **extra)
+    for key, (backend, srv, model_dir, extra) in specs.items():
+        args = _args(backend, srv, anthropic_srv, model_dir, **extra)
         server = background_loop.run(start_worker(load_backend(backend, args), model_args=args))
         servers.append(server)
         channels.append(grpc.insecure_channel(server.address))
@@ -148,11 +161,11 @@ def _openai_input_bodies(srv, batch_id: str) -> list[str]:
 
 
 # ---------------------------------------------------------------------- worker: answers
-def test_completions_loglikelihood_batch_equals_online(workers, openai_srv):
-    stub = workers["local-completions"]
-    mark = _record_mark(openai_srv)
+def test_completions_loglikelihood_batch_equals_online(workers, openai_real_srv):
+    stub = workers["loglikelihood"]
+    mark = _record_mark(openai_real_srv)
     online = stub.Loglikelihood(_ll_request(), timeout=60)
-    online_bodies = _recorded(openai_srv, mark, "/v1/completions")
+    online_bodies = _recorded(openai_real_srv, mark, "/v1/completions")
     submitted, polled = _run_batch(stub, "ll-equal", loglikelihood=_ll_request())
     assert polled.state == pb.PROVIDER_BATCH_STATE_ENDED
     # the empty continuation is answered by the worker (score 0), as online: 3 lines sent
@@ -160,7 +173,7 @@ def test_completions_loglikelihood_batch_equals_online(workers, openai_srv):
     assert _scores(polled.loglikelihood.results) == _scores(online.results)
     assert all(r.logprobs for r in polled.loglikelihood.results[:3])
     # each line's body is exactly the body the online path posted for that item
-    assert _openai_input_bodies(openai_srv, submitted.batch_id) == online_bodies
+    assert _openai_input_bodies(openai_real_srv, submitted.batch_id) == online_bodies
     assert polled.loglikelihood.cost.prompt_tokens == online.cost.prompt_tokens > 0
 
 
@@ -315,3 +328,127 @@ def test_capabilities_say_batch_api_and_the_fingerprint_is_unchanged(workers):
     for key in ("local-chat-completions", "anthropic-chat"):
         caps = workers[key].GetModelInfo(pb.GetModelInfoRequest(), timeout=30).capabilities
         assert caps.batch_api
+
+
+# ---------------------------------------------------------------------- the stand-ins, by SDK
+def _wait(retrieve, done, timeout_s: float = 120):
+    deadline = time.monotonic() + timeout_s
+    while True:
+        obj = retrieve()
+        if done(obj):
+            return obj
+        assert time.monotonic() < deadline, f"still {obj}"
+        time.sleep(0.05)
+
+
+def test_the_openai_sdk_drives_the_stand_ins_files_and_batches(openai_srv, batch_controls):
+    import openai
+
+    client = openai.OpenAI(api_key="k", base_url=openai_srv.base_url)
+    bodies = [{"model": "smol", "prompt": p, "max_tokens": 6, "temperature": 0} for p in PROMPTS]
+    bodies.append({"model": "no-such-model", "prompt": "x", "max_tokens": 2})
+    data = "".join(json.dumps({"custom_id": f"req-{i}", "method": "POST",
+                               "url": "/v1/completions", "body": b}) + "\n"
+                   for i, b in enumerate(bodies)).encode()
+    control(openai_srv, "/control/batches", {"hold": True})
+    uploaded = client.files.create(file=("in.jsonl", data), purpose="batch")
+    assert (uploaded.object, uploaded.purpose, uploaded.bytes) == ("file", "batch", len(data))
+    assert client.files.retrieve(uploaded.id).filename == "in.jsonl"
+    assert client.files.content(uploaded.id).content == data
+    batch = client.batches.create(input_file_id=uploaded.id, endpoint="/v1/completions",
+                                  completion_window="24h", metadata={"owner": "tests"})
+    assert (batch.object, batch.status, batch.metadata) == ("batch", "validating",
+                                                            {"owner": "tests"})
+    held = _wait(lambda: client.batches.retrieve(batch.id),
+                 lambda b: b.status == "in_progress")
+    assert (held.request_counts.total, held.request_counts.completed) == (4, 0)
+    assert held.output_file_id is None and held.in_progress_at is not None
+    # newest first, paginated with after/has_more by the SDK's auto-pagination
+    listed = [b.id for b in client.batches.list(limit=1)]
+    assert listed[0] == batch.id and len(listed) == batch_submissions(openai_srv)
+    assert control(openai_srv, "/control/stats")["batches_held"] == 1
+    control(openai_srv, "/control/batches/release", {})
+    done = _wait(lambda: client.batches.retrieve(batch.id), lambda b: b.status == "completed")
+    counts = done.request_counts
+    assert (counts.total, counts.completed, counts.failed) == (4, 3, 1)
+    assert done.completed_at and done.finalizing_at and done.error_file_id
+    output = [json.loads(x) for x in client.files.content(done.output_file_id).text.splitlines()]
+    assert [o["custom_id"] for o in output] == ["req-0", "req-1", "req-2"]
+    for line, body in zip(output, bodies, strict=False):
+        assert line["id"].startswith("batch_req_") and line["error"] is None
+        assert line["response"]["status_code"] == 200
+        online = client.completions.create(**body)
+        assert line["response"]["body"]["choices"][0]["text"] == online.choices[0].text
+        assert line["response"]["body"]["usage"]["completion_tokens"] == \
+            online.usage.completion_tokens
+    [error] = [json.loads(x) for x in client.files.content(done.error_file_id).text.splitlines()]
+    assert error["custom_id"] == "req-3" and error["response"]["status_code"] == 404
+    assert "no-such-model" in error["response"]["body"]["error"]["message"]
+    # cancelled while held: every line in the error file as batch_cancelled
+    control(openai_srv, "/control/batches", {"hold": True})
+    second = client.batches.create(input_file_id=uploaded.id, endpoint="/v1/completions",
+                                   completion_window="24h")
+    _wait(lambda: client.batches.retrieve(second.id), lambda b: b.status == "in_progress")
+    assert client.batches.cancel(second.id).status == "cancelling"
+    cancelled = _wait(lambda: client.batches.retrieve(second.id),
+                      lambda b: b.status == "cancelled")
+    lines = client.files.content(cancelled.error_file_id).text.splitlines()
+    assert [json.loads(x)["error"]["code"] for x in lines] == ["batch_cancelled"] * 4
+    assert cancelled.output_file_id is None
+    # a file whose lines do not match the endpoint fails the batch as a whole
+    wrong = client.batches.create(input_file_id=uploaded.id, endpoint="/v1/chat/completions",
+                                  completion_window="24h")
+    control(openai_srv, "/control/batches/release", {})
+    failed = _wait(lambda: client.batches.retrieve(wrong.id), lambda b: b.status == "failed")
+    assert failed.errors.data[0].code == "mismatched_endpoint"
+    with pytest.raises(openai.BadRequestError):
+        client.batches.create(input_file_id="file-missing", endpoint="/v1/completions",
+                              completion_window="24h")
+
+
+def test_the_anthropic_sdk_drives_the_stand_ins_message_batches(anthropic_srv, batch_controls):
+    import anthropic
+
+    client = anthropic.Anthropic(api_key="k", base_url=anthropic_srv.base_url[:-3])
+    params = [{"model": "claude-stand-in", "max_tokens": 6,
+               "messages": [{"role": "user", "content": p}]} for p in PROMPTS]
+    requests = [{"custom_id": f"req-{i}", "params": p} for i, p in enumerate(params)]
+    requests.append({"custom_id": "bad", "params": {"model": "claude-stand-in",
+                                                    "messages": []}})
+    control(anthropic_srv, "/control/batches", {"hold": True})
+    batch = client.messages.batches.create(requests=requests)
+    assert (batch.type, batch.processing_status) == ("message_batch", "in_progress")
+    assert batch.request_counts.processing == 4 and batch.results_url is None
+    listed = [b.id for b in client.messages.batches.list(limit=1)]
+    assert listed[0] == batch.id and len(listed) == batch_submissions(anthropic_srv)
+    with pytest.raises(anthropic.AnthropicError):
+        list(client.messages.batches.results(batch.id))  # no results before it ended
+    control(anthropic_srv, "/control/batches/release", {})
+    ended = _wait(lambda: client.messages.batches.retrieve(batch.id),
+                  lambda b: b.processing_status == "ended")
+    counts = ended.request_counts
+    assert (counts.processing, counts.succeeded, counts.errored) == (0, 3, 1)
+    assert ended.ended_at is not None and ended.results_url.endswith(f"{batch.id}/results")
+    results = {r.custom_id: r.result for r in client.messages.batches.results(batch.id)}
+    for i, p in enumerate(params):
+        assert results[f"req-{i}"].type == "succeeded"
+        online = client.messages.create(**p)
+        assert results[f"req-{i}"].message.content[0].text == online.content[0].text
+        assert results[f"req-{i}"].message.usage.output_tokens == online.usage.output_tokens
+    assert results["bad"].type == "errored"
+    assert results["bad"].error.error.type == "invalid_request_error"
+    # cancelled while held: every request canceled
+    control(anthropic_srv, "/control/batches", {"hold": True})
+    second = client.messages.batches.create(requests=requests[:2])
+    canceling = client.messages.batches.cancel(second.id)
+    assert canceling.processing_status == "canceling" and canceling.cancel_initiated_at
+    _wait(lambda: client.messages.batches.retrieve(second.id),
+          lambda b: b.processing_status == "ended")
+    assert [r.result.type for r in client.messages.batches.results(second.id)] == \
+        ["canceled", "canceled"]
+    with pytest.raises(anthropic.BadRequestError):
+        client.messages.batches.create(requests=[{"custom_id": "has space", "params": {}}])
+    with pytest.raises(urllib.error.HTTPError) as keyless:  # the key is required, as online
+        urllib.request.urlopen(f"http://127.0.0.1:{anthropic_srv.port}/v1/messages/batches",
+                               timeout=10)
+    assert keyless.value.code == 401
