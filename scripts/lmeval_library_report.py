@@ -5,8 +5,9 @@ Walks lm-eval's task folder with evalfleet's task engine (``--include_path`` sem
 built-ins). Per task name (groups and tags are expanded by their tasks): does it load (config,
 metrics, filters, ``!function``s), and where the data mirror holds its dataset, do evalfleet's
 requests for the first ``--docs`` documents equal lm-eval's own (lm-eval reading the same mirror
-through ../shared/tools/lmeval_local.py overrides)? Writes one JSON line per task and prints the
-totals with every failure's reason.
+through ../shared/tools/lmeval_local.py overrides)? And does ``tasks list`` (the library index's
+static check, tasks/load_checks.py) mark the tasks that fail as "cannot load", with the same
+reason? Writes one JSON line per task and prints the totals with every failure's reason.
 
     EVALFLEET_DATA_DIR=../shared/data .venv/bin/python scripts/lmeval_library_report.py \\
         --out out/library_report.jsonl [--only REGEX] [--docs 3]
@@ -57,8 +58,25 @@ def time_limit(seconds: int):
 
 
 def one_line(err: BaseException) -> str:
-    text = f"{type(err).__name__}: {err}".replace("\n", " ")
-    return re.sub(r"\s+", " ", text)[:400]
+    return one_line_text(f"{type(err).__name__}: {err}")
+
+
+def one_line_text(text: str) -> str:
+    return re.sub(r"\s+", " ", text.replace("\n", " "))[:400]
+
+
+def listing_problems(folder: Path) -> dict[str, str]:
+    """What ``tasks list`` marks "cannot load" in ``folder`` indexed as the task library, by
+    task name (the reason)."""
+    from evalfleet.tasks.library import library_entries
+
+    out = {}
+    for name, entry in library_entries(folder).items():
+        if entry.kind == "task":
+            problem = str(entry.error) if entry.error else entry.facts.cannot_load
+            if problem:
+                out[name] = problem
+    return out
 
 
 def reason_class(message: str) -> str:
@@ -143,6 +161,7 @@ def main() -> int:
         overrides = Path(tempfile.mkdtemp(prefix="lmeval-overrides-"))
         subprocess.run([sys.executable, str(TOOL), args.data_dir, str(overrides)], check=True,
                        capture_output=True)
+    listing = listing_problems(lm_tasks)
     lm_manager = None
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -150,7 +169,8 @@ def main() -> int:
     with out.open("w") as fh:
         for n, entry in enumerate(entries, 1):
             row = {"task": entry.name, "yaml": str(entry.yaml_path), "loaded": False,
-                   "in_mirror": False, "compared": False, "same_requests": None, "error": None}
+                   "in_mirror": False, "compared": False, "same_requests": None, "error": None,
+                   "listed_cannot_load": listing.get(entry.name)}
             folder = mirror_folder(Path(args.data_dir), entry.dataset_path, entry.dataset_name)
             row["in_mirror"] = bool(folder and folder.is_dir())
             sink = io.StringIO()
@@ -188,6 +208,7 @@ def main() -> int:
 
     loaded = [r for r in rows if r["loaded"]]
     failed = [r for r in rows if not r["loaded"]]
+    marked = [r for r in failed if r["listed_cannot_load"]]
     mirror = [r for r in loaded if r["in_mirror"]]
     same = [r for r in mirror if r["same_requests"]]
     summary = {
@@ -197,6 +218,11 @@ def main() -> int:
         "different_or_error": len(mirror) - len(same),
         "load_failures_by_reason": dict(collections.Counter(
             reason_class(r["error"] or "") for r in failed).most_common()),
+        "failures_marked_in_listing": len(marked),
+        "failures_marked_with_the_same_reason": sum(
+            r["error"] == one_line_text(f"TaskError: {r['listed_cannot_load']}") for r in marked),
+        "failures_not_marked": [r["task"] for r in failed if not r["listed_cannot_load"]],
+        "marked_but_loaded": [r["task"] for r in loaded if r["listed_cannot_load"]],
         "seconds": round(time.time() - started, 1),
     }
     print("\nLoad failures:")

@@ -6,7 +6,9 @@ Indexing lm-eval's ~13,000 task files takes ~20 s, so the index is kept on disk 
 or folder changes or the file is unreadable, and written atomically. Per name it holds what
 ``tasks list`` shows (kind, file, tag members, group children, dataset, output type, the splits
 read, why it cannot load where the index can tell); a task's full configuration is read from its
-file only when it is named."""
+file only when it is named. What a task's own Python code needs to import (``load_checks``) is
+stored as facts of the files and checked against the environment when listed, so installing a
+package needs no rebuild."""
 
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ import json
 import os
 import sys
 import tempfile
+import time
 from dataclasses import dataclass
 from functools import lru_cache
 from importlib import metadata
@@ -25,13 +28,24 @@ import structlog
 
 from evalfleet.common.paths import cache_dir
 from evalfleet.common.request_kind import OutputType
+from evalfleet.tasks import load_checks
 from evalfleet.tasks.dataset import configured_splits
 from evalfleet.tasks.errors import TaskError
 from evalfleet.tasks.index import IndexEntry, build_index, lmeval_task_library
+from evalfleet.tasks.load_checks import (
+    RECHECK_S,
+    Need,
+    Ref,
+    first_unmet,
+    ref_needs,
+    ref_problem,
+    stored_needs,
+    task_refs,
+)
 
 log = structlog.get_logger(__name__)
 #: Bumped when the cached file's layout changes (an old file is then rebuilt).
-CACHE_FORMAT = 3
+CACHE_FORMAT = 5
 INDEX_DIR_ENV = "EVALFLEET_TASK_INDEX_DIR"
 
 
@@ -44,7 +58,20 @@ class LibraryFacts:
     output_type: str | None = None
     splits: tuple[tuple[str, str], ...] = ()  # (key, split) pairs the task reads
     children: tuple[str, ...] = ()  # a group's members
-    cannot_load: str | None = None  # why the task cannot load, where the index can tell
+    static_problem: str | None = None  # why the task cannot load, known from its config
+    refs: tuple[Ref, ...] = ()  # its !function/class references, in the order they load
+    ref_keys: tuple[str, ...] = ()  # their keys in ``needs``
+    needs: dict[str, tuple[Need, ...]] | None = None  # what each module file needs
+
+    @property
+    def cannot_load(self) -> str | None:
+        """Why the task cannot load here, where the index can tell: its code's first unmet
+        need (checked now, against this environment), else a problem of its config."""
+        for ref, key in zip(self.refs, self.ref_keys, strict=True):
+            why = _unmet(self.needs or {}, key)
+            if why is not None:
+                return ref_problem(ref, why)
+        return self.static_problem
 
 
 def lmeval_version() -> str | None:
@@ -95,7 +122,8 @@ def _row(entry: IndexEntry) -> dict[str, Any]:
         splits = configured_splits(cfg)
         row |= {"dataset_path": cfg.get("dataset_path"), "dataset_name": cfg.get("dataset_name"),
                 "output_type": cfg.get("output_type"), "splits": [list(p) for p in splits],
-                "cannot_load": _load_problem(cfg, entry.path)}
+                "cannot_load": _load_problem(cfg, entry.path),
+                "refs": [r.to_json() for r in task_refs(cfg, entry.path)]}
     return {k: v for k, v in row.items() if v not in (None, [], "")}
 
 
@@ -123,8 +151,59 @@ def _load_problem(cfg: dict[str, Any], path: Path | None) -> str | None:
 
 
 def build_rows(folder: Path) -> dict[str, dict[str, Any]]:
-    """Index ``folder`` (slow: every file is read) into the cached rows, by name."""
-    return {name: _row(entry) for name, entry in sorted(build_index([folder]).items())}
+    """Index ``folder`` (slow: every file is read) into the cached rows, by name (the files
+    of a task's references relative to ``folder`` where they are in it)."""
+    rows = {name: _row(entry) for name, entry in sorted(build_index([folder]).items())}
+    for row in rows.values():
+        if "refs" in row:
+            row["refs"] = [[_relative(v, folder) if i in (2, 3) else v for i, v in enumerate(r)]
+                           for r in row["refs"]]
+    return rows
+
+
+def _relative(path: str | None, folder: Path) -> str | None:
+    prefix = f"{folder}{os.sep}"
+    return path[len(prefix):] if path and path.startswith(prefix) else path
+
+
+def _absolute(ref: list[str | None], folder: Path) -> Ref:
+    return Ref.from_json([str(folder / v) if i in (2, 3) and v else v
+                          for i, v in enumerate(ref)])
+
+
+def needs_key(ref: Ref) -> str:
+    """The key of a reference's needs in the index's needs table."""
+    name = ref.spec.rpartition(".")[2] if ref.key == "class" else ""
+    return f"{ref.module_file or ref.module}#{name}"
+
+
+def build_needs(rows: dict[str, dict[str, Any]],
+                folder: Path) -> dict[str, list[list[str | None]]]:
+    """What the modules the rows' references name need, by ``needs_key`` of their stored
+    form (read with ``ast``, each file once)."""
+    table: dict[str, list[list[str | None]]] = {}
+    for row in rows.values():
+        for value in row.get("refs", []):
+            key = needs_key(Ref.from_json(value))
+            if key not in table:
+                table[key] = stored_needs(ref_needs(_absolute(value, folder)))
+    return table
+
+
+#: The needs table of each cached index file, read or built with its rows.
+_NEEDS: dict[Path, dict[str, tuple[Need, ...]]] = {}
+
+
+_UNMET: dict[tuple[int, str], tuple[float, int, str | None]] = {}
+
+
+def _unmet(table: dict[str, tuple[Need, ...]], key: str) -> str | None:
+    """``first_unmet`` of a table's entry, remembered as long as its checks are."""
+    now, generation = time.monotonic(), load_checks.generation()
+    known = _UNMET.get((id(table), key))
+    if known is None or now - known[0] > RECHECK_S or known[1] != generation:
+        known = _UNMET[(id(table), key)] = (now, generation, first_unmet(table.get(key, ())))
+    return known[2]
 
 
 def _write_atomically(path: Path, document: dict[str, Any]) -> None:
@@ -141,12 +220,15 @@ def _write_atomically(path: Path, document: dict[str, Any]) -> None:
 
 
 def _read(path: Path, folder: Path, version: str) -> dict[str, dict[str, Any]] | None:
-    """The cached rows, or None when the file is absent, corrupt or of another install."""
+    """The cached rows, or None when the file is absent, corrupt or of another install (its
+    needs table goes to ``_NEEDS``)."""
     try:
         document = json.loads(path.read_text(encoding="utf-8"))
         if (document["format"], document["lm_eval_version"], document["folder"]) != (
                 CACHE_FORMAT, version, str(folder)):
             return None
+        _NEEDS[path] = {k: tuple(Need.from_json(n) for n in v)
+                        for k, v in document["needs"].items()}
         rows = document["entries"]
         if not isinstance(rows, dict) or not all(
                 isinstance(r, dict) and r.get("kind") in ("task", "group", "tag")
@@ -190,9 +272,11 @@ def _cached_rows(path: Path, folder: Path, version: str,
     if rows is None:
         print("indexing lm-eval's task library (once)...", file=sys.stderr, flush=True)
         rows = build_rows(folder)
+        needs = build_needs(rows, folder)
+        _NEEDS[path] = {k: tuple(Need.from_json(n) for n in v) for k, v in needs.items()}
         try:
             _write_atomically(path, {"format": CACHE_FORMAT, "lm_eval_version": version,
-                                     "folder": str(folder), "entries": rows})
+                                     "folder": str(folder), "entries": rows, "needs": needs})
         except OSError as err:
             log.warning("could not cache the task library index", path=str(path),
                         error=str(err))
@@ -232,5 +316,8 @@ def _entries(key: tuple[Path, Path, str, int]) -> dict[str, IndexEntry]:
                 dataset_path=row.get("dataset_path"), dataset_name=row.get("dataset_name"),
                 output_type=row.get("output_type"),
                 splits=tuple((k, s) for k, s in row.get("splits", [])),
-                children=tuple(row.get("children", [])), cannot_load=row.get("cannot_load")))
+                children=tuple(row.get("children", [])), static_problem=row.get("cannot_load"),
+                refs=tuple(_absolute(r, key[1]) for r in row.get("refs", [])),
+                ref_keys=tuple(needs_key(Ref.from_json(r)) for r in row.get("refs", [])),
+                needs=_NEEDS.get(key[0])))
     return out

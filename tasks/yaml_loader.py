@@ -44,7 +44,7 @@ class FunctionRef:
             raise config_error(
                 self.source, key, f"!function {self.spec!r}: cannot import module ({err})"
             ) from None
-        except Exception as err:  # noqa: BLE001 - module code may raise anything
+        except (Exception, SystemExit) as err:  # noqa: BLE001 - module code may raise anything
             raise config_error(
                 self.source, key, f"!function {self.spec!r}: module failed to load: {err!r}"
             ) from None
