@@ -39,7 +39,7 @@ from typing import Any
 from evalfleet.common.errors import InvalidArgumentError
 from evalfleet.common.logging import get_logger
 from evalfleet.common.request_kind import OutputType
-from evalfleet.tasks import Request, Task
+from evalfleet.tasks import EvalTask, Request, Task
 
 log = get_logger("request_cache")
 MODES = ("", "true", "refresh", "delete")
@@ -146,14 +146,15 @@ def _restore(task: Task, state: dict[str, Any]) -> None:
     task._probed = True
 
 
-def build_task_requests(task: Task, *, mode: str, limit: float | int | None,
+def build_task_requests(task: EvalTask, *, mode: str, limit: float | int | None,
                         samples: Sequence[int] | None, num_fewshot: int | None,
                         fewshot_seed: int, system_instruction: str | None,
                         apply_chat_template: bool, gen_kwargs: dict[str, Any] | None,
                         chat: Any = None, fewshot_as_multiturn: bool = False,
                         ) -> TaskRequests:
     """A task's requests, from the request cache when ``mode`` allows it. ``chat`` is the
-    job's chat-template renderer (its template's sha is part of the key)."""
+    job's chat-template renderer (its template's sha is part of the key). A Python class
+    task's requests are always built (what they depend on is the class's to read)."""
     def build() -> TaskRequests:
         requests = task.build_requests(
             limit=limit, samples=samples, num_fewshot=num_fewshot, fewshot_seed=fewshot_seed,
@@ -162,8 +163,8 @@ def build_task_requests(task: Task, *, mode: str, limit: float | int | None,
             fewshot_as_multiturn=fewshot_as_multiturn, gen_kwargs=gen_kwargs)
         return TaskRequests(requests, task.eval_docs(limit, samples), len(task.all_eval_docs()))
 
-    if mode not in ("true", "refresh"):
-        return build()
+    if mode not in ("true", "refresh") or task.loads_own_docs:
+        return build()  # a class task's documents are its own code's: no key can cover them
     settings = {"limit": limit, "samples": list(samples) if samples else None,
                 "num_fewshot": num_fewshot, "fewshot_seed": fewshot_seed,
                 "system_instruction": system_instruction,

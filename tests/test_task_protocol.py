@@ -123,3 +123,18 @@ def test_warm_up_loads_a_yaml_tasks_documents_not_a_class_tasks(
     eval_command._ready_coordinator_modules(tree)
     assert cls._docs is None  # the class's own code is not run in the warm-up thread
     assert yaml._eval_docs is not None  # the data loader was readied with the YAML task
+
+
+def test_request_cache_builds_a_class_tasks_requests_and_caches_a_yaml_tasks(
+        manager: TaskManager, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from evalfleet.server import request_cache
+
+    monkeypatch.setenv("EVALFLEET_CACHE_DIR", str(tmp_path / "cache"))
+    cls, yaml, _ = _kinds(manager)
+    settings = {"limit": 2, "samples": None, "num_fewshot": None, "fewshot_seed": 1234,
+                "system_instruction": None, "apply_chat_template": False, "gen_kwargs": None}
+    built = request_cache.build_task_requests(cls, mode="true", **settings)
+    assert len(built.requests) == 4 and built.original_size == 5
+    assert not request_cache.cache_root().exists()  # nothing its key could keep fresh
+    request_cache.build_task_requests(yaml, mode="true", **settings)
+    assert [p.name.split("-")[0] for p in request_cache.cache_root().iterdir()] == ["arc_easy"]
