@@ -287,6 +287,9 @@ async def _run_eval(args: argparse.Namespace, ctrl_c: CtrlC) -> int:
     for sink in sinks:
         sink.log(doc, _samples_by_task(samples) if spec.log_samples else None, console)
     print(results.table)
+    if doc.get("evalfleet_usage", {}).get("note"):  # e.g. the model has no price in the table
+        console.print(f"note: {doc['evalfleet_usage']['note']}", markup=False, highlight=False,
+                      soft_wrap=True)
     if args.output_path:
         try:
             written = write_outputs(args.output_path, results, samples)

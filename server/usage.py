@@ -150,8 +150,8 @@ class Pricing:
         """What ``counts`` cost (None without a price)."""
         if self.price is None:
             return None
-        return prices.cost_of(counts.prompt_tokens, counts.cached_tokens,
-                              counts.completion_tokens, self.price, self.batch)
+        return round(prices.cost_of(counts.prompt_tokens, counts.cached_tokens,
+                                    counts.completion_tokens, self.price, self.batch), 10)
 
 
 def job_pricing(spec: cpb.EvaluationSpec, model_args: dict[str, Any],

@@ -47,3 +47,32 @@ def test_the_rate_limited_stand_in_counts_tokens_and_its_own_totals(tiny_model_d
     assert stats["responses"] == 2
     for key in ("prompt_tokens", "completion_tokens"):
         assert stats[key] == sum(u[key] for u in reported) == stats["generate"][key]
+
+
+def test_the_cli_shows_the_usage_and_notes_a_model_missing_from_the_price_table(
+        tiny_model_dir, tmp_path, data_dir):
+    import subprocess
+
+    prices = tmp_path / "prices.yaml"
+    prices.write_text("currency: USD\nmodels:\n  gpt-x: {input: 1, output: 2}\n")
+    srv = openai_test_server(tiny_model_dir, "--max-concurrent", "4")
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "evalfleet.client.cli", "eval", "--model",
+             "local-chat-completions", "--model_args",
+             f"model=smol,base_url={srv.base_url}/chat/completions", "--tasks", "gsm8k",
+             "--limit", "2", "--apply_chat_template", "--price_table", str(prices),
+             "--use_cache", str(tmp_path / "store.db"), "--data_dir", str(data_dir)],
+            capture_output=True, text=True, timeout=300, cwd=tmp_path)
+        with urllib.request.urlopen(f"http://127.0.0.1:{srv.port}/admin/stats",
+                                    timeout=10) as response:
+            spent = json.loads(response.read())["usage"]
+    finally:
+        srv.stop()
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    lines = (proc.stdout + proc.stderr).splitlines()  # progress and notes go to stderr
+    progress = [line for line in lines if line.startswith("progress ")]
+    assert progress[-1].endswith(f", done, {spent['prompt_tokens']:,} in / "
+                                 f"{spent['completion_tokens']:,} out tokens"), progress
+    assert ("note: no price for model 'smol' in the price table (prices.yaml) (it has: "
+            "gpt-x): usage is reported without a cost") in lines
