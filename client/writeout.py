@@ -44,7 +44,7 @@ def writeout_lines(parsed: Any, data_dir: str | None, include_paths: Sequence[st
 
     tree = load_tasks(parsed, data_dir, include_paths)
     for name, task in tree.tasks.items():
-        prepare_task(task, parsed.spec)
+        prepare_task(task, parsed.task_overrides)
         samples = (parsed.samples or {}).get(name)
         first = samples[:1] if samples else None
         requests = task.build_requests(

@@ -48,10 +48,9 @@ class JobFinisher:
                 await asyncio.to_thread(aggregate_task, scores, parsed.bootstrap_iters)
                 job_hooks.finish_scores(scores)
             except Exception as exc:
-                where = plan.task.cfg.source if hasattr(plan.task, "cfg") else \
-                    plan.task.source  # a Python class task has no YAML config object
                 raise job_hooks.finishing_failed(f"scoring task '{plan.task.name}' "
-                                                 f"({where})", len(answers), exc) from exc
+                                                 f"({plan.task.task_file})", len(answers),
+                                                 exc) from exc
             all_scores.append(scores)
         try:
             doc, typed = self.results_document(job, all_scores, started)

@@ -4,8 +4,8 @@ out of the planning and finishing code, which call these hooks:
 - :func:`normalized_spec` (job creation): a copy of the spec where ``predict_only`` implies
   ``log_samples``; ``cache_requests`` and ``sinks`` are checked (INVALID_ARGUMENT naming the
   field).
-- :func:`prepare_task` (planning): ``predict_only`` replaces a task's metrics by lm-eval's
-  ``bypass`` (as lm-eval's ``override_metric``).
+- :func:`prepare_task` (planning): the job's :class:`TaskOverrides` (a value of its parsed
+  spec) applied to a task built for it: ``predict_only`` replaces its metrics by ``bypass``.
 - :func:`task_requests` (planning): a task's requests, through the request cache.
 - :func:`finish_scores` (finishing): lm-eval's ``sample_len`` of a task without metric items.
 - :func:`finishing_failed` (finishing): a clear job error for a failure after the compute.
@@ -22,8 +22,8 @@ from typing import Any
 from evalfleet.common.errors import EvalfleetError
 from evalfleet.common.logging import get_logger
 from evalfleet.server import request_cache
-from evalfleet.tasks import Task
-from evalfleet.tasks.metric_config import default_metric
+from evalfleet.server.spec import ParsedSpec, TaskOverrides
+from evalfleet.tasks.protocol import EvalTask
 from evalfleet.v1 import coordinator_pb2 as cpb
 
 log = get_logger("job_hooks")
@@ -45,17 +45,11 @@ def normalized_spec(spec: cpb.EvaluationSpec, sinks: dict[str, Any] | None
     return normalized
 
 
-def prepare_task(task: Task, spec: cpb.EvaluationSpec) -> None:
-    """``predict_only``: the task's only metric becomes ``bypass`` (no metrics computed)."""
-    if not spec.predict_only:
-        return
-    task.metric_list = [default_metric("bypass")]
-    if not hasattr(task, "cfg"):  # a Python class task: lm-eval's override_metric replaces
-        task.process_results_fn = lambda doc, results: {"bypass": None}  # its process_results
-        return
-    task.process_results_fn = None
-    task.cfg.metric_list = [{"metric": "bypass"}]
-    task.cfg.process_results = "process_results"
+def prepare_task(task: EvalTask, overrides: TaskOverrides) -> None:
+    """Apply the job's overrides to a task built for it: ``predict_only`` makes the task's only
+    metric ``bypass`` (lm-eval's ``override_metric``; see :meth:`EvalTask.set_predict_only`)."""
+    if overrides.predict_only:
+        task.set_predict_only()
 
 
 def start_planning(spec: cpb.EvaluationSpec) -> None:
@@ -64,8 +58,8 @@ def start_planning(spec: cpb.EvaluationSpec) -> None:
         request_cache.delete_cache()
 
 
-def task_requests(task: Task, parsed: Any, samples: Sequence[int] | None, chat: Any = None
-                  ) -> request_cache.TaskRequests:
+def task_requests(task: EvalTask, parsed: ParsedSpec, samples: Sequence[int] | None,
+                  chat: Any = None) -> request_cache.TaskRequests:
     """A task's requests, docs and split size (from the request cache when asked)."""
     return request_cache.build_task_requests(
         task, mode=parsed.spec.cache_requests, limit=parsed.limit, samples=samples,

@@ -12,6 +12,7 @@ from typing import Any
 
 from evalfleet.common.errors import FailedPreconditionError
 from evalfleet.common.redact import redact_mapping, redact_spec
+from evalfleet.common.request_kind import OutputType
 from evalfleet.execution.policy import check_unsafe_code
 from evalfleet.server import job_hooks
 from evalfleet.server.access import AccessPolicy
@@ -29,11 +30,6 @@ from evalfleet.server.worker_record import Worker
 from evalfleet.tasks import TaskManager
 from evalfleet.v1 import coordinator_pb2 as cpb
 from evalfleet.v1 import inference_pb2 as ipb
-
-#: lm-eval output types and the request kinds they ask for.
-_OUTPUT_KINDS = {"multiple_choice": "loglikelihood", "loglikelihood": "loglikelihood",
-                 "loglikelihood_rolling": "loglikelihood_rolling",
-                 "generate_until": "generate_until"}
 
 
 async def _chat_renderer(parsed: ParsedSpec, workers: list[Worker]) -> ChatRenderer | None:
@@ -125,11 +121,11 @@ class JobSetup:
                                 operator_allows=self.confirm_run_unsafe_code,
                                 job_confirms=spec.confirm_run_unsafe_code,
                                 allow_weak_sandbox=self.policy.allow_weak_sandbox)
+        kinds = {name: OutputType(t.output_type) for name, t in tree.tasks.items()
+                 if t.output_type is not None}  # a class task may learn it from its requests
         check_request_kinds(
-            {name: {_OUTPUT_KINDS[t.output_type]} for name, t in tree.tasks.items()
-             if t.output_type in _OUTPUT_KINDS}, infos,
-            multiple_choice={n for n, t in tree.tasks.items()
-                             if t.output_type == "multiple_choice"},
+            {name: {kind.request_kind} for name, kind in kinds.items()}, infos,
+            multiple_choice={n for n, k in kinds.items() if k is OutputType.MULTIPLE_CHOICE},
             apply_chat_template=parsed.apply_chat_template)
         check_chat_only(parsed.apply_chat_template, infos)  # after: that refusal names both
         chat = await _chat_renderer(parsed, workers)

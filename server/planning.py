@@ -169,7 +169,7 @@ def build_plan(parsed: ParsedSpec, data_dir: str | Path | None, include_paths: S
             f"({', '.join(names)})")
     for name in names:
         task = tree.tasks[name]
-        job_hooks.prepare_task(task, parsed.spec)
+        job_hooks.prepare_task(task, parsed.task_overrides)
         samples = (parsed.samples or {}).get(name)
         try:
             built = job_hooks.task_requests(task, parsed, samples, chat)

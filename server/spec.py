@@ -16,6 +16,14 @@ DEFAULT_BOOTSTRAP_ITERS = 100_000
 DEFAULT_SEEDS = {"random_seed": 0, "numpy_seed": 1234, "torch_seed": 1234, "fewshot_seed": 1234}
 
 
+@dataclass(frozen=True)
+class TaskOverrides:
+    """What a job changes in the tasks built for it, as a value (the spec and the task configs
+    are never rewritten): ``predict_only`` computes no metric (lm-eval's ``bypass``)."""
+
+    predict_only: bool = False
+
+
 @dataclass
 class ParsedSpec:
     """An ``EvaluationSpec`` validated and parsed into Python values."""
@@ -31,6 +39,11 @@ class ParsedSpec:
     batch_size: str
     samples: dict[str, list[int]] | None = None
     fewshot_as_multiturn: bool | None = None
+
+    @property
+    def task_overrides(self) -> TaskOverrides:
+        """The job's overrides of its tasks."""
+        return TaskOverrides(predict_only=self.spec.predict_only)
 
     @property
     def apply_chat_template(self) -> bool:

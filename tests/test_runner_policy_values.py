@@ -61,3 +61,28 @@ def test_start_coordinator_leaves_the_callers_options_as_they_were(background_lo
     fresh = CoordinatorOptions()
     assert (options.workers, options.data_dir, options.include_paths) == ((), None, ())
     assert options.scheduler.max_batch_items == fresh.scheduler.max_batch_items
+
+
+def test_task_overrides_are_a_value_of_the_parsed_spec(data_dir):
+    """``predict_only`` reaches the tasks as a frozen TaskOverrides read from the parsed spec:
+    the task built for the job computes only ``bypass``; without it the task keeps its
+    metrics; the spec is not rewritten."""
+    import dataclasses
+
+    import pytest
+
+    from evalfleet.server.job_hooks import prepare_task
+    from evalfleet.server.planning import load_tasks
+    from evalfleet.server.spec import TaskOverrides, parse_spec
+
+    spec = cpb.EvaluationSpec(model="hf", tasks=["arc_easy"], predict_only=True)
+    parsed = parse_spec(spec)
+    assert parsed.task_overrides == TaskOverrides(predict_only=True)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        parsed.task_overrides.predict_only = False  # type: ignore[misc]
+    for overrides, metrics in ((TaskOverrides(), ["acc", "acc_norm"]),
+                               (parsed.task_overrides, ["bypass"])):
+        task = load_tasks(parsed, data_dir, []).tasks["arc_easy"]
+        prepare_task(task, overrides)
+        assert [m.name for m in task.metric_list] == metrics
+    assert not spec.log_samples and spec.predict_only  # parse_spec left the spec as it was
