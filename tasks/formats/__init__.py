@@ -2,19 +2,25 @@
 generation task, as lm-eval 0.5.0.dev1's formats do (``specs.py``), scored by ``exact_match``
 on the answer read from the response, with the share of ``unparsed`` responses.
 
-``TaskManager.load`` splits ``name@format`` (``split_format``), builds the task as usual and
-hands it here (``apply_format``).
+``TaskManager.load`` splits ``name@format`` (``split_format``), builds the task, tag or group
+as usual and hands it here (``apply_format``); a group's format is the group over its tasks'
+formats, aggregating their ``exact_match`` and ``unparsed``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from evalfleet.tasks.errors import TaskNotFoundError, config_error
+from evalfleet.tasks.errors import TaskNotFoundError
 from evalfleet.tasks.formats.specs import FORMATS, FormatSpec
 from evalfleet.tasks.formats.task import FormattedTask
+from evalfleet.tasks.group import AggregateMetric, GroupSpec
+
+#: What a formatted group aggregates: its formatted tasks' metrics (``task.METRICS``).
+FORMAT_METRICS = ("exact_match", "unparsed")
 
 
 def split_format(spec: str, known: Mapping[str, Any]) -> tuple[str, str | None]:
@@ -32,24 +38,41 @@ def split_format(spec: str, known: Mapping[str, Any]) -> tuple[str, str | None]:
 
 def apply_format(fmt: str, built: str | list[str], scratch: Any, tree: Any,
                  data_dir: Path | None, metadata: dict | None) -> str | list[str]:
-    """Put the format of each task ``built`` into ``scratch`` into ``tree``; returns the
-    formatted names. A group is refused: its aggregates name its tasks' own metrics."""
+    """Put the format of each task or group ``built`` into ``scratch`` into ``tree``; returns
+    the formatted names. A group becomes ``<group>@<format>`` over its members' formats
+    (``_formatted_group``)."""
     names = built if isinstance(built, list) else [built]
-    for name in names:
-        if name in scratch.groups:
-            group = scratch.groups[name]
-            leaves = scratch.leaves_of(name)
-            example = ",".join(f"{t}@{fmt}" for t in leaves[:3]) + (",..." if leaves[3:] else "")
-            raise config_error(getattr(group, "source", None), None,
-                               f"@{fmt} applies to tasks and tags, not to group {name!r} "
-                               f"(its aggregates are of its tasks' own metrics): name its "
-                               f"tasks instead, e.g. --tasks {example}")
-    out = []
-    for name in names:
-        task = FormattedTask(scratch.tasks[name], FORMATS[fmt], data_dir, metadata)
-        tree.tasks.setdefault(task.name, task)
-        out.append(task.name)
+    out = [_formatted(name, fmt, scratch, tree, data_dir, metadata) for name in names]
     return out if isinstance(built, list) else out[0]
+
+
+def _formatted(name: str, fmt: str, scratch: Any, tree: Any, data_dir: Path | None,
+               metadata: dict | None) -> str:
+    if name in scratch.groups:
+        return _formatted_group(scratch.groups[name], fmt, scratch, tree, data_dir, metadata)
+    task = FormattedTask(scratch.tasks[name], FORMATS[fmt], data_dir, metadata)
+    tree.tasks.setdefault(task.name, task)
+    return task.name
+
+
+def _formatted_group(group: GroupSpec, fmt: str, scratch: Any, tree: Any,
+                     data_dir: Path | None, metadata: dict | None) -> str:
+    """``group@fmt``: the group's members in the format (subgroups likewise), aggregated as
+    the group aggregates its own tasks' metrics (mean, weighted by size where it weights)
+    but over the format's metrics, ``exact_match`` and ``unparsed``, for every filter; a
+    group that aggregates nothing still aggregates nothing."""
+    name = f"{group.name}@{fmt}"
+    if name in tree.groups:
+        return name
+    weight = all(a.weight_by_size for a in group.aggregate_metric_list)
+    spec = dataclasses.replace(
+        group, name=name, alias=f"{group.alias}@{fmt}" if group.alias else None, children=[],
+        aggregate_metric_list=[AggregateMetric(metric=m, weight_by_size=weight)
+                               for m in FORMAT_METRICS] if group.has_aggregation else [])
+    tree.groups[name] = spec
+    spec.children = [_formatted(c, fmt, scratch, tree, data_dir, metadata)
+                     for c in group.children]
+    return name
 
 
 __all__ = ["FORMATS", "FormatSpec", "FormattedTask", "apply_format", "split_format"]
