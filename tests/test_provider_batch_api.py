@@ -61,7 +61,7 @@ def batch_controls(openai_srv, anthropic_srv):
     """Tests switch the controls; each starts and ends with none (no hold, no forced error)."""
     yield
     for srv in (openai_srv, anthropic_srv):
-        control(srv, "/control/batches", {"hold": False, "error_first": 0})
+        control(srv, "/control/batches", {"hold": False, "error_first": 0, "fail_next": 0})
         control(srv, "/control/batches/release", {})
 
 
@@ -133,11 +133,13 @@ def _run_batch(stub, tag: str, **requests) -> tuple[pb.SubmitBatchResponse, pb.P
 
 
 def _scores(results) -> list:
-    return [(r.request_id, list(r.logprobs), list(r.greedy), r.error.message) for r in results]
+    return [(r.request_id, list(r.logprobs), list(r.greedy), r.error.message, r.prompt_tokens,
+             r.completion_tokens) for r in results]
 
 
 def _texts(results) -> list:
-    return [(r.request_id, r.text, r.hit_length_limit, r.error.message) for r in results]
+    return [(r.request_id, r.text, r.hit_length_limit, r.error.message, r.prompt_tokens,
+             r.completion_tokens) for r in results]
 
 
 def _recorded(srv, since: int, path: str | None = None) -> list[str]:
@@ -171,7 +173,7 @@ def test_completions_loglikelihood_batch_equals_online(workers, openai_real_srv)
     # the empty continuation is answered by the worker (score 0), as online: 3 lines sent
     assert (polled.total, polled.succeeded, polled.errored, polled.pending) == (3, 3, 0, 0)
     assert _scores(polled.loglikelihood.results) == _scores(online.results)
-    assert all(r.logprobs for r in polled.loglikelihood.results[:3])
+    assert all(r.logprobs and r.prompt_tokens for r in polled.loglikelihood.results[:3])
     # each line's body is exactly the body the online path posted for that item
     assert _openai_input_bodies(openai_real_srv, submitted.batch_id) == online_bodies
     assert polled.loglikelihood.cost.prompt_tokens == online.cost.prompt_tokens > 0
@@ -243,6 +245,16 @@ def test_an_errored_line_is_an_item_error_and_only_it_is_resent(
     _, again = _run_batch(stub, f"{backend}-errors-resend", generate_until=resend)
     assert _texts(again.generate_until.results) == [
         t for t in _texts(online.results) if t[0] == failed[0].request_id]
+
+
+def test_a_batch_the_provider_fails_answers_every_item_with_a_retryable_error(
+        workers, openai_srv, batch_controls):
+    control(openai_srv, "/control/batches", {"fail_next": 1})
+    _, polled = _run_batch(workers["local-completions"], "fails", generate_until=_gen_request())
+    assert polled.state == pb.PROVIDER_BATCH_STATE_FAILED
+    assert [r.request_id for r in polled.generate_until.results] == ["gen-0", "gen-1", "gen-2"]
+    for result in polled.generate_until.results:
+        assert result.error.retryable and "stand_in_failure" in result.error.message
 
 
 def test_a_second_submit_with_the_same_tag_reuses_the_batch(workers, openai_srv):

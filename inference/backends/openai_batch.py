@@ -104,7 +104,11 @@ class OpenAIBatches:
         done = counts.completed if counts else 0
         failed = counts.failed if counts else 0
         state = _STATES.get(batch.status, ProviderBatchState.IN_PROGRESS)
-        return ProviderStatus(state, total, done, failed, max(0, total - done - failed), batch)
+        errors = getattr(batch.errors, "data", None) or []
+        reason = "; ".join(f"{e.code}: {e.message}" + (f" (line {e.line})" if e.line else "")
+                           for e in errors[:3])
+        return ProviderStatus(state, total, done, failed, max(0, total - done - failed), batch,
+                              reason)
 
     async def results(self, status: ProviderStatus, cost: Cost
                       ) -> dict[int, dict[str, Any] | ItemError]:

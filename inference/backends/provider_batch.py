@@ -32,6 +32,7 @@ from evalfleet.inference.backends.base import (
     ItemError,
     ProviderBatchState,
 )
+from evalfleet.inference.backends.token_usage import add_usage, attach_usage
 
 log = get_logger("backend.batch")
 
@@ -68,6 +69,7 @@ class ProviderStatus:
     errored: int = 0
     pending: int = 0
     ref: Any = None
+    reason: str = ""  # why the batch failed as a whole, as the provider says
 
 
 class ProviderBatches(Protocol):
@@ -95,13 +97,6 @@ def line_error(status: int | None, message: str) -> ItemError:
     code = f"HTTP {status}: " if status else ""
     return ItemError(f"the provider's batch did not answer this request ({code}{message})",
                      retryable=status not in INVALID_STATUS)
-
-
-def usage_tokens(body: dict[str, Any]) -> tuple[int, int]:
-    """(prompt, completion) tokens of a response body's usage (OpenAI or Anthropic names)."""
-    usage = body.get("usage") or {}
-    return (int(usage.get("prompt_tokens") or usage.get("input_tokens") or 0),
-            int(usage.get("completion_tokens") or usage.get("output_tokens") or 0))
 
 
 class BatchApiMixin:
@@ -154,33 +149,32 @@ class BatchApiMixin:
         if requests is None or status.state is ProviderBatchState.IN_PROGRESS:
             return out
         plan = await self.batch_plan(requests)
-        if len(plan.lines) != status.total:
+        if status.total and len(plan.lines) != status.total:
             raise InvalidArgumentError(
                 f"requests: {len(plan.lines)} of them go to the provider but batch {batch_id} "
                 f"holds {status.total}; give PollBatch the very requests given to SubmitBatch")
         cost = Cost()
         found = await self.batch_provider().results(status, cost) if plan.lines else {}
         out.answers = Answers(
-            [self._answer(i, plan, found, status.state, cost) for i in range(len(requests.items))],
+            [self._answer(i, plan, found, status, cost) for i in range(len(requests.items))],
             cost)
         return out
 
     @staticmethod
-    def _answer(index: int, plan: BatchPlan, found: dict[int, Any], state: ProviderBatchState,
+    def _answer(index: int, plan: BatchPlan, found: dict[int, Any], status: ProviderStatus,
                 cost: Cost) -> Any:
         if index in plan.local:
             return plan.local[index]
         body = found.get(index)
         if body is None:
-            return ItemError(f"the provider's batch ended ({state.value}) without answering "
-                             "this request", retryable=True)
+            why = f": {status.reason}" if status.reason else ""
+            return ItemError(f"the provider's batch ended ({status.state.value}) without "
+                             f"answering this request{why}", retryable=True)
         if isinstance(body, ItemError):
             return body
-        prompt, completion = usage_tokens(body)
-        cost.prompt_tokens += prompt
-        cost.completion_tokens += completion
+        usage = add_usage(cost, body.get("usage"))  # as online: the cost and the answer's share
         try:
-            return plan.lines[index].parse(body)
+            return attach_usage([plan.lines[index].parse(body)], usage)[0]
         except Exception as exc:  # noqa: BLE001 - an unreadable answer fails its item
             detail = " ".join(f"{type(exc).__name__}: {exc}".split())[:300]
             return ItemError(f"the provider's batch answer could not be read ({detail})",

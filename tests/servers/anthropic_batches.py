@@ -33,7 +33,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from batch_standin import BatchRunner, read_json, send_bytes, send_json
+from batch_standin import BatchRunner, newest_first_page, read_json, send_bytes, send_json
 
 CUSTOM_ID = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
 #: (succeeded, message or error object) answering one request's params.
@@ -108,12 +108,8 @@ class AnthropicBatches:
         limit = int((query.get("limit") or ["20"])[0])
         after = (query.get("after_id") or [None])[0]
         with self.lock:
-            newest_first = [dict(b) for b in reversed(self.batches.values())]
-        if after is not None:
-            ids = [b["id"] for b in newest_first]
-            newest_first = newest_first[ids.index(after) + 1:] if after in ids else []
-        page = newest_first[:limit]
-        send_json(handler, 200, {"data": page, "has_more": len(newest_first) > limit,
+            page, more = newest_first_page([dict(b) for b in self.batches.values()], limit, after)
+        send_json(handler, 200, {"data": page, "has_more": more,
                                  "first_id": page[0]["id"] if page else None,
                                  "last_id": page[-1]["id"] if page else None})
 
@@ -189,10 +185,6 @@ class AnthropicBatches:
             batch = self.batches[batch_id]
             if batch["processing_status"] == "in_progress":
                 batch.update(processing_status="canceling", cancel_initiated_at=_now())
-            held = batch_id in self.runner.held
-        if held:  # a held batch ends now: its requests were not answered
-            with self.runner.lock:
-                self.runner.held[batch_id] = "process"
-                self.runner.lock.notify_all()
+        self.runner.wake(batch_id)  # a held batch ends now: its requests were not answered
         with self.lock:
             return dict(self.batches[batch_id])

@@ -40,7 +40,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from anthropic_batches import AnthropicBatches  # noqa: E402
-from batch_standin import BatchRunner  # noqa: E402
+from batch_standin import BatchRunner, add_batch_arguments  # noqa: E402
 from model_engine import Engine  # noqa: E402
 from prompt_cache import PromptCache, UsageTotals  # noqa: E402
 
@@ -197,10 +197,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rate-limit-first", type=int, default=0)
     parser.add_argument("--retry-after", type=float, default=1.0)
     parser.add_argument("--record", default=None)
-    parser.add_argument("--hold-batches", action="store_true",
-                        help="keep batches in progress until POST /control/batches/release")
-    parser.add_argument("--batch-error-first", type=int, default=0, metavar="N",
-                        help="the first N batch requests answered fail with an api_error")
+    add_batch_arguments(parser)
     parser.add_argument("--prompt-cache-block", type=int, default=0, metavar="N",
                         help="report a prompt's leading blocks of N tokens that an earlier "
                              "prompt began with as cache_read_input_tokens (0: no cache)")
@@ -210,7 +207,7 @@ def main(argv: list[str] | None = None) -> None:
     Handler.state.cache = PromptCache(args.prompt_cache_block)
     Handler.batches = AnthropicBatches(
         lambda params: batch_message(Handler.state, params),
-        BatchRunner(args.hold_batches, args.batch_error_first))
+        BatchRunner.from_args(args))
     server = ThreadingHTTPServer(("127.0.0.1", args.port), Handler)
     server.daemon_threads = True
     print(f"PORT {server.server_address[1]}", flush=True)

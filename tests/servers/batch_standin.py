@@ -8,6 +8,8 @@ Controls (the same on both stand-ins):
   batches end expired instead, no line answered, as when the provider's 24 h window passes);
 * ``--batch-error-first N``, or ``POST /control/batches {"error_first": N}``: the next N batch
   lines answered by this server fail with a server error (a later resend of them succeeds);
+* ``POST /control/batches {"fail_next": N}`` (OpenAI only: Anthropic's batches never fail as a
+  whole): the next N batches fail validation, none of their lines answered;
 * ``GET /control/stats``: ``{"batch_submissions": batches created, "batches_held": held now,
   "lines_answered": lines answered successfully, "lines_failed": lines that failed}``.
 
@@ -17,19 +19,34 @@ for milliseconds per line, not for the provider's hours.
 
 from __future__ import annotations
 
+import argparse
 import json
 import threading
 from collections.abc import Callable
 from typing import Any
 
 
+def add_batch_arguments(parser: argparse.ArgumentParser) -> None:
+    """The stand-ins' batch flags (``--hold-batches``, ``--batch-error-first``)."""
+    parser.add_argument("--hold-batches", action="store_true",
+                        help="keep batches in progress until POST /control/batches/release")
+    parser.add_argument("--batch-error-first", type=int, default=0, metavar="N",
+                        help="the first N batch lines answered fail with a server error")
+
+
 class BatchRunner:
     """Batches of one stand-in: processing, holding, forced line errors and counters."""
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> BatchRunner:
+        """The runner of a stand-in started with :func:`add_batch_arguments`' flags."""
+        return cls(args.hold_batches, args.batch_error_first)
 
     def __init__(self, hold: bool = False, error_first: int = 0) -> None:
         self.lock = threading.Condition()
         self.hold = hold
         self.error_first = error_first
+        self.fail_next = 0
         self.submissions = 0
         self.answered = 0
         self.failed = 0
@@ -53,6 +70,21 @@ class BatchRunner:
                 return self.held.pop(batch_id) == "expire"
 
         threading.Thread(target=run, args=(wait,), daemon=True).start()
+
+    def wake(self, batch_id: str) -> None:
+        """End the hold of ``batch_id`` (cancelled): it runs now, answering nothing."""
+        with self.lock:
+            if batch_id in self.held:
+                self.held[batch_id] = "process"
+                self.lock.notify_all()
+
+    def forced_failure(self) -> bool:
+        """Whether the batch being validated must fail as a whole (``fail_next``)."""
+        with self.lock:
+            if self.fail_next > 0:
+                self.fail_next -= 1
+                return True
+            return False
 
     def forced_error(self) -> bool:
         """Whether the next line must fail (``error_first``); counts it."""
@@ -88,7 +120,9 @@ class BatchRunner:
             if path == "/control/batches":
                 self.hold = bool(body.get("hold", self.hold))
                 self.error_first = int(body.get("error_first", self.error_first))
-                answer = {"hold": self.hold, "error_first": self.error_first}
+                self.fail_next = int(body.get("fail_next", self.fail_next))
+                answer = {"hold": self.hold, "error_first": self.error_first,
+                          "fail_next": self.fail_next}
             else:
                 outcome = "expire" if body.get("expire") else "process"
                 released = [b for b, v in self.held.items() if v is None]
@@ -98,6 +132,17 @@ class BatchRunner:
                 answer = {"released": released, "outcome": outcome}
         send_json(handler, 200, answer)
         return True
+
+
+def newest_first_page(objects: list[dict[str, Any]], limit: int, after: str | None
+                      ) -> tuple[list[dict[str, Any]], bool]:
+    """One page of ``objects`` (oldest first) listed newest first after the id ``after``, and
+    whether more follow."""
+    newest = list(reversed(objects))
+    if after is not None:
+        ids = [o["id"] for o in newest]
+        newest = newest[ids.index(after) + 1:] if after in ids else []
+    return newest[:limit], len(newest) > limit
 
 
 def read_json(handler: Any) -> Any:

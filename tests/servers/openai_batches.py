@@ -33,7 +33,7 @@ from collections.abc import Callable
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from batch_standin import BatchRunner, read_json, send_bytes, send_json
+from batch_standin import BatchRunner, newest_first_page, read_json, send_bytes, send_json
 
 ENDPOINTS = ("/v1/completions", "/v1/chat/completions")
 #: (status, JSON body) answering one line's request body on ``url``.
@@ -138,15 +138,11 @@ class OpenAIBatches:
         limit = int((query.get("limit") or ["20"])[0])
         after = (query.get("after") or [None])[0]
         with self.lock:
-            newest_first = [dict(b) for b in reversed(self.batches.values())]
-        if after is not None:
-            ids = [b["id"] for b in newest_first]
-            newest_first = newest_first[ids.index(after) + 1:] if after in ids else []
-        page = newest_first[:limit]
+            page, more = newest_first_page([dict(b) for b in self.batches.values()], limit, after)
         send_json(handler, 200, {"object": "list", "data": page,
                                  "first_id": page[0]["id"] if page else None,
                                  "last_id": page[-1]["id"] if page else None,
-                                 "has_more": len(newest_first) > limit})
+                                 "has_more": more})
 
     # ------------------------------------------------------------------ batches
     def _create(self, handler: Any) -> None:
@@ -193,6 +189,9 @@ class OpenAIBatches:
     def _run(self, batch_id: str, data: bytes, wait: Callable[[], bool]) -> None:
         batch = self._update(batch_id)
         lines, errors = _validate(data, batch["endpoint"])
+        if self.runner.forced_failure():
+            errors = [{"code": "stand_in_failure", "message": "stand-in: this batch was made to "
+                       "fail (fail_next)", "param": None, "line": None}]
         if errors:
             self._update(batch_id, status="failed", failed_at=int(time.time()),
                          errors={"object": "list", "data": errors})
@@ -252,11 +251,7 @@ class OpenAIBatches:
             batch = self.batches[batch_id]
             if batch["status"] in ("validating", "in_progress"):
                 batch.update(status="cancelling", cancelling_at=int(time.time()))
-            held = batch_id in self.runner.held
-        if held:  # a held batch ends now: its lines were not answered
-            with self.runner.lock:
-                self.runner.held[batch_id] = "process"
-                self.runner.lock.notify_all()
+        self.runner.wake(batch_id)  # a held batch ends now: its lines were not answered
         return self._update(batch_id)
 
 

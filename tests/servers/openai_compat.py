@@ -74,7 +74,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from batch_standin import BatchRunner  # noqa: E402
+from batch_standin import BatchRunner, add_batch_arguments  # noqa: E402
 from openai_batches import OpenAIBatches  # noqa: E402
 from prompt_cache import PromptCache, UsageTotals  # noqa: E402
 
@@ -405,10 +405,7 @@ def main(argv: list[str] | None = None) -> None:
                         help="answer 429 to a request arriving while N are in progress; chat "
                              "answers are then scripted (no model loaded)")
     parser.add_argument("--retry-after", default="1", help="Retry-After of those 429s")
-    parser.add_argument("--hold-batches", action="store_true",
-                        help="keep batches in progress until POST /control/batches/release")
-    parser.add_argument("--batch-error-first", type=int, default=0, metavar="N",
-                        help="the first N batch lines answered fail with a server error")
+    add_batch_arguments(parser)
     parser.add_argument("--prompt-cache-block", type=int, default=0, metavar="N",
                         help="report a prompt's leading blocks of N tokens that an earlier "
                              "prompt began with as cached_tokens (0: no prompt cache)")
@@ -431,7 +428,7 @@ def main(argv: list[str] | None = None) -> None:
     Handler.state.max_concurrent = args.max_concurrent
     Handler.batches = OpenAIBatches(
         lambda url, body: batch_line(Handler.state, url, body),
-        BatchRunner(args.hold_batches, args.batch_error_first))
+        BatchRunner.from_args(args))
     Handler.state.retry_after = args.retry_after
     Handler.state.cache = PromptCache(args.prompt_cache_block)
     server = ThreadingHTTPServer(("127.0.0.1", args.port), Handler)
