@@ -9,13 +9,11 @@ the worker renders them with the tokenizer's ``apply_chat_template`` (the ApplyC
 from __future__ import annotations
 
 import hashlib
-import json
 
-import grpc
 import pytest
+from conftest import run_evaluation
 
 from evalfleet.v1 import coordinator_pb2 as cpb
-from evalfleet.v1 import coordinator_pb2_grpc as cpb_grpc
 
 #: (name, fewshot_as_multiturn, system_instruction)
 SETTINGS = [
@@ -49,16 +47,9 @@ def _evalfleet(address, task, multiturn, system):
                               system_instruction=system or "")
     if TASKS[task]["num_fewshot"] is not None:
         spec.num_fewshot = TASKS[task]["num_fewshot"]
-    with grpc.insecure_channel(address) as channel:
-        stub = cpb_grpc.EvaluationServiceStub(channel)
-        evaluation = stub.CreateEvaluation(cpb.CreateEvaluationRequest(spec=spec), timeout=300)
-        events = list(stub.WatchEvaluation(cpb.WatchEvaluationRequest(id=evaluation.id),
-                                           timeout=900))
-        assert events[-1].state == cpb.EVALUATION_STATE_SUCCEEDED, events[-1]
-        results = stub.GetResults(cpb.GetResultsRequest(id=evaluation.id), timeout=30)
-        samples = [json.loads(r.json) for r in stub.StreamSamples(
-            cpb.StreamSamplesRequest(id=evaluation.id), timeout=60)]
-    return json.loads(results.results_json), samples
+    final, _, results, samples = run_evaluation(address, spec)
+    assert final.state == cpb.EVALUATION_STATE_SUCCEEDED, final.error
+    return results, samples[task]
 
 
 @pytest.mark.reference

@@ -9,14 +9,13 @@ import random
 import textwrap
 from pathlib import Path
 
-import grpc
 import pytest
+from conftest import run_evaluation
 
 from evalfleet.common.ids import request_id
 from evalfleet.server.evaluator import TaskScorer, aggregate_task
 from evalfleet.tasks import TaskError, TaskManager
 from evalfleet.v1 import coordinator_pb2 as cpb
-from evalfleet.v1 import coordinator_pb2_grpc as cpb_grpc
 from evalfleet.v1 import inference_pb2 as pb
 
 QUESTIONS = [("Capital of France?", ["Paris", "Rome", "Oslo"], 0),
@@ -287,17 +286,9 @@ def test_seed_custom_task_runs_after_changing_its_import_line(tmp_path, imports,
     try:
         spec = cpb.EvaluationSpec(model="hf", tasks=["custom_task"], include_paths=[str(folder)],
                                   log_samples=True, bootstrap_iters=0)
-        with grpc.insecure_channel(server.address) as channel:
-            stub = cpb_grpc.EvaluationServiceStub(channel)
-            evaluation = stub.CreateEvaluation(cpb.CreateEvaluationRequest(spec=spec),
-                                               timeout=120)
-            events = list(stub.WatchEvaluation(cpb.WatchEvaluationRequest(id=evaluation.id),
-                                               timeout=600))
-            assert events[-1].state == cpb.EVALUATION_STATE_SUCCEEDED, events[-1]
-            results = json.loads(stub.GetResults(cpb.GetResultsRequest(id=evaluation.id),
-                                                 timeout=30).results_json)
-            samples = [json.loads(r.json) for r in stub.StreamSamples(
-                cpb.StreamSamplesRequest(id=evaluation.id), timeout=30)]
+        final, _, results, by_task = run_evaluation(server.address, spec, timeout_s=600)
+        assert final.state == cpb.EVALUATION_STATE_SUCCEEDED, final.error
+        samples = by_task["custom_task"]
     finally:
         background_loop.run(server.stop(0.5))
     entry = results["results"]["custom_task"]

@@ -7,14 +7,11 @@ evalfleet runs through its real services (coordinator + worker on loopback).
 
 from __future__ import annotations
 
-import json
-
-import grpc
 import pytest
+from conftest import run_evaluation
 from parity_values import assert_sample_parity
 
 from evalfleet.v1 import coordinator_pb2 as cpb
-from evalfleet.v1 import coordinator_pb2_grpc as cpb_grpc
 
 TASKS = ["arc_easy", "piqa"]
 LIMIT = 20
@@ -38,16 +35,9 @@ def lmeval_samples(lmeval_task_dir, tiny_model_dir):
 def evalfleet_run(coordinator):
     spec = cpb.EvaluationSpec(model="hf", tasks=TASKS, limit=LIMIT, log_samples=True,
                               bootstrap_iters=1000, batch_size="4")
-    with grpc.insecure_channel(coordinator.address) as channel:
-        stub = cpb_grpc.EvaluationServiceStub(channel)
-        evaluation = stub.CreateEvaluation(cpb.CreateEvaluationRequest(spec=spec), timeout=120)
-        for _ in stub.WatchEvaluation(cpb.WatchEvaluationRequest(id=evaluation.id), timeout=600):
-            pass
-        results = stub.GetResults(cpb.GetResultsRequest(id=evaluation.id), timeout=30)
-        samples: dict[str, list[dict]] = {}
-        for record in stub.StreamSamples(cpb.StreamSamplesRequest(id=evaluation.id), timeout=60):
-            samples.setdefault(record.task, []).append(json.loads(record.json))
-    return json.loads(results.results_json), samples
+    final, _, results, samples = run_evaluation(coordinator.address, spec, timeout_s=600)
+    assert final.state == cpb.EVALUATION_STATE_SUCCEEDED, final.error
+    return results, samples
 
 
 @pytest.mark.reference
