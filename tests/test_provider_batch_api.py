@@ -184,10 +184,16 @@ def test_completions_generation_batch_equals_online(workers, openai_srv):
     mark = _record_mark(openai_srv)
     online = stub.GenerateUntil(_gen_request(), timeout=60)
     online_bodies = _recorded(openai_srv, mark, "/v1/completions")
+    before = control(openai_srv, "/admin/stats")["usage"]
     submitted, polled = _run_batch(stub, "gen-equal", generate_until=_gen_request())
     assert polled.state == pb.PROVIDER_BATCH_STATE_ENDED
     assert _texts(polled.generate_until.results) == _texts(online.results)
     assert any(r.text for r in online.results)
+    # the stand-in counts the batch lines' usage as its online answers': the answers' sums
+    after = control(openai_srv, "/admin/stats")["usage"]
+    for name in ("prompt_tokens", "completion_tokens"):
+        assert after[name] - before[name] == sum(
+            getattr(r, name) for r in polled.generate_until.results) > 0
     assert _openai_input_bodies(openai_srv, submitted.batch_id) == online_bodies
 
 

@@ -267,18 +267,30 @@ def chat_completion(state: State, body: dict[str, Any]) -> dict[str, Any]:
                       "prompt_tokens_details": {"cached_tokens": state.cache.cached(ids)}}}
 
 
+def count_usage(state: State, body: dict[str, Any], payload: dict[str, Any]) -> None:
+    """Count an answer's usage in the server's totals (``GET /admin/stats``)."""
+    usage = payload.get("usage") or {}
+    state.usage.add("echo" if body.get("echo") else "generate",
+                    int(usage.get("prompt_tokens") or 0),
+                    int((usage.get("prompt_tokens_details") or {}).get("cached_tokens") or 0),
+                    int(usage.get("completion_tokens") or 0))
+
+
 def batch_line(state: State, url: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
     """(HTTP status, JSON body) of one batch line: what ``POST url`` with ``body`` answers
-    online (the same model check, handler and 400 for a malformed request)."""
+    online (the same model check, handler and 400 for a malformed request; its usage counted
+    in the server's totals)."""
     handler = {"/v1/completions": completion, "/v1/chat/completions": chat_completion}[url]
     if body.get("model") != state.name:
         return 404, {"error": {"message": f"The model `{body.get('model')}` does not exist.",
                                "type": "NotFoundError", "param": None, "code": 404}}
     try:
-        return 200, state.answer(handler, body)
+        payload = state.answer(handler, body)
     except (ValueError, TypeError) as exc:
         return 400, {"error": {"message": str(exc), "type": "BadRequestError", "param": None,
                                "code": 400}}
+    count_usage(state, body, payload)
+    return 200, payload
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -378,11 +390,7 @@ class Handler(BaseHTTPRequestHandler):
             self.state.leave(False)
             raise
         self.state.leave(True)  # done before the reply leaves: the client may call again at once
-        usage = payload.get("usage") or {}
-        self.state.usage.add("echo" if body.get("echo") else "generate",
-                             int(usage.get("prompt_tokens") or 0),
-                             int((usage.get("prompt_tokens_details") or {}).get("cached_tokens")
-                                 or 0), int(usage.get("completion_tokens") or 0))
+        count_usage(self.state, body, payload)
         self._send(200, payload)
 
 
