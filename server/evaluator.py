@@ -6,8 +6,8 @@ filtered values are scored, by the task's own ``process_results`` when it has on
 ``process_results`` or a Python class task), else by the metric group the one registry
 (``evalfleet.scoring.registry``) holds for its output type: the registry says how each metric
 is computed, this module names none. The numeric work
-(log-likelihood sums, multiple-choice argmaxes, aggregation, standard errors) is done by
-:mod:`evalfleet.scoring` on flat arrays; code metrics (pass@k) run every program of the task at
+(loglikelihood sums, multiple-choice argmaxes, aggregation, standard errors) is done by
+:mod:`evalfleet.scoring` on flat arrays; code metrics run every program of the task at
 once through :mod:`evalfleet.execution`, in parallel subprocesses.
 """
 
@@ -41,7 +41,7 @@ class TaskScores:
     #: "<metric>,<filter>" and "<metric>_stderr,<filter>" -> value
     aggregates: dict[str, Any] = field(default_factory=dict)
     samples: list[dict[str, Any]] = field(default_factory=list)
-    #: metric key -> its config, including keys a metric expands into (pass_at_k -> pass@1)
+    #: metric key -> its config, including the keys a dict-valued metric expands into
     configs: dict[str, MetricConfig] = field(default_factory=dict)
     #: length limits, unfinished thinking and token usage of the generations (None: no
     #: generate_until requests)
@@ -111,7 +111,7 @@ def _expand_repeats(requests: Sequence[Request], ids: Sequence[str]) -> list[lis
 class TaskScorer:
     """Scores one task from its requests, their content ids and the answers.
 
-    ``allow_code`` lets code metrics (pass@k) run generated programs; the coordinator sets it
+    ``allow_code`` lets code metrics run generated programs; the coordinator sets it
     only for jobs confirmed by both its operator and the job.
     """
 

@@ -257,3 +257,18 @@ metric_list:
     assert str(tmp_path / "t_ll_fn.yaml") in message and "metric_list[0].metric" in message
     assert "'!function' metric is not computed for output_type loglikelihood" in message
     assert "'gold_is_pred'" in message
+
+
+def test_the_evaluator_names_no_metric():
+    """How a metric is computed lives in the registry: server/evaluator.py mentions none of
+    the registered metric names (it held the kernel's name list and special cases before)."""
+    import re
+    from pathlib import Path
+
+    from evalfleet.scoring.registry import GROUPS
+    from evalfleet.server import evaluator
+
+    source = Path(evaluator.__file__).read_text(encoding="utf-8")
+    names = set(METRICS) | {m for g in GROUPS.values() for m in g.metrics}
+    assert not [n for n in sorted(names) if re.search(rf"\b{re.escape(n)}\b", source)]
+    assert len(source.splitlines()) <= 350
