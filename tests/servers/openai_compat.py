@@ -50,10 +50,12 @@ with the case's ``usage`` (default zeros) as the response's.
 ``--max-concurrent N`` is a rate-limited endpoint (for tests of adaptive concurrency): a
 completion or chat request arriving while N are being answered gets 429 with
 ``Retry-After: --retry-after`` (default 1 s); without ``--reasoning`` the chat endpoint then
-answers ``"The best answer is A"`` with no model loaded. ``GET /admin/stats`` returns
-``{"answered", "rate_limited", "peak_concurrent", "usage"}``, ``usage`` being the server's own
-totals of what its answers reported (``responses``, ``prompt_tokens``, ``cached_tokens``,
-``completion_tokens``; the same by request kind under ``echo`` and ``generate``).
+answers ``"The best answer is A"`` with no model loaded, its usage counted over the messages'
+contents and the answer with ``--model``'s tokenizer.json (no chat template).
+``GET /admin/stats`` returns ``{"answered", "rate_limited", "peak_concurrent", "usage"}``,
+``usage`` being the server's own totals of what its answers reported (``responses``,
+``prompt_tokens``, ``cached_tokens``, ``completion_tokens``; the same by request kind under
+``echo`` and ``generate``).
 
 ``--prompt-cache-block N`` is a provider's automatic prompt cache: a prompt's leading blocks of
 N tokens that an earlier prompt began with are reported as
@@ -69,6 +71,7 @@ import sys
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -76,7 +79,7 @@ from typing import TYPE_CHECKING, Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from batch_standin import BatchRunner, add_batch_arguments  # noqa: E402
 from openai_batches import OpenAIBatches  # noqa: E402
-from prompt_cache import PromptCache, UsageTotals  # noqa: E402
+from prompt_cache import PromptCache, UsageTotals, token_counter  # noqa: E402
 
 if TYPE_CHECKING:  # imported in main() unless --reasoning (which needs no model nor torch)
     from model_engine import Engine, Position
@@ -101,6 +104,8 @@ class State:
         self.in_progress = self.peak = self.answered = self.rate_limited = 0
         self.cache = PromptCache(0)  # --prompt-cache-block: repeated prefixes read as cached
         self.usage = UsageTotals()  # what the answers reported, for /admin/stats
+        #: counts tokens for the rate-limited stand-in's scripted answers (no model loaded)
+        self.count_tokens: Callable[[str], int] | None = None
 
     def enter(self) -> bool:
         """Count a request in progress; False (and not counted) above ``--max-concurrent``."""
@@ -237,6 +242,10 @@ def scripted_chat(state: State, messages: list[dict[str, Any]]) -> dict[str, Any
     if "reasoning_content" in case:
         message["reasoning_content"] = case["reasoning_content"]
     usage = {"prompt_tokens": 0, "completion_tokens": 0, **case.get("usage", {})}
+    if "usage" not in case and state.count_tokens is not None:  # the rate-limited stand-in
+        usage["prompt_tokens"] = sum(state.count_tokens(str(m.get("content") or ""))
+                                     for m in messages)
+        usage["completion_tokens"] = state.count_tokens(case["content"] or "")
     usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
     return {"id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion",
             "created": int(time.time()), "model": state.name,
@@ -431,6 +440,7 @@ def main(argv: list[str] | None = None) -> None:
                           args.text_prompts_only)
     if args.reasoning == "-":
         Handler.state.reasoning = [{"content": "The best answer is A", "finish_reason": "stop"}]
+        Handler.state.count_tokens = token_counter(args.model)
     elif args.reasoning:
         Handler.state.reasoning = json.loads(Path(args.reasoning).read_text())
     Handler.state.max_concurrent = args.max_concurrent
