@@ -8,7 +8,7 @@ import json
 from collections.abc import Callable
 from typing import Any
 
-from evalfleet.server import job_hooks, lmeval_sections
+from evalfleet.server import job_hooks, lmeval_sections, usage
 from evalfleet.server import results as results_mod
 from evalfleet.server.evaluator import TaskScorer, TaskScores, aggregate_task
 from evalfleet.server.job import Job
@@ -81,7 +81,8 @@ class JobFinisher:
             original_sizes={p.task.name: p.original_size for p in job.plan.tasks},
             config=lmeval_sections.config_section(job),
             model_info=lmeval_sections.model_section(job),
-            spec_extras=lmeval_sections.chat_section(job), started_at=started)
+            spec_extras={**lmeval_sections.chat_section(job), **usage.results_section(job)},
+            started_at=started)
         if parsed.spec.log_samples:
             doc["task_hashes"] = lmeval_sections.task_hashes(all_scores)
         return doc, results_mod.typed_results(job.id, doc, job.positions_computed)
