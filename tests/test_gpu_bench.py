@@ -29,13 +29,18 @@ def test_gpu_bench_tiny_on_cpu(tiny_model_dir, data_dir, tmp_path):
         entry = payload[job]
         assert entry["lmeval_positions"] > entry["evalfleet_positions"] > 0
         assert entry["evalfleet_positions_per_s"] > 0 and entry["lmeval_positions_per_s"] > 0
-        assert entry["sharing_vs_lmeval"]["docs"] > 0
-        assert entry["sharing_vs_lmeval"]["changed"] is not None
+        sharing = entry["sharing_vs_lmeval"]
+        assert sharing["docs"] > 0 and isinstance(sharing["changed"], int)
+        assert 0 <= sharing["changed"] <= sharing["docs"]
         # without sharing, bfloat16 loglikelihoods equal lm-eval's at the same batch size
         assert entry["plain_vs_lmeval"] == {"docs": entry["sharing_vs_lmeval"]["docs"],
                                             "changed": 0, "max_abs_ll_diff": 0.0}
         # positions differ from lm-eval's: the coordinator's scheduler cuts a job into batches
         # (16 requests first, then by time) and each is padded on its own
         assert entry["plain_positions"] > 0
+    # README's bf16 policy: prefix sharing changes no more per-sample metrics than lm-eval
+    # itself changes between two batch sizes on the same job (measured on arc_easy: 2 vs 8)
     churn = payload["arc_easy"]["lmeval_bs2_vs_bs8"]
-    assert churn["docs"] == payload["arc_easy"]["sharing_vs_lmeval"]["docs"]
+    sharing = payload["arc_easy"]["sharing_vs_lmeval"]
+    assert churn["docs"] == sharing["docs"] and isinstance(churn["changed"], int)
+    assert sharing["changed"] <= churn["changed"], (sharing, churn)
