@@ -367,11 +367,11 @@ def _batch_requests(request: pb.SubmitBatchRequest | pb.PollBatchRequest
     """The backend's form of a SubmitBatch/PollBatch request's requests (None when unset); an
     invalid generation item fails the call (INVALID_ARGUMENT naming it)."""
     which = request.WhichOneof("requests")
-    if which == "loglikelihood":
-        return BatchRequests("loglikelihood",
+    if which == RequestKind.LOGLIKELIHOOD:
+        return BatchRequests(RequestKind.LOGLIKELIHOOD,
                              _loglikelihood_arguments(request.loglikelihood.items))
-    if which == "generate_until":
-        return BatchRequests("generate_until", [
+    if which == RequestKind.GENERATE_UNTIL:
+        return BatchRequests(RequestKind.GENERATE_UNTIL, [
             GenerationRequest(_generation_context(i, item),
                               generation_params_from_pb(item.params, f"items[{i}].params"))
             for i, item in enumerate(request.generate_until.items)])
@@ -387,7 +387,7 @@ def _poll_response(status: BatchStatus, request: pb.PollBatchRequest) -> pb.Poll
     which = request.WhichOneof("requests")
     if answers is None or which is None:
         return response
-    if which == "loglikelihood":
+    if which == RequestKind.LOGLIKELIHOOD:
         ids = [item.request_id for item in request.loglikelihood.items]
         response.loglikelihood.CopyFrom(pb.LoglikelihoodResponse(
             results=[_token_scores_pb(i, r) for i, r in zip(ids, answers.results, strict=True)],

@@ -37,6 +37,7 @@ import numpy as np
 
 from evalfleet.common.errors import FailedPreconditionError, UnavailableError
 from evalfleet.common.logging import get_logger
+from evalfleet.common.request_kind import RequestKind
 from evalfleet.server.job import Job
 from evalfleet.server.scheduler import Scheduler
 from evalfleet.server.store import AnswerSlices, JobStore
@@ -55,12 +56,13 @@ from evalfleet.v1 import inference_pb2 as ipb
 log = get_logger("provider_batches")
 
 #: The request kinds a provider batch carries (their SubmitBatchRequest fields).
-BATCH_KINDS = ("loglikelihood", "generate_until")
+BATCH_KINDS = (RequestKind.LOGLIKELIHOOD, RequestKind.GENERATE_UNTIL)
 #: Tries per request (its first batch and the resends of what a batch left unanswered).
 MAX_ATTEMPTS = 3
 #: Seconds one SubmitBatch / PollBatch call may take.
 RPC_TIMEOUT_S = 300.0
-_REQUEST = {"loglikelihood": ipb.LoglikelihoodRequest, "generate_until": ipb.GenerateUntilRequest}
+_REQUEST = {RequestKind.LOGLIKELIHOOD: ipb.LoglikelihoodRequest,
+            RequestKind.GENERATE_UNTIL: ipb.GenerateUntilRequest}
 _ENDED = ipb.PROVIDER_BATCH_STATE_ENDED
 _IN_PROGRESS = ipb.PROVIDER_BATCH_STATE_IN_PROGRESS
 _WORKER_DOWN = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED,

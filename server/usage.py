@@ -41,7 +41,9 @@ from typing import Any
 import numpy as np
 
 from evalfleet.common import price_table as prices
+from evalfleet.common.request_kind import RequestKind
 from evalfleet.server.store import AnswerSlices
+from evalfleet.server.wire import ANSWER_MESSAGE
 from evalfleet.v1 import coordinator_pb2 as cpb
 from evalfleet.v1 import inference_pb2 as ipb
 
@@ -49,8 +51,6 @@ from evalfleet.v1 import inference_pb2 as ipb
 SECTION = "evalfleet_usage"
 #: Token fields read from each answer (TokenScores has no reasoning_tokens: read as 0).
 _TOKENS = ("prompt_tokens", "cached_tokens", "completion_tokens", "reasoning_tokens")
-_ANSWER = {"loglikelihood": ipb.TokenScores, "loglikelihood_rolling": ipb.TokenScores,
-           "generate_until": ipb.Generation}
 
 
 @dataclass
@@ -92,7 +92,7 @@ class JobUsage:
                 self._task(name).requests += n
         if not worker_counted:
             return
-        message = _ANSWER[kind]
+        message = ANSWER_MESSAGE[kind]
         raw = answers.raw
         for owner, start, end in zip(owners.tolist(), answers.starts.tolist(),
                                      answers.ends.tolist(), strict=True):
@@ -133,7 +133,7 @@ def count_provider_batch(job: Any, kind: str, answers: AnswerSlices) -> None:
 def worker_counted(kind: str, cost: ipb.BatchCost) -> bool:
     """Whether a batch's answers carry token counts worth reading: generations (hf and vllm
     count them too) and anything a remote API reported usage for."""
-    return kind == "generate_until" or bool(cost.prompt_tokens or cost.completion_tokens)
+    return kind == RequestKind.GENERATE_UNTIL or bool(cost.prompt_tokens or cost.completion_tokens)
 
 
 @dataclass(frozen=True)

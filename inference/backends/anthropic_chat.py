@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from typing import Any, ClassVar
 
 from evalfleet.common.logging import get_logger
+from evalfleet.common.request_kind import RequestKind
 from evalfleet.inference.backends.anthropic_batch import AnthropicBatches
 from evalfleet.inference.backends.api_args import parse_api_args
 from evalfleet.inference.backends.api_http import pooled_client
@@ -138,7 +139,7 @@ class AnthropicChatBackend(BatchApiMixin, RemoteBackend):
             return await self.client.messages.with_raw_response.create(
                 model=model, messages=messages, max_tokens=max_tokens, extra_body=body)
 
-        raw = await self.http(send, cost, "generate_until")
+        raw = await self.http(send, cost, RequestKind.GENERATE_UNTIL)
         data = raw.http_response.json()
         add_usage(cost, data.get("usage"))  # every token kind, cached and reasoning too
         return data
@@ -170,7 +171,7 @@ class AnthropicChatBackend(BatchApiMixin, RemoteBackend):
                     self.args.think_end_token)]
 
             jobs.append(([i], make))
-        answers = await self.fan_out(jobs, len(requests), "generate_until")
+        answers = await self.fan_out(jobs, len(requests), RequestKind.GENERATE_UNTIL)
         for i, error in refusals.items():
             answers.results[i] = error
         return answers

@@ -23,6 +23,7 @@ import numpy as np
 
 from evalfleet.common.errors import FailedPreconditionError, InvalidArgumentError
 from evalfleet.common.generation import DEFAULT_MAX_GEN_TOKS, GenerationParams
+from evalfleet.common.request_kind import RequestKind
 
 __all__ = [
     "CANCELLED", "DEFAULT_MAX_GEN_TOKS", "Answers", "Backend", "BackendArgumentError",
@@ -211,10 +212,10 @@ class ChatRendering:
 
 @dataclass(frozen=True)
 class BatchRequests:
-    """The requests of one provider batch: ``kind`` "loglikelihood" with (context,
-    continuation) pairs, or "generate_until" with :class:`GenerationRequest` items."""
+    """The requests of one provider batch: ``kind`` loglikelihood with (context,
+    continuation) pairs, or generate_until with :class:`GenerationRequest` items."""
 
-    kind: str
+    kind: RequestKind
     items: Sequence[Any]
 
 

@@ -21,6 +21,7 @@ from typing import Any, ClassVar
 
 from evalfleet.common.errors import FailedPreconditionError
 from evalfleet.common.logging import get_logger
+from evalfleet.common.request_kind import RequestKind
 from evalfleet.inference.backends.api_args import parse_api_args
 from evalfleet.inference.backends.api_http import openai_client
 from evalfleet.inference.backends.api_template import (
@@ -65,7 +66,7 @@ def chat_messages_plan(backend: Any, requests: BatchRequests,
     """The provider batch of a chat backend (one conversation per online call): each item's
     body ``payload(messages, request)`` parsed by ``parse``, or its refusal
     (``backend.refusal``); scoring kinds are refused (``backend.logprobs_reason``)."""
-    if requests.kind != "generate_until":
+    if requests.kind != RequestKind.GENERATE_UNTIL:
         raise FailedPreconditionError(f"{requests.kind}: {backend.logprobs_reason}")
     plan = BatchPlan()
     for i, request in enumerate(requests.items):
@@ -153,7 +154,7 @@ class LocalChatBackend(BatchApiMixin, RemoteBackend):
             return await self.client.chat.completions.with_raw_response.create(
                 model=model, messages=messages, extra_body=body)
 
-        raw = await self.http(send, cost, "generate_until")
+        raw = await self.http(send, cost, RequestKind.GENERATE_UNTIL)
         data = raw.http_response.json()
         add_usage(cost, data.get("usage"))  # every token kind, cached and reasoning too
         return data
@@ -203,7 +204,7 @@ class LocalChatBackend(BatchApiMixin, RemoteBackend):
                                                     cost))]
 
             jobs.append(([i], make))
-        answers = await self.fan_out(jobs, len(requests), "generate_until")
+        answers = await self.fan_out(jobs, len(requests), RequestKind.GENERATE_UNTIL)
         for i, error in refusals.items():
             answers.results[i] = error
         return answers

@@ -36,6 +36,7 @@ import numpy as np
 
 from evalfleet.common.errors import EvalfleetError, FailedPreconditionError, UnavailableError
 from evalfleet.common.logging import get_logger
+from evalfleet.common.request_kind import RequestKind
 from evalfleet.inference.backends.api_args import ApiArgs, parse_api_args
 from evalfleet.inference.backends.api_http import RetryError, openai_client
 from evalfleet.inference.backends.api_template import (
@@ -377,11 +378,11 @@ class LocalCompletionsBackend(BatchApiMixin, RemoteBackend):
                 inputs = [windows[i][0] for i in chunk]  # type: ignore[index]
                 data = await self._post_prompt(self._score_payload, inputs,
                                                lambda: self._prompt(inputs), cost,
-                                               "loglikelihood")
+                                               RequestKind.LOGLIKELIHOOD)
                 return parse_chunk_scores(data, [windows[i] for i in chunk])  # type: ignore
 
             jobs.append((chunk, make))
-        answers = await self.fan_out(jobs, len(windows), "loglikelihood")
+        answers = await self.fan_out(jobs, len(windows), RequestKind.LOGLIKELIHOOD)
         answers.results = [r if isinstance(w, tuple) else (w or empty)
                            for r, w in zip(answers.results, windows, strict=True)]
         return answers
@@ -500,11 +501,11 @@ class LocalCompletionsBackend(BatchApiMixin, RemoteBackend):
                         lambda prompt: self._gen_payload(prompt, requests[chunk[0]]),
                         [prompts[i] for i in chunk],
                         lambda: texts if self.args.batch_size > 1 else texts[0],
-                        cost, "generate_until")
+                        cost, RequestKind.GENERATE_UNTIL)
                     return self._parse_generations(data, len(chunk))
 
                 jobs.append((chunk, make))
-        answers = await self.fan_out(jobs, len(requests), "generate_until")
+        answers = await self.fan_out(jobs, len(requests), RequestKind.GENERATE_UNTIL)
         for i, error in refusals.items():
             answers.results[i] = error
         return answers
@@ -525,7 +526,7 @@ class LocalCompletionsBackend(BatchApiMixin, RemoteBackend):
     async def batch_plan(self, requests: BatchRequests) -> BatchPlan:
         """Each item's online body (one item per body, as with ``batch_size=1``) and parser."""
         plan = BatchPlan()
-        if requests.kind == "loglikelihood":
+        if requests.kind == RequestKind.LOGLIKELIHOOD:
             refused = await self._ensure_logprobs()
             if refused:
                 raise FailedPreconditionError(f"loglikelihood: {refused}")
@@ -539,7 +540,7 @@ class LocalCompletionsBackend(BatchApiMixin, RemoteBackend):
                 else:
                     plan.local[i] = w or TokenScores(np.zeros(0, np.float32), np.zeros(0, bool))
             return plan
-        if requests.kind != "generate_until":
+        if requests.kind != RequestKind.GENERATE_UNTIL:
             raise FailedPreconditionError(f"{requests.kind} requests have no provider batch in "
                                           f"the {self.name} backend; send them online")
         items: Sequence[GenerationRequest] = requests.items
