@@ -5,13 +5,12 @@ default suite."""
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
 import grpc
 import pytest
-from conftest import ACCEPTANCE
+from conftest import ACCEPTANCE, run_evaluation
 
 from evalfleet.v1 import coordinator_pb2 as cpb
 from evalfleet.v1 import coordinator_pb2_grpc as cpb_grpc
@@ -109,19 +108,9 @@ def evalfleet_code_results(background_loop, code_model_dir, data_dir):
         spec = cpb.EvaluationSpec(model="hf", tasks=TASKS, limit=LIMIT, bootstrap_iters=0,
                                   log_samples=True, batch_size=str(BATCH),
                                   confirm_run_unsafe_code=True, gen_kwargs=GEN_KWARGS or "")
-        with grpc.insecure_channel(server.address) as channel:
-            stub = cpb_grpc.EvaluationServiceStub(channel)
-            evaluation = stub.CreateEvaluation(cpb.CreateEvaluationRequest(spec=spec),
-                                               timeout=300)
-            events = list(stub.WatchEvaluation(cpb.WatchEvaluationRequest(id=evaluation.id),
-                                               timeout=1800))
-            assert events[-1].state == cpb.EVALUATION_STATE_SUCCEEDED, events[-1]
-            results = stub.GetResults(cpb.GetResultsRequest(id=evaluation.id), timeout=60)
-            samples: dict[str, list[dict]] = {}
-            for record in stub.StreamSamples(cpb.StreamSamplesRequest(id=evaluation.id),
-                                             timeout=60):
-                samples.setdefault(record.task, []).append(json.loads(record.json))
-        return json.loads(results.results_json), samples
+        final, _, results, samples = run_evaluation(server.address, spec, timeout_s=1800)
+        assert final.state == cpb.EVALUATION_STATE_SUCCEEDED, final.error
+        return results, samples
     finally:
         background_loop.run(server.stop(0.5))
         background_loop.run(worker.stop(0.5))

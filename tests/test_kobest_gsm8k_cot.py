@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
-import json
-
-import grpc
 import pytest
-from conftest import ACCEPTANCE
+from conftest import ACCEPTANCE, run_evaluation
 
 from evalfleet.tasks import TaskManager
 from evalfleet.v1 import coordinator_pb2 as cpb
-from evalfleet.v1 import coordinator_pb2_grpc as cpb_grpc
 
 KOBEST = ["kobest_boolq", "kobest_copa", "kobest_hellaswag", "kobest_sentineg", "kobest_wic"]
 LIMIT = 50 if ACCEPTANCE else 8
@@ -31,14 +27,9 @@ def lmeval_kobest(lmeval_task_dir, tiny_model_dir):
 def evalfleet_kobest(coordinator):
     spec = cpb.EvaluationSpec(model="hf", tasks=["kobest"], limit=LIMIT, bootstrap_iters=0,
                               batch_size="8")
-    with grpc.insecure_channel(coordinator.address) as channel:
-        stub = cpb_grpc.EvaluationServiceStub(channel)
-        evaluation = stub.CreateEvaluation(cpb.CreateEvaluationRequest(spec=spec), timeout=300)
-        events = list(stub.WatchEvaluation(cpb.WatchEvaluationRequest(id=evaluation.id),
-                                           timeout=900))
-        assert events[-1].state == cpb.EVALUATION_STATE_SUCCEEDED, events[-1]
-        return json.loads(stub.GetResults(cpb.GetResultsRequest(id=evaluation.id),
-                                          timeout=30).results_json)
+    final, _, results, _ = run_evaluation(coordinator.address, spec)
+    assert final.state == cpb.EVALUATION_STATE_SUCCEEDED, final.error
+    return results
 
 
 @pytest.mark.slow

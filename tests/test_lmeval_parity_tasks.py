@@ -7,15 +7,13 @@ Both sides read the same mirror; evalfleet runs through its real services.
 
 from __future__ import annotations
 
-import json
 import math
 
-import grpc
 import pytest
+from conftest import run_evaluation
 from parity_values import assert_sample_parity
 
 from evalfleet.v1 import coordinator_pb2 as cpb
-from evalfleet.v1 import coordinator_pb2_grpc as cpb_grpc
 
 TASKS = ["lambada_openai", "wikitext", "gsm8k", "truthfulqa_mc2", "winogrande"]
 LIMIT = 3
@@ -37,17 +35,9 @@ def lmeval_results(lmeval_task_dir, tiny_model_dir):
 def evalfleet_results(coordinator):
     spec = cpb.EvaluationSpec(model="hf", tasks=TASKS, limit=LIMIT, bootstrap_iters=0,
                               gen_kwargs=GEN_KWARGS, log_samples=True)
-    with grpc.insecure_channel(coordinator.address) as channel:
-        stub = cpb_grpc.EvaluationServiceStub(channel)
-        evaluation = stub.CreateEvaluation(cpb.CreateEvaluationRequest(spec=spec), timeout=300)
-        events = list(stub.WatchEvaluation(cpb.WatchEvaluationRequest(id=evaluation.id),
-                                           timeout=900))
-        assert events[-1].state == cpb.EVALUATION_STATE_SUCCEEDED, events[-1]
-        results = stub.GetResults(cpb.GetResultsRequest(id=evaluation.id), timeout=30)
-        samples: dict[str, list[dict]] = {}
-        for record in stub.StreamSamples(cpb.StreamSamplesRequest(id=evaluation.id), timeout=60):
-            samples.setdefault(record.task, []).append(json.loads(record.json))
-    return json.loads(results.results_json), samples
+    final, _, results, samples = run_evaluation(coordinator.address, spec)
+    assert final.state == cpb.EVALUATION_STATE_SUCCEEDED, final.error
+    return results, samples
 
 
 @pytest.mark.reference
