@@ -36,6 +36,7 @@ from evalfleet.tasks.load_checks import (
     RECHECK_S,
     Need,
     Ref,
+    class_dataset,
     first_unmet,
     ref_needs,
     ref_problem,
@@ -45,7 +46,7 @@ from evalfleet.tasks.load_checks import (
 
 log = structlog.get_logger(__name__)
 #: Bumped when the cached file's layout changes (an old file is then rebuilt).
-CACHE_FORMAT = 5
+CACHE_FORMAT = 6
 INDEX_DIR_ENV = "EVALFLEET_TASK_INDEX_DIR"
 
 
@@ -120,10 +121,15 @@ def _row(entry: IndexEntry) -> dict[str, Any]:
         row["children"] = group_children(cfg)
     else:
         splits = configured_splits(cfg)
-        row |= {"dataset_path": cfg.get("dataset_path"), "dataset_name": cfg.get("dataset_name"),
+        refs = task_refs(cfg, entry.path)
+        dataset = (cfg.get("dataset_path"), cfg.get("dataset_name"))
+        for ref in refs:  # a Python class task: the dataset its class names
+            if ref.key == "class" and ref.module_file and dataset[0] is None:
+                dataset = class_dataset(ref.module_file, ref.spec.rpartition(".")[2])
+        row |= {"dataset_path": dataset[0], "dataset_name": dataset[1],
                 "output_type": cfg.get("output_type"), "splits": [list(p) for p in splits],
                 "cannot_load": _load_problem(cfg, entry.path),
-                "refs": [r.to_json() for r in task_refs(cfg, entry.path)]}
+                "refs": [r.to_json() for r in refs]}
     return {k: v for k, v in row.items() if v not in (None, [], "")}
 
 

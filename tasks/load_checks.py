@@ -429,6 +429,28 @@ def class_needs(path: str, name: str) -> list[Need]:
     return reader.needs
 
 
+def class_dataset(path: str, name: str) -> tuple[str | None, str | None]:
+    """The ``DATASET_PATH`` and ``DATASET_NAME`` class ``name`` of module ``path`` spells out
+    (its own or a base's in the same module), as (None, None) where it does not."""
+    tree = _tree(path)
+    classes = {} if tree is None else {n.name: n for n in tree.body
+                                       if isinstance(n, ast.ClassDef)}
+    found: dict[str, str | None] = {}
+    todo = [classes[name]] if name in classes else []
+    while todo:
+        klass = todo.pop(0)
+        for node in klass.body:
+            if isinstance(node, ast.Assign) and len(node.targets) == 1 \
+                    and isinstance(node.targets[0], ast.Name) \
+                    and node.targets[0].id in ("DATASET_PATH", "DATASET_NAME") \
+                    and isinstance(node.value, ast.Constant) \
+                    and isinstance(node.value.value, str | None):
+                found.setdefault(node.targets[0].id, node.value.value)
+        todo += [classes[b.id] for b in klass.bases if isinstance(b, ast.Name)
+                 and b.id in classes]
+    return found.get("DATASET_PATH"), found.get("DATASET_NAME")
+
+
 # ---------------------------------------------------------------- checking the environment
 _FORGOTTEN = 0  # bumped by recheck()
 
