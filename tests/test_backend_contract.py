@@ -15,6 +15,7 @@ from typing import Any, ClassVar
 import grpc
 import numpy as np
 import pytest
+from conftest import run_evaluation
 
 from evalfleet.inference.backends.base import (
     Answers,
@@ -110,12 +111,8 @@ def services(background_loop, data_dir):
 
 
 def _run(address: str, spec: cpb.EvaluationSpec) -> tuple[cpb.Evaluation, list]:
-    with grpc.insecure_channel(address) as channel:
-        stub = cpb_grpc.EvaluationServiceStub(channel)
-        evaluation = stub.CreateEvaluation(cpb.CreateEvaluationRequest(spec=spec), timeout=120)
-        events = list(stub.WatchEvaluation(cpb.WatchEvaluationRequest(id=evaluation.id),
-                                           timeout=300))
-        return stub.GetEvaluation(cpb.GetEvaluationRequest(id=evaluation.id), timeout=10), events
+    final, events, _, _ = run_evaluation(address, spec, timeout_s=300)
+    return final, events
 
 
 def test_hf_answers_the_rest_of_a_batch_when_one_item_is_too_long(background_loop,
