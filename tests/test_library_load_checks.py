@@ -11,20 +11,12 @@ from pathlib import Path
 
 import pytest
 from conftest import ACCEPTANCE
+from test_task_library import A_TASK
 
 from evalfleet.tasks import library, load_checks
 from evalfleet.tasks.errors import TaskError
 from evalfleet.tasks.manager import TaskManager
 
-A_TASK = """task: {name}
-dataset_path: allenai/ai2_arc
-dataset_name: ARC-Easy
-output_type: multiple_choice
-test_split: test
-doc_to_text: "{{{{question}}}}"
-doc_to_target: "{{{{choices.label.index(answerKey)}}}}"
-doc_to_choice: "{{{{choices.text}}}}"
-"""
 #: name -> (extra YAML, module files the task's code lives in)
 TASKS = {
     "lib_fine": ("", {}),
