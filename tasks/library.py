@@ -173,7 +173,8 @@ def _relative(path: str | None, folder: Path) -> str | None:
 
 
 def _absolute(ref: list[str | None], folder: Path) -> Ref:
-    return Ref.from_json([str(folder / v) if i in (2, 3) and v else v
+    prefix = f"{folder}{os.sep}"
+    return Ref.from_json([prefix + v if i in (2, 3) and v and not os.path.isabs(v) else v
                           for i, v in enumerate(ref)])
 
 
