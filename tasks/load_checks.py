@@ -113,11 +113,14 @@ def _ref(key: str, fn: FunctionRef) -> Ref:
 
 
 def ref_needs(ref: Ref) -> list[Need]:
-    """What resolving ``ref`` needs: its module's import-time needs, and for a ``class:`` the
+    """What resolving ``ref`` needs: its module's import-time needs (a module imported by
+    name: being importable, and what lm-eval's own modules need), and for a ``class:`` the
     needs of building the class (its ``__init__`` and ``download``, and the module's functions
     they call)."""
-    if ref.module_file is None:
-        return [Need("module", ref.module)] if ref.module else []
+    if ref.module_file is None:  # imported by name: lm-eval's own modules are read too
+        need = Need("module", ref.module or "")
+        return [need, *(n for file in _library_files(need)
+                        for n in module_needs(file, _package_of(file)))] if ref.module else []
     needs = list(module_needs(ref.module_file))
     if ref.key == "class":
         needs += class_needs(ref.module_file, ref.spec.rpartition(".")[2])
