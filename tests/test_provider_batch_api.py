@@ -177,6 +177,16 @@ def test_completions_loglikelihood_batch_equals_online(workers, openai_real_srv)
     # each line's body is exactly the body the online path posted for that item
     assert _openai_input_bodies(openai_real_srv, submitted.batch_id) == online_bodies
     assert polled.loglikelihood.cost.prompt_tokens == online.cost.prompt_tokens > 0
+    with pytest.raises(grpc.RpcError) as other:  # a poll must carry the submitted requests
+        stub.PollBatch(pb.PollBatchRequest(batch_id=submitted.batch_id,
+                                           loglikelihood=_ll_request(PAIRS[:2])), timeout=60)
+    assert other.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert other.value.details().startswith("requests: 2 of them go to the provider")
+    # nothing for the provider (an empty continuation only): answered by the worker itself
+    local, done = _run_batch(stub, "ll-local", loglikelihood=_ll_request(PAIRS[3:]))
+    assert local.batch_id.startswith("evalfleet-local-")
+    assert done.state == pb.PROVIDER_BATCH_STATE_ENDED and done.total == 0
+    assert _scores(done.loglikelihood.results) == [("ll-0", [], [], "", 0, 0)]
 
 
 def test_completions_generation_batch_equals_online(workers, openai_srv):
@@ -331,6 +341,11 @@ def test_batch_api_refusals_are_clear(workers, tiny_model_dir):
             generate_until=_gen_request()))
     assert untagged.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert untagged.value.details().startswith("tag:")
+    for key in ("local-completions", "anthropic-chat"):  # a batch the provider does not know
+        with pytest.raises(grpc.RpcError) as unknown:
+            workers[key].PollBatch(pb.PollBatchRequest(batch_id="batch_nope"), timeout=30)
+        assert unknown.value.code() == grpc.StatusCode.NOT_FOUND
+        assert "batch_nope" in unknown.value.details()
     with pytest.raises(BackendArgumentError, match="batch_api"):
         load_backend("local-completions", {"model": "m", "base_url": "http://127.0.0.1:1/v1",
                                            "tokenizer_backend": "none", "batch_api": "maybe"})

@@ -17,12 +17,20 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
-from evalfleet.common.errors import FailedPreconditionError, InvalidArgumentError
+from evalfleet.common.errors import (
+    EvalfleetError,
+    FailedPreconditionError,
+    InvalidArgumentError,
+    NotFoundError,
+    UnavailableError,
+)
 from evalfleet.common.logging import get_logger
+from evalfleet.inference.backends.api_http import RetryError
+from evalfleet.inference.backends.api_template import unreadable
 from evalfleet.inference.backends.base import (
     Answers,
     BatchRequests,
@@ -35,6 +43,8 @@ from evalfleet.inference.backends.base import (
 from evalfleet.inference.backends.token_usage import add_usage, attach_usage
 
 log = get_logger("backend.batch")
+
+T = TypeVar("T")
 
 #: Prefix of the id of a batch whose items the worker answered by itself (nothing was sent).
 LOCAL_BATCH_PREFIX = "evalfleet-local-"
@@ -131,8 +141,8 @@ class BatchApiMixin:
         plan = await self.batch_plan(requests)
         if not plan.lines:
             return BatchSubmission(LOCAL_BATCH_PREFIX + hashlib.sha256(tag.encode()).hexdigest())
-        submitted = await self.batch_provider().submit(
-            tag, {i: line.body for i, line in sorted(plan.lines.items())}, Cost())
+        submitted = await self._provider("batch submit", self.batch_provider().submit(
+            tag, {i: line.body for i, line in sorted(plan.lines.items())}, Cost()))
         log.info("provider_batch", backend=self.name, batch_id=submitted.batch_id,
                  lines=len(plan.lines), reused=submitted.reused)
         return submitted
@@ -140,10 +150,12 @@ class BatchApiMixin:
     async def poll_batch(self, batch_id: str, requests: BatchRequests | None) -> BatchStatus:
         """The batch's state and counts; with ``requests`` and a terminal state, its answers."""
         self._require_batch_api()
+        cost = Cost()  # the calls of this poll (answers' usage included)
         if batch_id.startswith(LOCAL_BATCH_PREFIX):
             status = ProviderStatus(ProviderBatchState.ENDED)
         else:
-            status = await self.batch_provider().status(batch_id, Cost())
+            status = await self._provider(f"batch {batch_id}",
+                                          self.batch_provider().status(batch_id, cost))
         out = BatchStatus(status.state, status.total, status.succeeded, status.errored,
                           status.pending)
         if requests is None or status.state is ProviderBatchState.IN_PROGRESS:
@@ -153,12 +165,32 @@ class BatchApiMixin:
             raise InvalidArgumentError(
                 f"requests: {len(plan.lines)} of them go to the provider but batch {batch_id} "
                 f"holds {status.total}; give PollBatch the very requests given to SubmitBatch")
-        cost = Cost()
-        found = await self.batch_provider().results(status, cost) if plan.lines else {}
+        found = await self._provider(f"the results of batch {batch_id}",
+                                     self.batch_provider().results(status, cost)) \
+            if plan.lines else {}
         out.answers = Answers(
             [self._answer(i, plan, found, status, cost) for i in range(len(requests.items))],
             cost)
         return out
+
+    async def _provider(self, what: str, call: Awaitable[T]) -> T:
+        """``await call``, its failure as the status the worker answers: the provider
+        unreachable or failing after the retries UNAVAILABLE, an unknown batch NOT_FOUND, a
+        refusal (key, model, URL) or an unreadable answer FAILED_PRECONDITION."""
+        where = f"the provider's batch API at {self.args.base_url}"
+        try:
+            return await call
+        except EvalfleetError:
+            raise
+        except RetryError as exc:
+            if exc.failure.retryable:
+                raise UnavailableError(f"{where} did not answer ({what}): {exc}") from exc
+            if exc.failure.status == 404:
+                raise NotFoundError(f"{where} does not know {what}: {exc}") from exc
+            raise FailedPreconditionError(f"{where} refused {what}: {exc}; check model_args "
+                                          "api_key, base_url and model") from exc
+        except Exception as exc:  # noqa: BLE001 - an answer of an unexpected shape
+            raise FailedPreconditionError(f"{what}: {unreadable(exc)}") from exc
 
     @staticmethod
     def _answer(index: int, plan: BatchPlan, found: dict[int, Any], status: ProviderStatus,
