@@ -122,7 +122,11 @@ class InferenceServiceServicer:
         provider's batch id at once. Only where Capabilities.batch_api is true, else
         FAILED_PRECONDITION naming model_args batch_api. Idempotent per `tag` where the provider can
         find a batch by it (OpenAI: yes, through the batch's metadata; Anthropic: no, its batches
-        carry no metadata, so store the batch id before anything else).
+        carry no metadata, so store the batch id before anything else). Errors: INVALID_ARGUMENT
+        (no tag, no requests, an invalid generation item), FAILED_PRECONDITION (no batch_api, a
+        kind the backend cannot answer, e.g. loglikelihood on a chat backend, or the provider
+        refused the call: key, model, URL), UNAVAILABLE (the provider did not answer after the
+        worker's retries).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -131,6 +135,8 @@ class InferenceServiceServicer:
     def PollBatch(self, request, context):
         """The state and counts of a submitted batch and, once it is terminal, its answers. Ask any
         worker of the same model fingerprint and API root: the worker keeps no state between calls.
+        Errors as SubmitBatch's, plus NOT_FOUND for a batch id the provider does not know and
+        INVALID_ARGUMENT for requests that are not the submitted ones (another count of lines).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
