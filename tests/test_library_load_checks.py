@@ -32,6 +32,8 @@ TASKS = {
         "utils_late.py": "def process_results(doc, results):\n"
                          "    import evalfleet_h4_absent_three\n    return {'acc': 1.0}\n"}),
     "lib_bad_metric": ("metric_list:\n  - metric: no_such_metric_h4\n", {}),
+    "lib_by_name": ("process_results: !function lm_eval.tasks.xquad.utils.process_results_qa\n",
+                    {}),
     "lib_exits": ("process_docs: !function utils_exit.process_docs\n", {
         "utils_exit.py": "import shutil\nimport sys\n\n"
                          "if shutil.which('evalfleet-h4-absent-tool') is None:\n"
@@ -81,7 +83,12 @@ def test_listing_marks_what_cannot_load_with_the_reason_naming_gives(
         code_library, data_dir, tmp_path, monkeypatch):
     manager = TaskManager(data_dir=data_dir)
     listed = {e.name: e for e in manager.list() if e.name.startswith("lib_")}
-    assert sorted(n for n, e in listed.items() if e.error) == sorted(CANNOT_LOAD)
+    assert sorted(n for n, e in listed.items() if e.error) == sorted(
+        [*CANNOT_LOAD, "lib_by_name"])
+    # a module named by its import path: lm-eval's own module, which imports one gone from
+    # current transformers (naming it imports transformers: slow)
+    assert "!function 'lm_eval.tasks.xquad.utils.process_results_qa': cannot import module " \
+        "(No module named 'transformers.data.metrics')" in listed["lib_by_name"].error
     for name in CANNOT_LOAD:
         assert listed[name].error == _naming_error(manager, name), name
     assert "No module named 'evalfleet_h4_absent_pkg'" in listed["lib_needs_pkg"].error
