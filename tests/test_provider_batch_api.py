@@ -31,29 +31,27 @@ STOP = ["\n\n"]
 
 
 # ---------------------------------------------------------------------- fixtures
-@pytest.fixture(scope="module")
-def openai_srv(tiny_model_dir, tmp_path_factory):
-    srv = openai_standin(tiny_model_dir,
-                         record=tmp_path_factory.mktemp("openai-batch") / "requests.jsonl")
+def _serving(start, model_dir, tmp_path_factory):
+    """A stand-in for a module-scoped fixture, recording the online requests it answers."""
+    srv = start(model_dir, record=tmp_path_factory.mktemp("stand-in") / "requests.jsonl")
     yield srv
     srv.stop()
+
+
+@pytest.fixture(scope="module")
+def openai_srv(tiny_model_dir, tmp_path_factory):
+    yield from _serving(openai_standin, tiny_model_dir, tmp_path_factory)
 
 
 @pytest.fixture(scope="module")
 def openai_real_srv(real_model_dir, tmp_path_factory):
     """The real model: a loglikelihood worker needs prompt logprobs that pass its probe."""
-    srv = openai_standin(real_model_dir,
-                         record=tmp_path_factory.mktemp("openai-real") / "requests.jsonl")
-    yield srv
-    srv.stop()
+    yield from _serving(openai_standin, real_model_dir, tmp_path_factory)
 
 
 @pytest.fixture(scope="module")
 def anthropic_srv(tiny_model_dir, tmp_path_factory):
-    srv = anthropic_standin(tiny_model_dir,
-                            record=tmp_path_factory.mktemp("anthropic-batch") / "requests.jsonl")
-    yield srv
-    srv.stop()
+    yield from _serving(anthropic_standin, tiny_model_dir, tmp_path_factory)
 
 
 @pytest.fixture()
