@@ -16,7 +16,7 @@ from evalfleet.common.request_kind import OutputType
 from evalfleet.execution.policy import check_unsafe_code
 from evalfleet.server import job_hooks
 from evalfleet.server.access import AccessPolicy
-from evalfleet.server.capabilities import check_chat_only, check_request_kinds
+from evalfleet.server.capabilities import check_batch_api, check_chat_only, check_request_kinds
 from evalfleet.server.chat import (
     ChatRenderer,
     json_messages_renderer,
@@ -128,6 +128,7 @@ class JobSetup:
             multiple_choice={n for n, k in kinds.items() if k is OutputType.MULTIPLE_CHOICE},
             apply_chat_template=parsed.apply_chat_template)
         check_chat_only(parsed.apply_chat_template, infos)  # after: that refusal names both
+        check_batch_api(parsed.model_args, infos)
         chat = await _chat_renderer(parsed, workers)
         async with self._planning:
             plan = await asyncio.to_thread(build_plan, parsed, self.data_dir,
