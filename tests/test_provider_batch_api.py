@@ -483,3 +483,17 @@ def test_the_anthropic_sdk_drives_the_stand_ins_message_batches(anthropic_srv, b
         urllib.request.urlopen(f"http://127.0.0.1:{anthropic_srv.port}/v1/messages/batches",
                                timeout=10)
     assert keyless.value.code == 401
+
+
+def test_a_backend_without_a_batch_api_refuses_both_rpcs(tiny_worker):
+    with grpc.insecure_channel(tiny_worker.address) as channel:
+        stub = pb_grpc.InferenceServiceStub(channel)
+        assert not stub.GetModelInfo(pb.GetModelInfoRequest(), timeout=30).capabilities.batch_api
+        calls = (lambda: stub.SubmitBatch(pb.SubmitBatchRequest(
+                     tag="t", generate_until=_gen_request()), timeout=30),
+                 lambda: stub.PollBatch(pb.PollBatchRequest(batch_id="b"), timeout=30))
+        for call in calls:
+            with pytest.raises(grpc.RpcError) as refused:
+                call()
+            assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+            assert refused.value.details().startswith("backend 'hf' has no provider batch API")
