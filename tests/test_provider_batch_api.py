@@ -497,3 +497,21 @@ def test_a_backend_without_a_batch_api_refuses_both_rpcs(tiny_worker):
                 call()
             assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
             assert refused.value.details().startswith("backend 'hf' has no provider batch API")
+
+
+@pytest.mark.parametrize(("backend", "limit"), [("local-chat-completions", 50_000),
+                                                ("anthropic-chat", 100_000)])
+def test_a_batch_over_the_providers_limit_is_refused_before_any_call(backend, limit):
+    import asyncio
+
+    from evalfleet.common.errors import InvalidArgumentError
+    from evalfleet.inference.backends.base import BatchRequests, GenerationParams
+    from evalfleet.inference.backends.base import GenerationRequest as Request
+    from evalfleet.inference.server import load_backend
+
+    nowhere = "http://127.0.0.1:9/v1"  # nothing listens: any call would fail otherwise
+    model = load_backend(backend, {"model": "m", "base_url": nowhere, "api_key": "k",
+                                   "batch_api": True})
+    item = Request([{"role": "user", "content": "hi"}], GenerationParams(until=[]))
+    with pytest.raises(InvalidArgumentError, match=f"at most {limit} in one batch"):
+        asyncio.run(model.submit_batch("t", BatchRequests("generate_until", [item] * (limit + 1))))

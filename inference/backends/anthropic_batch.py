@@ -27,6 +27,8 @@ from evalfleet.inference.backends.provider_batch import ProviderStatus, line_err
 class AnthropicBatches:
     """The Message Batches API of an ``anthropic-chat`` backend."""
 
+    max_lines = 100_000  # Anthropic's limit of requests per batch
+
     def __init__(self, backend: Any) -> None:
         self.backend = backend
 

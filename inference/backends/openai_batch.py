@@ -42,6 +42,8 @@ class OpenAIBatches:
     """The Batch API of an OpenAI-compatible server, for ``endpoint`` (``/v1/completions`` or
     ``/v1/chat/completions``) lines."""
 
+    max_lines = 50_000  # OpenAI's limit of requests per batch
+
     def __init__(self, backend: Any, endpoint: str) -> None:
         self.backend = backend
         self.endpoint = endpoint

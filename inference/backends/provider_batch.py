@@ -83,7 +83,9 @@ class ProviderStatus:
 
 
 class ProviderBatches(Protocol):
-    """One provider's batch API."""
+    """One provider's batch API; ``max_lines``: the most requests it takes in one batch."""
+
+    max_lines: int
 
     async def submit(self, tag: str, bodies: dict[int, dict[str, Any]], cost: Cost
                      ) -> BatchSubmission:
@@ -141,7 +143,12 @@ class BatchApiMixin:
         plan = await self.batch_plan(requests)
         if not plan.lines:
             return BatchSubmission(LOCAL_BATCH_PREFIX + hashlib.sha256(tag.encode()).hexdigest())
-        submitted = await self._provider("batch submit", self.batch_provider().submit(
+        provider = self.batch_provider()
+        if len(plan.lines) > provider.max_lines:
+            raise InvalidArgumentError(
+                f"requests: {len(plan.lines)} go to the provider, which takes at most "
+                f"{provider.max_lines} in one batch; submit smaller chunks")
+        submitted = await self._provider("batch submit", provider.submit(
             tag, {i: line.body for i, line in sorted(plan.lines.items())}, Cost()))
         log.info("provider_batch", backend=self.name, batch_id=submitted.batch_id,
                  lines=len(plan.lines), reused=submitted.reused)
