@@ -123,7 +123,8 @@ class InferenceServiceServicer:
         FAILED_PRECONDITION naming model_args batch_api. Idempotent per `tag` where the provider can
         find a batch by it (OpenAI: yes, through the batch's metadata; Anthropic: no, its batches
         carry no metadata, so store the batch id before anything else). Errors: INVALID_ARGUMENT
-        (no tag, no requests, an invalid generation item), FAILED_PRECONDITION (no batch_api, a
+        (no tag, no requests, an invalid generation item, more requests than the provider takes in
+        one batch: OpenAI 50,000, Anthropic 100,000), FAILED_PRECONDITION (no batch_api, a
         kind the backend cannot answer, e.g. loglikelihood on a chat backend, or the provider
         refused the call: key, model, URL), UNAVAILABLE (the provider did not answer after the
         worker's retries).
