@@ -8,12 +8,14 @@ before the terminal state, and samples.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import sqlite3
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -831,3 +833,47 @@ def test_unwritable_sqlite_path_is_a_clear_error(tmp_path):
     with pytest.raises(StoreUnavailableError, match="not a usable evalfleet SQLite store"):
         run(SqliteJobStore(not_sqlite).open())
 
+
+
+_CHECKED_WRITER = """
+import asyncio, sys
+from evalfleet.server.store import SqliteJobStore
+from evalfleet.server.store.batch_records import ProviderBatchRecord
+
+async def main():
+    async with SqliteJobStore(sys.argv[1]) as store:
+        await store.add_provider_batch(ProviderBatchRecord("j", "c", "generate_until", ["r"], "t"))
+        assert await store.write_problem() is None  # the health check every few seconds
+        print("ready", flush=True)
+        sys.stdin.readline()  # meanwhile another process opens and closes the file
+        await store.update_provider_batch("j", "c", batch_id="b1", state="submitted")
+        print("written", flush=True)
+        sys.stdin.readline()
+
+asyncio.run(main())
+"""
+
+
+def test_sqlite_writes_stay_visible_to_other_processes_after_a_health_check(tmp_path):
+    """The store's writability check used to open and close its files, which dropped SQLite's
+    POSIX locks in that process: a connection of another process that closed then deleted the
+    WAL the store still wrote to, and every later commit was lost (a coordinator's batch id,
+    its lease renewals). Now another process sees what the store writes after the check."""
+    path = tmp_path / "store.db"
+    writer = subprocess.Popen([sys.executable, "-c", _CHECKED_WRITER, str(path)],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert writer.stdout.readline().strip() == "ready"
+        reader = sqlite3.connect(path)
+        reader.execute("SELECT COUNT(*) FROM provider_batches").fetchall()
+        reader.close()
+        writer.stdin.write("\n")
+        writer.stdin.flush()
+        assert writer.stdout.readline().strip() == "written"
+        with contextlib.closing(sqlite3.connect(path)) as reader:
+            assert reader.execute("SELECT batch_id, state FROM provider_batches").fetchall() == [
+                ("b1", "submitted")]
+        assert Path(str(path) + "-wal").exists()
+    finally:
+        writer.stdin.close()
+        writer.wait(timeout=30)

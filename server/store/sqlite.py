@@ -18,7 +18,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import sqlite3
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -38,6 +37,7 @@ from evalfleet.server.store.base import (
 )
 from evalfleet.server.store.sqlite_answers import PendingSlices, SqliteAnswers
 from evalfleet.server.store.sqlite_batches import SqliteBatches
+from evalfleet.server.store.sqlite_files import unwritable_file
 from evalfleet.server.store.sqlite_keys import packed_request_keys, request_key
 from evalfleet.server.store.sqlite_schema import SCHEMA_VERSION, migrate
 from evalfleet.server.store.sqlite_schema import transaction as _transaction
@@ -87,19 +87,7 @@ class SqliteJobStore(SqliteAnswers, SqliteBatches):
         return fn(conn, *args)
 
     def _unwritable_file(self) -> str | None:
-        """Which of the store's files (db, -wal, -shm) cannot be opened for writing, and why."""
-        if self.path == ":memory:":
-            return None
-        for suffix in ("", "-wal", "-shm"):
-            file = self.path + suffix
-            try:
-                os.close(os.open(file, os.O_WRONLY))
-            except FileNotFoundError:
-                continue
-            except OSError as exc:
-                return (f"store {self.address}: {file} cannot be written ({exc.strerror}); "
-                        "nothing is lost: answers are kept and written once it can be")
-        return None
+        return unwritable_file(self.path, self.address)
 
     async def write_problem(self) -> str | None:
         return None if self._closed else self._unwritable_file()
