@@ -112,7 +112,7 @@ def _records(path) -> list[tuple]:
 
 @pytest.mark.parametrize("backend,server,tasks,extra", [
     # gsm8k without its few-shot examples: the real model reads its prompts at ~350 tokens/s
-    ("local-completions", "openai_srv", ["arc_easy", "gsm8k"], {"num_fewshot": 0}),
+    ("local-completions", "openai_srv", ["arc_easy", "gsm8k"], {"num_fewshot": 0, "limit": 1}),
     ("anthropic-chat", "anthropic_srv", ["gsm8k"], {"apply_chat_template": True}),
 ], ids=["completions", "anthropic"])
 def test_batch_api_job_equals_the_online_job(request, workers, coordinators, tmp_path, backend,
