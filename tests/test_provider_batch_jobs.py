@@ -280,3 +280,26 @@ def test_batch_api_job_needs_a_worker_with_the_batch_api(fleet, tiny_model_dir):
     assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert "batch_api=true" in refused.value.details()
     assert "has no provider batch API" in refused.value.details()
+
+
+def test_cancelled_job_stops_polling_and_cancels_nothing_at_the_provider(fleet, tiny_model_dir,
+                                                                         tmp_path):
+    """A batch_api job cancelled while its batch is pending ends CANCELLED at once; its batch
+    is left at the provider (no cancel call exists) and is not polled again."""
+    provider = FakeProvider(fleet.hf)
+    provider.held = True
+    fleet.worker(provider)
+    address = fleet.coordinator("batch.db")
+    with grpc.insecure_channel(address) as channel:
+        stub = cpb_grpc.EvaluationServiceStub(channel)
+        job = stub.CreateEvaluation(cpb.CreateEvaluationRequest(
+            spec=_spec(tiny_model_dir, ["arc_easy"], batch_api=True, limit=2)), timeout=120)
+        _wait("a poll", lambda: provider.polls)
+        cancelled = stub.CancelEvaluation(cpb.CancelEvaluationRequest(id=job.id), timeout=30)
+    assert cancelled.state == cpb.EVALUATION_STATE_CANCELLED
+    polls = provider.polls
+    time.sleep(1.0)  # five poll intervals
+    assert provider.polls == polls
+    assert len(provider.submissions) == 1
+    assert _records(tmp_path / "batch.db") == [("loglikelihood-0000", 8, "batch_0", "submitted",
+                                                1)]
