@@ -303,3 +303,19 @@ def test_cancelled_job_stops_polling_and_cancels_nothing_at_the_provider(fleet, 
     assert len(provider.submissions) == 1
     assert _records(tmp_path / "batch.db") == [("loglikelihood-0000", 8, "batch_0", "submitted",
                                                 1)]
+
+
+def test_requests_are_cut_into_chunks_of_the_configured_size(fleet, tiny_model_dir, tmp_path,
+                                                             monkeypatch):
+    """EVALFLEET_BATCH_CHUNK bounds the requests of one provider batch: eight requests at three
+    a chunk are three batches (3, 3, 2), each submitted once under its own tag."""
+    monkeypatch.setenv("EVALFLEET_BATCH_CHUNK", "3")
+    provider = FakeProvider(fleet.hf)
+    fleet.worker(provider)
+    final = run_evaluation(fleet.coordinator("batch.db"),
+                           _spec(tiny_model_dir, ["arc_easy"], batch_api=True, limit=2))[0]
+    assert final.state == cpb.EVALUATION_STATE_SUCCEEDED, final.error
+    assert [n for _, n in provider.submissions] == [3, 3, 2]
+    assert len({tag for tag, _ in provider.submissions}) == 3
+    assert [(n, state) for _, n, _, state, _ in _records(tmp_path / "batch.db")] == [
+        (3, "done"), (3, "done"), (2, "done")]
