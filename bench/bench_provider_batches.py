@@ -84,12 +84,13 @@ async def _run_job(worker: str, data_dir: str, spec: cpb.EvaluationSpec) -> tupl
     return json.loads(results.results_json), samples
 
 
-def _close(a: Any, b: Any) -> bool:
-    """Equal, numbers (or their strings, as in ``resps``) within 1e-5 relative."""
+def close_enough(a: Any, b: Any) -> bool:
+    """Equal, but for numbers (or their strings, as in ``resps``) within 1e-5 relative: a
+    local model's float32 logprobs move in the last digits with how requests are batched."""
     if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
-        return len(a) == len(b) and all(_close(x, y) for x, y in zip(a, b, strict=True))
+        return len(a) == len(b) and all(close_enough(x, y) for x, y in zip(a, b, strict=True))
     if isinstance(a, dict) and isinstance(b, dict):
-        return a.keys() == b.keys() and all(_close(a[k], b[k]) for k in a)
+        return a.keys() == b.keys() and all(close_enough(a[k], b[k]) for k in a)
     try:
         x, y = float(a), float(b)
     except (TypeError, ValueError):
@@ -190,8 +191,8 @@ async def batch_part(base_url: str, model_dir: Path, data_dir: str, limit: int) 
         batch_seconds = time.perf_counter() - started
         submitted = _submissions(base_url) - before
         equal = ("error" not in online[0] and "error" not in batched[0]
-                 and _close(online[0]["results"], batched[0]["results"])
-                 and _close(online[1], batched[1]))
+                 and close_enough(online[0]["results"], batched[0]["results"])
+                 and close_enough(online[1], batched[1]))
         restart = await asyncio.to_thread(_restart_part, base_url, worker.address, model_args,
                                           limit)
     finally:

@@ -13,12 +13,17 @@ from __future__ import annotations
 import dataclasses
 import json
 import sqlite3
+import sys
 import time
 from collections.abc import Sequence
+from pathlib import Path
 
 import grpc
 import pytest
 from conftest import run_evaluation
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
+from bench_provider_batches import close_enough  # noqa: E402 - after bench/ is on the path
 
 from evalfleet.inference.backends.base import (
     Answers,
@@ -154,29 +159,17 @@ def _spec(tiny_model_dir, tasks: list[str], *, batch_api: bool, limit: int = 4,
                               bootstrap_iters=0, log_samples=True, gen_kwargs=gen_kwargs)
 
 
-def _close(a, b) -> bool:
-    """Equal, but for numbers (or their strings, as in ``resps``) within 1e-5 relative: the
-    hf model's float32 logprobs move in the last digits with how requests are batched."""
-    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
-        return len(a) == len(b) and all(_close(x, y) for x, y in zip(a, b, strict=True))
-    if isinstance(a, dict) and isinstance(b, dict):
-        return a.keys() == b.keys() and all(_close(a[k], b[k]) for k in a)
-    try:
-        x, y = float(a), float(b)
-    except (TypeError, ValueError):
-        return a == b
-    return isinstance(a, type(b)) and abs(x - y) <= 1e-5 * max(1.0, abs(y))
-
-
 def _assert_same_results(got: tuple, want: tuple) -> None:
     """Equal metrics (results JSON ``results``) and samples, key by key."""
-    assert _close(got[2]["results"], want[2]["results"]), (got[2]["results"], want[2]["results"])
+    assert close_enough(got[2]["results"], want[2]["results"]), (got[2]["results"],
+                                                                  want[2]["results"])
     assert got[3].keys() == want[3].keys()
     for task, records in want[3].items():
         assert len(got[3][task]) == len(records), task
         for g, w in zip(got[3][task], records, strict=True):
             for key in w:
-                assert _close(g.get(key), w[key]), (task, w["doc_id"], key, g.get(key), w[key])
+                assert close_enough(g.get(key), w[key]), (task, w["doc_id"], key, g.get(key),
+                                                          w[key])
 
 
 def test_batch_api_job_equals_the_online_job(fleet, tiny_model_dir):
