@@ -10,6 +10,7 @@ runs the same against the OpenAI and Anthropic stand-ins and a coordinator kille
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
 import sqlite3
@@ -55,6 +56,8 @@ class FakeProvider(Backend):
         self.fail: set[int] = set()
         self.submissions: list[tuple[str, int]] = []  # (tag, items)
         self.by_tag: dict[str, str] = {}
+        self.reused: list[str] = []  # tags submitted again and found
+        self.stall_submits = False  # SubmitBatch makes the batch, then answers only once cleared
         self.polls = 0
 
     @classmethod
@@ -77,10 +80,13 @@ class FakeProvider(Backend):
 
     async def submit_batch(self, tag: str, requests: BatchRequests) -> BatchSubmission:
         if tag in self.by_tag:
+            self.reused.append(tag)
             return BatchSubmission(self.by_tag[tag], reused=True)
         batch_id = f"batch_{len(self.submissions)}"
         self.submissions.append((tag, len(requests.items)))
         self.by_tag[tag] = batch_id
+        while self.stall_submits:  # made at the provider, its id not yet answered
+            await asyncio.sleep(0.05)
         return BatchSubmission(batch_id)
 
     async def poll_batch(self, batch_id: str, requests: BatchRequests | None) -> BatchStatus:
@@ -118,7 +124,7 @@ def fleet(background_loop, hf_backend, tiny_model_dir, data_dir, tmp_path, monke
     second call with the same name is a restart on the same store)."""
     from evalfleet.inference.server import start_worker
     from evalfleet.server.service import CoordinatorOptions, start_coordinator
-    from evalfleet.server.store import SqliteJobStore
+    from evalfleet.server.store import SqliteJobStore, open_store
 
     monkeypatch.setenv("EVALFLEET_BATCH_POLL_S", "0.2")
     model_args = {"pretrained": str(tiny_model_dir), "dtype": "float32", "device": "cpu"}
@@ -137,8 +143,9 @@ def fleet(background_loop, hf_backend, tiny_model_dir, data_dir, tmp_path, monke
                                                                  model_args=model_args))
 
         def coordinator(self, name: str) -> str:
+            """``name``: a SQLite file in the test's folder, or a PostgreSQL URL."""
             stop_coordinator()
-            store = SqliteJobStore(tmp_path / name)
+            store = open_store(name) if "://" in name else SqliteJobStore(tmp_path / name)
             options = CoordinatorOptions(job_lease_s=2.0, claim_interval_s=0.3)
             server, _ = background_loop.run(start_coordinator(
                 workers=[running["worker"].address], store=store, data_dir=data_dir,
@@ -217,29 +224,82 @@ def _state(address: str, job_id: str) -> cpb.Evaluation:
             cpb.GetEvaluationRequest(id=job_id), timeout=10)
 
 
+@pytest.fixture(params=["sqlite", "postgres"])
+def store_name(request) -> str:
+    """A SQLite file name, or a fresh PostgreSQL database's URL."""
+    if request.param == "sqlite":
+        return "batch.db"
+    return request.getfixturevalue("postgres_server").create_database()
+
+
+def _stored(name: str, tmp_path, job_id: str) -> list[tuple]:
+    """(chunk, request count, batch id, state, attempt) of the job's records, read through
+    the store's own API (SQLite file or PostgreSQL)."""
+    from evalfleet.server.store import open_store
+
+    async def read() -> list[tuple]:
+        async with open_store(name if "://" in name else str(tmp_path / name)) as store:
+            return [(r.chunk, len(r.request_ids), r.batch_id, r.state, r.attempt)
+                    for r in await store.list_provider_batches(job_id)]
+
+    return asyncio.run(read())
+
+
+def _create(address: str, spec: cpb.EvaluationSpec) -> cpb.Evaluation:
+    with grpc.insecure_channel(address) as channel:
+        return cpb_grpc.EvaluationServiceStub(channel).CreateEvaluation(
+            cpb.CreateEvaluationRequest(spec=spec), timeout=120)
+
+
+def _ended(address: str, job_id: str) -> cpb.Evaluation:
+    return _wait("the job to end", lambda: (e := _state(address, job_id)).state in (
+        cpb.EVALUATION_STATE_SUCCEEDED, cpb.EVALUATION_STATE_FAILED) and e)
+
+
 def test_restarted_coordinator_resumes_polling_and_submits_nothing_again(fleet, tiny_model_dir,
-                                                                         tmp_path):
+                                                                         tmp_path, store_name):
     """The coordinator stops while the batch is pending at the provider; one started on the
-    same store takes the job over, polls the stored batch id and the job completes with the
-    one submission."""
+    same store (SQLite or PostgreSQL) takes the job over, polls the stored batch id and the
+    job completes with the one submission."""
     provider = FakeProvider(fleet.hf)
     provider.held = True
     fleet.worker(provider)
-    address = fleet.coordinator("batch.db")
-    with grpc.insecure_channel(address) as channel:
-        job = cpb_grpc.EvaluationServiceStub(channel).CreateEvaluation(cpb.CreateEvaluationRequest(
-            spec=_spec(tiny_model_dir, ["arc_easy"], batch_api=True, limit=2)), timeout=120)
-    _wait("the batch id stored", lambda: [r for r in _records(tmp_path / "batch.db")
-                                          if r[2] == "batch_0" and r[3] == "submitted"])
+    address = fleet.coordinator(store_name)
+    job = _create(address, _spec(tiny_model_dir, ["arc_easy"], batch_api=True, limit=2))
+    _wait("the batch id stored", lambda: _stored(store_name, tmp_path, job.id) == [
+        ("loglikelihood-0000", 8, "batch_0", "submitted", 1)])
     polls = _wait("a poll", lambda: provider.polls)
-    address = fleet.coordinator("batch.db")  # stopped, and a new one on the same store
+    address = fleet.coordinator(store_name)  # stopped, and a new one on the same store
     _wait("the new coordinator polling", lambda: provider.polls > polls)
     provider.held = False
-    final = _wait("the job to end", lambda: (e := _state(address, job.id)).state in (
-        cpb.EVALUATION_STATE_SUCCEEDED, cpb.EVALUATION_STATE_FAILED) and e)
+    final = _ended(address, job.id)
     assert final.state == cpb.EVALUATION_STATE_SUCCEEDED, final.error
     assert provider.submissions == [(f"evalfleet-{job.id}-loglikelihood-0000", 8)]
-    assert _records(tmp_path / "batch.db") == [("loglikelihood-0000", 8, "batch_0", "done", 1)]
+    assert _stored(store_name, tmp_path, job.id) == [
+        ("loglikelihood-0000", 8, "batch_0", "done", 1)]
+
+
+def test_chunk_stopped_before_its_batch_id_was_stored_is_found_again_by_its_tag(
+        fleet, tiny_model_dir, tmp_path):
+    """The coordinator stops while SubmitBatch has made the batch but not answered (the
+    record still says "submitting"): the next coordinator submits the chunk again under the
+    same tag, the provider finds the batch made by it, and no second batch is created."""
+    provider = FakeProvider(fleet.hf)
+    provider.stall_submits = True
+    fleet.worker(provider)
+    address = fleet.coordinator("batch.db")
+    job = _create(address, _spec(tiny_model_dir, ["arc_easy"], batch_api=True, limit=2))
+    _wait("the batch made at the provider", lambda: provider.submissions)
+    assert _stored("batch.db", tmp_path, job.id) == [("loglikelihood-0000", 8, "", "submitting",
+                                                      1)]
+    provider.stall_submits = False
+    address = fleet.coordinator("batch.db")
+    final = _ended(address, job.id)
+    assert final.state == cpb.EVALUATION_STATE_SUCCEEDED, final.error
+    assert provider.submissions == [(f"evalfleet-{job.id}-loglikelihood-0000", 8)]
+    assert provider.reused == [f"evalfleet-{job.id}-loglikelihood-0000"]
+    assert _stored("batch.db", tmp_path, job.id) == [
+        ("loglikelihood-0000", 8, "batch_0", "done", 1)]
 
 
 def test_partly_failed_batch_resends_only_the_missing_requests(fleet, tiny_model_dir, tmp_path):
