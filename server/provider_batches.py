@@ -35,7 +35,11 @@ from typing import Any
 import grpc
 import numpy as np
 
-from evalfleet.common.errors import FailedPreconditionError, UnavailableError
+from evalfleet.common.errors import (
+    FailedPreconditionError,
+    InvalidArgumentError,
+    UnavailableError,
+)
 from evalfleet.common.logging import get_logger
 from evalfleet.common.request_kind import RequestKind
 from evalfleet.server.job import Job
@@ -63,7 +67,6 @@ MAX_ATTEMPTS = 3
 RPC_TIMEOUT_S = 300.0
 _REQUEST = {RequestKind.LOGLIKELIHOOD: ipb.LoglikelihoodRequest,
             RequestKind.GENERATE_UNTIL: ipb.GenerateUntilRequest}
-_ENDED = ipb.PROVIDER_BATCH_STATE_ENDED
 _IN_PROGRESS = ipb.PROVIDER_BATCH_STATE_IN_PROGRESS
 _WORKER_DOWN = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED,
                 grpc.StatusCode.CANCELLED, grpc.StatusCode.INTERNAL,
@@ -72,12 +75,26 @@ _WORKER_DOWN = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED,
 
 def chunk_size() -> int:
     """Requests per provider batch (``EVALFLEET_BATCH_CHUNK``, default 10,000)."""
-    return max(1, int(os.environ.get("EVALFLEET_BATCH_CHUNK", "10000")))
+    return int(_setting("EVALFLEET_BATCH_CHUNK", "10000", int, "a whole number of requests"))
 
 
 def poll_interval_s() -> float:
     """Seconds between polls of a job's open batches (``EVALFLEET_BATCH_POLL_S``, default 30)."""
-    return max(0.01, float(os.environ.get("EVALFLEET_BATCH_POLL_S", "30")))
+    return _setting("EVALFLEET_BATCH_POLL_S", "30", float, "a number of seconds")
+
+
+def _setting(name: str, default: str, parse: Any, what: str) -> float:
+    """The coordinator's environment variable ``name``: a positive ``what``, else a one-line
+    ``InvalidArgumentError`` naming it."""
+    text = os.environ.get(name, default)
+    try:
+        value = parse(text)
+    except ValueError:
+        value = 0
+    if not value > 0:
+        raise InvalidArgumentError(f"{name}={text!r} on the coordinator: give {what} above 0 "
+                                   f"(default {default})")
+    return value
 
 
 def _requests(kind: str, items: list[WorkItem]) -> Any:

@@ -372,3 +372,17 @@ def test_requests_are_cut_into_chunks_of_the_configured_size(fleet, tiny_model_d
     assert len({tag for tag, _ in provider.submissions}) == 3
     assert [(n, state) for _, n, _, state, _ in _records(tmp_path / "batch.db")] == [
         (3, "done"), (3, "done"), (2, "done")]
+
+
+@pytest.mark.parametrize("name,value", [("EVALFLEET_BATCH_CHUNK", "lots"),
+                                        ("EVALFLEET_BATCH_CHUNK", "0"),
+                                        ("EVALFLEET_BATCH_POLL_S", "-1")])
+def test_bad_batch_settings_are_one_line_naming_the_variable(monkeypatch, name, value):
+    from evalfleet.common.errors import InvalidArgumentError
+    from evalfleet.server.provider_batches import chunk_size, poll_interval_s
+
+    monkeypatch.setenv(name, value)
+    with pytest.raises(InvalidArgumentError) as refused:
+        chunk_size() if name == "EVALFLEET_BATCH_CHUNK" else poll_interval_s()
+    assert str(refused.value).startswith(f"{name}={value!r} on the coordinator: give ")
+    assert "\n" not in str(refused.value)
