@@ -37,6 +37,8 @@ from evalfleet.v1 import coordinator_pb2 as cpb
 from evalfleet.v1 import coordinator_pb2_grpc as cpb_grpc
 
 REPO = Path(__file__).resolve().parent.parent
+#: The coordinators' poll interval here (EVALFLEET_BATCH_POLL_S).
+POLL_S = "0.2"
 TERMINAL = (cpb.EVALUATION_STATE_SUCCEEDED, cpb.EVALUATION_STATE_FAILED,
             cpb.EVALUATION_STATE_CANCELLED)
 
@@ -105,7 +107,7 @@ def _free_port() -> int:
 
 
 def _coordinator(store: Path, worker: str, port: int, log: Path) -> subprocess.Popen:
-    env = {**os.environ, "EVALFLEET_BATCH_POLL_S": "0.2"}
+    env = {**os.environ, "EVALFLEET_BATCH_POLL_S": POLL_S}
     with open(log, "a") as handle:
         return subprocess.Popen(
             [str(Path(sys.executable).parent / "evalfleet"), "serve", "coordinator", "--store",
@@ -176,6 +178,8 @@ def _restart_part(base_url: str, worker: str, model_args: dict, limit: int) -> d
 
 async def batch_part(base_url: str, model_dir: Path, data_dir: str, limit: int) -> dict:
     """The batch API keys of bench_remote.py's JSON line (see the module docstring)."""
+    # The stand-in ends a released batch at once: poll it often (the default is 30 s).
+    os.environ.setdefault("EVALFLEET_BATCH_POLL_S", POLL_S)
     model_args = {"model": "smol", "base_url": base_url, "api_key": "dummy",
                   "tokenizer": str(model_dir), "probe_interval_s": 86400}
     args = {**model_args, "batch_api": True}
@@ -200,5 +204,6 @@ async def batch_part(base_url: str, model_dir: Path, data_dir: str, limit: int) 
     return {"batch_limit": limit, "batch_api_equal_to_online": bool(equal),
             "batch_submissions_for_the_job": submitted,
             "batch_job_seconds": round(batch_seconds, 2),
+            "batch_poll_s": float(os.environ["EVALFLEET_BATCH_POLL_S"]),
             "batch_errors": [r["error"] for r in (online[0], batched[0]) if "error" in r] or None,
             **restart}
