@@ -15,7 +15,8 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from evalfleet.server.planning import JobPlan
 from evalfleet.server.spec import ParsedSpec
-from evalfleet.server.usage import JobUsage, Pricing, job_pricing, usage_event
+from evalfleet.server.store.base import decode_progress, encode_progress
+from evalfleet.server.usage import JobUsage, Pricing, job_pricing, task_usage, usage_event
 from evalfleet.v1 import coordinator_pb2 as cpb
 from evalfleet.v1 import inference_pb2 as ipb
 
@@ -66,6 +67,7 @@ class Job:
     #: what a retired job keeps of its plan: its final progress and its unique requests
     _final_progress: list[cpb.TaskProgress] = field(default_factory=list, repr=False)
     _unique_requests: int = field(default=0, repr=False)
+    _task_names: list[str] = field(default_factory=list, repr=False)
 
     @property
     def unique_requests(self) -> int:
@@ -82,6 +84,7 @@ class Job:
             return
         self._final_progress = self.progress()
         self._unique_requests = len(self.plan.work)
+        self._task_names = self.task_names()
         self.plan = None
         self.dispatch = None
         self._groups = None
@@ -99,6 +102,25 @@ class Job:
     def positions_computed(self) -> int:
         """Model positions the workers computed for this job."""
         return self.cost.positions_computed
+
+    def task_names(self) -> list[str]:
+        """The job's tasks, in order (kept when it is retired)."""
+        return self._task_names if self.plan is None else [p.task.name for p in self.plan.tasks]
+
+    def task_usage(self) -> list[cpb.TaskUsage]:
+        """Each task's usage so far (and cost), in task order."""
+        return task_usage(self.usage, self.task_names(), self.pricing)
+
+    def restore_usage(self, stored: bytes | None) -> None:
+        """Start from the usage a stored progress holds (``stored_progress`` of an earlier
+        run of this job, before a coordinator restart; none: zero)."""
+        self.usage = JobUsage.restore(decode_progress(stored).task_usage)
+
+    def stored_progress(self) -> bytes:
+        """What the store keeps of the job's progress (``JobRecord.progress``): per task done
+        and usage, and its distinct requests; a resumed job's usage starts from it."""
+        return encode_progress(self.progress(), self.unique_requests, self.task_usage(),
+                               usage_event(self.usage, self.pricing))
 
     def progress(self) -> list[cpb.TaskProgress]:
         """Requests and documents done per task, each with the group asked for it folds into."""
@@ -123,10 +145,13 @@ class Job:
         return self._groups
 
     def to_proto(self) -> cpb.Evaluation:
+        """The job as ``GetEvaluation`` answers it: state, progress and usage so far."""
         return cpb.Evaluation(id=self.id, state=self.state, spec=self.parsed.spec,
                               progress=self.progress(), error=self.error,
                               created_at=self.created_at, updated_at=self.updated_at,
-                              unique_requests=self.unique_requests)
+                              unique_requests=self.unique_requests,
+                              usage=usage_event(self.usage, self.pricing),
+                              task_usage=self.task_usage())
 
     def publish(self, message: str) -> None:
         """Record an event and hand it to every watcher."""

@@ -15,7 +15,6 @@ from evalfleet.server.job_leases import LeaseKeeper
 from evalfleet.server.registry import WorkerRegistry
 from evalfleet.server.scheduler import Scheduler
 from evalfleet.server.store import ACTIVE_STATES, JobStore
-from evalfleet.server.store.base import encode_progress
 from evalfleet.v1 import coordinator_pb2 as cpb
 
 log = get_logger("jobs")
@@ -38,10 +37,11 @@ class JobExecution:
         self._finished: dict[str, Job] = {}  # retired jobs still in ``jobs``, oldest first
 
     def start(self, job: Job) -> None:
-        """Hold the job and run it in the background."""
+        """Hold the job and run it in the background; its usage is stored as it is counted."""
         self._finished.pop(job.id, None)  # an earlier run of it, lost, then claimed again
         self.jobs[job.id] = job
         self.leases.held.add(job.id)
+        job.usage.on_change = lambda: self.leases.checkpoint(job.id)
         job.runner = asyncio.create_task(self.run(job), name=f"job-{job.id}")
 
     async def set_state(self, job: Job, state: int, message: str, error: str = "") -> bool:
@@ -49,8 +49,7 @@ class JobExecution:
         runner no longer holds it."""
         if job.lost:
             return False
-        final = encode_progress(job.progress(), job.unique_requests) if state in TERMINAL \
-            else None
+        final = job.stored_progress() if state in TERMINAL else None
         if await self.store.transition(job.id, self.owner, ACTIVE_STATES, state,
                                        error=error, progress=final) is None:
             log.warning("job_state_refused", job=job.id, state=state, owner=self.owner)

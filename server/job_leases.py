@@ -8,6 +8,11 @@ written from here. With ``claim_interval_s`` (``serve coordinator``), a claim lo
 jobs whose coordinator died (lease expired) or handed them back, and resumes them under the same
 id, reusing every stored answer; a claimed job that finds no worker for its model waits (QUEUED,
 handed back, retried) instead of failing.
+
+Each renewal stores the job's progress and usage (``Job.stored_progress``); so does a
+checkpoint right after each batch is counted (:meth:`LeaseKeeper.checkpoint`, one write at a
+time, at most one every ``CHECKPOINT_INTERVAL_S``), so a job resumed after a kill restarts its
+usage from what its stored answers cost, less at most the batches of that last interval.
 """
 
 from __future__ import annotations
@@ -21,10 +26,13 @@ from evalfleet.common.logging import get_logger
 from evalfleet.server.job import TERMINAL, Job
 from evalfleet.server.scheduler import Scheduler
 from evalfleet.server.store import ACTIVE_STATES, JobRecord, JobStore
-from evalfleet.server.store.base import encode_progress
 from evalfleet.v1 import coordinator_pb2 as cpb
 
 log = get_logger("jobs")
+
+#: Least seconds between two usage checkpoints of one job (batches counted meanwhile are
+#: written together by the next one).
+CHECKPOINT_INTERVAL_S = 0.1
 
 
 class LeaseKeeper:
@@ -46,6 +54,8 @@ class LeaseKeeper:
         self.retry_at: dict[str, float] = {}  # claimed jobs waiting for workers: next try
         self.resuming: dict[str, asyncio.Task] = {}
         self._loops: list[asyncio.Task] = []
+        self._checkpoints: dict[str, asyncio.Task] = {}  # job id -> its checkpoint writer
+        self._dirty: set[str] = set()  # jobs counted again while their checkpoint was written
 
     def start(self) -> None:
         """Start the lease heartbeat (and the claim loop when ``claim_interval_s`` is set)."""
@@ -57,11 +67,41 @@ class LeaseKeeper:
 
     async def stop(self) -> None:
         """Stop the heartbeat, the claim loop and the resumptions under way."""
-        for task in [*self._loops, *self.resuming.values()]:
+        tasks = [*self._loops, *self.resuming.values(), *self._checkpoints.values()]
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(*self._loops, *self.resuming.values(), return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
         self._loops.clear()
         self.resuming.clear()
+        self._checkpoints.clear()
+
+    def checkpoint(self, job_id: str) -> None:
+        """Store the held job's progress and usage soon (a batch of it was just counted): one
+        write at a time per job; calls while one is under way ask for one more after it."""
+        if job_id in self._checkpoints:
+            self._dirty.add(job_id)
+            return
+        if job_id in self.held:
+            self._checkpoints[job_id] = asyncio.create_task(self._write_checkpoints(job_id),
+                                                            name=f"checkpoint-{job_id}")
+
+    async def _write_checkpoints(self, job_id: str) -> None:
+        try:
+            while True:
+                self._dirty.discard(job_id)
+                progress = self._progress(job_id)
+                if progress is None or job_id not in self.held:
+                    return
+                try:
+                    await self.store.renew_lease(job_id, self.owner, self.lease_s,
+                                                 progress=progress)
+                except Exception:  # noqa: BLE001 - the next renewal or checkpoint stores it
+                    log.warning("job_checkpoint_failed", job=job_id, owner=self.owner)
+                if job_id not in self._dirty:
+                    return
+                await asyncio.sleep(CHECKPOINT_INTERVAL_S)
+        finally:  # no await between the last look at _dirty and this
+            self._checkpoints.pop(job_id, None)
 
     async def release_all(self) -> None:
         """Hand every held lease back to the store (another coordinator takes the jobs)."""
@@ -150,7 +190,7 @@ class LeaseKeeper:
         job = self.jobs.get(job_id)
         if job is None or job.lost:
             return None
-        return encode_progress(job.progress(), job.unique_requests)
+        return job.stored_progress()
 
     def lose(self, job_id: str, record: JobRecord | None = None) -> None:
         """The store refused to renew the job's lease: stop it, write nothing more. When it

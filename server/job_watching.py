@@ -46,8 +46,9 @@ class JobWatcher:
             key = (record.state, record.error, record.owner)
             if key != last:
                 last = key
+                stored = decode_progress(record.progress)
                 yield cpb.EvaluationEvent(id=record.id, state=record.state,
-                                          progress=decode_progress(record.progress).progress,
+                                          progress=stored.progress, usage=stored.usage,
                                           message=_stored_message(record, self.owner))
             if record.state in TERMINAL:
                 return

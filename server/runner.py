@@ -185,6 +185,7 @@ class JobRunner:
         self.leases.retry_at.pop(record.id, None)
         job = Job(id=record.id, parsed=parsed, plan=plan, model_info=workers[0].info,
                   allowed=allowed, state=record.state)
+        job.restore_usage(record.progress)  # what its earlier runs spent
         job.created_at.FromNanoseconds(int(record.created_at * 1e9))
         self.execution.start(job)
         job.publish(f"resumed by coordinator {self.owner} (takeover {record.attempts})")

@@ -18,9 +18,10 @@ section, beside lm-eval's (whose schema is kept)::
 
 Rules:
 
-* Requests answered from the answer store (an earlier job's answers, or this job's own before
-  a coordinator restart) are not counted: nothing was spent on them now. ``requests`` is the
-  number computed for this job.
+* Requests answered from the answer store are not counted again: an earlier job's answers
+  cost this job nothing; this job's own, computed before a coordinator restart, were counted
+  then and come back with its stored usage (below). ``requests`` is the number computed for
+  this job.
 * A request shared by several tasks (the same prompt: asked once) is counted once, for the
   first of them in the job's task order, so the tasks add up to the job's total.
 * ``cost`` (and ``currency``, ``price``) appear only when the spec's price table has the job's
@@ -29,12 +30,25 @@ Rules:
   ``batch_api=true`` the table's ``batch_discount`` is applied.
 * Tokens are 0 where the worker cannot know them (loglikelihood on hf/vllm).
 
-Watch events carry the job's totals so far (``EvaluationEvent.usage``).
+Watch events carry the job's totals so far (``EvaluationEvent.usage``); ``GetEvaluation`` and
+``ListEvaluations`` carry them and each task's (``Evaluation.usage``, ``task_usage``).
+
+Across a coordinator restart: the job's per-task usage is stored with its progress
+(``Evaluation.task_usage`` in ``JobRecord.progress``) with every lease renewal, when it ends,
+and right after each batch's answers are stored and counted (:meth:`JobUsage.count_batch` calls
+``on_change``; the lease keeper writes it at once, coalesced). A job resumed by a restarted or
+another coordinator starts from the stored usage (:meth:`JobUsage.restore`), so its results
+count what was computed before the restart once (those answers come from the store and count
+nothing again) and what is computed after it. What can be missed: the answers of the batches
+whose usage write had not reached the store when the coordinator was killed (the moments
+between a batch's answer write and its usage write), and calls a worker had in flight at the
+kill, which the provider answered (and billed) but whose answers died with the coordinator:
+those are sent again after the restart and counted once, for the answer the job keeps.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -80,6 +94,18 @@ class JobUsage:
     tasks: dict[str, UsageCounts] = field(default_factory=dict)
     #: answer id -> index of the first task asking it (built once, for provider batches)
     _first: dict[str, int] | None = field(default=None, repr=False)
+    #: called after each counted batch (the lease keeper stores the usage at once)
+    on_change: Callable[[], None] | None = field(default=None, repr=False)
+
+    @classmethod
+    def restore(cls, stored: Iterable[cpb.TaskUsage]) -> JobUsage:
+        """The usage a job's stored progress holds (``Evaluation.task_usage``; none: zero)."""
+        usage = cls()
+        for item in stored:
+            counts = usage._task(item.task)
+            counts.merge(UsageCounts(**{f.name: getattr(item.usage, f.name)
+                                        for f in fields(UsageCounts)}))
+        return usage
 
     def count_batch(self, kind: str, answers: AnswerSlices, owners: np.ndarray,
                     names: Sequence[str], worker_counted: bool) -> None:
@@ -90,8 +116,13 @@ class JobUsage:
         for name, n in zip(names, requests, strict=True):
             if n:
                 self._task(name).requests += n
-        if not worker_counted:
-            return
+        if worker_counted:
+            self._count_tokens(kind, answers, owners, names)
+        if self.on_change is not None:
+            self.on_change()
+
+    def _count_tokens(self, kind: str, answers: AnswerSlices, owners: np.ndarray,
+                      names: Sequence[str]) -> None:
         message = ANSWER_MESSAGE[kind]
         raw = answers.raw
         for owner, start, end in zip(owners.tolist(), answers.starts.tolist(),
@@ -207,12 +238,26 @@ def results_section(job: Any) -> dict[str, Any]:
     return {SECTION: usage_section(job.usage, names, job.pricing)}
 
 
-def usage_event(usage: JobUsage, pricing: Pricing | None) -> cpb.TokenUsage:
-    """The job's totals so far, as Watch events carry them."""
-    total = usage.total()
-    msg = cpb.TokenUsage(**total.as_dict())
-    cost = pricing.cost(total) if pricing is not None else None
+def _token_usage(counts: UsageCounts, pricing: Pricing | None) -> cpb.TokenUsage:
+    msg = cpb.TokenUsage(**counts.as_dict())
+    cost = pricing.cost(counts) if pricing is not None else None
     if cost is not None:
         msg.cost = cost
         msg.currency = pricing.currency
     return msg
+
+
+def usage_event(usage: JobUsage, pricing: Pricing | None) -> cpb.TokenUsage:
+    """The job's totals so far, as Watch events carry them."""
+    return _token_usage(usage.total(), pricing)
+
+
+def task_usage(usage: JobUsage, task_names: Sequence[str], pricing: Pricing | None
+               ) -> list[cpb.TaskUsage]:
+    """Each task's usage so far, in ``task_names``' order (``Evaluation.task_usage``, also
+    what the store keeps for a restart); a task counted but not named (a job's plan not
+    known, e.g. retired) follows them."""
+    named = set(task_names)
+    names = [*task_names, *(n for n in usage.tasks if n not in named)]
+    return [cpb.TaskUsage(task=name, usage=_token_usage(usage.tasks.get(name, UsageCounts()),
+                                                        pricing)) for name in names]

@@ -69,17 +69,21 @@ def job_from_row(row: Sequence) -> JobRecord:
                      progress=bytes(row[11]) if row[11] is not None else None)
 
 
-def encode_progress(progress: Iterable[cpb.TaskProgress], unique_requests: int = 0) -> bytes:
-    """A job's per-task progress (and its distinct requests) as stored in
-    ``JobRecord.progress``: a serialized ``Evaluation`` holding only those fields (tens of
-    bytes a task)."""
-    return cpb.Evaluation(progress=progress, unique_requests=unique_requests
-                          ).SerializeToString()
+def encode_progress(progress: Iterable[cpb.TaskProgress], unique_requests: int = 0,
+                    task_usage: Iterable[cpb.TaskUsage] = (),
+                    usage: cpb.TokenUsage | None = None) -> bytes:
+    """A job's per-task progress and usage, its total usage and its distinct requests as
+    stored in ``JobRecord.progress``: a serialized ``Evaluation`` holding only those fields
+    (tens of bytes a task)."""
+    return cpb.Evaluation(progress=progress, unique_requests=unique_requests,
+                          task_usage=task_usage, usage=usage).SerializeToString()
 
 
 def decode_progress(stored: bytes | None) -> cpb.Evaluation:
-    """What ``encode_progress`` stored, as an ``Evaluation`` holding only ``progress`` and
-    ``unique_requests``; empty for a record without progress (or with unreadable bytes)."""
+    """What ``encode_progress`` stored, as an ``Evaluation`` holding only ``progress``,
+    ``unique_requests``, ``task_usage`` and ``usage``; empty for a record without progress (or
+    with unreadable bytes). A record stored before usage was kept decodes with none (zero
+    usage)."""
     evaluation = cpb.Evaluation()
     if stored:
         try:

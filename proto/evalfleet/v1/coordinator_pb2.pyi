@@ -206,7 +206,7 @@ class TaskProgress(_message.Message):
     def __init__(self, task: _Optional[str] = ..., done: _Optional[int] = ..., total: _Optional[int] = ..., docs_total: _Optional[int] = ..., docs_done: _Optional[int] = ..., group: _Optional[str] = ...) -> None: ...
 
 class Evaluation(_message.Message):
-    __slots__ = ("id", "state", "spec", "progress", "error", "created_at", "updated_at", "unique_requests")
+    __slots__ = ("id", "state", "spec", "progress", "error", "created_at", "updated_at", "unique_requests", "usage", "task_usage")
     ID_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     SPEC_FIELD_NUMBER: _ClassVar[int]
@@ -215,6 +215,8 @@ class Evaluation(_message.Message):
     CREATED_AT_FIELD_NUMBER: _ClassVar[int]
     UPDATED_AT_FIELD_NUMBER: _ClassVar[int]
     UNIQUE_REQUESTS_FIELD_NUMBER: _ClassVar[int]
+    USAGE_FIELD_NUMBER: _ClassVar[int]
+    TASK_USAGE_FIELD_NUMBER: _ClassVar[int]
     id: str
     state: EvaluationState
     spec: EvaluationSpec
@@ -223,7 +225,17 @@ class Evaluation(_message.Message):
     created_at: _timestamp_pb2.Timestamp
     updated_at: _timestamp_pb2.Timestamp
     unique_requests: int
-    def __init__(self, id: _Optional[str] = ..., state: _Optional[_Union[EvaluationState, str]] = ..., spec: _Optional[_Union[EvaluationSpec, _Mapping]] = ..., progress: _Optional[_Iterable[_Union[TaskProgress, _Mapping]]] = ..., error: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., unique_requests: _Optional[int] = ...) -> None: ...
+    usage: TokenUsage
+    task_usage: _containers.RepeatedCompositeFieldContainer[TaskUsage]
+    def __init__(self, id: _Optional[str] = ..., state: _Optional[_Union[EvaluationState, str]] = ..., spec: _Optional[_Union[EvaluationSpec, _Mapping]] = ..., progress: _Optional[_Iterable[_Union[TaskProgress, _Mapping]]] = ..., error: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., unique_requests: _Optional[int] = ..., usage: _Optional[_Union[TokenUsage, _Mapping]] = ..., task_usage: _Optional[_Iterable[_Union[TaskUsage, _Mapping]]] = ...) -> None: ...
+
+class TaskUsage(_message.Message):
+    __slots__ = ("task", "usage")
+    TASK_FIELD_NUMBER: _ClassVar[int]
+    USAGE_FIELD_NUMBER: _ClassVar[int]
+    task: str
+    usage: TokenUsage
+    def __init__(self, task: _Optional[str] = ..., usage: _Optional[_Union[TokenUsage, _Mapping]] = ...) -> None: ...
 
 class CreateEvaluationRequest(_message.Message):
     __slots__ = ("spec",)
