@@ -13,6 +13,7 @@ again and counts it once, for the answer it keeps (see server/usage.py).
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 import urllib.request
@@ -21,6 +22,7 @@ import grpc
 from conftest import openai_test_server
 from test_coordinator_crash import LEASE_S, Coordinator
 
+from evalfleet.server.job_leases import LeaseKeeper
 from evalfleet.server.store import SqliteJobStore
 from evalfleet.server.store.base import decode_progress, encode_progress
 from evalfleet.server.usage import JobUsage
@@ -59,7 +61,7 @@ def test_usage_survives_a_kill_9_and_equals_the_stand_ins_count(
     from evalfleet.inference.server import load_backend, start_worker
     from evalfleet.server.service import CoordinatorOptions, start_coordinator
 
-    srv = openai_test_server(tiny_model_dir, "--delay", "0.1")
+    srv = openai_test_server(tiny_model_dir, "--delay", "0.05")
     args = {"model": "smol", "base_url": f"{srv.base_url}/chat/completions",
             "num_concurrent": 2}
 
@@ -160,3 +162,45 @@ def test_a_progress_record_from_before_usage_was_kept_decodes_with_zero_usage():
     assert restored.tasks["arc_easy"].as_dict() == {
         "requests": 3, "prompt_tokens": 30, "cached_tokens": 8, "completion_tokens": 3,
         "reasoning_tokens": 0}
+
+
+def test_a_counted_batch_is_stored_at_once_one_write_at_a_time(background_loop):
+    """``LeaseKeeper.checkpoint`` (what ``JobUsage.on_change`` calls for a held job): the
+    usage is written at once, not at the next renewal (a lease of 30 s here); batches counted
+    while a write is under way are written together by one more; a job not held writes
+    nothing."""
+
+    class Store:
+        def __init__(self) -> None:
+            self.writes: list[tuple[str, bytes]] = []
+
+        async def renew_lease(self, job_id: str, owner: str, lease_s: float, *,
+                              progress: bytes | None = None, now: float | None = None) -> bool:
+            self.writes.append((job_id, progress))
+            await asyncio.sleep(0.05)
+            return True
+
+    class CountingJob:
+        lost = False
+        batches = 0
+
+        def stored_progress(self) -> bytes:
+            return str(self.batches).encode()
+
+    async def scenario() -> list[tuple[str, bytes]]:
+        store, job = Store(), CountingJob()
+        keeper = LeaseKeeper(store, None, {"a": job, "b": CountingJob()}, owner="me",
+                             lease_s=30, claim_interval_s=None, resume=None)
+        keeper.held.add("a")
+        for _ in range(5):
+            job.batches += 1
+            keeper.checkpoint("a")
+            keeper.checkpoint("b")
+            await asyncio.sleep(0)
+        deadline = time.monotonic() + 5
+        while keeper._checkpoints and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        await keeper.stop()
+        return store.writes
+
+    assert background_loop.run(scenario()) == [("a", b"1"), ("a", b"5")]
