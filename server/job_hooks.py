@@ -45,11 +45,11 @@ def normalized_spec(spec: cpb.EvaluationSpec, sinks: dict[str, Any] | None
     return normalized
 
 
-def prepare_task(task: EvalTask, overrides: TaskOverrides) -> None:
-    """Apply the job's overrides to a task built for it: ``predict_only`` makes the task's only
-    metric ``bypass`` (lm-eval's ``override_metric``; see :meth:`EvalTask.set_predict_only`)."""
-    if overrides.predict_only:
-        task.set_predict_only()
+def prepare_task(task: EvalTask, overrides: TaskOverrides) -> EvalTask:
+    """The task as the job's overrides want it, ``task`` left as it is: ``predict_only`` gives
+    a copy whose only metric is ``bypass`` (lm-eval's ``override_metric``; see
+    :meth:`EvalTask.predicting_only`)."""
+    return task.predicting_only() if overrides.predict_only else task
 
 
 def start_planning(spec: cpb.EvaluationSpec) -> None:

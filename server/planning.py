@@ -168,8 +168,7 @@ def build_plan(parsed: ParsedSpec, data_dir: str | Path | None, include_paths: S
             f"spec.samples: {', '.join(map(repr, unknown))} not among the job's tasks "
             f"({', '.join(names)})")
     for name in names:
-        task = tree.tasks[name]
-        job_hooks.prepare_task(task, parsed.task_overrides)
+        task = job_hooks.prepare_task(tree.tasks[name], parsed.task_overrides)
         samples = (parsed.samples or {}).get(name)
         try:
             built = job_hooks.task_requests(task, parsed, samples, chat)

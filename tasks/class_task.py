@@ -9,6 +9,7 @@ Classes may subclass ``lm_eval.api.task.Task`` (lm-eval installed) or
 
 from __future__ import annotations
 
+import copy
 import inspect
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
@@ -182,11 +183,13 @@ class ClassTask(EvalTask):
         return [f"yaml: {self.source}",
                 f"class: {self.config['class']} ({len(self.all_eval_docs())} docs)"]
 
-    def set_predict_only(self) -> None:
-        """The only metric becomes ``bypass`` and the class's ``process_results`` is replaced
-        (as lm-eval's ``override_metric``)."""
-        self.metric_list = [default_metric("bypass")]
-        self.process_results_fn = lambda doc, results: {"bypass": None}
+    def predicting_only(self) -> ClassTask:
+        """A copy whose only metric is ``bypass``, the class's ``process_results`` replaced (as
+        lm-eval's ``override_metric``)."""
+        clone = copy.copy(self)
+        clone.metric_list = [default_metric("bypass")]
+        clone.process_results_fn = lambda doc, results: {"bypass": None}
+        return clone
 
     # ------------------------------------------------------------------ docs
     def require_data(self, num_fewshot: int | None) -> None:

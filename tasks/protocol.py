@@ -62,8 +62,9 @@ class EvalTask(abc.ABC):
         (``evalfleet tasks show``)."""
 
     @abc.abstractmethod
-    def set_predict_only(self) -> None:
-        """lm-eval's ``--predict_only``: compute no metric (the task's only one is bypass)."""
+    def predicting_only(self) -> EvalTask:
+        """lm-eval's ``--predict_only``: a copy of this task that computes no metric (its only
+        one is bypass); this task is left as it is."""
 
     # ------------------------------------------------------------------ documents
     @abc.abstractmethod

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import copy
+import dataclasses
 import hashlib
 import json
 from collections.abc import Callable, Sequence
@@ -94,13 +95,15 @@ class Task(EvalTask):
                 f"dataset: {cfg.dataset_path} / {cfg.dataset_name or 'default'} split "
                 f"{self.eval_split} ({len(self.all_eval_docs())} docs)"]
 
-    def set_predict_only(self) -> None:
-        """The only metric becomes ``bypass``, in the config too (as lm-eval's
-        ``override_metric``)."""
-        self.metric_list = [default_metric("bypass")]
-        self.process_results_fn = None
-        self.cfg.metric_list = [{"metric": "bypass"}]
-        self.cfg.process_results = "process_results"  # type: ignore[assignment]
+    def predicting_only(self) -> Task:
+        """A copy whose only metric is ``bypass``, in its config too (as lm-eval's
+        ``override_metric``); documents already read are shared."""
+        clone = copy.copy(self)
+        clone.metric_list = [default_metric("bypass")]
+        clone.process_results_fn = None
+        clone.cfg = dataclasses.replace(self.cfg, metric_list=[{"metric": "bypass"}],
+                                        process_results="process_results")  # type: ignore[arg-type]
+        return clone
 
     def _parse_filters(self) -> list[FilterPipeline]:
         raw = self.cfg.filter_list

@@ -82,7 +82,8 @@ def test_task_overrides_are_a_value_of_the_parsed_spec(data_dir):
         parsed.task_overrides.predict_only = False  # type: ignore[misc]
     for overrides, metrics in ((TaskOverrides(), ["acc", "acc_norm"]),
                                (parsed.task_overrides, ["bypass"])):
-        task = load_tasks(parsed, data_dir, []).tasks["arc_easy"]
-        prepare_task(task, overrides)
+        built = load_tasks(parsed, data_dir, []).tasks["arc_easy"]
+        task = prepare_task(built, overrides)
         assert [m.name for m in task.metric_list] == metrics
+        assert [m.name for m in built.metric_list] == ["acc", "acc_norm"]  # left as it was
     assert not spec.log_samples and spec.predict_only  # parse_spec left the spec as it was

@@ -102,14 +102,20 @@ def test_origin_task_file_and_samples_wording_per_kind(manager: TaskManager,
 
 
 def test_predict_only_makes_bypass_the_only_metric_of_either_kind(manager: TaskManager) -> None:
-    cls, yaml, _ = _kinds(manager)
-    for task in (cls, yaml):
-        task.set_predict_only()
+    built = _kinds(manager)
+    before = [([m.name for m in t.metric_list], t.process_results_fn, t.config.get("metric_list"))
+              for t in built]
+    cls, yaml, formatted = (t.predicting_only() for t in built)
+    for task in (cls, yaml, formatted):
         assert [m.name for m in task.metric_list] == ["bypass"]
     assert yaml.process_results_fn is None
     assert yaml.config["metric_list"] == [{"metric": "bypass"}]
     assert cls.process_results_fn is not None
     assert cls.process_results_fn({"q": "x"}, [(0.0, True)]) == {"bypass": None}
+    # a value, not a mutation: the tasks built first keep their metrics and config
+    assert [([m.name for m in t.metric_list], t.process_results_fn, t.config.get("metric_list"))
+            for t in built] == before
+    assert "bypass" not in before[1][0] and before[1][2] != [{"metric": "bypass"}]
 
 
 def test_warm_up_loads_a_yaml_tasks_documents_not_a_class_tasks(
