@@ -155,7 +155,10 @@ def test_settles_near_the_servers_limit_without_failures(limited_stand_in):
     assert all(r == "The best answer is A" for r in results)
     stats = _stats(limited_stand_in)
     assert stats["answered"] >= 2 * per_batch and stats["rate_limited"] > 0  # it probed past N
-    assert limiter.throttles > 0 and N - 2 <= limiter.current <= N + 1  # cut, settled near N
+    # cut, and settled near N (not at the ceiling of 16): the client counts a call in flight
+    # until its answer is read, so on a loaded machine the server sees fewer at once than the
+    # limiter allows, and the limit may end a step or two above N before the next 429
+    assert limiter.throttles > 0 and N - 2 <= limiter.current <= N + 2
     ideal_s = 2 * per_batch * DELAY_S / N
     assert max(a_s, b_s) < 3 * ideal_s + 1.0, (a_s, b_s, ideal_s)
     assert min(a_s, b_s) / max(a_s, b_s) > 0.75  # neither batch starved the other

@@ -138,6 +138,10 @@ def fleet(background_loop, hf_backend, tiny_model_dir, data_dir, tmp_path, monke
     class Fleet:
         hf = hf_backend
 
+        def stop_coordinator(self) -> None:
+            """Stop the running coordinator (its store closed), as a crash leaves the store."""
+            stop_coordinator()
+
         def worker(self, provider: FakeProvider) -> None:
             running["worker"] = background_loop.run(start_worker(provider,
                                                                  model_args=model_args))
@@ -292,6 +296,7 @@ def test_chunk_stopped_before_its_batch_id_was_stored_is_found_again_by_its_tag(
     _wait("the batch made at the provider", lambda: provider.submissions)
     assert _stored("batch.db", tmp_path, job.id) == [("loglikelihood-0000", 8, "", "submitting",
                                                       1)]
+    fleet.stop_coordinator()  # while its SubmitBatch is unanswered: no id is ever stored
     provider.stall_submits = False
     address = fleet.coordinator("batch.db")
     final = _ended(address, job.id)
