@@ -278,6 +278,20 @@ def openai_test_server(model_dir: Path, *extra: str, served_name: str = "smol",
                           *extra], port, log_dir=log_dir)
 
 
+def anthropic_test_server(model_dir: Path, *extra: str, record: Path | None = None
+                          ) -> ServerProcess:
+    """tests/servers/anthropic_messages.py serving ``model_dir`` as "claude-stand-in";
+    ``record``: where it writes each request body (``srv.record``)."""
+    import sys
+
+    port = free_port()
+    args = [*extra, *(("--record", str(record)) if record else ())]
+    srv = ServerProcess([sys.executable, str(SERVERS_DIR / "anthropic_messages.py"), "--model",
+                         str(model_dir), "--port", str(port), *args], port)
+    srv.record = record
+    return srv
+
+
 def recorded_requests(server) -> list[dict]:
     """The JSON bodies a test server started with ``--record`` (its ``record`` file) received."""
     import json

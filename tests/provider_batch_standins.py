@@ -4,12 +4,11 @@ tests/servers/batch_standin.py for the controls)."""
 from __future__ import annotations
 
 import json
-import sys
 import urllib.request
 from pathlib import Path
 from typing import Any
 
-from conftest import SERVERS_DIR, ServerProcess, free_port, openai_test_server
+from conftest import ServerProcess, openai_test_server
 
 
 def openai_standin(model_dir: Path, *extra: str, record: Path | None = None) -> ServerProcess:
@@ -17,17 +16,6 @@ def openai_standin(model_dir: Path, *extra: str, record: Path | None = None) -> 
     ``record``: where it writes each online request body (``srv.record``)."""
     args = [*extra, *(("--record", str(record)) if record else ())]
     srv = openai_test_server(model_dir, *args)
-    srv.record = record
-    return srv
-
-
-def anthropic_standin(model_dir: Path, *extra: str, record: Path | None = None
-                      ) -> ServerProcess:
-    """tests/servers/anthropic_messages.py serving ``model_dir`` as "claude-stand-in"."""
-    port = free_port()
-    args = [*extra, *(("--record", str(record)) if record else ())]
-    srv = ServerProcess([sys.executable, str(SERVERS_DIR / "anthropic_messages.py"), "--model",
-                         str(model_dir), "--port", str(port), *args], port)
     srv.record = record
     return srv
 

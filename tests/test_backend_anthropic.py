@@ -8,12 +8,15 @@ The stand-in (tests/servers/anthropic_messages.py) generates with the tiny model
 from __future__ import annotations
 
 import json
-import sys
 import urllib.request
 
 import grpc
 import pytest
-from conftest import SERVERS_DIR, ServerProcess, free_port, recorded_requests, run_evaluation
+from conftest import (
+    anthropic_test_server,
+    recorded_requests,
+    run_evaluation,
+)
 
 from evalfleet.inference.backends.base import BackendArgumentError
 from evalfleet.v1 import coordinator_pb2 as cpb
@@ -25,11 +28,7 @@ GEN_KWARGS = "max_gen_toks=16"
 @pytest.fixture(scope="module")
 def stand_in(tiny_model_dir, tmp_path_factory):
     record = tmp_path_factory.mktemp("anthropic") / "requests.jsonl"
-    port = free_port()
-    srv = ServerProcess([sys.executable, str(SERVERS_DIR / "anthropic_messages.py"),
-                         "--model", str(tiny_model_dir), "--port", str(port),
-                         "--record", str(record)], port)
-    srv.record = record
+    srv = anthropic_test_server(tiny_model_dir, record=record)
     yield srv
     srv.stop()
 

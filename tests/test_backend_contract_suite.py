@@ -23,14 +23,16 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import grpc
 import pytest
-from conftest import SERVERS_DIR, ServerProcess, free_port, openai_test_server
+from conftest import (
+    anthropic_test_server,
+    openai_test_server,
+)
 
 from evalfleet.inference.backends.base import Backend, ChatTemplateSupport
 from evalfleet.v1 import inference_pb2 as ipb
@@ -75,9 +77,7 @@ def openai_stand_in(real_model_dir):
 
 @pytest.fixture(scope="module")
 def anthropic_stand_in(real_model_dir):
-    port = free_port()
-    srv = ServerProcess([sys.executable, str(SERVERS_DIR / "anthropic_messages.py"),
-                         "--model", str(real_model_dir), "--port", str(port)], port)
+    srv = anthropic_test_server(real_model_dir)
     yield srv
     srv.stop()
 

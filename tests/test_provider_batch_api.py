@@ -18,7 +18,8 @@ import urllib.request
 
 import grpc
 import pytest
-from provider_batch_standins import anthropic_standin, batch_submissions, control, openai_standin
+from conftest import anthropic_test_server
+from provider_batch_standins import batch_submissions, control, openai_standin
 
 from evalfleet.inference.backends.base import BackendArgumentError
 from evalfleet.v1 import inference_pb2 as pb
@@ -51,7 +52,7 @@ def openai_real_srv(real_model_dir, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def anthropic_srv(tiny_model_dir, tmp_path_factory):
-    yield from _serving(anthropic_standin, tiny_model_dir, tmp_path_factory)
+    yield from _serving(anthropic_test_server, tiny_model_dir, tmp_path_factory)
 
 
 @pytest.fixture()

@@ -21,8 +21,8 @@ import time
 
 import grpc
 import pytest
-from conftest import run_evaluation
-from provider_batch_standins import anthropic_standin, batch_submissions, control, openai_standin
+from conftest import anthropic_test_server, run_evaluation
+from provider_batch_standins import batch_submissions, control, openai_standin
 from test_cli import ENV
 from test_coordinator_crash import Coordinator
 from test_provider_batch_jobs import _assert_same_results
@@ -43,7 +43,7 @@ def openai_srv(real_model_dir):
 
 @pytest.fixture(scope="module")
 def anthropic_srv(tiny_model_dir):
-    srv = anthropic_standin(tiny_model_dir)
+    srv = anthropic_test_server(tiny_model_dir)
     yield srv
     srv.stop()
 

@@ -15,11 +15,14 @@ answered from the answer store and counts nothing. The same for a generation job
 from __future__ import annotations
 
 import json
-import sys
 import urllib.request
 
 import pytest
-from conftest import SERVERS_DIR, ServerProcess, free_port, openai_test_server, run_evaluation
+from conftest import (
+    anthropic_test_server,
+    openai_test_server,
+    run_evaluation,
+)
 
 from evalfleet.v1 import coordinator_pb2 as cpb
 
@@ -138,10 +141,7 @@ def test_anthropic_usage_counts_cache_reads_as_the_stand_in_does(
         background_loop, data_dir, tiny_model_dir, worker_and_coordinator):
     from evalfleet.inference.server import load_backend
 
-    port = free_port()
-    srv = ServerProcess([sys.executable, str(SERVERS_DIR / "anthropic_messages.py"), "--model",
-                         str(tiny_model_dir), "--port", str(port), "--prompt-cache-block", "4"],
-                        port)
+    srv = anthropic_test_server(tiny_model_dir, "--prompt-cache-block", "4")
     try:
         args = {"model": "claude-stand-in", "base_url": f"{srv.base_url}/messages",
                 "api_key": "test-key"}
@@ -149,7 +149,7 @@ def test_anthropic_usage_counts_cache_reads_as_the_stand_in_does(
         final, _, results, _ = run_evaluation(address, cpb.EvaluationSpec(
             model="anthropic", tasks=["gsm8k"], limit=2, bootstrap_iters=0,
             apply_chat_template=True, gen_kwargs="max_gen_toks=6"))
-        spent = _stats(port)
+        spent = _stats(srv.port)
     finally:
         srv.stop()
     assert final.state == cpb.EVALUATION_STATE_SUCCEEDED, final.error
