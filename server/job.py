@@ -88,6 +88,7 @@ class Job:
         self.plan = None
         self.dispatch = None
         self._groups = None
+        self.usage.forget_owners()
         del self.history[1:max(1, len(self.history) - RETIRED_HISTORY + 1)]
 
     @property

@@ -140,6 +140,11 @@ class JobUsage:
             counts = self.tasks[name] = UsageCounts()
         return counts
 
+    def forget_owners(self) -> None:
+        """Let go of the answer-id index built for provider batches (a retired job counts no
+        more batches; the index holds one entry per request of the job)."""
+        self._first = None
+
     def total(self) -> UsageCounts:
         """The counts summed over the tasks."""
         out = UsageCounts()

@@ -118,6 +118,21 @@ def test_retired_job_answers_as_before_with_its_first_and_latest_events():
     assert list(job.history[-1].progress) == list(before.progress)
 
 
+def test_a_retired_job_lets_go_of_its_provider_batch_answer_index():
+    """The answer id -> task index a batch_api job builds (one entry per request) is dropped
+    when the job retires; its usage stays as counted."""
+    from evalfleet.server.dispatch import task_owners
+    from evalfleet.server.usage import UsageCounts
+
+    job = _job_with_plan()
+    job.usage._first = task_owners(job)[0]  # as count_provider_batch builds it
+    job.usage.tasks["a"] = UsageCounts(requests=3, prompt_tokens=30)
+    assert len(job.usage._first) == 6
+    job.retire()
+    assert job.usage._first is None
+    assert job.usage.total() == UsageCounts(requests=3, prompt_tokens=30)
+
+
 def test_a_watcher_that_does_not_read_holds_a_bounded_queue():
     job = _job_with_plan()
     queue: asyncio.Queue = asyncio.Queue()
